@@ -1,0 +1,119 @@
+//! The crate-wide error: every failure carries a stable code, an operator hint and an exit code.
+//!
+//! Each module has its own `thiserror` enum whose variants carry a `miette` diagnostic code
+//! (`station::keys::world_readable`, `station::nvs::does_not_fit`, ...) and a `help` sentence for
+//! the operator. Codes are stable: they are stored in attempts and the audit log, and tests assert
+//! on them rather than on wording.
+
+use miette::Diagnostic;
+
+/// A `Result` whose error is the crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Any failure of the station.
+#[derive(Debug, thiserror::Error, Diagnostic)]
+#[non_exhaustive]
+pub enum Error {
+    /// `station.toml` could not be read or is invalid.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The group key file is missing, exposed or malformed.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Key(#[from] crate::keys::KeyError),
+    /// A MAC or registration ID is malformed.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
+    /// An NVS image could not be built or decoded.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Nvs(#[from] crate::nvs::NvsError),
+    /// The database refused or failed an operation.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// A device on a serial port failed.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Device(#[from] crate::device::DeviceError),
+    /// The simulator failed.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Sim(#[from] crate::sim::SimError),
+    /// A file the station needs could not be read or written.
+    #[error("{action} {path}: {source}")]
+    #[diagnostic(
+        code(station::io),
+        help("Check that the path exists and that the station's user may read and write it.")
+    )]
+    Io {
+        /// What the station was doing (`reading`, `writing`, ...).
+        action: &'static str,
+        /// The file concerned.
+        path: String,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A command of the design that a later issue delivers.
+    #[error("`station {command}` is not available in this build: {reason}")]
+    #[diagnostic(
+        code(station::cli::not_available),
+        help("See the README's command table for what this build does.")
+    )]
+    NotAvailable {
+        /// The command line, e.g. `dps verify`.
+        command: &'static str,
+        /// What is missing.
+        reason: &'static str,
+    },
+}
+
+/// Process exit codes (README "Exit codes").
+pub mod exit {
+    /// The command did what was asked.
+    pub const SUCCESS: u8 = 0;
+    /// The operation ran and failed: a unit failed, an audit chain is broken.
+    pub const FAILED: u8 = 1;
+    /// Bad usage, configuration or key: nothing was attempted.
+    pub const USAGE: u8 = 2;
+}
+
+impl Error {
+    /// Wraps an I/O error with the action and path it concerns.
+    pub fn io(
+        action: &'static str,
+        path: impl AsRef<std::path::Path>,
+        source: std::io::Error,
+    ) -> Self {
+        Error::Io {
+            action,
+            path: path.as_ref().display().to_string(),
+            source,
+        }
+    }
+
+    /// The stable code, e.g. `station::keys::world_readable`.
+    pub fn code(&self) -> String {
+        Diagnostic::code(self).map_or_else(|| "station::internal".to_owned(), |c| c.to_string())
+    }
+
+    /// The operator hint: what to do about it.
+    pub fn hint(&self) -> Option<String> {
+        Diagnostic::help(self).map(|h| h.to_string())
+    }
+
+    /// The process exit code this error maps to (README "Exit codes").
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Config(_) | Error::Key(_) | Error::Identity(_) | Error::NotAvailable { .. } => {
+                exit::USAGE
+            }
+            Error::Nvs(e) if e.is_input_error() => exit::USAGE,
+            Error::Store(e) if e.is_usage_error() => exit::USAGE,
+            _ => exit::FAILED,
+        }
+    }
+}

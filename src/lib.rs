@@ -1,0 +1,24 @@
+//! `station`: a provisioning station for factory lines that build ESP32 devices for Azure IoT Hub
+//! through the Azure Device Provisioning Service (DPS).
+//!
+//! For every ESP32 plugged into a line port the station reads the chip's identity over the ROM
+//! serial loader, forms the DPS registration ID from its MAC, derives the per-device key from the
+//! enrollment-group key (which never leaves the station), builds an ESP-IDF NVS partition image,
+//! flashes and verifies it, and records the unit in SQLite and a tamper-evident audit log.
+//!
+//! The pure cores ([`keys`], [`identity`], [`nvs`]) never touch a port, the network or the
+//! database; [`device`], [`sim`] and [`store`] are the I/O shells around them, and [`provision`]
+//! orchestrates one unit through the pipeline of `DESIGN.md` section 1.
+
+pub mod cli;
+pub mod config;
+pub mod device;
+pub mod error;
+pub mod identity;
+pub mod keys;
+pub mod nvs;
+pub mod provision;
+pub mod sim;
+pub mod store;
+
+pub use error::{Error, Result};

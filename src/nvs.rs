@@ -1,0 +1,19 @@
+//! ESP-IDF NVS partition images (placeholder: being written).
+
+/// Errors building or reading an NVS image.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+#[non_exhaustive]
+pub enum NvsError {
+    /// Placeholder.
+    #[error("nvs: not yet implemented")]
+    #[diagnostic(code(station::nvs::unimplemented))]
+    Unimplemented,
+}
+
+impl NvsError {
+    /// True when the error comes from the input (a value that does not fit, a bad key) rather
+    /// than from a corrupt image; the CLI maps it to exit code 2.
+    pub fn is_input_error(&self) -> bool {
+        true
+    }
+}

@@ -1,0 +1,1 @@
+//! One unit through the pipeline (placeholder: being written).
