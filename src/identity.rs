@@ -209,6 +209,42 @@ fn dps_rule_broken(id: &str) -> Option<String> {
     None
 }
 
+/// A piece of a `{placeholder}` template, as split by [`tokenize`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Token<'a> {
+    /// Text taken as written.
+    Text(&'a str),
+    /// The name between braces.
+    Placeholder(&'a str),
+}
+
+/// Splits a template into text and `{name}` placeholders; the error says what is malformed and
+/// where (1-based character position).
+pub(crate) fn tokenize(template: &str) -> Result<Vec<Token<'_>>, String> {
+    let mut tokens = Vec::new();
+    let mut rest = template;
+    while let Some(at) = rest.find(['{', '}']) {
+        let position = template.len() - rest.len() + at + 1;
+        if rest.as_bytes()[at] == b'}' {
+            return Err(format!("unmatched `}}` at position {position}"));
+        }
+        if at > 0 {
+            tokens.push(Token::Text(&rest[..at]));
+        }
+        let after = &rest[at + 1..];
+        let close = after
+            .find(['{', '}'])
+            .filter(|&close| after.as_bytes()[close] == b'}')
+            .ok_or_else(|| format!("the `{{` at position {position} is never closed"))?;
+        tokens.push(Token::Placeholder(&after[..close]));
+        rest = &after[close + 1..];
+    }
+    if !rest.is_empty() {
+        tokens.push(Token::Text(rest));
+    }
+    Ok(tokens)
+}
+
 /// One piece of a parsed template.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Piece {
@@ -232,33 +268,16 @@ impl RegistrationIdTemplate {
             problem,
         };
         let mut pieces = Vec::new();
-        let mut rest = template;
-        while let Some(open) = rest.find(['{', '}']) {
-            if rest.as_bytes()[open] == b'}' {
-                return Err(bad(format!(
-                    "unmatched `}}` at position {}",
-                    template.len() - rest.len() + open + 1
-                )));
-            }
-            if open > 0 {
-                pieces.push(Piece::Literal(rest[..open].to_owned()));
-            }
-            let after = &rest[open + 1..];
-            let close = after
-                .find('}')
-                .ok_or_else(|| bad("a `{` is never closed".to_owned()))?;
-            match &after[..close] {
-                "mac" => pieces.push(Piece::Mac),
-                other => {
+        for token in tokenize(template).map_err(bad)? {
+            match token {
+                Token::Text(text) => pieces.push(Piece::Literal(text.to_owned())),
+                Token::Placeholder("mac") => pieces.push(Piece::Mac),
+                Token::Placeholder(other) => {
                     return Err(bad(format!(
                         "unknown placeholder `{{{other}}}`; the only placeholder is {{mac}}"
                     )));
                 }
             }
-            rest = &after[close + 1..];
-        }
-        if !rest.is_empty() {
-            pieces.push(Piece::Literal(rest.to_owned()));
         }
         if !pieces.contains(&Piece::Mac) {
             return Err(bad(

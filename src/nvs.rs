@@ -17,3 +17,26 @@ impl NvsError {
         true
     }
 }
+
+/// Placeholder value type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    /// A string.
+    Str(String),
+}
+
+/// Placeholder entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Namespace.
+    pub namespace: String,
+    /// Key.
+    pub key: String,
+    /// Value.
+    pub value: Value,
+}
+
+/// Placeholder build.
+pub fn build(_entries: &[Entry], _size: usize) -> Result<Vec<u8>, NvsError> {
+    Ok(Vec::new())
+}
