@@ -751,7 +751,7 @@ impl Ctx<'_> {
 
     fn aligned(&self, value: &Spanned<u32>, key: &str) -> Result<u32, ConfigError> {
         let v = *value.get_ref();
-        if v % SECTOR != 0 {
+        if !v.is_multiple_of(SECTOR) {
             return Err(ConfigError::Misaligned {
                 at: self.at(value.span()),
                 key: key.to_owned(),

@@ -57,6 +57,17 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// An input file or argument the station cannot use (a CSV row, a path).
+    #[error("{what}: {problem}")]
+    #[diagnostic(code(station::input::invalid), help("{fix}"))]
+    BadInput {
+        /// Where (file:line, argument).
+        what: String,
+        /// What is wrong.
+        problem: String,
+        /// How to fix it.
+        fix: String,
+    },
     /// A command of the design that a later issue delivers.
     #[error("`station {command}` is not available in this build: {reason}")]
     #[diagnostic(

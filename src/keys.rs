@@ -315,6 +315,25 @@ impl GroupKey {
     }
 }
 
+/// The primary group key and, when configured, the secondary one.
+#[derive(Debug, Clone)]
+pub struct GroupKeys {
+    /// Derives `{device_key}`.
+    pub primary: GroupKey,
+    /// Derives `{secondary_device_key}`.
+    pub secondary: Option<GroupKey>,
+}
+
+impl GroupKeys {
+    /// Loads the configured key files.
+    pub fn load(primary: &Path, secondary: Option<&Path>) -> Result<Self, KeyError> {
+        Ok(GroupKeys {
+            primary: GroupKey::load(primary)?,
+            secondary: secondary.map(GroupKey::load).transpose()?,
+        })
+    }
+}
+
 /// Describes a base64 decoding failure by position only: the offending character may be part of
 /// the key.
 fn describe_base64_error(error: &base64::DecodeError) -> String {

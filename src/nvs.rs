@@ -21,8 +21,31 @@ impl NvsError {
 /// Placeholder value type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
+    /// u8
+    U8(u8),
+    /// i8
+    I8(i8),
+    /// u16
+    U16(u16),
+    /// i16
+    I16(i16),
+    /// u32
+    U32(u32),
+    /// i32
+    I32(i32),
+    /// u64
+    U64(u64),
+    /// i64
+    I64(i64),
     /// A string.
     Str(String),
+    /// blob
+    Blob(Vec<u8>),
+}
+
+/// Placeholder parse.
+pub fn parse(_image: &[u8]) -> Result<Vec<Entry>, NvsError> {
+    Err(NvsError::Unimplemented)
 }
 
 /// Placeholder entry.

@@ -256,9 +256,9 @@ fn value_that_cannot_fit_the_partition_names_the_entry() {
     }
     let text = variant("namespace = \"dps\"", "size = 0x3000\nnamespace = \"dps\"")
         + "a = { file = \"a.pem\" }\nb = { file = \"b.pem\" }\nc = { file = \"c.pem\" }\n";
-    let err = Config::parse(&text, &dir.path().join("station.toml"))
-        .err()
-        .expect("three 3,900-byte strings cannot fit 0x3000");
+    let Err(err) = Config::parse(&text, &dir.path().join("station.toml")) else {
+        panic!("three 3,900-byte strings cannot fit 0x3000");
+    };
     let message = err.to_string();
     assert_eq!(code(err), "station::config::does_not_fit", "{message}");
     assert!(message.contains(":10: "), "{message}");

@@ -93,10 +93,9 @@ pub struct ChainReport {
 
 /// Walks entries in `seq` order and reports the first that does not match.
 pub fn verify_chain<'a>(entries: impl IntoIterator<Item = &'a AuditEntry>) -> ChainReport {
-    let mut expected_seq = 1;
     let mut prev_hash = GENESIS.to_owned();
     let mut count = 0;
-    for entry in entries {
+    for (expected_seq, entry) in (1..).zip(entries) {
         count += 1;
         let problem = if entry.seq != expected_seq {
             Some(if entry.seq > expected_seq {
@@ -132,7 +131,6 @@ pub fn verify_chain<'a>(entries: impl IntoIterator<Item = &'a AuditEntry>) -> Ch
             };
         }
         prev_hash.clone_from(&entry.hash);
-        expected_seq += 1;
     }
     ChainReport {
         entries: count,

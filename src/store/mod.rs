@@ -620,6 +620,31 @@ impl Store {
         )
     }
 
+    /// Appends one audit entry on its own (an act outside a unit's attempt, such as deriving a
+    /// device key by hand) and returns its seq.
+    pub async fn append_audit(
+        &self,
+        station_id: &str,
+        operator: &str,
+        action: &str,
+        subject: &str,
+        details: serde_json::Value,
+    ) -> Result<i64, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let seq = append_audit_tx(
+            &mut tx,
+            &now(),
+            station_id,
+            operator,
+            action,
+            subject,
+            details,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(seq)
+    }
+
     /// The whole audit log in chain order.
     pub async fn audit_entries(&self) -> Result<Vec<AuditEntry>, StoreError> {
         Ok(sqlx::query_as("SELECT * FROM audit_log ORDER BY seq")

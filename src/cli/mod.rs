@@ -1,0 +1,389 @@
+//! The command line (DESIGN.md section 3): clap definitions, dispatch and the terminal views.
+//!
+//! Every command that prints data takes `--json`. Exit codes: 0 success; 1 the operation ran
+//! and failed (a unit failed, an audit chain is broken); 2 bad usage, configuration or key.
+
+mod image;
+mod records;
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::Config;
+use crate::error::{Error, Result, exit};
+use crate::store::Store;
+
+/// Provisioning station for ESP32 factory lines: reads each chip's MAC, derives its Azure DPS
+/// device key from the enrollment-group key, flashes an ESP-IDF NVS image and records the unit
+/// in a tamper-evident log.
+#[derive(Debug, Parser)]
+#[command(
+    name = "station",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// The station configuration.
+    #[arg(
+        long,
+        global = true,
+        env = "STATION_CONFIG",
+        default_value = "station.toml",
+        value_name = "PATH"
+    )]
+    pub config: PathBuf,
+    /// Print machine-readable JSON on stdout instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The station's commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The line daemon: watch the configured ports and provision every device that appears,
+    /// until SIGINT/SIGTERM.
+    Run(RunArgs),
+    /// Provision the device on one port and exit (0 only if it was recorded provisioned).
+    Provision(ProvisionArgs),
+    /// Work orders: open, close and follow batches.
+    #[command(subcommand)]
+    Batch(BatchCommand),
+    /// Device keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// NVS partition images.
+    #[command(subcommand)]
+    Nvs(NvsCommand),
+    /// QA exports.
+    #[command(subcommand)]
+    Export(ExportCommand),
+    /// The auditor's views of the provisioning log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Azure DPS pre-verification.
+    #[command(subcommand)]
+    Dps(DpsCommand),
+    /// Simulated hardware for tests and demos.
+    #[command(subcommand)]
+    Sim(SimCommand),
+    /// A whole simulated line: simulated devices provisioned in one batch, no hardware needed.
+    Demo(DemoArgs),
+    /// Check the configuration, key files, database, ports and DPS, and say what is wrong.
+    Check,
+}
+
+/// `station run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The batch to provision into (default: the open batch).
+    #[arg(long)]
+    pub batch: Option<String>,
+}
+
+/// `station provision`.
+#[derive(Debug, Args)]
+pub struct ProvisionArgs {
+    /// The serial port of the device (e.g. /dev/ttyUSB0).
+    #[arg(long, value_name = "PATH")]
+    pub port: PathBuf,
+    /// The batch to provision into (default: the open batch).
+    #[arg(long)]
+    pub batch: Option<String>,
+    /// Re-provision a device already provisioned in another batch (audited).
+    #[arg(long)]
+    pub reprovision: bool,
+}
+
+/// `station batch`.
+#[derive(Debug, Subcommand)]
+pub enum BatchCommand {
+    /// Open a work order; a station works one batch at a time.
+    Open {
+        /// A unique name, e.g. the work-order number.
+        name: String,
+        /// How many units the batch should provision.
+        #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
+        target: i64,
+        /// Who is responsible (default: $STATION_OPERATOR, else the login name).
+        #[arg(long, value_name = "ID")]
+        operator: Option<String>,
+    },
+    /// Close a batch (default: the open one).
+    Close {
+        /// The batch.
+        name: Option<String>,
+    },
+    /// Counts of a batch (default: the open one, else every batch).
+    Status {
+        /// The batch.
+        name: Option<String>,
+    },
+}
+
+/// `station key`.
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Print the device key(s) derived for a registration ID (audited).
+    Derive {
+        /// The DPS registration ID.
+        #[arg(long, value_name = "ID")]
+        registration_id: String,
+    },
+}
+
+/// `station nvs`.
+#[derive(Debug, Subcommand)]
+pub enum NvsCommand {
+    /// Write the exact NVS image(s) the station would flash (audited; files are mode 0600).
+    Build(NvsBuildArgs),
+    /// Decode an NVS image: namespaces, keys, types and values; secrets redacted by default.
+    Inspect {
+        /// The image file.
+        file: PathBuf,
+        /// Show device keys and other secret-looking values.
+        #[arg(long)]
+        show_secrets: bool,
+    },
+}
+
+/// `station nvs build`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["mac", "csv"])))]
+pub struct NvsBuildArgs {
+    /// The device's MAC (24:0A:C4:12:34:56, 24-0a-c4-12-34-56 or 240ac4123456).
+    #[arg(long, requires = "out")]
+    pub mac: Option<String>,
+    /// Where to write the image.
+    #[arg(long, value_name = "FILE", requires = "mac")]
+    pub out: Option<PathBuf>,
+    /// A CSV with a `mac` column (and optionally `registration_id`, checked against the
+    /// template); one image per row, named <12 hex MAC>.bin.
+    #[arg(long, value_name = "FILE", requires = "out_dir")]
+    pub csv: Option<PathBuf>,
+    /// Where to write the images.
+    #[arg(long, value_name = "DIR", requires = "csv")]
+    pub out_dir: Option<PathBuf>,
+}
+
+/// `station export`.
+#[derive(Debug, Subcommand)]
+pub enum ExportCommand {
+    /// The QA manifest of a batch.
+    Manifest {
+        /// The batch (default: the open one).
+        #[arg(long)]
+        batch: Option<String>,
+        /// The format.
+        #[arg(long, value_enum, default_value = "csv")]
+        format: ManifestFormat,
+        /// Where to write it (default: stdout).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+}
+
+/// Manifest formats.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ManifestFormat {
+    /// Comma-separated values with a header row.
+    Csv,
+    /// One JSON document.
+    Json,
+}
+
+/// `station audit`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Print the log, oldest first.
+    Show,
+    /// Export the log with its hashes, for an auditor to verify elsewhere.
+    Export {
+        /// The format.
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: AuditFormat,
+        /// Where to write it (default: stdout).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Re-walk the hash chain; exit 1 naming the first entry that does not match.
+    Verify {
+        /// A head hash recorded at an earlier review: also check that this entry is still in
+        /// the chain.
+        #[arg(long, value_name = "HASH")]
+        head: Option<String>,
+    },
+}
+
+/// Audit export formats.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum AuditFormat {
+    /// One JSON object per line.
+    Jsonl,
+    /// Comma-separated values with a header row.
+    Csv,
+}
+
+/// `station dps`.
+#[derive(Debug, Subcommand)]
+pub enum DpsCommand {
+    /// Pre-verify one registration ID now, or retry every unit still pending.
+    Verify {
+        /// The registration ID.
+        #[arg(
+            long,
+            value_name = "ID",
+            required_unless_present = "pending",
+            conflicts_with = "pending"
+        )]
+        registration_id: Option<String>,
+        /// Retry every unit whose DPS status is pending.
+        #[arg(long)]
+        pending: bool,
+    },
+}
+
+/// `station sim`.
+#[derive(Debug, Subcommand)]
+pub enum SimCommand {
+    /// Simulated ESP32s on pseudo-terminals; prints one port path per line; runs until killed.
+    Devices(SimDevicesArgs),
+    /// A local DPS emulator on loopback; prints its URL.
+    Dps {
+        /// The ID scope to accept.
+        #[arg(long)]
+        id_scope: String,
+        /// The group key to check SAS tokens against.
+        #[arg(long, value_name = "FILE")]
+        group_key_file: PathBuf,
+        /// The TCP port (default: any free port).
+        #[arg(long)]
+        port: Option<u16>,
+    },
+}
+
+/// `station sim devices`.
+#[derive(Debug, Args)]
+pub struct SimDevicesArgs {
+    /// How many devices.
+    #[arg(long, default_value_t = 1)]
+    pub count: usize,
+    /// Make a symlink per device here (ttySIM0, ttySIM1, ...).
+    #[arg(long, value_name = "DIR")]
+    pub link_dir: Option<PathBuf>,
+    /// Keep each device's 4 MiB flash here as <12 hex MAC>.bin.
+    #[arg(long, value_name = "DIR")]
+    pub flash_dir: Option<PathBuf>,
+    /// The chip to report (another chip than the line's tests refusal).
+    #[arg(long, default_value = "esp32")]
+    pub chip: String,
+    /// The link's baud rate at power-up (wire time is charged at the current rate).
+    #[arg(long, default_value_t = 115_200)]
+    pub baud: u32,
+    /// The first device's MAC; the others count up from it (default: distinct per run).
+    #[arg(long)]
+    pub base_mac: Option<String>,
+}
+
+/// `station demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// How many simulated devices.
+    #[arg(long, default_value_t = 5)]
+    pub count: usize,
+    /// Where to keep the demo's configuration, key, database and flash dumps.
+    #[arg(long, value_name = "DIR", default_value = "station-demo")]
+    pub dir: PathBuf,
+}
+
+/// Runs a parsed command line; returns the process exit code.
+pub async fn run(cli: Cli) -> Result<u8> {
+    let json = cli.json;
+    match cli.command {
+        Command::Batch(command) => records::batch(&load_config(&cli.config)?, command, json).await,
+        Command::Audit(command) => records::audit(&load_config(&cli.config)?, command, json).await,
+        Command::Key(KeyCommand::Derive { registration_id }) => {
+            image::key_derive(&load_config(&cli.config)?, &registration_id, json).await
+        }
+        Command::Nvs(NvsCommand::Build(args)) => {
+            image::nvs_build(&load_config(&cli.config)?, args, json).await
+        }
+        Command::Nvs(NvsCommand::Inspect { file, show_secrets }) => {
+            image::nvs_inspect(&file, show_secrets, json)
+        }
+        Command::Check => records::check(&cli.config, json).await,
+        Command::Run(_) => Err(Error::NotAvailable {
+            command: "run",
+            reason: "the line daemon (parallel ports) arrives with the line issue; use `station provision --port PATH` per device",
+        }),
+        Command::Provision(_) | Command::Demo(_) | Command::Sim(SimCommand::Devices(_)) => {
+            Err(Error::NotAvailable {
+                command: "provision",
+                reason: "flashing arrives with the flashing issue",
+            })
+        }
+        Command::Export(_) => Err(Error::NotAvailable {
+            command: "export manifest",
+            reason: "QA manifests arrive with the QA issue; `station batch status --json` and `station audit export` work now",
+        }),
+        Command::Dps(_) => Err(Error::NotAvailable {
+            command: "dps verify",
+            reason: "DPS pre-verification arrives with the DPS issue",
+        }),
+        Command::Sim(SimCommand::Dps { .. }) => Err(Error::NotAvailable {
+            command: "sim dps",
+            reason: "the DPS emulator arrives with the DPS issue",
+        }),
+    }
+}
+
+fn load_config(path: &Path) -> Result<Config> {
+    Ok(Config::load(path)?)
+}
+
+async fn open_store(config: &Config) -> Result<Store> {
+    Ok(Store::open(&config.station.database).await?)
+}
+
+/// Who is responsible for an act: the flag, else `$STATION_OPERATOR`, else the login name.
+fn operator(flag: Option<String>) -> String {
+    flag.filter(|s| !s.trim().is_empty())
+        .or_else(|| {
+            std::env::var("STATION_OPERATOR")
+                .ok()
+                .filter(|s| !s.trim().is_empty())
+        })
+        .or_else(|| std::env::var("USER").ok().filter(|s| !s.trim().is_empty()))
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// Prints a value as one JSON document on stdout.
+fn print_json(value: &impl serde::Serialize) {
+    match serde_json::to_string_pretty(value) {
+        Ok(text) => println!("{text}"),
+        Err(e) => eprintln!("error: cannot encode output as JSON: {e}"),
+    }
+}
+
+/// Renders an error for the terminal: message, code and hint.
+pub fn render_error(error: &Error) -> String {
+    let mut out = format!("error: {error}\n  code: {}", error.code());
+    if let Some(hint) = error.hint() {
+        out.push_str(&format!("\n  hint: {hint}"));
+    }
+    out
+}
+
+/// The error as a JSON object, for `--json` callers.
+pub fn error_json(error: &Error) -> serde_json::Value {
+    serde_json::json!({
+        "error": { "code": error.code(), "message": error.to_string(), "hint": error.hint(), "exit_code": error.exit_code() }
+    })
+}
+
+/// Exit code for a successful command.
+const OK: u8 = exit::SUCCESS;

@@ -1,0 +1,311 @@
+//! `station batch`, `station audit` and `station check`.
+
+use std::io::Write as _;
+use std::path::Path;
+
+use super::{AuditCommand, AuditFormat, BatchCommand, OK, open_store, operator, print_json};
+use crate::config::Config;
+use crate::error::{Error, Result, exit};
+use crate::keys::GroupKeys;
+use crate::store::{AuditEntry, BatchStatus};
+
+pub(super) async fn batch(config: &Config, command: BatchCommand, json: bool) -> Result<u8> {
+    let store = open_store(config).await?;
+    let station_id = &config.station.id;
+    match command {
+        BatchCommand::Open {
+            name,
+            target,
+            operator: who,
+        } => {
+            let batch = store
+                .open_batch(&name, target, &operator(who), station_id)
+                .await?;
+            if json {
+                print_json(&batch);
+            } else {
+                println!(
+                    "opened batch {} on station {}: target {} units, operator {}",
+                    batch.name, batch.station_id, batch.target, batch.operator
+                );
+            }
+        }
+        BatchCommand::Close { name } => {
+            let status = store
+                .close_batch(name.as_deref(), &operator(None), station_id)
+                .await?;
+            if json {
+                print_json(&status);
+            } else {
+                println!("closed batch {}", status.batch.name);
+                print_status(&status);
+            }
+        }
+        BatchCommand::Status { name } => {
+            let statuses = match name {
+                Some(name) => vec![store.batch_status(store.batch(&name).await?).await?],
+                None => match store.open_batch_of(station_id).await? {
+                    Some(open) => vec![store.batch_status(open).await?],
+                    None => store.batches().await?,
+                },
+            };
+            if json {
+                if statuses.len() == 1 {
+                    print_json(&statuses[0]);
+                } else {
+                    print_json(&statuses);
+                }
+            } else if statuses.is_empty() {
+                println!("no batches yet: open one with `station batch open NAME --target N`");
+            } else {
+                for status in &statuses {
+                    print_status(status);
+                }
+            }
+        }
+    }
+    store.close().await;
+    Ok(OK)
+}
+
+fn print_status(status: &BatchStatus) {
+    let batch = &status.batch;
+    let state = match &batch.closed_at {
+        Some(at) => format!("closed {at}"),
+        None => "open".to_owned(),
+    };
+    println!(
+        "{:<20} {:>5}/{:<5} provisioned  {:>4} failed  {:>5} attempts ({} failed)  {}  operator {}  opened {}",
+        batch.name,
+        status.provisioned,
+        batch.target,
+        status.failed,
+        status.attempts,
+        status.failed_attempts,
+        state,
+        batch.operator,
+        batch.opened_at
+    );
+}
+
+pub(super) async fn audit(config: &Config, command: AuditCommand, json: bool) -> Result<u8> {
+    let store = open_store(config).await?;
+    let code = match command {
+        AuditCommand::Show => {
+            let entries = store.audit_entries().await?;
+            if json {
+                print_json(&entries);
+            } else {
+                for e in &entries {
+                    println!(
+                        "{:>6}  {}  {:<12} {:<10} {:<20} {:<24} {}",
+                        e.seq, e.at, e.station_id, e.operator, e.action, e.subject, e.details
+                    );
+                }
+            }
+            OK
+        }
+        AuditCommand::Export { format, out } => {
+            let entries = store.audit_entries().await?;
+            let mut buffer = Vec::new();
+            write_audit(&entries, format, &mut buffer)
+                .map_err(|e| Error::io("encoding", "audit export", e))?;
+            match out {
+                Some(path) => {
+                    std::fs::write(&path, &buffer).map_err(|e| Error::io("writing", &path, e))?
+                }
+                None => std::io::stdout()
+                    .write_all(&buffer)
+                    .map_err(|e| Error::io("writing", "stdout", e))?,
+            }
+            OK
+        }
+        AuditCommand::Verify { head } => {
+            let report = store.verify_audit().await?;
+            let head_found = match &head {
+                None => None,
+                Some(hash) => Some(
+                    store
+                        .audit_entries()
+                        .await?
+                        .iter()
+                        .take(usize::try_from(report.entries).unwrap_or(0))
+                        .any(|e| &e.hash == hash),
+                ),
+            };
+            let intact = report.first_break.is_none() && head_found != Some(false);
+            if json {
+                print_json(&serde_json::json!({
+                    "intact": intact,
+                    "entries": report.entries,
+                    "head_hash": report.head_hash,
+                    "first_break": report.first_break,
+                    "expected_head_found": head_found,
+                }));
+            } else if let Some(broken) = &report.first_break {
+                println!(
+                    "audit chain BROKEN at entry {}: {}",
+                    broken.seq, broken.problem
+                );
+                println!(
+                    "entries before it verify; the last good hash is {}",
+                    report.head_hash
+                );
+            } else if head_found == Some(false) {
+                println!(
+                    "audit chain of {} entries is internally consistent, but the expected head {} is NOT in it: the log was rewritten or cut short",
+                    report.entries,
+                    head.as_deref().unwrap_or_default()
+                );
+            } else {
+                println!(
+                    "audit chain intact: {} entries, head hash {}",
+                    report.entries, report.head_hash
+                );
+                if head_found == Some(true) {
+                    println!("the expected head is in the chain");
+                }
+            }
+            if intact { OK } else { exit::FAILED }
+        }
+    };
+    store.close().await;
+    Ok(code)
+}
+
+/// Writes audit entries as JSON lines or CSV.
+fn write_audit(
+    entries: &[AuditEntry],
+    format: AuditFormat,
+    out: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    match format {
+        AuditFormat::Jsonl => {
+            for entry in entries {
+                serde_json::to_writer(&mut *out, entry)?;
+                out.push(b'\n');
+            }
+        }
+        AuditFormat::Csv => {
+            let mut writer = csv::Writer::from_writer(out);
+            for entry in entries {
+                writer.serialize(entry)?;
+            }
+            writer.flush()?;
+        }
+    }
+    Ok(())
+}
+
+/// One line of `station check`.
+#[derive(serde::Serialize)]
+struct Check {
+    what: &'static str,
+    ok: bool,
+    detail: String,
+}
+
+pub(super) async fn check(config_path: &Path, json: bool) -> Result<u8> {
+    let mut checks = Vec::new();
+    let config = match Config::load(config_path) {
+        Ok(config) => {
+            checks.push(Check {
+                what: "config",
+                ok: true,
+                detail: format!("{} is valid", config_path.display()),
+            });
+            Some(config)
+        }
+        Err(e) => {
+            checks.push(Check {
+                what: "config",
+                ok: false,
+                detail: super::render_error(&e.into()),
+            });
+            None
+        }
+    };
+    if let Some(config) = &config {
+        match GroupKeys::load(
+            &config.dps.group_key_file,
+            config.dps.secondary_group_key_file.as_deref(),
+        ) {
+            Ok(keys) => checks.push(Check {
+                what: "group key",
+                ok: true,
+                detail: format!(
+                    "{} loaded (key id {}{})",
+                    config.dps.group_key_file.display(),
+                    keys.primary.id(),
+                    keys.secondary
+                        .as_ref()
+                        .map(|k| format!(", secondary {}", k.id()))
+                        .unwrap_or_default()
+                ),
+            }),
+            Err(e) => checks.push(Check {
+                what: "group key",
+                ok: false,
+                detail: super::render_error(&e.into()),
+            }),
+        }
+        match crate::store::Store::open(&config.station.database).await {
+            Ok(store) => {
+                let report = store.verify_audit().await?;
+                let open = store.open_batch_of(&config.station.id).await?;
+                checks.push(Check {
+                    what: "database",
+                    ok: report.first_break.is_none(),
+                    detail: format!(
+                        "{}: audit chain {} ({} entries); {}",
+                        config.station.database.display(),
+                        if report.first_break.is_none() {
+                            "intact"
+                        } else {
+                            "BROKEN (run `station audit verify`)"
+                        },
+                        report.entries,
+                        open.map_or_else(
+                            || "no open batch".to_owned(),
+                            |b| format!("open batch {}", b.name)
+                        )
+                    ),
+                });
+                store.close().await;
+            }
+            Err(e) => checks.push(Check {
+                what: "database",
+                ok: false,
+                detail: super::render_error(&e.into()),
+            }),
+        }
+        checks.push(Check {
+            what: "dps",
+            ok: true,
+            detail: format!(
+                "not contacted: pre-verification arrives with the DPS issue (pre_verify = {})",
+                config.dps.pre_verify
+            ),
+        });
+    }
+    let all_ok = checks.iter().all(|c| c.ok);
+    if json {
+        print_json(&serde_json::json!({ "ok": all_ok, "checks": checks }));
+    } else {
+        for c in &checks {
+            println!(
+                "{} {:<10} {}",
+                if c.ok { "ok  " } else { "FAIL" },
+                c.what,
+                c.detail
+            );
+        }
+    }
+    Ok(if all_ok {
+        OK
+    } else if config.is_none() || checks.iter().any(|c| !c.ok && c.what == "group key") {
+        exit::USAGE
+    } else {
+        exit::FAILED
+    })
+}
