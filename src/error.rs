@@ -119,9 +119,11 @@ impl Error {
     /// The process exit code this error maps to (README "Exit codes").
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Config(_) | Error::Key(_) | Error::Identity(_) | Error::NotAvailable { .. } => {
-                exit::USAGE
-            }
+            Error::Config(_)
+            | Error::Key(_)
+            | Error::Identity(_)
+            | Error::BadInput { .. }
+            | Error::NotAvailable { .. } => exit::USAGE,
             Error::Nvs(e) if e.is_input_error() => exit::USAGE,
             Error::Store(e) if e.is_usage_error() => exit::USAGE,
             _ => exit::FAILED,

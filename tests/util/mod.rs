@@ -1,0 +1,133 @@
+//! Shared helpers: a temporary station workspace and a runner for the `station` binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A group key used only by tests (64 random bytes, base64).
+pub const GROUP_KEY: &str =
+    "IPqyrydADngU4vWjT+oEIm80S8CoXkpEvDM85GB0fYWGc4H7tGK8KOmswJEwP2ePs+ydTBSkPM4lgZwZKs/YQw==";
+
+/// A temporary directory holding a station configuration and its group key.
+pub struct Workspace {
+    /// Kept alive for the test's duration.
+    pub dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    /// A workspace with the repository's example `station.toml` and an owner-only key file.
+    pub fn new() -> Workspace {
+        let example =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("station.toml"))
+                .unwrap();
+        Workspace::with_config(&example)
+    }
+
+    /// A workspace with the given configuration text.
+    pub fn with_config(config: &str) -> Workspace {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("secrets")).unwrap();
+        let workspace = Workspace { dir };
+        workspace.write_key("secrets/group.key", GROUP_KEY);
+        std::fs::write(workspace.path("station.toml"), config).unwrap();
+        workspace
+    }
+
+    /// A path inside the workspace.
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.dir.path().join(relative)
+    }
+
+    /// Writes a key file with mode 0600.
+    pub fn write_key(&self, relative: &str, text: &str) {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = self.path(relative);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
+    /// Runs `station` with this workspace's configuration (from another working directory, to
+    /// prove paths resolve against the configuration file).
+    pub fn station(&self, args: &[&str]) -> Run {
+        let output = Command::new(env!("CARGO_BIN_EXE_station"))
+            .arg("--config")
+            .arg(self.path("station.toml"))
+            .args(args)
+            .current_dir(std::env::temp_dir())
+            .env_remove("STATION_CONFIG")
+            .env("STATION_OPERATOR", "tester")
+            .env("STATION_LOG", "trace")
+            .output()
+            .unwrap();
+        Run::from(output)
+    }
+}
+
+/// A finished `station` process.
+#[derive(Debug)]
+pub struct Run {
+    /// Exit code.
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(output: Output) -> Run {
+        Run {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
+impl Run {
+    /// Asserts the exit code, showing the output when it differs.
+    #[track_caller]
+    pub fn expect(self, code: i32) -> Run {
+        assert_eq!(
+            self.code, code,
+            "stdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    /// Parses stdout as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("{e}: {}", self.stdout))
+    }
+}
+
+/// Every encoding of a secret worth searching for: the text, its decoded bytes as hex (lower
+/// and upper case), and a distinctive slice of each.
+pub fn secret_forms(base64_text: &str) -> Vec<Vec<u8>> {
+    use base64::Engine as _;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(base64_text)
+        .unwrap();
+    let hex_lower = hex::encode(&raw);
+    vec![
+        base64_text.as_bytes().to_vec(),
+        base64_text.as_bytes()[..16].to_vec(),
+        raw[..12].to_vec(),
+        hex_lower.as_bytes().to_vec(),
+        hex_lower.to_uppercase().into_bytes(),
+        hex_lower.as_bytes()[..24].to_vec(),
+    ]
+}
+
+/// Asserts that none of `needles` occurs in `haystack`, naming where.
+#[track_caller]
+pub fn assert_absent(haystack: &[u8], needles: &[Vec<u8>], place: &str) {
+    for needle in needles {
+        assert!(
+            !haystack
+                .windows(needle.len())
+                .any(|w| w == needle.as_slice()),
+            "a form of the group key appears in {place}"
+        );
+    }
+}
