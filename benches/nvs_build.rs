@@ -26,7 +26,7 @@ fn main() {
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("station.toml"))
             .expect("station.toml");
     if with_root_ca {
-        let pem = fixtures.join("nvs/digicert_global_root_g2.pem");
+        let pem = fixtures.join("nvs/DigiCertGlobalRootG2.pem");
         config_text = config_text.replace(
             "# root_ca = { file = \"certs/DigiCertGlobalRootG2.pem\" }",
             &format!("root_ca = {{ file = \"{}\" }}", pem.display()),

@@ -976,13 +976,11 @@ impl Ctx<'_> {
             station_id: &config.station.id,
         };
         let entries = config.nvs.render(&values);
-        nvs::build(&entries, config.nvs.size as usize)
-            .map(drop)
-            .map_err(|e| ConfigError::DoesNotFit {
-                at: self.at(size_span),
-                size: config.nvs.size,
-                detail: e.to_string(),
-            })
+        nvs::check_fits(&entries, config.nvs.size as usize).map_err(|e| ConfigError::DoesNotFit {
+            at: self.at(size_span),
+            size: config.nvs.size,
+            detail: e.to_string(),
+        })
     }
 }
 

@@ -1,5 +1,9 @@
 //! Integration tests, compiled as one binary. Each test works in its own temporary directory
 //! with its own `station.toml`, group key and SQLite file.
 
+// Test helpers outside #[test] functions panic on purpose: a broken fixture is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod cli;
+mod nvs;
 mod util;
