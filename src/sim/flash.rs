@@ -80,8 +80,9 @@ impl Flash {
     }
 }
 
-/// Writes a flash image to `path` atomically: a temporary file in the same directory is written,
-/// flushed and renamed over the old image, so a reader sees the old or the new image, never half.
+/// Writes a flash image to `path` atomically: a temporary file in the same directory is written
+/// and renamed over the old image, so a reader sees the old or the new image, never half. No
+/// fsync: the image is a view for tests and operators, not data that must survive a crash.
 pub(crate) fn write_snapshot(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
     let name = path
@@ -92,7 +93,6 @@ pub(crate) fn write_snapshot(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let result = (|| {
         let mut file = std::fs::File::create(&temp)?;
         file.write_all(bytes)?;
-        file.sync_data()?;
         std::fs::rename(&temp, path)
     })();
     if result.is_err() {

@@ -256,7 +256,10 @@ pub struct SimOptions {
     pub count: usize,
     /// Where to put a `ttySIM<i>` symlink to each device's pseudo-terminal; created if missing.
     pub link_dir: Option<PathBuf>,
-    /// Where to keep each device's flash image as `<12 hex digit MAC>.bin`; created if missing.
+    /// Where to keep each device's flash image as `<12 hex digit MAC>.bin` (the whole 4 MiB);
+    /// created if missing. The image is written at start (all erased) and replaced atomically
+    /// after every completed write: when a FLASH_*BEGIN region has been fully written, at
+    /// FLASH_END / FLASH_DEFL_END, and after an erase command.
     pub flash_dir: Option<PathBuf>,
     /// The link's baud rate at power-up (the rate wire time is charged at until a
     /// CHANGE_BAUDRATE).
