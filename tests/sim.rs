@@ -442,3 +442,43 @@ fn espflash_rom_writes_end_by_leaving_the_loader() {
     );
     assert_flash_holds(&line.dump(), &[(0x9000, &data)]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_of_devices_has_distinct_macs_ports_and_faults() {
+    let line = Line::start(SimOptions {
+        count: 3,
+        wire_time: false,
+        faults: vec!["1:silent@frame=1".parse().unwrap()],
+        ..SimOptions::default()
+    });
+    let devices = line.sim.devices();
+    assert_eq!(line.sim.ports().len(), 3);
+    for (i, device) in devices.iter().enumerate() {
+        assert_eq!(device.mac(), devices[0].mac().offset(i as u64));
+        assert_eq!(
+            device.port(),
+            line.dir.path().join("ports").join(format!("ttySIM{i}"))
+        );
+        let file = device.flash_file().unwrap();
+        assert_eq!(
+            file.file_name().unwrap().to_string_lossy(),
+            format!("{}.bin", device.mac().hex())
+        );
+        assert!(std::fs::read(file).unwrap().iter().all(|&b| b == 0xFF));
+    }
+    let mut healthy = EspflashDevice::new(devices[2].port(), settings(true, 115_200));
+    healthy.connect().await.unwrap();
+    assert_eq!(healthy.identify().await.unwrap().mac, devices[2].mac());
+    let mut silent = EspflashDevice::new(devices[1].port(), settings(true, 115_200));
+    assert_eq!(
+        code(silent.connect().await.unwrap_err()),
+        "station::device::no_sync"
+    );
+
+    let ports = line.sim.ports();
+    drop(line.sim);
+    assert!(
+        ports.iter().all(|p| !p.exists()),
+        "links are removed on drop"
+    );
+}
