@@ -6,4 +6,5 @@
 
 mod cli;
 mod nvs;
+mod sim;
 mod util;

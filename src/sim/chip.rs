@@ -1,0 +1,284 @@
+//! The simulated chip's memory-mapped registers: what espflash and esptool read over READ_REG
+//! and poke over WRITE_REG to identify the chip and talk to its SPI flash.
+//!
+//! Addresses and bit layouts follow the ESP32 Technical Reference Manual
+//! (<https://www.espressif.com/sites/default/files/documentation/esp32_technical_reference_manual_en.pdf>):
+//! eFuse BLOCK0 read words at `0x3FF5_A000` (MAC, package, revision bits), `APB_CTL_DATE` at
+//! `0x3FF6_607C` (revision bit 2), UART0's clock divider at `0x3FF4_0014` (how hosts estimate the
+//! crystal), and the SPI1 user-command registers at `0x3FF4_2000` that hosts drive to read the
+//! flash JEDEC ID. The chip-detect word at `0x4000_1000` lies in ROM and differs per chip model.
+//! Registers the model does not know read as zero; writes are remembered and read back.
+
+use std::collections::HashMap;
+
+use super::SimChip;
+use crate::identity::Mac;
+
+/// The ROM word hosts read to tell chip models apart.
+pub(crate) const CHIP_DETECT_MAGIC_REG: u32 = 0x4000_1000;
+/// JEDEC ID of the simulated flash as W0 holds it after RDID: manufacturer 0xEF (Winbond),
+/// memory type 0x40, capacity code 0x16 (2^22 bytes = 4 MiB), i.e. a W25Q32.
+pub(crate) const FLASH_ID: u32 = 0x0016_40EF;
+
+/// The crystal the simulated board carries; hosts infer it from the UART divider.
+const XTAL_HZ: u32 = 40_000_000;
+
+const EFUSE_BLK0_RDATA: u32 = 0x3FF5_A000;
+const APB_CTL_DATE: u32 = 0x3FF6_607C;
+const UART0_CLKDIV: u32 = 0x3FF4_0014;
+const RTC_CALI_CFG1: u32 = 0x3FF5_F06C;
+const GPIO_STRAP: u32 = 0x3FF4_4038;
+
+/// EFUSE_BLK0_RDATA3: package version 1 (ESP32-D0WD) in bits 9..12, CHIP_VER_REV1 in bit 15.
+const EFUSE_WORD3: u32 = (1 << 9) | (1 << 15);
+/// EFUSE_BLK0_RDATA4: CK8M_FREQ in bits 0..8. With the RTC calibration value below, esptool's
+/// estimate of the ROM's crystal (`cali * 15625 * ck8m / 40`) comes to exactly 40 MHz.
+const EFUSE_WORD4: u32 = 50;
+const RTC_CALI_VALUE: u32 = 2048 << 7;
+/// EFUSE_BLK0_RDATA5: CHIP_VER_REV2 in bit 20; wafer minor version (bits 24..26) stays 0.
+const EFUSE_WORD5: u32 = 1 << 20;
+/// APB_CTL_DATE with bit 31 set: together with the two eFuse bits this reads as revision v3.0.
+const APB_CTL_DATE_VALUE: u32 = 0x9604_2000;
+/// GPIO strapping as latched in UART download mode (`boot:0x3`).
+const STRAP_DOWNLOAD_BOOT: u32 = 0x03;
+
+/// SPI_CMD bit that starts a user-defined transaction and stays set while it runs.
+const SPI_CMD_USR: u32 = 1 << 18;
+/// SPI_USR bit: the transaction has a MISO (read) phase.
+const SPI_USR_MISO: u32 = 1 << 28;
+
+const SPIFLASH_RDID: u8 = 0x9F;
+const SPIFLASH_RDSFDP: u8 = 0x5A;
+/// "SFDP" as the first 32 bits of the SFDP table.
+const SFDP_SIGNATURE: u32 = 0x5044_4653;
+
+/// Where a chip model keeps its SPI1 (flash) controller registers.
+#[derive(Debug, Clone, Copy)]
+struct SpiLayout {
+    base: u32,
+    usr: u32,
+    usr2: u32,
+    miso_dlen: u32,
+    w0: u32,
+}
+
+impl SpiLayout {
+    fn of(chip: SimChip) -> Self {
+        match chip {
+            SimChip::Esp32 => SpiLayout {
+                base: 0x3FF4_2000,
+                usr: 0x1C,
+                usr2: 0x24,
+                miso_dlen: 0x2C,
+                w0: 0x80,
+            },
+            SimChip::Esp32s3 | SimChip::Esp32c3 => SpiLayout {
+                base: 0x6000_2000,
+                usr: 0x18,
+                usr2: 0x20,
+                miso_dlen: 0x28,
+                w0: 0x58,
+            },
+        }
+    }
+}
+
+/// The register file of one simulated chip.
+#[derive(Debug)]
+pub(crate) struct Registers {
+    chip: SimChip,
+    mac: Mac,
+    written: HashMap<u32, u32>,
+    spi: SpiLayout,
+    /// Reads of SPI_CMD that still report the transaction busy; hosts poll until it clears.
+    spi_busy_reads: u8,
+}
+
+impl Registers {
+    /// The registers of `chip` at power-up, with `mac` burned into eFuse.
+    pub(crate) fn new(chip: SimChip, mac: Mac) -> Self {
+        Registers {
+            chip,
+            mac,
+            written: HashMap::new(),
+            spi: SpiLayout::of(chip),
+            spi_busy_reads: 0,
+        }
+    }
+
+    /// The value of the ROM chip-detect word.
+    fn magic(&self) -> u32 {
+        match self.chip {
+            SimChip::Esp32 => 0x00F0_1D83,
+            SimChip::Esp32s3 => 0x0000_0009,
+            SimChip::Esp32c3 => 0x1B31_506F,
+        }
+    }
+
+    /// Word `n` of the ESP32's eFuse BLOCK0 as read through `EFUSE_BLK0_RDATAn_REG`.
+    fn esp32_efuse_word(&self, n: u32) -> u32 {
+        let m = self.mac.0;
+        match n {
+            1 => u32::from_be_bytes([m[2], m[3], m[4], m[5]]),
+            2 => (u32::from(mac_crc8(&m)) << 16) | u32::from(u16::from_be_bytes([m[0], m[1]])),
+            3 => EFUSE_WORD3,
+            4 => EFUSE_WORD4,
+            5 => EFUSE_WORD5,
+            _ => 0,
+        }
+    }
+
+    /// Reads a register; `baud` is the UART's current rate (the divider register follows it).
+    pub(crate) fn read(&mut self, addr: u32, baud: u32) -> u32 {
+        if addr == CHIP_DETECT_MAGIC_REG {
+            return self.magic();
+        }
+        if addr == self.spi.base {
+            if self.spi_busy_reads > 0 {
+                self.spi_busy_reads -= 1;
+                return self.written.get(&addr).copied().unwrap_or(0) | SPI_CMD_USR;
+            }
+            return self.written.get(&addr).copied().unwrap_or(0) & !SPI_CMD_USR;
+        }
+        if self.chip == SimChip::Esp32 {
+            match addr {
+                EFUSE_BLK0_RDATA..=0x3FF5_A018 if addr.is_multiple_of(4) => {
+                    return self.esp32_efuse_word((addr - EFUSE_BLK0_RDATA) / 4);
+                }
+                APB_CTL_DATE => return APB_CTL_DATE_VALUE,
+                UART0_CLKDIV => return XTAL_HZ / baud.max(1),
+                RTC_CALI_CFG1 => return RTC_CALI_VALUE,
+                GPIO_STRAP => return STRAP_DOWNLOAD_BOOT,
+                _ => {}
+            }
+        }
+        self.written.get(&addr).copied().unwrap_or(0)
+    }
+
+    /// Writes the bits of `value` selected by `mask`.
+    pub(crate) fn write(&mut self, addr: u32, value: u32, mask: u32) {
+        let old = self.written.get(&addr).copied().unwrap_or(0);
+        let new = (old & !mask) | (value & mask);
+        self.written.insert(addr, new);
+        if addr == self.spi.base && new & SPI_CMD_USR != 0 {
+            self.run_spi_command();
+        }
+    }
+
+    /// Executes the user command set up in USR/USR2/ADDR/MISO_DLEN against the flash chip and
+    /// leaves its answer in W0.
+    fn run_spi_command(&mut self) {
+        let reg = |r: &Self, offset: u32| r.written.get(&(r.spi.base + offset)).copied();
+        let usr = reg(self, self.spi.usr).unwrap_or(0);
+        let command = (reg(self, self.spi.usr2).unwrap_or(0) & 0xFF) as u8;
+        let address = reg(self, 0x04).unwrap_or(0) >> 8;
+        let answer = match command {
+            SPIFLASH_RDID => FLASH_ID,
+            SPIFLASH_RDSFDP if address == 0 => SFDP_SIGNATURE,
+            SPIFLASH_RDSFDP => u32::MAX,
+            // Status registers: idle, no write in progress, nothing protected.
+            _ => 0,
+        };
+        let miso_bits = if usr & SPI_USR_MISO != 0 {
+            reg(self, self.spi.miso_dlen).unwrap_or(0) + 1
+        } else {
+            0
+        };
+        let mask = match miso_bits {
+            0 => 0,
+            1..=31 => (1u32 << miso_bits) - 1,
+            _ => u32::MAX,
+        };
+        self.written
+            .insert(self.spi.base + self.spi.w0, answer & mask);
+        // One poll sees the transaction busy, so a host's wait loop is exercised, not skipped.
+        self.spi_busy_reads = 1;
+    }
+
+    /// The GET_SECURITY_INFO payload (flags, flash_crypt_cnt, key purposes, chip ID, ECO
+    /// version), or `None` for a chip whose ROM lacks the command (the ESP32).
+    pub(crate) fn security_info(&self) -> Option<Vec<u8>> {
+        let chip_id: u32 = match self.chip {
+            SimChip::Esp32 => return None,
+            SimChip::Esp32s3 => 9,
+            SimChip::Esp32c3 => 5,
+        };
+        let mut info = vec![0u8; 12];
+        info.extend_from_slice(&chip_id.to_le_bytes());
+        info.extend_from_slice(&0u32.to_le_bytes());
+        Some(info)
+    }
+}
+
+/// CRC-8 of the factory MAC as stored beside it in eFuse (reflected polynomial 0x8C).
+fn mac_crc8(mac: &[u8; 6]) -> u8 {
+    let mut crc = 0u8;
+    for &byte in mac {
+        crc ^= byte;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x8C
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    crc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn esp32() -> Registers {
+        Registers::new(SimChip::Esp32, Mac([0x24, 0x0a, 0xc4, 0x12, 0x34, 0x56]))
+    }
+
+    #[test]
+    fn mac_words_decode_the_way_hosts_decode_them() {
+        let mut regs = esp32();
+        let word1 = regs.read(EFUSE_BLK0_RDATA + 4, 115_200);
+        let word2 = regs.read(EFUSE_BLK0_RDATA + 8, 115_200);
+        let joined = (u64::from(word2 & 0xFFFF) << 32) | u64::from(word1);
+        assert_eq!(
+            &joined.to_be_bytes()[2..],
+            &[0x24, 0x0a, 0xc4, 0x12, 0x34, 0x56]
+        );
+    }
+
+    #[test]
+    fn uart_divider_implies_a_40_mhz_crystal_at_any_baud() {
+        let mut regs = esp32();
+        for baud in [115_200u32, 460_800, 921_600] {
+            let estimate = baud * (regs.read(UART0_CLKDIV, baud) & 0xFFFFF) / 1_000_000;
+            assert!(estimate > 33, "{baud}: {estimate}");
+        }
+    }
+
+    #[test]
+    fn rdid_through_the_user_command_registers() {
+        let mut regs = esp32();
+        let base = 0x3FF4_2000;
+        regs.write(base + 0x1C, (1 << 31) | SPI_USR_MISO, u32::MAX);
+        regs.write(base + 0x24, (7 << 28) | u32::from(SPIFLASH_RDID), u32::MAX);
+        regs.write(base + 0x2C, 23, u32::MAX);
+        regs.write(base + 0x80, 0, u32::MAX);
+        regs.write(base, SPI_CMD_USR, u32::MAX);
+        assert_ne!(
+            regs.read(base, 115_200) & SPI_CMD_USR,
+            0,
+            "busy on the first poll"
+        );
+        assert_eq!(regs.read(base, 115_200) & SPI_CMD_USR, 0);
+        assert_eq!(regs.read(base + 0x80, 115_200), FLASH_ID);
+        assert_eq!((FLASH_ID >> 16) as u8, 0x16, "capacity code of 4 MiB");
+    }
+
+    #[test]
+    fn unknown_registers_read_zero_and_remember_writes() {
+        let mut regs = esp32();
+        assert_eq!(regs.read(0x6000_0000, 115_200), 0);
+        regs.write(0x6000_0000, 0xABCD, 0xFF);
+        assert_eq!(regs.read(0x6000_0000, 115_200), 0xCD);
+    }
+}

@@ -1,0 +1,576 @@
+//! Simulated ESP32s on pseudo-terminals, for tests and demos of the whole line without hardware.
+//!
+//! Each [`SimDevice`] is a pseudo-terminal whose far end speaks the ESP32 serial-loader protocol
+//! (<https://docs.espressif.com/projects/esptool/en/latest/esp32/advanced-topics/serial-protocol.html>):
+//! SLIP framing, the ROM loader's commands (SYNC, READ_REG/WRITE_REG, SPI_ATTACH,
+//! SPI_SET_PARAMS, CHANGE_BAUDRATE, MEM_*, FLASH_*, FLASH_DEFL_*, SPI_FLASH_MD5) and, once a
+//! stub has been uploaded and started, the flasher stub's
+//! (<https://docs.espressif.com/projects/esptool/en/latest/esp32/esptool/flasher-stub.html>).
+//! The real espflash library and Espressif's esptool both work against it: it answers the eFuse,
+//! chip-detect, UART-divider and SPI-flash registers they read, with its own MAC per device.
+//!
+//! Each device has 4 MiB of flash, erased at start, that [`SimDevice::flash`] returns and that
+//! with [`SimOptions::flash_dir`] is kept on disk as `<mac>.bin` after every completed write. The
+//! link models wire time (10 bits per byte at the current baud, both ways) and can inject
+//! [`Fault`]s: an unplug, a garbled reply, silence; [`SimChip`] makes a device claim to be
+//! another chip model.
+//!
+//! What it does not model: DTR/RTS (a pseudo-terminal has no modem lines, so hosts must use
+//! "no reset" before and after), flash timing (erase and write are instant), secure boot and
+//! flash encryption, and firmware: once the ROM loader is left (FLASH_END in ROM mode,
+//! RUN_USER_CODE in the stub) the device stays silent until the simulation restarts.
+
+mod chip;
+mod flash;
+mod loader;
+mod port;
+mod slip;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+use crate::identity::Mac;
+
+pub use port::SimStats;
+
+/// Espressif's OUI, the first half of every default simulated MAC.
+const ESPRESSIF_OUI: [u8; 3] = [0x24, 0x0a, 0xc4];
+
+/// Errors from the simulator.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+#[non_exhaustive]
+pub enum SimError {
+    /// No pseudo-terminal could be created.
+    #[error("cannot create a pseudo-terminal: {source}")]
+    #[diagnostic(
+        code(station::sim::pty),
+        help(
+            "Check that /dev/ptmx and /dev/pts are available (in a container, mount devpts) and that the process may open more files."
+        )
+    )]
+    Pty {
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A port link or the flash directory could not be set up.
+    #[error("cannot {action} {path}: {source}")]
+    #[diagnostic(
+        code(station::sim::file),
+        help("Check that the directory exists or can be created and is writable by this user.")
+    )]
+    File {
+        /// What the simulator was doing (`create directory`, `link`, ...).
+        action: &'static str,
+        /// The path concerned.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A device thread could not be started.
+    #[error("cannot start the thread of simulated device {index}: {source}")]
+    #[diagnostic(
+        code(station::sim::thread),
+        help("The system is out of threads or memory; simulate fewer devices.")
+    )]
+    Thread {
+        /// The device's index.
+        index: usize,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A fault specification could not be parsed.
+    #[error("bad fault `{input}`: {reason}")]
+    #[diagnostic(
+        code(station::sim::bad_fault),
+        help(
+            "Write [DEVICE:]KIND@TRIGGER=N with KIND unplug, corrupt or silent and TRIGGER bytes, frame or block, e.g. `unplug@bytes=40000` or `1:silent@block=2`."
+        )
+    )]
+    BadFault {
+        /// What was given.
+        input: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A chip name is not one the simulator can imitate.
+    #[error("the simulator cannot imitate chip `{input}`")]
+    #[diagnostic(
+        code(station::sim::bad_chip),
+        help("Use esp32 (the default), esp32s3 or esp32c3.")
+    )]
+    BadChip {
+        /// What was given.
+        input: String,
+    },
+    /// The options ask for nothing or for too much.
+    #[error("invalid simulator options: {reason}")]
+    #[diagnostic(
+        code(station::sim::bad_options),
+        help(
+            "Use at least one device, a positive baud rate and fault device indexes below the device count."
+        )
+    )]
+    BadOptions {
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The chip model a simulated device claims to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum SimChip {
+    /// ESP32-D0WD-V3, revision v3.0: the fully simulated chip.
+    #[default]
+    Esp32,
+    /// ESP32-S3, only as far as chip detection goes (security info and chip-detect word).
+    Esp32s3,
+    /// ESP32-C3, only as far as chip detection goes (security info and chip-detect word).
+    Esp32c3,
+}
+
+impl FromStr for SimChip {
+    type Err = SimError;
+
+    /// Parses `esp32`, `esp32s3` or `esp32c3` (any case, `-` ignored: `ESP32-S3` works).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().replace('-', "").as_str() {
+            "esp32" => Ok(SimChip::Esp32),
+            "esp32s3" => Ok(SimChip::Esp32s3),
+            "esp32c3" => Ok(SimChip::Esp32c3),
+            _ => Err(SimError::BadChip {
+                input: s.to_owned(),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for SimChip {
+    /// The name espflash uses: `esp32`, `esp32s3`, `esp32c3`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SimChip::Esp32 => "esp32",
+            SimChip::Esp32s3 => "esp32s3",
+            SimChip::Esp32c3 => "esp32c3",
+        })
+    }
+}
+
+/// What goes wrong when a [`Fault`] fires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FaultKind {
+    /// The device disappears like a pulled USB cable: the pseudo-terminal is hung up, its link
+    /// removed, and the host's next read or write fails.
+    Unplug,
+    /// The first reply to the triggering frame is garbled on the wire (header bytes flipped), so
+    /// the host sees no valid answer to its command. Fires once.
+    CorruptReply,
+    /// The device stops answering from the triggering frame on, but stays connected.
+    Silent,
+}
+
+/// When a [`Fault`] fires; counts start at power-up and include every host session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Trigger {
+    /// Once this many bytes have been received from the host (mid-frame if it falls there).
+    RxBytes(u64),
+    /// At the nth request frame received (1-based), before it is answered.
+    Frame(u64),
+    /// At the nth flash data block (FLASH_DATA or FLASH_DEFL_DATA, 1-based) received.
+    FlashBlock(u64),
+}
+
+/// A fault to inject into one simulated device, or into all of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fault {
+    /// The device index it applies to; `None` for every device.
+    pub device: Option<usize>,
+    /// What happens.
+    pub kind: FaultKind,
+    /// When it happens.
+    pub at: Trigger,
+}
+
+impl FromStr for Fault {
+    type Err = SimError;
+
+    /// Parses `[DEVICE:]KIND@TRIGGER=N`, e.g. `unplug@bytes=40000`, `1:silent@block=2`,
+    /// `corrupt@frame=30`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = |reason: &str| SimError::BadFault {
+            input: s.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let (device, rest) = match s.split_once(':') {
+            Some((index, rest)) => (
+                Some(
+                    index
+                        .trim()
+                        .parse::<usize>()
+                        .map_err(|_| bad("the device index is not a number"))?,
+                ),
+                rest,
+            ),
+            None => (None, s),
+        };
+        let (kind, trigger) = rest
+            .split_once('@')
+            .ok_or_else(|| bad("missing `@` between kind and trigger"))?;
+        let kind = match kind.trim() {
+            "unplug" => FaultKind::Unplug,
+            "corrupt" => FaultKind::CorruptReply,
+            "silent" => FaultKind::Silent,
+            _ => return Err(bad("the kind must be unplug, corrupt or silent")),
+        };
+        let (counter, n) = trigger
+            .split_once('=')
+            .ok_or_else(|| bad("missing `=N` after the trigger"))?;
+        let n: u64 = n
+            .trim()
+            .parse()
+            .map_err(|_| bad("the count is not a number"))?;
+        if n == 0 {
+            return Err(bad("counts start at 1"));
+        }
+        let at = match counter.trim() {
+            "bytes" => Trigger::RxBytes(n),
+            "frame" => Trigger::Frame(n),
+            "block" => Trigger::FlashBlock(n),
+            _ => return Err(bad("the trigger must be bytes, frame or block")),
+        };
+        Ok(Fault { device, kind, at })
+    }
+}
+
+/// How to run a simulated line.
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    /// How many devices to simulate.
+    pub count: usize,
+    /// Where to put a `ttySIM<i>` symlink to each device's pseudo-terminal; created if missing.
+    pub link_dir: Option<PathBuf>,
+    /// Where to keep each device's flash image as `<12 hex digit MAC>.bin` (the whole 4 MiB);
+    /// created if missing. The image is written at start (all erased) and replaced atomically
+    /// after every completed write: when a FLASH_*BEGIN region has been fully written, at
+    /// FLASH_END / FLASH_DEFL_END, and after an erase command.
+    pub flash_dir: Option<PathBuf>,
+    /// The link's baud rate at power-up (the rate wire time is charged at until a
+    /// CHANGE_BAUDRATE).
+    pub baud: u32,
+    /// The chip model every device claims to be.
+    pub chip: SimChip,
+    /// The MAC of device 0; device `i` gets `base_mac.offset(i)`. By default Espressif's OUI
+    /// followed by three bytes drawn from the process ID and the clock, so MACs differ per
+    /// device and per run.
+    pub base_mac: Option<Mac>,
+    /// Faults to inject.
+    pub faults: Vec<Fault>,
+    /// Whether to charge wire time (10 bits per byte at the current baud). Off makes unit tests
+    /// fast; on makes a session take as long as it would on a real UART.
+    pub wire_time: bool,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        SimOptions {
+            count: 1,
+            link_dir: None,
+            flash_dir: None,
+            baud: 115_200,
+            chip: SimChip::Esp32,
+            base_mac: None,
+            faults: Vec::new(),
+            wire_time: true,
+        }
+    }
+}
+
+/// What a simulated device is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SimState {
+    /// The ROM loader answers (download mode).
+    RomLoader,
+    /// The flasher stub answers.
+    Stub,
+    /// The loader was left; the device no longer answers.
+    Firmware,
+    /// An unplug fault fired; the pseudo-terminal is gone.
+    Unplugged,
+}
+
+/// One simulated ESP32 of a [`SimLine`].
+#[derive(Debug)]
+pub struct SimDevice {
+    index: usize,
+    mac: Mac,
+    port: PathBuf,
+    pts: PathBuf,
+    flash_file: Option<PathBuf>,
+    shared: Arc<port::Shared>,
+}
+
+impl SimDevice {
+    /// Its position in the line (0-based).
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The MAC burned into its eFuse.
+    pub fn mac(&self) -> Mac {
+        self.mac
+    }
+
+    /// The path hosts open: the link if the line has a link directory, else the pseudo-terminal.
+    pub fn port(&self) -> &Path {
+        &self.port
+    }
+
+    /// The pseudo-terminal itself (`/dev/pts/N`).
+    pub fn pts(&self) -> &Path {
+        &self.pts
+    }
+
+    /// Where its flash image is kept, if the line has a flash directory.
+    pub fn flash_file(&self) -> Option<&Path> {
+        self.flash_file.as_deref()
+    }
+
+    /// A copy of its whole flash (4 MiB).
+    pub fn flash(&self) -> Vec<u8> {
+        self.shared.flash()
+    }
+
+    /// What it is doing now.
+    pub fn state(&self) -> SimState {
+        self.shared.state()
+    }
+
+    /// Traffic counters since power-up.
+    pub fn stats(&self) -> SimStats {
+        self.shared.stats()
+    }
+}
+
+/// A line of simulated devices. Dropping it stops them and removes their links.
+#[derive(Debug)]
+pub struct SimLine {
+    devices: Vec<SimDevice>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    links: Vec<PathBuf>,
+}
+
+impl SimLine {
+    /// Creates the devices and starts serving them.
+    pub fn start(opts: SimOptions) -> Result<SimLine, SimError> {
+        if opts.count == 0 || opts.baud == 0 {
+            return Err(SimError::BadOptions {
+                reason: "the device count and baud rate must be positive".to_owned(),
+            });
+        }
+        if let Some(fault) = opts
+            .faults
+            .iter()
+            .find(|f| f.device.is_some_and(|d| d >= opts.count))
+        {
+            return Err(SimError::BadOptions {
+                reason: format!(
+                    "{fault:?} names a device beyond the {} simulated",
+                    opts.count
+                ),
+            });
+        }
+        for dir in [&opts.link_dir, &opts.flash_dir].into_iter().flatten() {
+            std::fs::create_dir_all(dir).map_err(|source| SimError::File {
+                action: "create directory",
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        let base = opts
+            .base_mac
+            .unwrap_or_else(|| default_base_mac(opts.count));
+        let mut line = SimLine {
+            devices: Vec::with_capacity(opts.count),
+            stop: Arc::new(AtomicBool::new(false)),
+            threads: Vec::with_capacity(opts.count),
+            links: Vec::new(),
+        };
+        for index in 0..opts.count {
+            let mac = base.offset(index as u64);
+            let pty = port::Pty::open().map_err(|source| SimError::Pty { source })?;
+            let pts = pty.path().to_owned();
+            let port = match &opts.link_dir {
+                Some(dir) => {
+                    let link = dir.join(format!("ttySIM{index}"));
+                    replace_symlink(&pts, &link)?;
+                    line.links.push(link.clone());
+                    link
+                }
+                None => pts.clone(),
+            };
+            let flash_file = opts
+                .flash_dir
+                .as_ref()
+                .map(|dir| dir.join(format!("{}.bin", mac.hex())));
+            let faults = opts
+                .faults
+                .iter()
+                .filter(|f| f.device.is_none_or(|d| d == index))
+                .copied()
+                .collect();
+            let shared = Arc::new(port::Shared::new(opts.chip, mac, opts.baud));
+            if let Some(file) = &flash_file {
+                shared.snapshot(file).map_err(|source| SimError::File {
+                    action: "write",
+                    path: file.clone(),
+                    source,
+                })?;
+            }
+            let link = opts.link_dir.is_some().then(|| port.clone());
+            let serve = port::Serve {
+                pty,
+                shared: Arc::clone(&shared),
+                faults,
+                wire_time: opts.wire_time,
+                baud: opts.baud,
+                flash_file: flash_file.clone(),
+                link,
+                stop: Arc::clone(&line.stop),
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("sim-esp32-{index}"))
+                .spawn(move || serve.run())
+                .map_err(|source| SimError::Thread { index, source })?;
+            line.threads.push(thread);
+            line.devices.push(SimDevice {
+                index,
+                mac,
+                port,
+                pts,
+                flash_file,
+                shared,
+            });
+        }
+        tracing::info!(count = opts.count, chip = %opts.chip, "simulated line started");
+        Ok(line)
+    }
+
+    /// The path of each device's port, in device order.
+    pub fn ports(&self) -> Vec<PathBuf> {
+        self.devices.iter().map(|d| d.port.clone()).collect()
+    }
+
+    /// The devices, in order.
+    pub fn devices(&self) -> &[SimDevice] {
+        &self.devices
+    }
+}
+
+impl Drop for SimLine {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+        for link in &self.links {
+            let _ = std::fs::remove_file(link);
+        }
+    }
+}
+
+/// Points `link` at `target`, replacing a stale link from an earlier run.
+fn replace_symlink(target: &Path, link: &Path) -> Result<(), SimError> {
+    if link.symlink_metadata().is_ok() {
+        std::fs::remove_file(link).map_err(|source| SimError::File {
+            action: "replace",
+            path: link.to_owned(),
+            source,
+        })?;
+    }
+    std::os::unix::fs::symlink(target, link).map_err(|source| SimError::File {
+        action: "link",
+        path: link.to_owned(),
+        source,
+    })
+}
+
+/// Espressif's OUI and three bytes from the process ID and the clock, kept low enough that the
+/// `count` devices numbered from it stay inside the OUI.
+fn default_base_mac(count: usize) -> Mac {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    hasher.write_u128(nanos);
+    let space = 1u64 << 24;
+    let count = (count as u64).min(space);
+    let low = hasher.finish() % (space - count + 1);
+    let [_, _, _, _, _, a, b, c] = low.to_be_bytes();
+    Mac([
+        ESPRESSIF_OUI[0],
+        ESPRESSIF_OUI[1],
+        ESPRESSIF_OUI[2],
+        a,
+        b,
+        c,
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_parse() {
+        assert_eq!(
+            "unplug@bytes=40000".parse::<Fault>().unwrap(),
+            Fault {
+                device: None,
+                kind: FaultKind::Unplug,
+                at: Trigger::RxBytes(40_000)
+            }
+        );
+        assert_eq!(
+            "1:silent@block=2".parse::<Fault>().unwrap(),
+            Fault {
+                device: Some(1),
+                kind: FaultKind::Silent,
+                at: Trigger::FlashBlock(2)
+            }
+        );
+        for bad in [
+            "unplug",
+            "melt@frame=1",
+            "silent@frame=0",
+            "x:corrupt@frame=3",
+            "corrupt@hour=1",
+        ] {
+            assert!(bad.parse::<Fault>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn chips_parse() {
+        assert_eq!("ESP32-S3".parse::<SimChip>().unwrap(), SimChip::Esp32s3);
+        assert_eq!(SimChip::Esp32c3.to_string(), "esp32c3");
+        assert!("esp8266".parse::<SimChip>().is_err());
+    }
+
+    #[test]
+    fn default_macs_stay_in_the_espressif_oui() {
+        let base = default_base_mac(1000);
+        assert_eq!(base.0[..3], ESPRESSIF_OUI);
+        assert_eq!(base.offset(999).0[..3], ESPRESSIF_OUI);
+    }
+}
