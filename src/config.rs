@@ -19,6 +19,8 @@ use indexmap::IndexMap;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::device::SerialSettings;
+pub use crate::device::{AfterReset, BeforeReset};
 use crate::identity::{IdentityError, RegistrationIdTemplate, Token, tokenize};
 use crate::keys::DEVICE_KEY_LEN;
 use crate::nvs;
@@ -409,30 +411,6 @@ impl ValueTemplate {
     }
 }
 
-/// The reset before connecting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum BeforeReset {
-    /// DTR/RTS into the ROM loader, as on most dev boards.
-    #[default]
-    DefaultReset,
-    /// The USB-Serial-JTAG reset of chips with native USB.
-    UsbReset,
-    /// Leave the lines alone: the chip is already in download mode (and pseudo-terminals).
-    NoReset,
-}
-
-/// The reset after a unit is done.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum AfterReset {
-    /// Pulse RTS to reboot into the new configuration.
-    #[default]
-    HardReset,
-    /// Leave the chip in the loader.
-    NoReset,
-}
-
 /// `[serial]`.
 #[derive(Debug, Clone)]
 pub struct SerialConfig {
@@ -448,6 +426,20 @@ pub struct SerialConfig {
     pub chip: Chip,
     /// Whether to run the flasher stub.
     pub stub: bool,
+}
+
+impl SerialConfig {
+    /// The settings the device layer needs for one port.
+    pub fn settings(&self) -> SerialSettings {
+        SerialSettings {
+            baud: self.baud,
+            before: self.before,
+            after: self.after,
+            chip: self.chip,
+            stub: self.stub,
+            stage_timeout: None,
+        }
+    }
 }
 
 /// One `[[firmware]]` image.

@@ -38,6 +38,10 @@ pub enum Error {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Device(#[from] crate::device::DeviceError),
+    /// The pipeline refused or failed a unit.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Provision(#[from] crate::provision::ProvisionError),
     /// The simulator failed.
     #[error(transparent)]
     #[diagnostic(transparent)]
@@ -126,6 +130,7 @@ impl Error {
             | Error::NotAvailable { .. } => exit::USAGE,
             Error::Nvs(e) if e.is_input_error() => exit::USAGE,
             Error::Store(e) if e.is_usage_error() => exit::USAGE,
+            Error::Sim(e) if e.is_usage_error() => exit::USAGE,
             _ => exit::FAILED,
         }
     }

@@ -6,13 +6,20 @@
 //! idempotent and lets `station nvs build --mac` reproduce exactly what a unit received.
 
 use std::fmt;
+use std::time::Instant;
 
+use md5::Md5;
 use sha2::{Digest as _, Sha256};
+use tokio::sync::mpsc::UnboundedSender;
+use tracing::instrument;
 
 use crate::config::{Config, TemplateValues};
+use crate::device::{Device, DeviceError, DeviceIdentity, FlashProgress, ProgressSender, Region};
+use crate::error::Error;
 use crate::identity::{Mac, RegistrationId};
 use crate::keys::{DeviceKey, GroupKeys, KeyId};
 use crate::nvs;
+use crate::store::{AttemptRecord, Batch, Failure, Store, UnitFacts};
 
 /// A stage of the pipeline; stored with failed attempts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -112,4 +119,512 @@ impl DeviceImage {
     pub fn sha256(&self) -> String {
         hex::encode(Sha256::digest(&self.bytes))
     }
+}
+
+/// Errors the pipeline itself raises (the device, store and NVS layers have their own).
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+#[non_exhaustive]
+pub enum ProvisionError {
+    /// The MAC was provisioned in another batch and `--reprovision` was not given.
+    #[error("{mac} was already provisioned in batch `{batch}` at {at}; nothing was written")]
+    #[diagnostic(
+        code(station::provision::already_provisioned),
+        help(
+            "If this unit really must be provisioned again (a rework, a returned unit), run `station provision --reprovision`; it is audited."
+        )
+    )]
+    AlreadyProvisioned {
+        /// The device.
+        mac: Mac,
+        /// The batch it was provisioned in.
+        batch: String,
+        /// When.
+        at: String,
+    },
+    /// The chip's flash is too small for the configured regions.
+    #[error(
+        "{mac} has {flash_size} bytes of flash but the images end at {needed:#x}; nothing was written"
+    )]
+    #[diagnostic(
+        code(station::provision::flash_too_small),
+        help(
+            "Check that this unit's module matches the batch, and [nvs] offset/size and [[firmware]] against its flash size."
+        )
+    )]
+    FlashTooSmall {
+        /// The device.
+        mac: Mac,
+        /// Its flash size in bytes.
+        flash_size: u32,
+        /// Where the last region ends.
+        needed: u32,
+    },
+    /// The flash read back differs from what was written.
+    #[error(
+        "verify failed on {mac}: MD5 of {len} bytes at {offset:#x} is {found}, expected {expected}"
+    )]
+    #[diagnostic(
+        code(station::provision::verify_mismatch),
+        help(
+            "The unit is NOT provisioned. Provision it again; if it fails again, the flash chip or its power may be faulty: set the unit aside."
+        )
+    )]
+    VerifyMismatch {
+        /// The device.
+        mac: Mac,
+        /// The region's offset.
+        offset: u32,
+        /// The region's length.
+        len: usize,
+        /// MD5 of the image.
+        expected: String,
+        /// MD5 the chip computed.
+        found: String,
+    },
+}
+
+/// What a unit's attempt needs besides the device: loaded once per station run.
+#[derive(Debug)]
+pub struct Station {
+    /// The configuration.
+    pub config: Config,
+    /// The group keys.
+    pub keys: GroupKeys,
+    /// The database.
+    pub store: Store,
+    /// The `[[firmware]]` images, read once.
+    pub firmware: Vec<Region>,
+}
+
+impl Station {
+    /// Loads the keys, opens the database and reads the firmware images.
+    pub async fn open(config: Config) -> Result<Station, Error> {
+        let keys = GroupKeys::load(
+            &config.dps.group_key_file,
+            config.dps.secondary_group_key_file.as_deref(),
+        )?;
+        let mut firmware = Vec::new();
+        for image in &config.firmware {
+            let data =
+                std::fs::read(&image.file).map_err(|e| Error::io("reading", &image.file, e))?;
+            firmware.push(Region::new(image.offset, data));
+        }
+        let store = Store::open(&config.station.database).await?;
+        Ok(Station {
+            config,
+            keys,
+            store,
+            firmware,
+        })
+    }
+}
+
+/// Seconds spent in each stage of one attempt.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Timings {
+    /// Reset, sync, chip detection, stub upload, flash detection, baud change.
+    pub connect: f64,
+    /// MAC, revision, flash size.
+    pub identify: f64,
+    /// Registration ID, key derivation and NVS image.
+    pub build: f64,
+    /// Writing every region.
+    pub flash: f64,
+    /// MD5 of every region.
+    pub verify: f64,
+    /// The database transaction.
+    pub record: f64,
+    /// The final reset.
+    pub reset: f64,
+}
+
+/// The result of one unit, as shown to the operator and printed by `provision --json`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct UnitReport {
+    /// The port.
+    pub port: String,
+    /// The batch.
+    pub batch: String,
+    /// The MAC, once read.
+    pub mac: Option<Mac>,
+    /// The registration ID, once formed.
+    pub registration_id: Option<RegistrationId>,
+    /// `provisioned` or `failed`.
+    pub outcome: Outcome,
+    /// The stage that failed.
+    pub stage: Option<Stage>,
+    /// The stable error code of the failure.
+    pub error_code: Option<String>,
+    /// The failure in words.
+    pub message: Option<String>,
+    /// What the operator should do.
+    pub hint: Option<String>,
+    /// Wall time of the attempt.
+    pub seconds: f64,
+    /// Per stage.
+    pub timings: Timings,
+    /// Chip, once identified.
+    pub chip: Option<String>,
+    /// SHA-256 of the NVS image, once built.
+    pub image_sha256: Option<String>,
+    /// Fingerprint of the group key used.
+    pub key_id: Option<KeyId>,
+    /// Whether this was an audited re-provision of a unit from another batch.
+    pub reprovision: bool,
+    /// The attempt's row.
+    pub attempt_id: i64,
+    /// DPS pre-verification status (`not-requested` until the DPS issue lands).
+    pub dps_status: &'static str,
+    /// A problem after the unit was recorded (a failed final reset).
+    pub warning: Option<String>,
+}
+
+/// Pass or fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Flashed, verified and recorded.
+    Provisioned,
+    /// Failed at `stage`; recorded as such.
+    Failed,
+}
+
+/// What the pipeline reports while it runs; the terminal view and logs render these.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A stage starts on a port.
+    Stage {
+        /// The port.
+        port: String,
+        /// The stage.
+        stage: Stage,
+    },
+    /// Flash progress on a port.
+    Flash {
+        /// The port.
+        port: String,
+        /// The progress.
+        progress: FlashProgress,
+    },
+}
+
+/// One attempt's request.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The batch to provision into.
+    pub batch: Batch,
+    /// Who is responsible.
+    pub operator: String,
+    /// Re-provision a unit of another batch.
+    pub reprovision: bool,
+}
+
+/// A failure on its way to the record.
+struct Failed {
+    stage: Stage,
+    error: Error,
+    wrote: bool,
+}
+
+fn fail(stage: Stage, wrote: bool) -> impl FnOnce(Error) -> Failed {
+    move |error| Failed {
+        stage,
+        error,
+        wrote,
+    }
+}
+
+/// What the stages established, for the record.
+#[derive(Default)]
+struct Facts {
+    identity: Option<DeviceIdentity>,
+    image: Option<DeviceImage>,
+    image_sha256: Option<String>,
+    reprovision: bool,
+}
+
+/// Runs one unit through the pipeline and records the attempt, pass or fail.
+///
+/// Returns `Ok` with the report whenever the attempt was recorded (a failed unit included);
+/// `Err` only when recording itself failed, in which case the unit is not marked provisioned
+/// and re-running the unit re-flashes the same image.
+#[instrument(skip_all, fields(port = %device.port().display(), batch = %request.batch.name))]
+pub async fn provision<D: Device>(
+    device: &mut D,
+    station: &Station,
+    request: &Request,
+    events: Option<&UnboundedSender<Event>>,
+) -> Result<UnitReport, Error> {
+    let port = device.port().display().to_string();
+    let started_at = crate::store::now();
+    let start = Instant::now();
+    let mut timings = Timings::default();
+    let mut facts = Facts::default();
+    let emit = |stage: Stage| {
+        if let Some(events) = events {
+            let _ = events.send(Event::Stage {
+                port: port.clone(),
+                stage,
+            });
+        }
+    };
+
+    let result = run_stages(
+        device,
+        station,
+        request,
+        events,
+        &emit,
+        &mut timings,
+        &mut facts,
+    )
+    .await;
+
+    emit(Stage::Record);
+    let record_start = Instant::now();
+    let failure = result.as_ref().err().map(|failed| Failure {
+        stage: failed.stage.as_str().to_owned(),
+        code: failed.error.code(),
+        message: failed.error.to_string(),
+        wrote: failed.wrote,
+    });
+    let unit = facts.identity.as_ref().map(|identity| UnitFacts {
+        mac: identity.mac.to_string(),
+        registration_id: facts.image.as_ref().map_or_else(
+            || {
+                station
+                    .config
+                    .dps
+                    .registration_id
+                    .render(&identity.mac)
+                    .to_string()
+            },
+            |image| image.registration_id.to_string(),
+        ),
+        chip: identity.chip.clone(),
+        revision: identity.revision.clone(),
+        flash_size: i64::from(identity.flash_size),
+        key_id: station.keys.primary.id().to_string(),
+        secondary_key_id: station.keys.secondary.as_ref().map(|k| k.id().to_string()),
+        image_sha256: facts.image_sha256.clone(),
+    });
+    let record = AttemptRecord {
+        batch: request.batch.clone(),
+        station_id: station.config.station.id.clone(),
+        operator: request.operator.clone(),
+        port: port.clone(),
+        started_at,
+        finished_at: crate::store::now(),
+        unit,
+        failure,
+        reprovision: facts.reprovision,
+        timings: serde_json::to_value(timings).unwrap_or_default(),
+    };
+    let recorded = station.store.record_attempt(&record).await?;
+    timings.record = record_start.elapsed().as_secs_f64();
+
+    // The unit is recorded: a failed reset no longer changes its outcome.
+    let mut warning = None;
+    if result.is_ok() {
+        let reset_start = Instant::now();
+        if let Err(e) = device.reset().await {
+            warning = Some(format!("provisioned, but the final reset failed: {e}"));
+            tracing::warn!(error = %e, "reset after provisioning failed");
+        }
+        timings.reset = reset_start.elapsed().as_secs_f64();
+    }
+
+    let (stage, error_code, message, hint) = match &result {
+        Ok(()) => (None, None, None, None),
+        Err(failed) => (
+            Some(failed.stage),
+            Some(failed.error.code()),
+            Some(failed.error.to_string()),
+            failed.error.hint(),
+        ),
+    };
+    let report = UnitReport {
+        port,
+        batch: request.batch.name.clone(),
+        mac: facts.identity.as_ref().map(|i| i.mac),
+        registration_id: record
+            .unit
+            .as_ref()
+            .and_then(|u| RegistrationId::new(u.registration_id.clone()).ok()),
+        outcome: if result.is_ok() {
+            Outcome::Provisioned
+        } else {
+            Outcome::Failed
+        },
+        stage,
+        error_code,
+        message,
+        hint,
+        seconds: start.elapsed().as_secs_f64(),
+        timings,
+        chip: facts.identity.as_ref().map(|i| i.chip.clone()),
+        image_sha256: facts.image_sha256,
+        key_id: Some(station.keys.primary.id().clone()),
+        reprovision: facts.reprovision,
+        attempt_id: recorded.attempt_id,
+        dps_status: "not-requested",
+        warning,
+    };
+    match &report.stage {
+        None => tracing::info!(mac = ?report.mac, seconds = report.seconds, "unit provisioned"),
+        Some(stage) => tracing::warn!(%stage, error.code = ?report.error_code, "unit failed"),
+    }
+    Ok(report)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_stages<D: Device>(
+    device: &mut D,
+    station: &Station,
+    request: &Request,
+    events: Option<&UnboundedSender<Event>>,
+    emit: &impl Fn(Stage),
+    timings: &mut Timings,
+    facts: &mut Facts,
+) -> Result<(), Failed> {
+    let config = &station.config;
+
+    emit(Stage::Connect);
+    let t = Instant::now();
+    let connected = device.connect().await;
+    timings.connect = t.elapsed().as_secs_f64();
+    // A chip of the wrong model is refused by the chip check, which belongs to identify.
+    connected.map_err(|e| {
+        let stage = if matches!(e, DeviceError::WrongChip { .. }) {
+            Stage::Identify
+        } else {
+            Stage::Connect
+        };
+        Failed {
+            stage,
+            error: e.into(),
+            wrote: false,
+        }
+    })?;
+
+    emit(Stage::Identify);
+    let t = Instant::now();
+    let identity = device
+        .identify()
+        .await
+        .map_err(|e| fail(Stage::Identify, false)(e.into()))?;
+    timings.identify = t.elapsed().as_secs_f64();
+    let mac = identity.mac;
+    facts.identity = Some(identity.clone());
+    let regions_end = station
+        .firmware
+        .iter()
+        .map(|r| r.offset + r.data.len() as u32)
+        .chain(std::iter::once(config.nvs.offset + config.nvs.size))
+        .max()
+        .unwrap_or(0);
+    if regions_end > identity.flash_size {
+        return Err(fail(Stage::Identify, false)(
+            ProvisionError::FlashTooSmall {
+                mac,
+                flash_size: identity.flash_size,
+                needed: regions_end,
+            }
+            .into(),
+        ));
+    }
+    let existing = station
+        .store
+        .unit_by_mac(&mac.to_string())
+        .await
+        .map_err(|e| fail(Stage::Identify, false)(e.into()))?;
+    let elsewhere = existing.filter(|u| u.state == "provisioned" && u.batch_id != request.batch.id);
+    match elsewhere {
+        Some(unit) if !request.reprovision => {
+            let batch = batch_name(station, unit.batch_id).await;
+            return Err(fail(Stage::Identify, false)(
+                ProvisionError::AlreadyProvisioned {
+                    mac,
+                    batch,
+                    at: unit.provisioned_at.unwrap_or_default(),
+                }
+                .into(),
+            ));
+        }
+        // Only moving a provisioned unit out of another batch counts as a re-provision.
+        Some(_) => facts.reprovision = true,
+        None => {}
+    }
+
+    emit(Stage::Build);
+    let t = Instant::now();
+    let image = DeviceImage::build(config, &station.keys, mac)
+        .map_err(|e| fail(Stage::Build, false)(e.into()))?;
+    facts.image_sha256 = Some(image.sha256());
+    let nvs_region = Region::new(config.nvs.offset, image.bytes.clone());
+    facts.image = Some(image);
+    timings.build = t.elapsed().as_secs_f64();
+
+    emit(Stage::Flash);
+    let t = Instant::now();
+    let mut regions = station.firmware.clone();
+    regions.push(nvs_region);
+    let progress =
+        events.map(|events| forward_progress(events.clone(), device.port().display().to_string()));
+    device
+        .write(regions.clone(), progress)
+        .await
+        .map_err(|e| fail(Stage::Flash, true)(e.into()))?;
+    timings.flash = t.elapsed().as_secs_f64();
+
+    emit(Stage::Verify);
+    let t = Instant::now();
+    for region in &regions {
+        let expected: [u8; 16] = Md5::digest(&region.data).into();
+        let found = device
+            .md5(region.offset, region.data.len() as u32)
+            .await
+            .map_err(|e| fail(Stage::Verify, true)(e.into()))?;
+        if found != expected {
+            return Err(fail(Stage::Verify, true)(
+                ProvisionError::VerifyMismatch {
+                    mac,
+                    offset: region.offset,
+                    len: region.data.len(),
+                    expected: hex::encode(expected),
+                    found: hex::encode(found),
+                }
+                .into(),
+            ));
+        }
+    }
+    timings.verify = t.elapsed().as_secs_f64();
+    Ok(())
+}
+
+async fn batch_name(station: &Station, batch_id: i64) -> String {
+    station
+        .store
+        .batch_by_id(batch_id)
+        .await
+        .map_or_else(|_| format!("#{batch_id}"), |b| b.name)
+}
+
+/// Relays the device layer's flash progress as pipeline events.
+fn forward_progress(events: UnboundedSender<Event>, port: String) -> ProgressSender {
+    let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(progress) = receiver.recv().await {
+            if events
+                .send(Event::Flash {
+                    port: port.clone(),
+                    progress,
+                })
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    sender
 }

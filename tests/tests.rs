@@ -6,5 +6,6 @@
 
 mod cli;
 mod nvs;
+mod provision;
 mod sim;
 mod util;

@@ -3,8 +3,10 @@
 //! Every command that prints data takes `--json`. Exit codes: 0 success; 1 the operation ran
 //! and failed (a unit failed, an audit chain is broken); 2 bad usage, configuration or key.
 
+mod demo;
 mod image;
 mod records;
+mod unit;
 
 use std::path::{Path, PathBuf};
 
@@ -278,15 +280,18 @@ pub struct SimDevicesArgs {
     /// Keep each device's 4 MiB flash here as <12 hex MAC>.bin.
     #[arg(long, value_name = "DIR")]
     pub flash_dir: Option<PathBuf>,
-    /// The chip to report (another chip than the line's tests refusal).
+    /// The chip to imitate: esp32, or esp32s3/esp32c3 to test a line's refusal of another chip.
     #[arg(long, default_value = "esp32")]
-    pub chip: String,
+    pub chip: crate::sim::SimChip,
     /// The link's baud rate at power-up (wire time is charged at the current rate).
     #[arg(long, default_value_t = 115_200)]
     pub baud: u32,
     /// The first device's MAC; the others count up from it (default: distinct per run).
     #[arg(long)]
-    pub base_mac: Option<String>,
+    pub base_mac: Option<crate::identity::Mac>,
+    /// Inject a fault: [DEVICE:]unplug|corrupt|silent@bytes|frame|block=N (repeatable).
+    #[arg(long = "fault", value_name = "SPEC")]
+    pub faults: Vec<crate::sim::Fault>,
 }
 
 /// `station demo`.
@@ -320,12 +325,9 @@ pub async fn run(cli: Cli) -> Result<u8> {
             command: "run",
             reason: "the line daemon (parallel ports) arrives with the line issue; use `station provision --port PATH` per device",
         }),
-        Command::Provision(_) | Command::Demo(_) | Command::Sim(SimCommand::Devices(_)) => {
-            Err(Error::NotAvailable {
-                command: "provision",
-                reason: "flashing arrives with the flashing issue",
-            })
-        }
+        Command::Provision(args) => unit::provision(load_config(&cli.config)?, args, json).await,
+        Command::Sim(SimCommand::Devices(args)) => unit::sim_devices(args).await,
+        Command::Demo(args) => demo::run(args, json).await,
         Command::Export(_) => Err(Error::NotAvailable {
             command: "export manifest",
             reason: "QA manifests arrive with the QA issue; `station batch status --json` and `station audit export` work now",

@@ -249,6 +249,16 @@ impl FromStr for Fault {
     }
 }
 
+impl SimError {
+    /// True for a bad option, fault spec or chip name (the CLI maps it to exit code 2).
+    pub fn is_usage_error(&self) -> bool {
+        matches!(
+            self,
+            SimError::BadFault { .. } | SimError::BadChip { .. } | SimError::BadOptions { .. }
+        )
+    }
+}
+
 /// How to run a simulated line.
 #[derive(Debug, Clone)]
 pub struct SimOptions {

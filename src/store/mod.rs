@@ -478,6 +478,14 @@ impl Store {
             })
     }
 
+    /// A batch by row id.
+    pub async fn batch_by_id(&self, id: i64) -> Result<Batch, StoreError> {
+        Ok(sqlx::query_as("SELECT * FROM batches WHERE id = ?")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
     /// The batch a command means: the named one, else the station's open one.
     pub async fn resolve_batch(
         &self,

@@ -131,3 +131,18 @@ pub fn assert_absent(haystack: &[u8], needles: &[Vec<u8>], place: &str) {
         );
     }
 }
+
+/// The example `station.toml` set up for pseudo-terminals (no DTR/RTS) and the given mode.
+pub fn sim_config(stub: bool) -> String {
+    let example =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("station.toml"))
+            .unwrap();
+    let config = example
+        .replace("before = \"default-reset\"", "before = \"no-reset\"")
+        .replace("after = \"hard-reset\"", "after = \"no-reset\"");
+    if stub {
+        config
+    } else {
+        config.replace("stub = true", "stub = false")
+    }
+}

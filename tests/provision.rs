@@ -1,0 +1,403 @@
+//! `station provision` end to end: the binary, the real espflash code path, simulated ESP32s on
+//! pseudo-terminals, a real SQLite file.
+
+use std::time::{Duration, Instant};
+
+use station::sim::{Fault, SimChip, SimLine, SimOptions};
+
+use crate::util::{Run, Workspace, sim_config};
+
+/// Longer than any failing unit may take before it counts as a hang (espflash's per-command
+/// timeouts are 3 s, flash data 10 s); generous for a loaded CI machine.
+const HANG: Duration = Duration::from_secs(60);
+
+/// A simulated line inside the workspace: links in `ports/`, flash dumps in `flash/`.
+fn line(ws: &Workspace, count: usize, chip: SimChip, faults: &[&str]) -> SimLine {
+    SimLine::start(SimOptions {
+        count,
+        link_dir: Some(ws.path("ports")),
+        flash_dir: Some(ws.path("flash")),
+        chip,
+        faults: faults.iter().map(|f| f.parse::<Fault>().unwrap()).collect(),
+        wire_time: false,
+        ..SimOptions::default()
+    })
+    .unwrap()
+}
+
+fn provision(ws: &Workspace, sim: &SimLine, device: usize, extra: &[&str]) -> Run {
+    let port = sim.devices()[device].port().to_str().unwrap().to_owned();
+    let mut args = vec!["--json", "provision", "--port", port.as_str()];
+    args.extend_from_slice(extra);
+    ws.station(&args)
+}
+
+fn dump(sim: &SimLine, device: usize) -> Vec<u8> {
+    std::fs::read(sim.devices()[device].flash_file().unwrap()).unwrap()
+}
+
+fn nvs_region(flash: &[u8]) -> &[u8] {
+    &flash[0x9000..0x9000 + 0x6000]
+}
+
+fn workspace(stub: bool) -> Workspace {
+    let ws = Workspace::with_config(&sim_config(stub));
+    ws.station(&[
+        "batch",
+        "open",
+        "WO-1",
+        "--target",
+        "3",
+        "--operator",
+        "ana",
+    ])
+    .expect(0);
+    ws
+}
+
+#[test]
+fn provisioned_flash_equals_nvs_build_for_the_mac() {
+    let ws = workspace(true);
+    let sim = line(&ws, 1, SimChip::Esp32, &[]);
+    let mac = sim.devices()[0].mac();
+    let report = provision(&ws, &sim, 0, &[]).expect(0).json();
+    assert_eq!(report["outcome"], "provisioned");
+    assert_eq!(report["stage"], serde_json::Value::Null);
+    assert_eq!(report["mac"], mac.to_string());
+    assert_eq!(report["registration_id"], format!("sensor-{}", mac.hex()));
+    assert!(report["seconds"].as_f64().unwrap() > 0.0);
+    assert_eq!(report["dps_status"], "not-requested");
+
+    let expected = ws.path("expected.bin");
+    ws.station(&[
+        "nvs",
+        "build",
+        "--mac",
+        &mac.to_string(),
+        "--out",
+        expected.to_str().unwrap(),
+    ])
+    .expect(0);
+    let flash = dump(&sim, 0);
+    assert_eq!(
+        nvs_region(&flash),
+        std::fs::read(&expected).unwrap().as_slice()
+    );
+    assert!(
+        flash[..0x9000].iter().all(|&b| b == 0xFF),
+        "nothing else was written"
+    );
+    assert!(
+        flash[0xF000..].iter().all(|&b| b == 0xFF),
+        "nothing else was written"
+    );
+
+    let status = ws.station(&["--json", "batch", "status"]).expect(0).json();
+    assert_eq!(
+        (status["provisioned"].as_i64(), status["attempts"].as_i64()),
+        (Some(1), Some(1))
+    );
+    let audit = ws.station(&["--json", "audit", "show"]).expect(0).json();
+    let last = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "unit.provisioned")
+        .unwrap()
+        .clone();
+    assert_eq!(last["action"], "unit.provisioned");
+    assert_eq!(last["subject"], mac.to_string());
+    assert_eq!(last["operator"], "tester");
+    let details: serde_json::Value =
+        serde_json::from_str(last["details"].as_str().unwrap()).unwrap();
+    assert_eq!(details["image_sha256"], report["image_sha256"]);
+    assert_eq!(details["key_id"], report["key_id"]);
+    ws.station(&["audit", "verify"]).expect(0);
+}
+
+#[test]
+fn three_devices_one_after_another_in_one_batch() {
+    let ws = workspace(true);
+    let sim = line(&ws, 3, SimChip::Esp32, &[]);
+    let mut macs = std::collections::BTreeSet::new();
+    for device in 0..3 {
+        let report = provision(&ws, &sim, device, &[]).expect(0).json();
+        assert_eq!(report["outcome"], "provisioned");
+        macs.insert(report["mac"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(macs.len(), 3, "three distinct units");
+    let status = ws.station(&["--json", "batch", "status"]).expect(0).json();
+    assert_eq!(
+        (status["provisioned"].as_i64(), status["failed"].as_i64()),
+        (Some(3), Some(0))
+    );
+    let text = ws.station(&["batch", "status"]).expect(0).stdout;
+    assert!(text.contains("3/3"), "{text}");
+}
+
+#[test]
+fn rom_only_mode_provisions_and_verifies_too() {
+    let ws = workspace(false);
+    let sim = line(&ws, 1, SimChip::Esp32, &[]);
+    let mac = sim.devices()[0].mac();
+    provision(&ws, &sim, 0, &[]).expect(0);
+    let expected = ws.path("expected.bin");
+    ws.station(&[
+        "nvs",
+        "build",
+        "--mac",
+        &mac.hex(),
+        "--out",
+        expected.to_str().unwrap(),
+    ])
+    .expect(0);
+    assert_eq!(
+        nvs_region(&dump(&sim, 0)),
+        std::fs::read(&expected).unwrap().as_slice()
+    );
+}
+
+#[test]
+fn unplug_mid_write_fails_at_flash_and_a_retry_on_a_healthy_device_succeeds() {
+    let ws = workspace(true);
+    let sim = line(&ws, 2, SimChip::Esp32, &["0:unplug@block=1"]);
+    let started = Instant::now();
+    let report = provision(&ws, &sim, 0, &[]).expect(1).json();
+    assert!(started.elapsed() < HANG, "took {:?}", started.elapsed());
+    assert_eq!(report["outcome"], "failed");
+    assert_eq!(report["stage"], "flash");
+    assert_eq!(report["error_code"], "station::device::unplugged");
+    let mac = report["mac"].as_str().unwrap().to_owned();
+
+    let status = ws.station(&["--json", "batch", "status"]).expect(0).json();
+    assert_eq!(
+        (
+            status["provisioned"].as_i64(),
+            status["failed"].as_i64(),
+            status["failed_attempts"].as_i64()
+        ),
+        (Some(0), Some(1), Some(1))
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (unit, attempts) = rt.block_on(async {
+        let store = station::store::Store::open(&ws.path("station.db"))
+            .await
+            .unwrap();
+        let unit = store.unit_by_mac(&mac).await.unwrap().unwrap();
+        let attempts = store.attempts_of(unit.batch_id).await.unwrap();
+        store.close().await;
+        (unit, attempts)
+    });
+    assert_eq!(
+        (
+            unit.state.as_str(),
+            unit.failed_stage.as_deref(),
+            unit.provisioned_at.as_deref()
+        ),
+        ("failed", Some("flash"), None)
+    );
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(
+        (
+            attempts[0].stage.as_deref(),
+            attempts[0].error_code.as_deref()
+        ),
+        (Some("flash"), Some("station::device::unplugged"))
+    );
+    assert!(attempts[0].port.ends_with("ttySIM0"));
+
+    let retry = provision(&ws, &sim, 1, &[]).expect(0).json();
+    assert_eq!(retry["outcome"], "provisioned");
+    let status = ws.station(&["--json", "batch", "status"]).expect(0).json();
+    assert_eq!(
+        (status["provisioned"].as_i64(), status["attempts"].as_i64()),
+        (Some(1), Some(2))
+    );
+}
+
+#[test]
+fn wrong_chip_is_refused_at_identify_and_nothing_is_written() {
+    let ws = workspace(true);
+    let sim = line(&ws, 1, SimChip::Esp32s3, &[]);
+    let report = provision(&ws, &sim, 0, &[]).expect(1).json();
+    assert_eq!(report["stage"], "identify");
+    assert_eq!(report["error_code"], "station::device::wrong_chip");
+    assert!(
+        report["message"].as_str().unwrap().contains("esp32s3"),
+        "{report}"
+    );
+    assert!(
+        dump(&sim, 0).iter().all(|&b| b == 0xFF),
+        "flash must still be erased"
+    );
+    let status = ws.station(&["--json", "batch", "status"]).expect(0).json();
+    assert_eq!(
+        (
+            status["attempts"].as_i64(),
+            status["failed_attempts"].as_i64()
+        ),
+        (Some(1), Some(1))
+    );
+}
+
+#[test]
+fn corrupt_reply_and_silence_fail_in_bounded_time_and_are_recorded() {
+    for (fault, stage) in [
+        ("corrupt@block=1", "flash"),
+        ("silent@block=1", "flash"),
+        ("silent@frame=1", "connect"),
+    ] {
+        let ws = workspace(true);
+        let sim = line(&ws, 1, SimChip::Esp32, &[fault]);
+        let started = Instant::now();
+        let report = provision(&ws, &sim, 0, &[]).expect(1).json();
+        assert!(
+            started.elapsed() < HANG,
+            "{fault} took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(report["outcome"], "failed", "{fault}");
+        assert_eq!(report["stage"], stage, "{fault}: {report}");
+        let code = report["error_code"].as_str().unwrap();
+        assert!(code.starts_with("station::device::"), "{fault}: {code}");
+        assert!(report["hint"].is_string(), "{fault} has no hint");
+        let status = ws.station(&["--json", "batch", "status"]).expect(0).json();
+        assert_eq!(status["failed_attempts"].as_i64(), Some(1), "{fault}");
+    }
+}
+
+#[test]
+fn same_batch_reflash_is_idempotent_and_another_batch_needs_reprovision() {
+    let ws = workspace(true);
+    let sim = line(&ws, 1, SimChip::Esp32, &[]);
+    let first = provision(&ws, &sim, 0, &[]).expect(0).json();
+    let image = nvs_region(&dump(&sim, 0)).to_vec();
+    let again = provision(&ws, &sim, 0, &[]).expect(0).json();
+    assert_eq!(again["registration_id"], first["registration_id"]);
+    assert_eq!(again["image_sha256"], first["image_sha256"]);
+    assert_eq!(nvs_region(&dump(&sim, 0)), image.as_slice());
+
+    ws.station(&["batch", "close"]).expect(0);
+    ws.station(&["batch", "open", "WO-2", "--target", "1"])
+        .expect(0);
+    let refused = provision(&ws, &sim, 0, &[]).expect(1).json();
+    assert_eq!(refused["stage"], "identify");
+    assert_eq!(
+        refused["error_code"],
+        "station::provision::already_provisioned"
+    );
+    assert!(
+        refused["message"].as_str().unwrap().contains("WO-1"),
+        "{refused}"
+    );
+    let reprovisioned = provision(&ws, &sim, 0, &["--reprovision"]).expect(0).json();
+    assert_eq!(reprovisioned["reprovision"], true);
+    assert_eq!(reprovisioned["image_sha256"], first["image_sha256"]);
+
+    let audit = ws.station(&["--json", "audit", "show"]).expect(0).json();
+    let actions: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "batch.open",
+            "unit.provisioned",
+            "unit.provisioned",
+            "batch.close",
+            "batch.open",
+            "unit.failed",
+            "unit.reprovisioned"
+        ]
+    );
+    let wo2 = ws
+        .station(&["--json", "batch", "status", "WO-2"])
+        .expect(0)
+        .json();
+    assert_eq!(
+        wo2["provisioned"].as_i64(),
+        Some(1),
+        "the unit moved to WO-2"
+    );
+    ws.station(&["audit", "verify"]).expect(0);
+}
+
+#[test]
+fn busy_and_missing_ports_are_clear_errors() {
+    let ws = workspace(true);
+    let missing = ws
+        .station(&[
+            "--json",
+            "provision",
+            "--port",
+            ws.path("ports/nope").to_str().unwrap(),
+        ])
+        .expect(1)
+        .json();
+    assert_eq!(
+        (missing["stage"].as_str(), missing["error_code"].as_str()),
+        (Some("connect"), Some("station::device::port_not_found"))
+    );
+
+    let sim = line(&ws, 1, SimChip::Esp32, &[]);
+    let port = sim.devices()[0].port().to_owned();
+    let _held = serialport::new(port.to_str().unwrap(), 115_200)
+        .open_native()
+        .unwrap();
+    let started = Instant::now();
+    let busy = provision(&ws, &sim, 0, &[]).expect(1).json();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "a held port must not hang"
+    );
+    assert_eq!(busy["error_code"], "station::device::port_busy");
+}
+
+#[test]
+fn sim_devices_command_prints_ports_and_keeps_flash_dumps() {
+    use std::io::BufRead as _;
+    let ws = workspace(true);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_station"))
+        .args([
+            "sim",
+            "devices",
+            "--count",
+            "2",
+            "--base-mac",
+            "24:0a:c4:aa:00:00",
+        ])
+        .arg("--link-dir")
+        .arg(ws.path("ports"))
+        .arg("--flash-dir")
+        .arg(ws.path("flash"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let ports: Vec<String> = (0..2).map(|_| lines.next().unwrap().unwrap()).collect();
+    assert_eq!(ports[0], ws.path("ports/ttySIM0").display().to_string());
+    let run = ws
+        .station(&["--json", "provision", "--port", &ports[1]])
+        .expect(0)
+        .json();
+    assert_eq!(run["mac"], "24:0a:c4:aa:00:01");
+    let flash = std::fs::read(ws.path("flash/240ac4aa0001.bin")).unwrap();
+    assert_eq!(flash.len(), 4 << 20);
+    assert!(nvs_region(&flash).iter().any(|&b| b != 0xFF));
+    // SIGTERM ends it cleanly and removes the links.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        !ws.path("ports/ttySIM0").exists(),
+        "links are removed on exit"
+    );
+}
