@@ -628,3 +628,6 @@ fn forward_progress(events: UnboundedSender<Event>, port: String) -> ProgressSen
     });
     sender
 }
+
+#[cfg(test)]
+mod tests;

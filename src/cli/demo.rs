@@ -10,7 +10,7 @@ use std::path::Path;
 
 use base64::Engine as _;
 
-use super::unit::{print_report, render_events};
+use super::unit::print_report;
 use super::{DemoArgs, OK, operator, print_json};
 use crate::config::Config;
 use crate::device::EspflashDevice;
@@ -93,15 +93,7 @@ pub(super) async fn run(args: DemoArgs, json: bool) -> Result<u8> {
     let mut reports = Vec::new();
     for port in line.ports() {
         let mut device = EspflashDevice::new(&port, station.config.serial.settings());
-        let (events, receiver) = tokio::sync::mpsc::unbounded_channel();
-        let view = (!json && std::env::var_os("STATION_DEMO_QUIET").is_none())
-            .then(|| tokio::spawn(render_events(receiver)));
-        let report = provision::provision(&mut device, &station, &request, Some(&events)).await;
-        drop(events);
-        if let Some(view) = view {
-            let _ = view.await;
-        }
-        let report = report?;
+        let report = provision::provision(&mut device, &station, &request, None).await?;
         if !json {
             print_report(&report);
         }
