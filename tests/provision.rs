@@ -401,3 +401,51 @@ fn sim_devices_command_prints_ports_and_keeps_flash_dumps() {
         "links are removed on exit"
     );
 }
+
+#[test]
+fn keys_reach_only_the_device_even_with_trace_logs() {
+    let ws = workspace(true);
+    let sim = line(&ws, 2, SimChip::Esp32, &["1:unplug@block=1"]);
+    // Workspace::station runs with STATION_LOG=trace.
+    let ok = provision(&ws, &sim, 0, &[]).expect(0);
+    let failed = provision(&ws, &sim, 1, &[]).expect(1);
+    let mac = sim.devices()[0].mac();
+    let device_key = ws
+        .station(&[
+            "--json",
+            "key",
+            "derive",
+            "--registration-id",
+            &format!("sensor-{}", mac.hex()),
+        ])
+        .expect(0)
+        .json()["primary"]["device_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The device holds its derived key, and never the group key.
+    let flash = dump(&sim, 0);
+    assert!(
+        flash
+            .windows(device_key.len())
+            .any(|w| w == device_key.as_bytes())
+    );
+    let group_forms = crate::util::secret_forms(crate::util::GROUP_KEY);
+    crate::util::assert_absent(&flash, &group_forms, "the device's flash");
+    let device_forms = crate::util::secret_forms(&device_key);
+    for (run, name) in [
+        (&ok, "a provisioned unit's output"),
+        (&failed, "a failed unit's output"),
+    ] {
+        let text = format!("{}{}", run.stdout, run.stderr);
+        assert!(!run.stderr.is_empty(), "trace logs were written");
+        crate::util::assert_absent(text.as_bytes(), &group_forms, name);
+        crate::util::assert_absent(text.as_bytes(), &device_forms, name);
+    }
+    for file in ["station.db", "station.db-wal"] {
+        if let Ok(bytes) = std::fs::read(ws.path(file)) {
+            crate::util::assert_absent(&bytes, &group_forms, file);
+            crate::util::assert_absent(&bytes, &device_forms, file);
+        }
+    }
+}
