@@ -338,7 +338,7 @@ fn fail(stage: Stage, wrote: bool) -> impl FnOnce(Error) -> Failed {
 #[derive(Default)]
 struct Facts {
     identity: Option<DeviceIdentity>,
-    image: Option<DeviceImage>,
+    registration_id: Option<RegistrationId>,
     image_sha256: Option<String>,
     reprovision: bool,
 }
@@ -390,17 +390,10 @@ pub async fn provision<D: Device>(
     });
     let unit = facts.identity.as_ref().map(|identity| UnitFacts {
         mac: identity.mac.to_string(),
-        registration_id: facts.image.as_ref().map_or_else(
-            || {
-                station
-                    .config
-                    .dps
-                    .registration_id
-                    .render(&identity.mac)
-                    .to_string()
-            },
-            |image| image.registration_id.to_string(),
-        ),
+        registration_id: facts
+            .registration_id
+            .as_ref()
+            .map_or_else(String::new, |id| id.to_string()),
         chip: identity.chip.clone(),
         revision: identity.revision.clone(),
         flash_size: i64::from(identity.flash_size),
@@ -447,10 +440,7 @@ pub async fn provision<D: Device>(
         port,
         batch: request.batch.name.clone(),
         mac: facts.identity.as_ref().map(|i| i.mac),
-        registration_id: record
-            .unit
-            .as_ref()
-            .and_then(|u| RegistrationId::new(u.registration_id.clone()).ok()),
+        registration_id: facts.registration_id.clone(),
         outcome: if result.is_ok() {
             Outcome::Provisioned
         } else {
@@ -515,6 +505,7 @@ async fn run_stages<D: Device>(
         .map_err(|e| fail(Stage::Identify, false)(e.into()))?;
     timings.identify = t.elapsed().as_secs_f64();
     let mac = identity.mac;
+    facts.registration_id = Some(config.dps.registration_id.render(&mac));
     facts.identity = Some(identity.clone());
     let regions_end = station
         .firmware
@@ -561,8 +552,7 @@ async fn run_stages<D: Device>(
     let image = DeviceImage::build(config, &station.keys, mac)
         .map_err(|e| fail(Stage::Build, false)(e.into()))?;
     facts.image_sha256 = Some(image.sha256());
-    let nvs_region = Region::new(config.nvs.offset, image.bytes.clone());
-    facts.image = Some(image);
+    let nvs_region = Region::new(config.nvs.offset, image.bytes);
     timings.build = t.elapsed().as_secs_f64();
 
     emit(Stage::Flash);

@@ -273,7 +273,7 @@ pub struct AttemptRecord {
     pub unit: Option<UnitFacts>,
     /// `None` when provisioned; the failure otherwise.
     pub failure: Option<Failure>,
-    /// Whether the operator asked to re-provision a unit of another batch.
+    /// Whether this moved a unit provisioned in another batch (`--reprovision`).
     pub reprovision: bool,
     /// Seconds per stage, as JSON.
     pub timings: serde_json::Value,
