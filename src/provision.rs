@@ -467,7 +467,6 @@ pub async fn provision<D: Device>(
     Ok(report)
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn run_stages<D: Device>(
     device: &mut D,
     station: &Station,
