@@ -875,7 +875,17 @@ impl Ctx<'_> {
                     "Use [\"auto\"] to take every USB serial adapter, or list paths or globs such as \"/dev/ttyUSB*\".",
                 ));
             }
-            Some(ports) => ports.into_inner(),
+            Some(ports) => ports
+                .into_inner()
+                .into_iter()
+                .map(|p| {
+                    if p == "auto" {
+                        p
+                    } else {
+                        self.resolve(&p).display().to_string()
+                    }
+                })
+                .collect(),
         };
         let baud = match raw.baud {
             None => 921_600,

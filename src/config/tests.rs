@@ -315,6 +315,12 @@ fn serial_values_are_checked() {
         19,
         "empty",
     );
+    let ports =
+        parse(&(base.clone() + "ports = [\"auto\", \"ports/tty*\", \"/dev/ttyUSB0\"]\n")).unwrap();
+    assert_eq!(
+        ports.serial.ports,
+        ["auto", "/etc/station/ports/tty*", "/dev/ttyUSB0"]
+    );
     let config = parse(
         &(base + "before = \"no-reset\"\nafter = \"no-reset\"\nchip = \"esp32s3\"\nstub = false\n"),
     )
