@@ -576,11 +576,6 @@ impl Config {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ctx.toml_error(&e))?;
         ctx.validate(raw)
     }
-
-    /// The offset and length of every region written to a device: firmware images, then NVS.
-    pub fn nvs_region(&self) -> Range<u32> {
-        self.nvs.offset..self.nvs.offset + self.nvs.size
-    }
 }
 
 struct Ctx<'a> {

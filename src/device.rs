@@ -31,7 +31,6 @@
 use std::fmt;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -350,41 +349,6 @@ pub enum AfterReset {
     /// a soft reset).
     NoReset,
 }
-
-/// Parses the spellings used in `station.toml` and on the command line.
-macro_rules! kebab_names {
-    ($ty:ident { $($variant:ident = $name:literal),+ $(,)? }) => {
-        impl FromStr for $ty {
-            type Err = String;
-
-            fn from_str(s: &str) -> Result<Self, Self::Err> {
-                match s {
-                    $($name => Ok($ty::$variant),)+
-                    _ => Err(format!(
-                        "`{s}` is not one of {}",
-                        [$($name),+].join(", ")
-                    )),
-                }
-            }
-        }
-
-        impl fmt::Display for $ty {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(match self { $($ty::$variant => $name,)+ })
-            }
-        }
-    };
-}
-
-kebab_names!(BeforeReset {
-    DefaultReset = "default-reset",
-    UsbReset = "usb-reset",
-    NoReset = "no-reset",
-});
-kebab_names!(AfterReset {
-    HardReset = "hard-reset",
-    NoReset = "no-reset",
-});
 
 /// How to talk to the device on a port.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1075,22 +1039,6 @@ fn io_kind_says_gone(kind: std::io::ErrorKind) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reset_names_round_trip() {
-        for before in [
-            BeforeReset::DefaultReset,
-            BeforeReset::UsbReset,
-            BeforeReset::NoReset,
-        ] {
-            assert_eq!(before.to_string().parse::<BeforeReset>().unwrap(), before);
-        }
-        assert_eq!(
-            "no-reset".parse::<AfterReset>().unwrap(),
-            AfterReset::NoReset
-        );
-        assert!("no_reset".parse::<AfterReset>().is_err());
-    }
 
     #[test]
     fn regions_are_checked_before_writing() {
