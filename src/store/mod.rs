@@ -801,66 +801,41 @@ async fn upsert_unit_tx(
             None => ("failed", Some(failure.stage.clone()), None),
         },
     };
-    match existing {
-        None => {
-            sqlx::query(
-                "INSERT INTO units (mac, registration_id, batch_id, station_id, chip, revision, flash_size, key_id, \
-                 secondary_key_id, image_sha256, state, failed_stage, provisioned_at, updated_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(&facts.mac)
-            .bind(&facts.registration_id)
-            .bind(record.batch.id)
-            .bind(&record.station_id)
-            .bind(&facts.chip)
-            .bind(&facts.revision)
-            .bind(facts.flash_size)
-            .bind(&facts.key_id)
-            .bind(&facts.secondary_key_id)
-            .bind(&facts.image_sha256)
-            .bind(state)
-            .bind(&failed_stage)
-            .bind(&provisioned_at)
-            .bind(at)
-            .execute(&mut **tx)
-            .await?;
-        }
-        Some(unit) => {
-            // A re-flash keeps the unit's DPS outcome only if the identity it was registered
-            // with is unchanged.
-            let same_identity =
-                unit.registration_id == facts.registration_id && unit.key_id == facts.key_id;
-            sqlx::query(
-                "UPDATE units SET registration_id = ?, batch_id = ?, station_id = ?, chip = ?, revision = ?, flash_size = ?, \
-                 key_id = ?, secondary_key_id = ?, image_sha256 = ?, state = ?, failed_stage = ?, \
-                 provisioned_at = COALESCE(?, provisioned_at), updated_at = ?, \
-                 dps_status = CASE WHEN ? THEN dps_status ELSE 'not-requested' END, \
-                 assigned_hub = CASE WHEN ? THEN assigned_hub END, device_id = CASE WHEN ? THEN device_id END, \
-                 dps_error = CASE WHEN ? THEN dps_error END \
-                 WHERE id = ?",
-            )
-            .bind(&facts.registration_id)
-            .bind(record.batch.id)
-            .bind(&record.station_id)
-            .bind(&facts.chip)
-            .bind(&facts.revision)
-            .bind(facts.flash_size)
-            .bind(&facts.key_id)
-            .bind(&facts.secondary_key_id)
-            .bind(&facts.image_sha256)
-            .bind(state)
-            .bind(&failed_stage)
-            .bind(&provisioned_at)
-            .bind(at)
-            .bind(same_identity)
-            .bind(same_identity)
-            .bind(same_identity)
-            .bind(same_identity)
-            .bind(unit.id)
-            .execute(&mut **tx)
-            .await?;
-        }
-    }
+    // A re-flash keeps the unit's DPS outcome only if the identity it was registered with
+    // (registration ID and group key) is unchanged.
+    sqlx::query(
+        "INSERT INTO units (mac, registration_id, batch_id, station_id, chip, revision, flash_size, key_id, \
+         secondary_key_id, image_sha256, state, failed_stage, provisioned_at, updated_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         ON CONFLICT (mac) DO UPDATE SET \
+         dps_status = CASE WHEN units.registration_id = excluded.registration_id AND units.key_id = excluded.key_id THEN units.dps_status ELSE 'not-requested' END, \
+         assigned_hub = CASE WHEN units.registration_id = excluded.registration_id AND units.key_id = excluded.key_id THEN units.assigned_hub END, \
+         device_id = CASE WHEN units.registration_id = excluded.registration_id AND units.key_id = excluded.key_id THEN units.device_id END, \
+         dps_error = CASE WHEN units.registration_id = excluded.registration_id AND units.key_id = excluded.key_id THEN units.dps_error END, \
+         registration_id = excluded.registration_id, batch_id = excluded.batch_id, \
+         station_id = excluded.station_id, chip = excluded.chip, revision = excluded.revision, \
+         flash_size = excluded.flash_size, key_id = excluded.key_id, \
+         secondary_key_id = excluded.secondary_key_id, image_sha256 = excluded.image_sha256, \
+         state = excluded.state, failed_stage = excluded.failed_stage, \
+         provisioned_at = COALESCE(excluded.provisioned_at, units.provisioned_at), \
+         updated_at = excluded.updated_at",
+    )
+    .bind(&facts.mac)
+    .bind(&facts.registration_id)
+    .bind(record.batch.id)
+    .bind(&record.station_id)
+    .bind(&facts.chip)
+    .bind(&facts.revision)
+    .bind(facts.flash_size)
+    .bind(&facts.key_id)
+    .bind(&facts.secondary_key_id)
+    .bind(&facts.image_sha256)
+    .bind(state)
+    .bind(&failed_stage)
+    .bind(&provisioned_at)
+    .bind(at)
+    .execute(&mut **tx)
+    .await?;
     Ok(Some(
         sqlx::query_as("SELECT * FROM units WHERE mac = ?")
             .bind(&facts.mac)
