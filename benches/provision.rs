@@ -105,6 +105,7 @@ async fn run(units: usize, stub: bool) -> Result<(), Error> {
         batch,
         operator: "bench".into(),
         reprovision: false,
+        skip_provisioned: false,
     };
     let line = SimLine::start(SimOptions {
         count: units,

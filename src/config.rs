@@ -426,7 +426,36 @@ pub struct SerialConfig {
     pub chip: Chip,
     /// Whether to run the flasher stub.
     pub stub: bool,
+    /// The USB bridges `auto` takes, as (vendor ID, product ID).
+    pub usb_ids: Vec<(u16, u16)>,
+    /// How many units the line daemon works on at once.
+    pub max_parallel: usize,
+    /// How often the daemon asks a finished unit still on its port for its MAC, to notice a
+    /// different device on a port that never goes away (a test jig); `None`: never.
+    pub probe_interval: Option<std::time::Duration>,
 }
+
+/// The USB-serial bridges found on ESP32 boards and programming jigs, as (vendor, product):
+/// Silicon Labs CP210x, WCH CH340/CH9102/CH343, FTDI FT232R/FT2232/FT232H/FT-X, and Espressif's
+/// own USB-Serial/JTAG and USB-OTG CDC.
+pub const DEFAULT_USB_IDS: [(u16, u16); 10] = [
+    (0x10c4, 0xea60),
+    (0x1a86, 0x7523),
+    (0x1a86, 0x55d4),
+    (0x1a86, 0x55d3),
+    (0x0403, 0x6001),
+    (0x0403, 0x6010),
+    (0x0403, 0x6014),
+    (0x0403, 0x6015),
+    (0x303a, 0x1001),
+    (0x303a, 0x0002),
+];
+
+/// The default of `[serial] max_parallel`.
+pub const DEFAULT_MAX_PARALLEL: usize = 16;
+
+/// The default of `[serial] probe_interval`, in seconds.
+pub const DEFAULT_PROBE_INTERVAL: f64 = 2.0;
 
 impl SerialConfig {
     /// The settings the device layer needs for one port.
@@ -543,6 +572,9 @@ struct RawSerial {
     after: AfterReset,
     chip: Option<Chip>,
     stub: Option<bool>,
+    usb_ids: Option<Spanned<Vec<String>>>,
+    max_parallel: Option<Spanned<i64>>,
+    probe_interval: Option<Spanned<f64>>,
 }
 
 #[derive(Deserialize)]
@@ -550,6 +582,17 @@ struct RawSerial {
 struct RawFirmware {
     offset: Spanned<u32>,
     file: Spanned<String>,
+}
+
+/// Parses `10c4:ea60`.
+fn parse_usb_id(text: &str) -> Option<(u16, u16)> {
+    let (vendor, product) = text.trim().split_once(':')?;
+    let hex = |s: &str| {
+        (s.len() == 4)
+            .then(|| u16::from_str_radix(s, 16).ok())
+            .flatten()
+    };
+    Some((hex(vendor)?, hex(product)?))
 }
 
 // ---- loading --------------------------------------------------------------------------------
@@ -858,6 +901,9 @@ impl Ctx<'_> {
                 after: AfterReset::default(),
                 chip: Chip::Esp32,
                 stub: true,
+                usb_ids: DEFAULT_USB_IDS.to_vec(),
+                max_parallel: DEFAULT_MAX_PARALLEL,
+                probe_interval: std::time::Duration::try_from_secs_f64(DEFAULT_PROBE_INTERVAL).ok(),
             });
         };
         let ports = match raw.ports {
@@ -894,6 +940,55 @@ impl Ctx<'_> {
             }
             Some(baud) => baud.into_inner(),
         };
+        let usb_ids = match raw.usb_ids {
+            None => DEFAULT_USB_IDS.to_vec(),
+            Some(ids) => {
+                let span = ids.span();
+                ids.into_inner()
+                    .iter()
+                    .map(|id| parse_usb_id(id).ok_or(id))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|id| {
+                        self.bad_value(
+                            span.clone(),
+                            "[serial] usb_ids",
+                            format!("`{id}` is not a USB vendor:product pair"),
+                            "Write each as four hex digits, a colon and four hex digits, e.g. \"10c4:ea60\" (lsusb shows them).",
+                        )
+                    })?
+            }
+        };
+        let max_parallel = match raw.max_parallel {
+            None => DEFAULT_MAX_PARALLEL,
+            Some(n) => usize::try_from(*n.get_ref())
+                .ok()
+                .filter(|n| (1..=256).contains(n))
+                .ok_or_else(|| {
+                    self.bad_value(
+                        n.span(),
+                        "[serial] max_parallel",
+                        format!("{} is outside 1..=256", n.get_ref()),
+                        "Give how many ports may flash at once; the number of ports on the line is the usual choice.",
+                    )
+                })?,
+        };
+        let probe_interval = match raw.probe_interval {
+            None => std::time::Duration::try_from_secs_f64(DEFAULT_PROBE_INTERVAL).ok(),
+            Some(s) if *s.get_ref() == 0.0 => None,
+            Some(s) => Some(
+                std::time::Duration::try_from_secs_f64(*s.get_ref())
+                    .ok()
+                    .filter(|d| *d >= std::time::Duration::from_millis(100))
+                    .ok_or_else(|| {
+                        self.bad_value(
+                            s.span(),
+                            "[serial] probe_interval",
+                            format!("{} is not 0 or at least 0.1 seconds", s.get_ref()),
+                            "Give seconds between MAC probes of a finished unit left on its port (2 is usual), or 0 to rely on the port disappearing.",
+                        )
+                    })?,
+            ),
+        };
         Ok(SerialConfig {
             ports,
             baud,
@@ -901,6 +996,9 @@ impl Ctx<'_> {
             after: raw.after,
             chip: raw.chip.unwrap_or(Chip::Esp32),
             stub: raw.stub.unwrap_or(true),
+            usb_ids,
+            max_parallel,
+            probe_interval,
         })
     }
 

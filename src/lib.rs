@@ -16,6 +16,7 @@ pub mod device;
 pub mod error;
 pub mod identity;
 pub mod keys;
+pub mod line;
 pub mod nvs;
 pub mod provision;
 pub mod sim;

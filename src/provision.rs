@@ -19,7 +19,7 @@ use crate::error::Error;
 use crate::identity::{Mac, RegistrationId};
 use crate::keys::{DeviceKey, GroupKeys, KeyId};
 use crate::nvs;
-use crate::store::{AttemptRecord, Batch, Failure, Store, UnitFacts};
+use crate::store::{AttemptRecord, AttemptStart, Batch, Failure, Store, UnitFacts};
 
 /// A stage of the pipeline; stored with failed attempts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -287,6 +287,9 @@ pub enum Outcome {
     Provisioned,
     /// Failed at `stage`; recorded as such.
     Failed,
+    /// Already provisioned in this batch and left alone (the line daemon only); nothing was
+    /// written and no attempt recorded.
+    Skipped,
 }
 
 /// What the pipeline reports while it runs; the terminal view and logs render these.
@@ -317,6 +320,9 @@ pub struct Request {
     pub operator: String,
     /// Re-provision a unit of another batch.
     pub reprovision: bool,
+    /// Leave alone a unit already provisioned in this batch (the line daemon: a unit plugged in
+    /// again is not flashed twice). Off for `station provision`, which re-flashes on request.
+    pub skip_provisioned: bool,
 }
 
 /// A failure on its way to the record.
@@ -341,6 +347,8 @@ struct Facts {
     registration_id: Option<RegistrationId>,
     image_sha256: Option<String>,
     reprovision: bool,
+    /// When the unit, found already provisioned in this batch, was provisioned.
+    skipped: Option<String>,
 }
 
 /// Runs one unit through the pipeline and records the attempt, pass or fail.
@@ -360,6 +368,16 @@ pub async fn provision<D: Device>(
     let start = Instant::now();
     let mut timings = Timings::default();
     let mut facts = Facts::default();
+    let attempt_id = station
+        .store
+        .begin_attempt(&AttemptStart {
+            batch_id: request.batch.id,
+            station_id: station.config.station.id.clone(),
+            operator: request.operator.clone(),
+            port: port.clone(),
+            started_at: started_at.clone(),
+        })
+        .await?;
     let emit = |stage: Stage| {
         if let Some(events) = events {
             let _ = events.send(Event::Stage {
@@ -373,12 +391,44 @@ pub async fn provision<D: Device>(
         device,
         station,
         request,
-        events,
-        &emit,
+        Opened {
+            attempt_id,
+            events,
+            emit: &emit,
+        },
         &mut timings,
         &mut facts,
     )
     .await;
+
+    if let (Ok(()), Some(at)) = (&result, facts.skipped.take()) {
+        station.store.discard_attempt(attempt_id).await?;
+        let _ = device.reset().await;
+        return Ok(UnitReport {
+            port,
+            batch: request.batch.name.clone(),
+            mac: facts.identity.as_ref().map(|i| i.mac),
+            registration_id: facts.registration_id,
+            outcome: Outcome::Skipped,
+            stage: None,
+            error_code: None,
+            message: Some(format!(
+                "already provisioned in this batch at {at}; not flashed again"
+            )),
+            hint: Some(
+                "Unplug it and put it with the finished units. To flash it again anyway, run `station provision --port`.".to_owned(),
+            ),
+            seconds: start.elapsed().as_secs_f64(),
+            timings,
+            chip: facts.identity.as_ref().map(|i| i.chip.clone()),
+            image_sha256: None,
+            key_id: Some(station.keys.primary.id().clone()),
+            reprovision: false,
+            attempt_id,
+            dps_status: "not-requested",
+            warning: None,
+        });
+    }
 
     emit(Stage::Record);
     let record_start = Instant::now();
@@ -402,6 +452,7 @@ pub async fn provision<D: Device>(
         image_sha256: facts.image_sha256.clone(),
     });
     let record = AttemptRecord {
+        attempt_id: Some(attempt_id),
         batch: request.batch.clone(),
         station_id: station.config.station.id.clone(),
         operator: request.operator.clone(),
@@ -467,16 +518,42 @@ pub async fn provision<D: Device>(
     Ok(report)
 }
 
-async fn run_stages<D: Device>(
+/// The attempt's open row and where its progress goes.
+struct Opened<'a, E: Fn(Stage)> {
+    attempt_id: i64,
+    events: Option<&'a UnboundedSender<Event>>,
+    emit: &'a E,
+}
+
+impl<E: Fn(Stage)> Opened<'_, E> {
+    /// Announces a stage and notes it in the open attempt, so that a crash during it is
+    /// recorded against the right stage (and, once known, the right MAC).
+    async fn reached(
+        &self,
+        station: &Station,
+        stage: Stage,
+        mac: Option<Mac>,
+    ) -> Result<(), Failed> {
+        (self.emit)(stage);
+        let mac = mac.map(|m| m.to_string());
+        station
+            .store
+            .attempt_reached(self.attempt_id, stage.as_str(), mac.as_deref())
+            .await
+            .map_err(|e| fail(stage, false)(e.into()))
+    }
+}
+
+async fn run_stages<D: Device, E: Fn(Stage)>(
     device: &mut D,
     station: &Station,
     request: &Request,
-    events: Option<&UnboundedSender<Event>>,
-    emit: &impl Fn(Stage),
+    opened: Opened<'_, E>,
     timings: &mut Timings,
     facts: &mut Facts,
 ) -> Result<(), Failed> {
     let config = &station.config;
+    let (events, emit) = (opened.events, opened.emit);
 
     emit(Stage::Connect);
     let t = Instant::now();
@@ -528,6 +605,12 @@ async fn run_stages<D: Device>(
         .unit_by_mac(&mac.to_string())
         .await
         .map_err(|e| fail(Stage::Identify, false)(e.into()))?;
+    if let Some(unit) = existing.as_ref().filter(|u| {
+        request.skip_provisioned && u.state == "provisioned" && u.batch_id == request.batch.id
+    }) {
+        facts.skipped = Some(unit.provisioned_at.clone().unwrap_or_default());
+        return Ok(());
+    }
     let elsewhere = existing.filter(|u| u.state == "provisioned" && u.batch_id != request.batch.id);
     match elsewhere {
         Some(unit) if !request.reprovision => {
@@ -546,7 +629,7 @@ async fn run_stages<D: Device>(
         None => {}
     }
 
-    emit(Stage::Build);
+    opened.reached(station, Stage::Build, Some(mac)).await?;
     let t = Instant::now();
     let image = DeviceImage::build(config, &station.keys, mac)
         .map_err(|e| fail(Stage::Build, false)(e.into()))?;
@@ -554,7 +637,7 @@ async fn run_stages<D: Device>(
     let nvs_region = Region::new(config.nvs.offset, image.bytes);
     timings.build = t.elapsed().as_secs_f64();
 
-    emit(Stage::Flash);
+    opened.reached(station, Stage::Flash, None).await?;
     let t = Instant::now();
     let mut regions = station.firmware.clone();
     regions.push(nvs_region);

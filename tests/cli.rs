@@ -294,7 +294,6 @@ fn bad_configuration_exits_2_naming_file_and_line() {
 fn commands_of_later_issues_say_so_and_exit_2() {
     let ws = Workspace::new();
     for args in [
-        vec!["run"],
         vec!["export", "manifest"],
         vec!["dps", "verify", "--pending"],
     ] {

@@ -3,7 +3,7 @@
 
 mod esptool;
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use md5::{Digest, Md5};
@@ -44,7 +44,7 @@ impl Line {
         })
     }
 
-    fn port(&self) -> &Path {
+    fn port(&self) -> PathBuf {
         self.sim.devices()[0].port()
     }
 

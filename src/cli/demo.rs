@@ -1,21 +1,29 @@
 //! `station demo`: a whole simulated line with no hardware and no configuration to write.
 //!
-//! It makes a workspace (default `./station-demo`) holding an embedded `station.toml`, a fresh
-//! random group key (mode 0600) and the SQLite file, starts simulated ESP32s on pseudo-terminals,
-//! opens a batch and provisions every device through the real espflash code path, then shows the
-//! batch status and verifies the audit chain. Run it again to provision a new set of devices
-//! (simulated MACs differ per run); the database and audit log carry over.
+//! It makes a workspace (a new temporary directory, or `--dir`) holding an embedded
+//! `station.toml`, a fresh random group key (mode 0600) and the SQLite file, starts simulated
+//! ESP32s that take turns on a few pseudo-terminal ports (a simulated operator unplugs each
+//! finished unit and plugs in the next), opens a batch of that many units and runs the line
+//! daemon on it until the batch is complete, then closes the batch, verifies the audit chain and
+//! writes the QA manifest. With `--dir` an existing workspace is reused, key and database
+//! included; simulated MACs differ per run.
 
 use std::path::Path;
 
 use base64::Engine as _;
 
-use super::unit::print_report;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc::unbounded_channel;
+
+use super::line::View;
+use super::unit::wait_for_shutdown;
 use super::{DemoArgs, OK, operator, print_json};
 use crate::config::Config;
-use crate::device::EspflashDevice;
 use crate::error::{Error, Result, exit};
-use crate::provision::{self, Outcome, Request, Station};
+use crate::line::{self, LineOptions};
+use crate::provision::Station;
 use crate::sim::{SimLine, SimOptions};
 
 /// The demo's configuration: the repository's defaults, pointed at the simulated line.
@@ -52,15 +60,35 @@ stub = true
 "#;
 
 pub(super) async fn run(args: DemoArgs, json: bool) -> Result<u8> {
-    let dir = &args.dir;
-    prepare_workspace(dir)?;
+    if args.count == 0 || args.ports == 0 {
+        return Err(Error::BadInput {
+            what: "--count/--ports".to_owned(),
+            problem: "the demo needs at least one device and one port".to_owned(),
+            fix: "Give --count and --ports of 1 or more, e.g. --count 10 --ports 4.".to_owned(),
+        });
+    }
+    let dir = match &args.dir {
+        Some(dir) => dir.clone(),
+        None => tempfile::Builder::new()
+            .prefix("station-demo-")
+            .tempdir()
+            .map_err(|e| Error::io("creating", std::env::temp_dir(), e))?
+            .keep(),
+    };
+    prepare_workspace(&dir)?;
     let config = Config::load(&dir.join("station.toml"))?;
-    let station = Station::open(config).await?;
+    let station = Arc::new(Station::open(config).await?);
     let station_id = station.config.station.id.clone();
+    let ports = args.ports.min(args.count);
+    // The simulated operator takes each unit off its port once the station has left it idle,
+    // and plugs in the next one.
     let line = SimLine::start(SimOptions {
         count: args.count,
+        ports: Some(ports),
         link_dir: Some(dir.join("ports")),
         flash_dir: Some(dir.join("flash")),
+        leave_after_idle: Some(Duration::from_millis(500)),
+        swap_gap: Duration::from_millis(300),
         ..SimOptions::default()
     })?;
 
@@ -78,54 +106,48 @@ pub(super) async fn run(args: DemoArgs, json: bool) -> Result<u8> {
         .await?;
     if !json {
         println!(
-            "demo: {} simulated ESP32s in {}, batch {name}; config {}",
+            "demo: {} simulated ESP32s taking turns on {ports} ports in {}; batch {name}; config {}",
             args.count,
             dir.join("ports").display(),
             dir.join("station.toml").display()
         );
     }
 
-    let request = Request {
-        operator: super::unit::attempt_operator(&batch),
-        batch,
-        reprovision: false,
-    };
-    let mut reports = Vec::new();
-    for port in line.ports() {
-        let mut device = EspflashDevice::new(&port, station.config.serial.settings());
-        let report = provision::provision(&mut device, &station, &request, None).await?;
-        if !json {
-            print_report(&report);
-        }
-        reports.push(report);
-    }
+    let (events, receiver) = unbounded_channel();
+    let renderer = tokio::spawn(View::choose(json, false).render(receiver));
+    let options = LineOptions::new(batch.clone(), super::unit::attempt_operator(&batch));
+    let tally = line::run(Arc::clone(&station), options, events, wait_for_shutdown()).await;
+    let record_failed = renderer.await.unwrap_or(true);
     drop(line);
+    let tally = tally?;
 
     let status = station
         .store
-        .close_batch(Some(&request.batch.name), &operator(None), &station_id)
+        .close_batch(Some(&batch.name), &operator(None), &station_id)
         .await?;
     let chain = station.store.verify_audit().await?;
-    station.store.close().await;
-    let passed = reports
-        .iter()
-        .filter(|r| r.outcome == Outcome::Provisioned)
-        .count();
+    let manifest = dir.join("manifest.csv");
+    write_manifest(&station, &batch.name, &manifest).await?;
+    if let Ok(station) = Arc::try_unwrap(station) {
+        station.store.close().await;
+    }
+    let complete = status.provisioned >= status.batch.target;
     if json {
         print_json(&serde_json::json!({
             "batch": status,
-            "units": reports,
+            "tally": tally,
             "audit": chain,
+            "manifest": manifest.display().to_string(),
             "workspace": dir.display().to_string(),
         }));
     } else {
-        let mut seconds: Vec<f64> = reports.iter().map(|r| r.seconds).collect();
-        seconds.sort_by(f64::total_cmp);
         println!(
-            "demo: {passed}/{} provisioned, median {:.2} s per unit; batch {} closed; audit chain {} ({} entries, head {})",
-            reports.len(),
-            seconds.get(seconds.len() / 2).copied().unwrap_or_default(),
+            "demo: batch {} closed: {}/{} provisioned, {} failed attempts, {:.1} units/min; audit chain {} ({} entries, head {})",
             status.batch.name,
+            status.provisioned,
+            status.batch.target,
+            status.failed_attempts,
+            tally.units_per_minute.unwrap_or_default(),
             if chain.first_break.is_none() {
                 "intact"
             } else {
@@ -134,16 +156,19 @@ pub(super) async fn run(args: DemoArgs, json: bool) -> Result<u8> {
             chain.entries,
             &chain.head_hash[..16]
         );
+        println!("demo: QA manifest {}", manifest.display());
         println!(
             "demo: explore with `station --config {} batch status`, `... audit show`, `... audit verify`",
             dir.join("station.toml").display()
         );
     }
-    Ok(if passed == reports.len() && chain.first_break.is_none() {
-        OK
-    } else {
-        exit::FAILED
-    })
+    Ok(
+        if complete && !record_failed && chain.first_break.is_none() {
+            OK
+        } else {
+            exit::FAILED
+        },
+    )
 }
 
 /// Creates the workspace: configuration, a group key of its own, directories. An existing
@@ -171,4 +196,29 @@ fn prepare_workspace(dir: &Path) -> Result<()> {
 fn getrandom(bytes: &mut [u8]) -> std::io::Result<()> {
     use std::io::Read as _;
     std::fs::File::open("/dev/urandom")?.read_exact(bytes)
+}
+
+/// Writes the batch's QA manifest as CSV.
+async fn write_manifest(station: &Station, batch: &str, path: &Path) -> Result<()> {
+    let batch = station.store.batch(batch).await?;
+    let units = station.store.units_of(batch.id).await?;
+    let mut out = csv::Writer::from_writer(Vec::new());
+    let _ = out.write_record([
+        "batch",
+        "mac",
+        "registration_id",
+        "nvs_sha256",
+        "group_key_id",
+    ]);
+    for unit in units.iter().filter(|u| u.state == "provisioned") {
+        let _ = out.write_record([
+            batch.name.as_str(),
+            &unit.mac,
+            &unit.registration_id,
+            unit.image_sha256.as_deref().unwrap_or_default(),
+            &unit.key_id,
+        ]);
+    }
+    let bytes = out.into_inner().unwrap_or_default();
+    super::image::write_private(path, &bytes)
 }

@@ -5,6 +5,7 @@
 
 mod demo;
 mod image;
+mod line;
 mod records;
 mod unit;
 
@@ -85,6 +86,13 @@ pub struct RunArgs {
     /// The batch to provision into (default: the open batch).
     #[arg(long)]
     pub batch: Option<String>,
+    /// Seconds units in flight may take to finish after SIGINT/SIGTERM before they are
+    /// recorded interrupted.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
+    pub drain: f64,
+    /// Log one plain line per event even on a terminal (no live view).
+    #[arg(long)]
+    pub plain: bool,
 }
 
 /// `station provision`.
@@ -292,17 +300,31 @@ pub struct SimDevicesArgs {
     /// Inject a fault: [DEVICE:]unplug|corrupt|silent@bytes|frame|block=N (repeatable).
     #[arg(long = "fault", value_name = "SPEC")]
     pub faults: Vec<crate::sim::Fault>,
+    /// How many ports (default: one per device); the other devices wait for a free port.
+    #[arg(long)]
+    pub ports: Option<usize>,
+    /// Act as the line operator: take a device off its port once the host has talked to it and
+    /// left it idle this many seconds, then plug in the next waiting device.
+    #[arg(long, value_name = "SECONDS")]
+    pub leave_after_idle: Option<f64>,
+    /// Seconds a port stays empty between two devices.
+    #[arg(long, value_name = "SECONDS", default_value_t = 0.3)]
+    pub swap_gap: f64,
 }
 
 /// `station demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// How many simulated devices.
-    #[arg(long, default_value_t = 5)]
+    /// How many simulated devices (the batch's target).
+    #[arg(long, default_value_t = 10)]
     pub count: usize,
-    /// Where to keep the demo's configuration, key, database and flash dumps.
-    #[arg(long, value_name = "DIR", default_value = "station-demo")]
-    pub dir: PathBuf,
+    /// How many ports they take turns on.
+    #[arg(long, default_value_t = 4)]
+    pub ports: usize,
+    /// Where to keep the demo's configuration, key, database, flash dumps and manifest
+    /// (default: a new directory under the system's temporary directory).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 /// Runs a parsed command line; returns the process exit code.
@@ -321,10 +343,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
             image::nvs_inspect(&file, show_secrets, json)
         }
         Command::Check => records::check(&cli.config, json).await,
-        Command::Run(_) => Err(Error::NotAvailable {
-            command: "run",
-            reason: "the line daemon (parallel ports) arrives with the line issue; use `station provision --port PATH` per device",
-        }),
+        Command::Run(args) => line::run(load_config(&cli.config)?, args, json).await,
         Command::Provision(args) => unit::provision(load_config(&cli.config)?, args, json).await,
         Command::Sim(SimCommand::Devices(args)) => unit::sim_devices(args).await,
         Command::Demo(args) => demo::run(args, json).await,

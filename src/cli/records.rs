@@ -75,17 +75,25 @@ fn print_status(status: &BatchStatus) {
         None => "open".to_owned(),
     };
     println!(
-        "{:<20} {:>5}/{:<5} provisioned  {:>4} failed  {:>5} attempts ({} failed)  {}  operator {}  opened {}",
+        "{:<20} {:>5}/{:<5} provisioned  {:>4} failed  {:>3} in progress  {:>5} attempts ({} failed, {} interrupted)  {}  operator {}  opened {}",
         batch.name,
         status.provisioned,
         batch.target,
         status.failed,
+        status.in_progress,
         status.attempts,
         status.failed_attempts,
+        status.interrupted,
         state,
         batch.operator,
         batch.opened_at
     );
+    for failure in &status.failures {
+        println!(
+            "{:<20} {:>5} x {} (at {})",
+            "", failure.count, failure.error_code, failure.stage
+        );
+    }
 }
 
 pub(super) async fn audit(config: &Config, command: AuditCommand, json: bool) -> Result<u8> {

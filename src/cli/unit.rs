@@ -28,6 +28,7 @@ pub(super) async fn provision(config: Config, args: ProvisionArgs, json: bool) -
         operator: attempt_operator(&batch),
         batch,
         reprovision: args.reprovision,
+        skip_provisioned: false,
     };
     let mut device = EspflashDevice::new(&args.port, station.config.serial.settings());
     let (events, receiver) = unbounded_channel();
@@ -101,6 +102,13 @@ pub(super) fn print_report(report: &UnitReport) {
                 }
             );
         }
+        Outcome::Skipped => {
+            println!(
+                "SKIP  {}  {mac}  {id}  {}",
+                report.port,
+                report.message.as_deref().unwrap_or_default()
+            );
+        }
         Outcome::Failed => {
             println!(
                 "FAIL  {}  {mac}  {id}  at {}: {}",
@@ -132,6 +140,9 @@ pub(super) async fn sim_devices(args: SimDevicesArgs) -> Result<u8> {
         base_mac: args.base_mac,
         faults: args.faults,
         wire_time: true,
+        ports: args.ports,
+        leave_after_idle: seconds(args.leave_after_idle, "--leave-after-idle")?,
+        swap_gap: seconds(Some(args.swap_gap), "--swap-gap")?.unwrap_or_default(),
     })?;
     let mut stdout = std::io::stdout();
     for port in line.ports() {
@@ -139,16 +150,49 @@ pub(super) async fn sim_devices(args: SimDevicesArgs) -> Result<u8> {
     }
     let _ = stdout.flush();
     for device in line.devices() {
-        eprintln!(
-            "sim: {} is {} ({})",
-            device.port().display(),
-            device.mac(),
-            device.pts().display()
-        );
+        match device.port() {
+            port if port.as_os_str().is_empty() => {
+                eprintln!("sim: {} waits for a free port", device.mac());
+            }
+            port => eprintln!(
+                "sim: {} is {} ({})",
+                port.display(),
+                device.mac(),
+                device.pts().display()
+            ),
+        }
     }
+    let line = std::sync::Arc::new(line);
+    // `replace N` on stdin takes the device off port N, as an operator swapping units.
+    let control = std::sync::Arc::clone(&line);
+    std::thread::spawn(move || {
+        for command in std::io::stdin().lines().map_while(std::result::Result::ok) {
+            match command
+                .trim()
+                .strip_prefix("replace ")
+                .map(str::parse::<usize>)
+            {
+                Some(Ok(port)) if control.replace(port) => {}
+                _ => eprintln!("sim: unknown command `{command}`; use `replace PORT_INDEX`"),
+            }
+        }
+    });
     wait_for_shutdown().await;
     drop(line);
     Ok(OK)
+}
+
+/// A non-negative number of seconds from the command line.
+fn seconds(value: Option<f64>, flag: &str) -> Result<Option<std::time::Duration>> {
+    value
+        .map(|s| {
+            std::time::Duration::try_from_secs_f64(s).map_err(|_| crate::error::Error::BadInput {
+                what: flag.to_owned(),
+                problem: format!("`{s}` is not a number of seconds"),
+                fix: "Give a non-negative number of seconds, e.g. 0.5.".to_owned(),
+            })
+        })
+        .transpose()
 }
 
 /// Waits for SIGINT or SIGTERM.

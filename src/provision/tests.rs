@@ -131,6 +131,7 @@ async fn request(station: &Station) -> Request {
         batch,
         operator: "ana".into(),
         reprovision: false,
+        skip_provisioned: false,
     }
 }
 

@@ -26,12 +26,14 @@ mod loader;
 mod port;
 mod slip;
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crate::identity::Mac;
 
@@ -285,6 +287,15 @@ pub struct SimOptions {
     /// Whether to charge wire time (10 bits per byte at the current baud). Off makes unit tests
     /// fast; on makes a session take as long as it would on a real UART.
     pub wire_time: bool,
+    /// How many ports (`ttySIM0` ...); `None`: one per device. With fewer ports than devices
+    /// the rest wait their turn, and a device is plugged into a port when the one before it
+    /// is taken off (by [`SimOptions::leave_after_idle`] or [`SimLine::replace`]).
+    pub ports: Option<usize>,
+    /// The simulated operator: a device the host has talked to and then left idle this long is
+    /// taken off its port, as a line operator unplugs a finished unit. `None`: devices stay.
+    pub leave_after_idle: Option<Duration>,
+    /// How long a port stays empty between taking one device off and plugging in the next.
+    pub swap_gap: Duration,
 }
 
 impl Default for SimOptions {
@@ -298,6 +309,9 @@ impl Default for SimOptions {
             base_mac: None,
             faults: Vec::new(),
             wire_time: true,
+            ports: None,
+            leave_after_idle: None,
+            swap_gap: Duration::from_millis(300),
         }
     }
 }
@@ -321,8 +335,6 @@ pub enum SimState {
 pub struct SimDevice {
     index: usize,
     mac: Mac,
-    port: PathBuf,
-    pts: PathBuf,
     flash_file: Option<PathBuf>,
     shared: Arc<port::Shared>,
 }
@@ -338,14 +350,15 @@ impl SimDevice {
         self.mac
     }
 
-    /// The path hosts open: the link if the line has a link directory, else the pseudo-terminal.
-    pub fn port(&self) -> &Path {
-        &self.port
+    /// The path hosts open: its port's link if the line has a link directory, else the
+    /// pseudo-terminal. Empty while it waits for a free port.
+    pub fn port(&self) -> PathBuf {
+        self.shared.plugged().0
     }
 
-    /// The pseudo-terminal itself (`/dev/pts/N`).
-    pub fn pts(&self) -> &Path {
-        &self.pts
+    /// The pseudo-terminal itself (`/dev/pts/N`); empty while it waits for a free port.
+    pub fn pts(&self) -> PathBuf {
+        self.shared.plugged().1
     }
 
     /// Where its flash image is kept, if the line has a flash directory.
@@ -373,17 +386,60 @@ impl SimDevice {
 #[derive(Debug)]
 pub struct SimLine {
     devices: Vec<SimDevice>,
+    slots: Vec<Slot>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
-    links: Vec<PathBuf>,
+}
+
+/// One port of the line.
+#[derive(Debug)]
+struct Slot {
+    port: PathBuf,
+    link: Option<PathBuf>,
+    pull: Arc<AtomicBool>,
+}
+
+/// A device not yet served: what its serving thread needs.
+#[derive(Debug)]
+struct Plan {
+    shared: Arc<port::Shared>,
+    faults: Vec<Fault>,
+    flash_file: Option<PathBuf>,
+}
+
+/// What every port's thread shares.
+#[derive(Debug, Clone)]
+struct SlotContext {
+    queue: Arc<Mutex<VecDeque<Plan>>>,
+    stop: Arc<AtomicBool>,
+    wire_time: bool,
+    baud: u32,
+    leave_after_idle: Option<Duration>,
+    swap_gap: Duration,
 }
 
 impl SimLine {
-    /// Creates the devices and starts serving them.
+    /// Creates the devices, plugs the first ones into the ports and starts serving them.
     pub fn start(opts: SimOptions) -> Result<SimLine, SimError> {
-        if opts.count == 0 || opts.baud == 0 {
+        let port_count = opts.ports.unwrap_or(opts.count);
+        if opts.count == 0 || opts.baud == 0 || port_count == 0 {
             return Err(SimError::BadOptions {
-                reason: "the device count and baud rate must be positive".to_owned(),
+                reason: "the device count, port count and baud rate must be positive".to_owned(),
+            });
+        }
+        if port_count > opts.count {
+            return Err(SimError::BadOptions {
+                reason: format!(
+                    "{port_count} ports for {} devices: use at most one port per device",
+                    opts.count
+                ),
+            });
+        }
+        if port_count < opts.count && opts.link_dir.is_none() {
+            return Err(SimError::BadOptions {
+                reason:
+                    "devices can only take turns on a port that has a link: give a link directory"
+                        .to_owned(),
             });
         }
         if let Some(fault) = opts
@@ -408,25 +464,10 @@ impl SimLine {
         let base = opts
             .base_mac
             .unwrap_or_else(|| default_base_mac(opts.count));
-        let mut line = SimLine {
-            devices: Vec::with_capacity(opts.count),
-            stop: Arc::new(AtomicBool::new(false)),
-            threads: Vec::with_capacity(opts.count),
-            links: Vec::new(),
-        };
+        let mut devices = Vec::with_capacity(opts.count);
+        let mut plans = VecDeque::with_capacity(opts.count);
         for index in 0..opts.count {
             let mac = base.offset(index as u64);
-            let pty = port::Pty::open().map_err(|source| SimError::Pty { source })?;
-            let pts = pty.path().to_owned();
-            let port = match &opts.link_dir {
-                Some(dir) => {
-                    let link = dir.join(format!("ttySIM{index}"));
-                    replace_symlink(&pts, &link)?;
-                    line.links.push(link.clone());
-                    link
-                }
-                None => pts.clone(),
-            };
             let flash_file = opts
                 .flash_dir
                 .as_ref()
@@ -445,43 +486,87 @@ impl SimLine {
                     source,
                 })?;
             }
-            let link = opts.link_dir.is_some().then(|| port.clone());
-            let serve = port::Serve {
-                pty,
+            plans.push_back(Plan {
                 shared: Arc::clone(&shared),
                 faults,
-                wire_time: opts.wire_time,
-                baud: opts.baud,
                 flash_file: flash_file.clone(),
-                link,
-                stop: Arc::clone(&line.stop),
-            };
-            let thread = std::thread::Builder::new()
-                .name(format!("sim-esp32-{index}"))
-                .spawn(move || serve.run())
-                .map_err(|source| SimError::Thread { index, source })?;
-            line.threads.push(thread);
-            line.devices.push(SimDevice {
+            });
+            devices.push(SimDevice {
                 index,
                 mac,
-                port,
-                pts,
                 flash_file,
                 shared,
             });
         }
-        tracing::info!(count = opts.count, chip = %opts.chip, "simulated line started");
+        let context = SlotContext {
+            queue: Arc::new(Mutex::new(VecDeque::new())),
+            stop: Arc::new(AtomicBool::new(false)),
+            wire_time: opts.wire_time,
+            baud: opts.baud,
+            leave_after_idle: opts.leave_after_idle,
+            swap_gap: opts.swap_gap,
+        };
+        let mut line = SimLine {
+            devices,
+            slots: Vec::with_capacity(port_count),
+            stop: Arc::clone(&context.stop),
+            threads: Vec::with_capacity(port_count),
+        };
+        // The first device of every port is plugged in before `start` returns, so the ports
+        // exist for whoever started the line.
+        let mut first = Vec::with_capacity(port_count);
+        for index in 0..port_count {
+            let link = opts
+                .link_dir
+                .as_ref()
+                .map(|dir| dir.join(format!("ttySIM{index}")));
+            let plan = plans.pop_front().ok_or_else(|| SimError::BadOptions {
+                reason: "more ports than devices".to_owned(),
+            })?;
+            let pty = plug(&plan, link.as_deref())?;
+            line.slots.push(Slot {
+                port: link.clone().unwrap_or_else(|| pty.path().to_owned()),
+                link,
+                pull: Arc::new(AtomicBool::new(false)),
+            });
+            first.push((plan, pty));
+        }
+        *lock(&context.queue) = plans;
+        for (index, (plan, pty)) in first.into_iter().enumerate() {
+            let slot = &line.slots[index];
+            let (link, pull, context) =
+                (slot.link.clone(), Arc::clone(&slot.pull), context.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("sim-port-{index}"))
+                .spawn(move || serve_port(plan, pty, link, pull, context))
+                .map_err(|source| SimError::Thread { index, source })?;
+            line.threads.push(thread);
+        }
+        tracing::info!(count = opts.count, ports = port_count, chip = %opts.chip, "simulated line started");
         Ok(line)
     }
 
-    /// The path of each device's port, in device order.
+    /// The path of each port, in port order.
     pub fn ports(&self) -> Vec<PathBuf> {
-        self.devices.iter().map(|d| d.port.clone()).collect()
+        self.slots.iter().map(|s| s.port.clone()).collect()
     }
 
     /// The devices, in order.
     pub fn devices(&self) -> &[SimDevice] {
         &self.devices
+    }
+
+    /// Takes the device on `port` (an index into [`SimLine::ports`]) off it, as an operator
+    /// unplugging a unit; after [`SimOptions::swap_gap`] the next waiting device, if any, is
+    /// plugged in. Returns `false` for a port index beyond the line.
+    pub fn replace(&self, port: usize) -> bool {
+        match self.slots.get(port) {
+            Some(slot) => {
+                slot.pull.store(true, Ordering::SeqCst);
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -491,9 +576,84 @@ impl Drop for SimLine {
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
-        for link in &self.links {
+        for link in self.slots.iter().filter_map(|s| s.link.as_ref()) {
             let _ = std::fs::remove_file(link);
         }
+    }
+}
+
+/// Locks `mutex`, accepting a poisoned lock: the queue stays usable if a port thread died.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Opens a pseudo-terminal for a device and points the port's link at it.
+fn plug(plan: &Plan, link: Option<&Path>) -> Result<port::Pty, SimError> {
+    let pty = port::Pty::open().map_err(|source| SimError::Pty { source })?;
+    let pts = pty.path().to_owned();
+    if let Some(link) = link {
+        replace_symlink(&pts, link)?;
+    }
+    plan.shared
+        .plug(link.map_or_else(|| pts.clone(), Path::to_owned), pts);
+    Ok(pty)
+}
+
+/// Serves one port: its device until it is taken off, then the next waiting device, and so on.
+fn serve_port(
+    mut plan: Plan,
+    mut pty: port::Pty,
+    link: Option<PathBuf>,
+    pull: Arc<AtomicBool>,
+    context: SlotContext,
+) {
+    loop {
+        let shared = Arc::clone(&plan.shared);
+        let serve = port::Serve {
+            pty,
+            shared: Arc::clone(&shared),
+            faults: plan.faults,
+            wire_time: context.wire_time,
+            baud: context.baud,
+            flash_file: plan.flash_file,
+            link: link.clone(),
+            stop: Arc::clone(&context.stop),
+            leave_after_idle: context.leave_after_idle,
+            pull: Arc::clone(&pull),
+        };
+        let ended = serve.run();
+        if ended == port::Ended::Stopped {
+            return;
+        }
+        // Off the port: its terminal is hung up (the serve loop dropped it) and the link goes.
+        shared.unplug();
+        if let Some(link) = &link {
+            let _ = std::fs::remove_file(link);
+        }
+        // Without an operator, a fault's unplug leaves the port empty for good.
+        if ended == port::Ended::Unplugged && context.leave_after_idle.is_none() {
+            return;
+        }
+        let gap_end = Instant::now() + context.swap_gap;
+        while Instant::now() < gap_end {
+            if context.stop.load(Ordering::SeqCst) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let Some(next) = lock(&context.queue).pop_front() else {
+            return;
+        };
+        pty = match plug(&next, link.as_deref()) {
+            Ok(pty) => pty,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot plug the next simulated device");
+                return;
+            }
+        };
+        plan = next;
     }
 }
 

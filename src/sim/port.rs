@@ -103,6 +103,8 @@ pub(crate) struct Shared {
     loader: Mutex<Loader>,
     stats: Mutex<SimStats>,
     unplugged: AtomicBool,
+    /// The port path hosts open and the pseudo-terminal, once the device is plugged in.
+    plugged: Mutex<(PathBuf, PathBuf)>,
 }
 
 /// Locks `mutex`, accepting a lock poisoned by a panicking holder: the simulator's state stays
@@ -119,7 +121,23 @@ impl Shared {
             loader: Mutex::new(Loader::new(chip, mac, baud)),
             stats: Mutex::new(SimStats::default()),
             unplugged: AtomicBool::new(false),
+            plugged: Mutex::new((PathBuf::new(), PathBuf::new())),
         }
+    }
+
+    /// Notes where the device was plugged in.
+    pub(crate) fn plug(&self, port: PathBuf, pts: PathBuf) {
+        *lock(&self.plugged) = (port, pts);
+    }
+
+    /// The port path and pseudo-terminal it is (or was last) plugged into; empty before.
+    pub(crate) fn plugged(&self) -> (PathBuf, PathBuf) {
+        lock(&self.plugged).clone()
+    }
+
+    /// Marks the device as pulled from its port.
+    pub(crate) fn unplug(&self) {
+        self.unplugged.store(true, Ordering::SeqCst);
     }
 
     pub(crate) fn flash(&self) -> Vec<u8> {
@@ -159,6 +177,22 @@ pub(crate) struct Serve {
     pub(crate) flash_file: Option<PathBuf>,
     pub(crate) link: Option<PathBuf>,
     pub(crate) stop: Arc<AtomicBool>,
+    /// The simulated operator: once the host has talked to the device and then left it idle
+    /// this long, the device is taken off its port.
+    pub(crate) leave_after_idle: Option<Duration>,
+    /// Set to take the device off its port now (see [`super::SimLine::swap`]).
+    pub(crate) pull: Arc<AtomicBool>,
+}
+
+/// Why a device stopped being served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// The line stopped.
+    Stopped,
+    /// An unplug fault fired.
+    Unplugged,
+    /// The simulated operator took it off the port (done with it, or asked to).
+    Pulled,
 }
 
 /// What the fault plan says about the frame or chunk just received.
@@ -184,8 +218,8 @@ struct Link {
 }
 
 impl Serve {
-    /// Serves the device until the line stops or an unplug fault fires.
-    pub(crate) fn run(mut self) {
+    /// Serves the device until the line stops, an unplug fault fires or the operator pulls it.
+    pub(crate) fn run(mut self) -> Ended {
         let now = Instant::now();
         let mut link = Link {
             baud: self.baud,
@@ -197,10 +231,20 @@ impl Serve {
         };
         let mut decoder = slip::Decoder::default();
         let mut buf = vec![0u8; 4096];
+        let mut last_traffic: Option<Instant> = None;
         while !self.stopped() {
+            if self.pull.swap(false, Ordering::SeqCst) {
+                return Ended::Pulled;
+            }
             if !self.pty.readable(TICK) {
+                if let (Some(idle), Some(last)) = (self.leave_after_idle, last_traffic)
+                    && last.elapsed() >= idle
+                {
+                    return Ended::Pulled;
+                }
                 continue;
             }
+            last_traffic = Some(Instant::now());
             let n = match self.pty.master.read(&mut buf) {
                 Ok(0) => continue,
                 Ok(n) => n,
@@ -220,7 +264,7 @@ impl Serve {
                 _ => false,
             });
             if self.apply(&mut link, fired) {
-                return;
+                return Ended::Unplugged;
             }
             if self.wire_time {
                 link.rx_done = link.rx_done.max(Instant::now()) + wire(n, link.baud);
@@ -241,13 +285,13 @@ impl Serve {
                     Trigger::RxBytes(_) => false,
                 });
                 if self.apply(&mut link, fired) {
-                    return;
+                    return Ended::Unplugged;
                 }
                 if link.silent {
                     continue;
                 }
                 if self.wire_time && !self.pace(link.rx_done) {
-                    return;
+                    return Ended::Stopped;
                 }
                 let outputs = lock(&self.shared.loader).handle(&frame);
                 for output in outputs {
@@ -257,8 +301,10 @@ impl Serve {
                         Output::Commit => self.commit(),
                     }
                 }
+                last_traffic = Some(Instant::now());
             }
         }
+        Ended::Stopped
     }
 
     fn stopped(&self) -> bool {
@@ -286,7 +332,7 @@ impl Serve {
     /// Applies fired faults; `true` when the device was unplugged and the thread must end.
     fn apply(&self, link: &mut Link, fired: Fired) -> bool {
         if fired.unplug {
-            self.shared.unplugged.store(true, Ordering::SeqCst);
+            self.shared.unplug();
             if let Some(link) = &self.link {
                 let _ = std::fs::remove_file(link);
             }

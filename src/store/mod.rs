@@ -188,6 +188,23 @@ pub struct BatchStatus {
     pub attempts: i64,
     /// Failed attempts.
     pub failed_attempts: i64,
+    /// Attempts running now (on any process of this database).
+    pub in_progress: i64,
+    /// Attempts cut short by a crash or a kill, found and closed at the next start.
+    pub interrupted: i64,
+    /// Failed and interrupted attempts by error code, most frequent first.
+    pub failures: Vec<FailureCount>,
+}
+
+/// How often one error code ended an attempt of a batch.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
+pub struct FailureCount {
+    /// The stable error code.
+    pub error_code: String,
+    /// The stage it happened in (the most frequent one, if several).
+    pub stage: String,
+    /// How many attempts.
+    pub count: i64,
 }
 
 /// A device's record.
@@ -257,6 +274,8 @@ pub struct UnitFacts {
 /// A finished attempt, ready to record.
 #[derive(Debug, Clone)]
 pub struct AttemptRecord {
+    /// The row [`Store::begin_attempt`] opened for it; `None` records a new row.
+    pub attempt_id: Option<i64>,
     /// The batch it ran in.
     pub batch: Batch,
     /// The station.
@@ -290,6 +309,39 @@ pub struct Failure {
     pub message: String,
     /// Whether the device's flash may have been changed (the unit is then marked failed).
     pub wrote: bool,
+}
+
+/// The error code of an attempt closed by [`Store::recover_interrupted`].
+pub const INTERRUPTED_CODE: &str = "station::line::interrupted";
+
+/// What [`Store::begin_attempt`] writes.
+#[derive(Debug, Clone)]
+pub struct AttemptStart {
+    /// The batch.
+    pub batch_id: i64,
+    /// The station.
+    pub station_id: String,
+    /// Who is responsible.
+    pub operator: String,
+    /// The serial port.
+    pub port: String,
+    /// Start (RFC 3339).
+    pub started_at: String,
+}
+
+/// Whether the process that opened an attempt still runs. A row without a process, or with
+/// this process's own ID (left by an earlier process that had the same ID), counts as dead.
+fn process_alive(pid: Option<i64>) -> bool {
+    let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) else {
+        return false;
+    };
+    if pid <= 0 || pid as u32 == std::process::id() {
+        return false;
+    }
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
+        Ok(()) => true,
+        Err(errno) => errno == nix::errno::Errno::EPERM,
+    }
 }
 
 /// What recording an attempt produced.
@@ -588,34 +640,198 @@ impl Store {
             details,
         )
         .await?;
-        let attempt_id: i64 = sqlx::query_scalar(
-            "INSERT INTO attempts (unit_id, mac, batch_id, station_id, operator, port, started_at, finished_at, \
-             outcome, stage, error_code, message, reprovision, timings, audit_seq) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-        )
-        .bind(unit.as_ref().map(|u| u.id))
-        .bind(record.unit.as_ref().map(|u| &u.mac))
-        .bind(record.batch.id)
-        .bind(&record.station_id)
-        .bind(&record.operator)
-        .bind(&record.port)
-        .bind(&record.started_at)
-        .bind(&record.finished_at)
-        .bind(outcome)
-        .bind(record.failure.as_ref().map(|f| &f.stage))
-        .bind(record.failure.as_ref().map(|f| &f.code))
-        .bind(record.failure.as_ref().map(|f| &f.message))
-        .bind(record.reprovision)
-        .bind(record.timings.to_string())
-        .bind(audit_seq)
-        .fetch_one(&mut *tx)
-        .await?;
+        let closed: Option<i64> = match record.attempt_id {
+            Some(id) => {
+                sqlx::query_scalar(
+                    "UPDATE attempts SET unit_id = ?, mac = ?, finished_at = ?, outcome = ?, stage = ?, \
+                     error_code = ?, message = ?, reprovision = ?, timings = ?, audit_seq = ?, pid = NULL \
+                     WHERE id = ? AND outcome = 'in-progress' RETURNING id",
+                )
+                .bind(unit.as_ref().map(|u| u.id))
+                .bind(record.unit.as_ref().map(|u| &u.mac))
+                .bind(&record.finished_at)
+                .bind(outcome)
+                .bind(record.failure.as_ref().map(|f| &f.stage))
+                .bind(record.failure.as_ref().map(|f| &f.code))
+                .bind(record.failure.as_ref().map(|f| &f.message))
+                .bind(record.reprovision)
+                .bind(record.timings.to_string())
+                .bind(audit_seq)
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?
+            }
+            None => None,
+        };
+        // Without an open row (or if it was closed as interrupted meanwhile) the attempt gets a
+        // row of its own: a finished attempt is never dropped.
+        let attempt_id: i64 = match closed {
+            Some(id) => id,
+            None => sqlx::query_scalar(
+                "INSERT INTO attempts (unit_id, mac, batch_id, station_id, operator, port, started_at, finished_at, \
+                 outcome, stage, error_code, message, reprovision, timings, audit_seq) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            )
+            .bind(unit.as_ref().map(|u| u.id))
+            .bind(record.unit.as_ref().map(|u| &u.mac))
+            .bind(record.batch.id)
+            .bind(&record.station_id)
+            .bind(&record.operator)
+            .bind(&record.port)
+            .bind(&record.started_at)
+            .bind(&record.finished_at)
+            .bind(outcome)
+            .bind(record.failure.as_ref().map(|f| &f.stage))
+            .bind(record.failure.as_ref().map(|f| &f.code))
+            .bind(record.failure.as_ref().map(|f| &f.message))
+            .bind(record.reprovision)
+            .bind(record.timings.to_string())
+            .bind(audit_seq)
+            .fetch_one(&mut *tx)
+            .await?,
+        };
         tx.commit().await?;
         Ok(Recorded {
             attempt_id,
             unit,
             audit_seq,
         })
+    }
+
+    /// Opens an attempt's row as `in-progress` before anything touches the device, so that a
+    /// station killed mid-unit leaves a trace for [`Store::recover_interrupted`].
+    pub async fn begin_attempt(&self, start: &AttemptStart) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "INSERT INTO attempts (batch_id, station_id, operator, port, started_at, outcome, stage, timings, pid) \
+             VALUES (?, ?, ?, ?, ?, 'in-progress', 'connect', '{}', ?) RETURNING id",
+        )
+        .bind(start.batch_id)
+        .bind(&start.station_id)
+        .bind(&start.operator)
+        .bind(&start.port)
+        .bind(&start.started_at)
+        .bind(i64::from(std::process::id()))
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Notes the stage an open attempt has reached and, once read, the device's MAC.
+    pub async fn attempt_reached(
+        &self,
+        attempt_id: i64,
+        stage: &str,
+        mac: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE attempts SET stage = ?, mac = COALESCE(?, mac) WHERE id = ? AND outcome = 'in-progress'",
+        )
+        .bind(stage)
+        .bind(mac)
+        .bind(attempt_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Drops an open attempt that turned out to be no attempt at all: a unit already
+    /// provisioned in this batch, seen again and left alone.
+    pub async fn discard_attempt(&self, attempt_id: i64) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM attempts WHERE id = ? AND outcome = 'in-progress'")
+            .bind(attempt_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Closes the attempts of `station_id` left `in-progress` by a process that no longer runs
+    /// (a crash, a power cut, kill -9): each becomes `interrupted` with an audit entry, and a
+    /// unit whose flash it may have been writing is marked failed, so that nothing unverified
+    /// is ever shown as provisioned. Returns the attempts closed.
+    pub async fn recover_interrupted(
+        &self,
+        station_id: &str,
+        operator: &str,
+    ) -> Result<Vec<Attempt>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let open: Vec<Attempt> = sqlx::query_as(
+            "SELECT * FROM attempts WHERE station_id = ? AND outcome = 'in-progress' ORDER BY id",
+        )
+        .bind(station_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut closed = Vec::new();
+        for attempt in open.into_iter().filter(|a| !process_alive(a.pid)) {
+            let at = now();
+            let stage = attempt
+                .stage
+                .clone()
+                .unwrap_or_else(|| "connect".to_owned());
+            let wrote = matches!(stage.as_str(), "flash" | "verify" | "dps" | "record");
+            let message = format!(
+                "the station stopped during stage {stage} on {} (crash, power loss or kill) and the attempt never finished{}",
+                attempt.port,
+                if wrote {
+                    "; the unit's flash may be incomplete"
+                } else {
+                    ""
+                }
+            );
+            let batch = batch_by_id_tx(&mut tx, attempt.batch_id).await?;
+            let mut unit_id: Option<i64> = None;
+            if let Some(mac) = &attempt.mac {
+                if wrote {
+                    sqlx::query(
+                        "UPDATE units SET state = 'failed', failed_stage = ?, updated_at = ? WHERE mac = ?",
+                    )
+                    .bind(&stage)
+                    .bind(&at)
+                    .bind(mac)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                unit_id = sqlx::query_scalar("SELECT id FROM units WHERE mac = ?")
+                    .bind(mac)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            }
+            let subject = attempt
+                .mac
+                .clone()
+                .unwrap_or_else(|| format!("port {}", attempt.port));
+            let seq = append_audit_tx(
+                &mut tx,
+                &at,
+                station_id,
+                operator,
+                "unit.interrupted",
+                &subject,
+                json!({
+                    "batch": batch.name,
+                    "port": attempt.port,
+                    "attempt": attempt.id,
+                    "stage": stage,
+                    "error_code": INTERRUPTED_CODE,
+                    "started_at": attempt.started_at,
+                    "pid": attempt.pid,
+                }),
+            )
+            .await?;
+            let row: Attempt = sqlx::query_as(
+                "UPDATE attempts SET outcome = 'interrupted', finished_at = ?, error_code = ?, message = ?, \
+                 unit_id = ?, audit_seq = ?, pid = NULL WHERE id = ? RETURNING *",
+            )
+            .bind(&at)
+            .bind(INTERRUPTED_CODE)
+            .bind(&message)
+            .bind(unit_id)
+            .bind(seq)
+            .bind(attempt.id)
+            .fetch_one(&mut *tx)
+            .await?;
+            closed.push(row);
+        }
+        tx.commit().await?;
+        Ok(closed)
     }
 
     /// Attempts of a batch, oldest first.
@@ -668,7 +884,7 @@ impl Store {
         if report.first_break.is_none() {
             let orphan: Option<(i64, i64)> = sqlx::query_as(
                 "SELECT a.id, a.audit_seq FROM attempts a LEFT JOIN audit_log l ON l.seq = a.audit_seq \
-                 WHERE l.seq IS NULL ORDER BY a.audit_seq LIMIT 1",
+                 WHERE a.audit_seq IS NOT NULL AND l.seq IS NULL ORDER BY a.audit_seq LIMIT 1",
             )
             .fetch_optional(&self.pool)
             .await?;
@@ -709,9 +925,9 @@ pub struct Attempt {
     pub port: String,
     /// Start.
     pub started_at: String,
-    /// End.
-    pub finished_at: String,
-    /// `provisioned` or `failed`.
+    /// End; `None` while in progress.
+    pub finished_at: Option<String>,
+    /// `in-progress`, `provisioned`, `failed` or `interrupted`.
     pub outcome: String,
     /// Failed stage.
     pub stage: Option<String>,
@@ -723,8 +939,10 @@ pub struct Attempt {
     pub reprovision: bool,
     /// Seconds per stage (JSON).
     pub timings: String,
-    /// The audit entry written with it.
-    pub audit_seq: i64,
+    /// The audit entry written when it ended; `None` while in progress.
+    pub audit_seq: Option<i64>,
+    /// The process running it, while in progress.
+    pub pid: Option<i64>,
 }
 
 async fn open_batch_tx(
@@ -766,11 +984,22 @@ async fn status_tx(
     .bind(batch.id)
     .fetch_one(&mut **tx)
     .await?;
-    let (attempts, failed_attempts): (i64, i64) = sqlx::query_as(
-        "SELECT COUNT(*), COALESCE(SUM(outcome = 'failed'), 0) FROM attempts WHERE batch_id = ?",
+    let (attempts, failed_attempts, in_progress, interrupted): (i64, i64, i64, i64) =
+        sqlx::query_as(
+            "SELECT COUNT(*), COALESCE(SUM(outcome = 'failed'), 0), \
+             COALESCE(SUM(outcome = 'in-progress'), 0), COALESCE(SUM(outcome = 'interrupted'), 0) \
+             FROM attempts WHERE batch_id = ?",
+        )
+        .bind(batch.id)
+        .fetch_one(&mut **tx)
+        .await?;
+    let failures = sqlx::query_as(
+        "SELECT error_code, MAX(stage) AS stage, COUNT(*) AS count FROM attempts \
+         WHERE batch_id = ? AND outcome IN ('failed', 'interrupted') AND error_code IS NOT NULL \
+         GROUP BY error_code ORDER BY count DESC, error_code",
     )
     .bind(batch.id)
-    .fetch_one(&mut **tx)
+    .fetch_all(&mut **tx)
     .await?;
     Ok(BatchStatus {
         batch,
@@ -778,6 +1007,9 @@ async fn status_tx(
         failed,
         attempts,
         failed_attempts,
+        in_progress,
+        interrupted,
+        failures,
     })
 }
 

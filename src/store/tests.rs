@@ -21,6 +21,7 @@ fn facts(mac: &str) -> UnitFacts {
 
 fn attempt(batch: &Batch, mac: Option<&str>, failure: Option<Failure>) -> AttemptRecord {
     AttemptRecord {
+        attempt_id: None,
         batch: batch.clone(),
         station_id: "st1".into(),
         operator: "ana".into(),
@@ -193,7 +194,7 @@ async fn attempts_set_unit_state_and_counts() {
     let entries = store.audit_entries().await.unwrap();
     assert_eq!(
         attempts.iter().map(|a| a.audit_seq).collect::<Vec<_>>(),
-        [2, 3, 4, 5, 6]
+        [Some(2), Some(3), Some(4), Some(5), Some(6)]
     );
     assert_eq!(entries[2].action, "unit.failed");
     assert!(

@@ -1,0 +1,701 @@
+//! The line daemon (DESIGN.md section 2, `line`): watches the ports `[serial] ports` names, runs
+//! one task per port that provisions every device appearing on it, and keeps the batch's count.
+//!
+//! A port's task provisions the device it finds, then waits for that device to leave before it
+//! starts again, so a unit left plugged in is never flashed twice. "Left" means the port node
+//! went away or was replaced (a USB adapter unplugged, a simulator link re-created), or, on a
+//! port that never goes away (a test jig), that a probe of the ROM loader finds nothing or a
+//! different MAC. Units run in parallel up to `[serial] max_parallel`, and no unit starts once
+//! the units provisioned plus those in flight reach the batch's target.
+//!
+//! The daemon stops when the batch is complete or on SIGINT/SIGTERM: it starts nothing new, lets
+//! the units in flight finish (within a bounded wait), records everything and returns. Attempts a
+//! crashed daemon left open are closed as `interrupted` when the next one starts.
+//!
+//! Everything it does is reported as [`LineEvent`]s; the operator's terminal view, the plain log
+//! and `--json` are renderers of the same events (`crate::cli`).
+
+use std::collections::HashSet;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+use crate::config::SerialConfig;
+use crate::device::{Device as _, EspflashDevice, FlashProgress};
+use crate::error::Error;
+use crate::identity::Mac;
+use crate::provision::{self, Event, Outcome, Request, Stage, Station, UnitReport};
+use crate::store::Batch;
+
+/// How the daemon runs.
+#[derive(Debug, Clone)]
+pub struct LineOptions {
+    /// The batch to provision into.
+    pub batch: Batch,
+    /// Who answers for the attempts.
+    pub operator: String,
+    /// How often ports are scanned and watched.
+    pub poll: Duration,
+    /// How long units in flight may take to finish after a stop was asked for.
+    pub drain: Duration,
+}
+
+impl LineOptions {
+    /// Options with the usual timings: ports scanned every 200 ms, 60 s to drain.
+    pub fn new(batch: Batch, operator: String) -> Self {
+        LineOptions {
+            batch,
+            operator,
+            poll: Duration::from_millis(200),
+            drain: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The batch's counters as the daemon sees them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Tally {
+    /// The batch's target.
+    pub target: i64,
+    /// Units of the batch recorded provisioned (by any process).
+    pub provisioned: i64,
+    /// Units passed by this daemon.
+    pub passed: u64,
+    /// Units failed on this daemon's ports.
+    pub failed: u64,
+    /// Units found already provisioned in the batch and left alone.
+    pub skipped: u64,
+    /// Units in flight now.
+    pub in_flight: usize,
+    /// Units passed per minute since this daemon's first unit started.
+    pub units_per_minute: Option<f64>,
+    /// Seconds until the target at that rate.
+    pub eta_seconds: Option<f64>,
+}
+
+/// Why a port is waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WaitReason {
+    /// The unit is done and still plugged in: unplug it.
+    UnitDone,
+    /// The unit failed and is still plugged in: take it off (replug it to try again).
+    UnitFailed,
+    /// The batch's target is covered by units provisioned and in flight.
+    BatchFull,
+}
+
+/// Why the daemon stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// SIGINT or SIGTERM.
+    Signal,
+    /// The batch reached its target.
+    BatchComplete,
+}
+
+/// What the daemon reports; the terminal view, the plain log and `--json` render these.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum LineEvent {
+    /// The daemon started.
+    Started {
+        /// The batch.
+        batch: String,
+        /// Its counters.
+        tally: Tally,
+        /// `[serial] ports`.
+        ports: Vec<String>,
+        /// `[serial] max_parallel`.
+        max_parallel: usize,
+        /// Attempts an earlier crash left open, now closed as interrupted (attempt ids).
+        interrupted: Vec<i64>,
+    },
+    /// A port appeared.
+    PortUp {
+        /// The port.
+        port: String,
+    },
+    /// A port went away (its device was unplugged).
+    PortGone {
+        /// The port.
+        port: String,
+    },
+    /// A unit entered a stage.
+    Stage {
+        /// The port.
+        port: String,
+        /// The stage.
+        stage: Stage,
+    },
+    /// Flash progress of a unit.
+    Flash {
+        /// The port.
+        port: String,
+        /// Blocks acknowledged in the region being written.
+        done: usize,
+        /// Blocks in that region.
+        blocks: usize,
+    },
+    /// A unit is finished: passed, failed or left alone.
+    Unit {
+        /// What happened.
+        report: Box<UnitReport>,
+        /// The counters after it.
+        tally: Tally,
+    },
+    /// Recording a unit failed: nothing about it was stored, and the daemon stops.
+    RecordFailed {
+        /// The port.
+        port: String,
+        /// The error.
+        message: String,
+        /// Its stable code.
+        error_code: String,
+    },
+    /// A port waits for the operator.
+    Waiting {
+        /// The port.
+        port: String,
+        /// Why.
+        reason: WaitReason,
+        /// The unit on it, if known.
+        mac: Option<Mac>,
+    },
+    /// The daemon stops starting units.
+    Stopping {
+        /// Why.
+        reason: StopReason,
+        /// Units still in flight, which it lets finish.
+        in_flight: usize,
+    },
+    /// The daemon is done.
+    Stopped {
+        /// The final counters.
+        tally: Tally,
+        /// Units that did not finish within the drain time, recorded as interrupted.
+        abandoned: usize,
+    },
+}
+
+/// The ports `[serial] ports` names now, sorted and without duplicates: `auto` is every USB
+/// serial port whose bridge is in `[serial] usb_ids`; a pattern with `*`, `?` or `[` is a glob;
+/// anything else is a path, listed whether or not it exists yet (its device may come later).
+pub fn discover(serial: &SerialConfig) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for pattern in &serial.ports {
+        if pattern == "auto" {
+            if let Ok(ports) = serialport::available_ports() {
+                found.extend(
+                    ports
+                        .into_iter()
+                        .filter(|p| match &p.port_type {
+                            serialport::SerialPortType::UsbPort(usb) => {
+                                serial.usb_ids.contains(&(usb.vid, usb.pid))
+                            }
+                            _ => false,
+                        })
+                        .map(|p| PathBuf::from(p.port_name)),
+                );
+            }
+        } else if pattern.contains(['*', '?', '[']) {
+            if let Ok(paths) = glob::glob(pattern) {
+                found.extend(paths.filter_map(std::result::Result::ok));
+            }
+        } else {
+            found.push(PathBuf::from(pattern));
+        }
+    }
+    found.sort();
+    found.dedup();
+    found
+}
+
+/// What a port path points at now: the link (or device node) itself and the device behind it.
+/// A USB adapter replugged, or a simulator link re-created, gives a different node. The change
+/// time is part of it because file systems reuse a freed inode number at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PortNode {
+    dev: u64,
+    ino: u64,
+    ctime: (i64, i64),
+    rdev: u64,
+}
+
+fn port_node(path: &Path) -> Option<PortNode> {
+    let link = std::fs::symlink_metadata(path).ok()?;
+    let target = std::fs::metadata(path).ok()?;
+    Some(PortNode {
+        dev: link.dev(),
+        ino: link.ino(),
+        ctime: (link.ctime(), link.ctime_nsec()),
+        rdev: target.rdev(),
+    })
+}
+
+/// What a port's task knows about the device it handled last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    /// This unit was handled (passed, failed or skipped) and may still be plugged in.
+    Unit(Mac),
+    /// A unit failed before its MAC was read; it may still be plugged in.
+    Unknown,
+    /// A probe found nothing answering: the port is empty.
+    Empty,
+}
+
+#[derive(Debug)]
+struct Last {
+    node: PortNode,
+    seen: Seen,
+    probed: Instant,
+}
+
+/// The counters' state behind [`Tally`].
+#[derive(Debug)]
+struct Counts {
+    tally: Tally,
+    first_start: Option<Instant>,
+}
+
+impl Counts {
+    fn snapshot(&self) -> Tally {
+        let mut tally = self.tally;
+        if let Some(first) = self.first_start {
+            let minutes = first.elapsed().as_secs_f64() / 60.0;
+            if tally.passed > 0 && minutes > 0.0 {
+                let rate = tally.passed as f64 / minutes;
+                tally.units_per_minute = Some(rate);
+                let remaining = (tally.target - tally.provisioned).max(0) as f64;
+                tally.eta_seconds = Some(remaining / rate * 60.0);
+            }
+        }
+        tally
+    }
+}
+
+/// What every port's task shares.
+struct Context {
+    station: Arc<Station>,
+    request: Request,
+    events: UnboundedSender<LineEvent>,
+    permits: Semaphore,
+    counts: Mutex<Counts>,
+    stop: watch::Receiver<bool>,
+    complete: watch::Sender<bool>,
+    record_failed: watch::Sender<bool>,
+    poll: Duration,
+}
+
+fn lock(counts: &Mutex<Counts>) -> MutexGuard<'_, Counts> {
+    counts
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Context {
+    fn emit(&self, event: LineEvent) {
+        let _ = self.events.send(event);
+    }
+
+    fn stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// Sleeps one poll period, or less if a stop is asked for.
+    async fn pause(&self) {
+        let mut stop = self.stop.clone();
+        let _ = tokio::time::timeout(self.poll, stop.wait_for(|s| *s)).await;
+    }
+
+    /// Takes a place in the batch for one more unit, unless units provisioned and in flight
+    /// already cover the target.
+    fn reserve(&self) -> bool {
+        let mut counts = lock(&self.counts);
+        let tally = &mut counts.tally;
+        if tally.provisioned + tally.in_flight as i64 >= tally.target {
+            return false;
+        }
+        tally.in_flight += 1;
+        counts.first_start.get_or_insert_with(Instant::now);
+        true
+    }
+
+    fn release(&self) {
+        let mut counts = lock(&self.counts);
+        counts.tally.in_flight = counts.tally.in_flight.saturating_sub(1);
+    }
+
+    /// Counts a finished unit and returns the counters after it.
+    async fn finish(&self, report: &UnitReport) -> Tally {
+        let provisioned = self
+            .station
+            .store
+            .batch_status(self.request.batch.clone())
+            .await
+            .map(|s| s.provisioned)
+            .ok();
+        let tally = {
+            let mut counts = lock(&self.counts);
+            let tally = &mut counts.tally;
+            tally.in_flight = tally.in_flight.saturating_sub(1);
+            match report.outcome {
+                Outcome::Provisioned => tally.passed += 1,
+                Outcome::Failed => tally.failed += 1,
+                Outcome::Skipped => tally.skipped += 1,
+            }
+            tally.provisioned = provisioned.unwrap_or(tally.provisioned);
+            counts.snapshot()
+        };
+        if tally.provisioned >= tally.target {
+            self.complete.send_replace(true);
+        }
+        tally
+    }
+
+    fn tally(&self) -> Tally {
+        lock(&self.counts).snapshot()
+    }
+}
+
+/// Runs the line until the batch is complete or `shutdown` resolves; returns the final counters.
+///
+/// Errors only when the daemon cannot start (the database, the batch); a unit's failure is an
+/// event, not an error.
+pub async fn run(
+    station: Arc<Station>,
+    options: LineOptions,
+    events: UnboundedSender<LineEvent>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Tally, Error> {
+    let station_id = station.config.station.id.clone();
+    let interrupted = station
+        .store
+        .recover_interrupted(&station_id, &options.operator)
+        .await?;
+    for attempt in &interrupted {
+        tracing::warn!(attempt = attempt.id, port = %attempt.port, stage = ?attempt.stage, "closed an attempt an earlier run left open");
+    }
+    let status = station.store.batch_status(options.batch.clone()).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (complete_tx, mut complete_rx) = watch::channel(false);
+    let (record_failed_tx, mut record_failed_rx) = watch::channel(false);
+    let serial = station.config.serial.clone();
+    let context = Arc::new(Context {
+        request: Request {
+            batch: options.batch.clone(),
+            operator: options.operator.clone(),
+            reprovision: false,
+            skip_provisioned: true,
+        },
+        events: events.clone(),
+        permits: Semaphore::new(serial.max_parallel),
+        counts: Mutex::new(Counts {
+            tally: Tally {
+                target: status.batch.target,
+                provisioned: status.provisioned,
+                ..Tally::default()
+            },
+            first_start: None,
+        }),
+        stop: stop_rx,
+        complete: complete_tx,
+        record_failed: record_failed_tx,
+        poll: options.poll,
+        station: Arc::clone(&station),
+    });
+    context.emit(LineEvent::Started {
+        batch: options.batch.name.clone(),
+        tally: context.tally(),
+        ports: serial.ports.clone(),
+        max_parallel: serial.max_parallel,
+        interrupted: interrupted.iter().map(|a| a.id).collect(),
+    });
+
+    let mut tasks = JoinSet::new();
+    let mut known = HashSet::new();
+    let mut scan = tokio::time::interval(options.poll);
+    scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    let reason = if status.provisioned >= status.batch.target {
+        StopReason::BatchComplete
+    } else {
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break StopReason::Signal,
+                _ = complete_rx.wait_for(|c| *c) => break StopReason::BatchComplete,
+                _ = record_failed_rx.wait_for(|c| *c) => break StopReason::Signal,
+                _ = scan.tick() => {
+                    for port in discover(&serial) {
+                        if known.insert(port.clone()) {
+                            tasks.spawn(serve_port(Arc::clone(&context), port));
+                        }
+                    }
+                }
+            }
+        }
+    };
+    stop_tx.send_replace(true);
+    context.emit(LineEvent::Stopping {
+        reason,
+        in_flight: context.tally().in_flight,
+    });
+    let drained = tokio::time::timeout(options.drain, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await
+    .is_ok();
+    let mut abandoned = 0;
+    if !drained {
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+        // What did not finish in time is recorded as interrupted now rather than at next start.
+        abandoned = station
+            .store
+            .recover_interrupted(&station_id, &options.operator)
+            .await?
+            .len();
+    }
+    let tally = context.tally();
+    context.emit(LineEvent::Stopped { tally, abandoned });
+    Ok(tally)
+}
+
+/// One port's task: provision each device that appears on it, once.
+async fn serve_port(context: Arc<Context>, port: PathBuf) {
+    let name = port.display().to_string();
+    let mut present = false;
+    let mut last: Option<Last> = None;
+    let mut told_full = false;
+    let progress = forward_progress(Arc::clone(&context));
+    while !context.stopping() {
+        let node = port_node(&port);
+        match (node, present) {
+            (None, true) => {
+                present = false;
+                last = None;
+                context.emit(LineEvent::PortGone { port: name.clone() });
+            }
+            (Some(_), false) => {
+                present = true;
+                context.emit(LineEvent::PortUp { port: name.clone() });
+            }
+            _ => {}
+        }
+        let Some(node) = node else {
+            context.pause().await;
+            continue;
+        };
+        if let Some(previous) = last.as_mut().filter(|l| l.node == node)
+            && !new_device_on_same_node(&context, &port, previous).await
+        {
+            context.pause().await;
+            continue;
+        }
+        if !context.reserve() {
+            if !told_full {
+                told_full = true;
+                context.emit(LineEvent::Waiting {
+                    port: name.clone(),
+                    reason: WaitReason::BatchFull,
+                    mac: None,
+                });
+            }
+            context.pause().await;
+            continue;
+        }
+        told_full = false;
+        let Ok(_permit) = context.permits.acquire().await else {
+            context.release();
+            return;
+        };
+        if context.stopping() {
+            context.release();
+            return;
+        }
+        let mut device = EspflashDevice::new(&port, context.station.config.serial.settings());
+        let result = provision::provision(
+            &mut device,
+            &context.station,
+            &context.request,
+            Some(&progress),
+        )
+        .await;
+        drop(device);
+        let report = match result {
+            Ok(report) => report,
+            Err(error) => {
+                context.release();
+                context.emit(LineEvent::RecordFailed {
+                    port: name.clone(),
+                    message: error.to_string(),
+                    error_code: error.code(),
+                });
+                context.record_failed.send_replace(true);
+                return;
+            }
+        };
+        let tally = context.finish(&report).await;
+        let seen = report.mac.map_or(Seen::Unknown, Seen::Unit);
+        let reason = match report.outcome {
+            Outcome::Failed => WaitReason::UnitFailed,
+            Outcome::Provisioned | Outcome::Skipped => WaitReason::UnitDone,
+        };
+        let mac = report.mac;
+        context.emit(LineEvent::Unit {
+            report: Box::new(report),
+            tally,
+        });
+        context.emit(LineEvent::Waiting {
+            port: name.clone(),
+            reason,
+            mac,
+        });
+        last = port_node(&port).map(|node| Last {
+            node,
+            seen,
+            probed: Instant::now(),
+        });
+    }
+}
+
+/// On a port whose node did not change since the last unit: whether a different device is
+/// there now. Probes the ROM loader every `[serial] probe_interval`: a different MAC, or any MAC
+/// after the port was found empty, is a new device; a unit that failed before its MAC was read
+/// is only retried once it has been taken off (found empty) or the port node changed.
+async fn new_device_on_same_node(context: &Context, port: &Path, last: &mut Last) -> bool {
+    let Some(every) = context.station.config.serial.probe_interval else {
+        return false;
+    };
+    if last.probed.elapsed() < every {
+        return false;
+    }
+    let found = probe(context, port).await;
+    last.probed = Instant::now();
+    match (last.seen, found) {
+        (_, None) => {
+            last.seen = Seen::Empty;
+            false
+        }
+        (Seen::Unit(before), Some(mac)) => before != mac,
+        (Seen::Unknown, Some(_)) => false,
+        (Seen::Empty, Some(_)) => true,
+    }
+}
+
+/// Reads the MAC of whatever answers on `port` through the ROM loader alone (no stub, a few
+/// seconds at most), then lets it go as `[serial] after` says.
+async fn probe(context: &Context, port: &Path) -> Option<Mac> {
+    let mut settings = context.station.config.serial.settings();
+    settings.stub = false;
+    settings.stage_timeout = Some(Duration::from_secs(3));
+    let mut device = EspflashDevice::new(port, settings);
+    let mac = match device.connect().await {
+        Ok(()) => device.identify().await.ok().map(|identity| identity.mac),
+        Err(_) => None,
+    };
+    let _ = device.reset().await;
+    mac
+}
+
+/// A channel whose pipeline events are relayed as line events.
+fn forward_progress(context: Arc<Context>) -> UnboundedSender<Event> {
+    let (sender, mut receiver) = unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(event) = receiver.recv().await {
+            let event = match event {
+                Event::Stage { port, stage } => LineEvent::Stage { port, stage },
+                Event::Flash {
+                    port,
+                    progress: FlashProgress::Block { done, blocks, .. },
+                } => LineEvent::Flash { port, done, blocks },
+                Event::Flash { .. } => continue,
+            };
+            context.emit(event);
+        }
+    });
+    sender
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serial(ports: &[&str]) -> SerialConfig {
+        SerialConfig {
+            ports: ports.iter().map(|p| (*p).to_owned()).collect(),
+            baud: 921_600,
+            before: crate::device::BeforeReset::NoReset,
+            after: crate::device::AfterReset::NoReset,
+            chip: espflash::target::Chip::Esp32,
+            stub: true,
+            usb_ids: crate::config::DEFAULT_USB_IDS.to_vec(),
+            max_parallel: 4,
+            probe_interval: None,
+        }
+    }
+
+    #[test]
+    fn globs_and_paths_are_discovered_sorted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["ttySIM1", "ttySIM0", "other"] {
+            std::fs::write(dir.path().join(name), b"").unwrap();
+        }
+        let glob = format!("{}/ttySIM*", dir.path().display());
+        let fixed = format!("{}/ttySIM0", dir.path().display());
+        let later = format!("{}/ttyUSB9", dir.path().display());
+        let found = discover(&serial(&[&glob, &fixed, &later]));
+        assert_eq!(
+            found,
+            vec![
+                dir.path().join("ttySIM0"),
+                dir.path().join("ttySIM1"),
+                dir.path().join("ttyUSB9"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_recreated_link_is_a_new_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&a, b"").unwrap();
+        std::fs::write(&b, b"").unwrap();
+        let link = dir.path().join("tty");
+        assert_eq!(port_node(&link), None, "absent port");
+        std::os::unix::fs::symlink(&a, &link).unwrap();
+        let first = port_node(&link).unwrap();
+        assert_eq!(port_node(&link), Some(first), "stable while untouched");
+        std::fs::remove_file(&link).unwrap();
+        // File systems reuse the inode at once; the change time (coarse clock) tells them apart.
+        std::thread::sleep(Duration::from_millis(20));
+        std::os::unix::fs::symlink(&b, &link).unwrap();
+        assert_ne!(port_node(&link), Some(first), "replugged");
+        std::fs::remove_file(&b).unwrap();
+        assert_eq!(port_node(&link), None, "a dangling link is no port");
+    }
+
+    #[test]
+    fn the_rate_and_eta_follow_the_units_passed() {
+        let counts = Counts {
+            tally: Tally {
+                target: 100,
+                provisioned: 40,
+                passed: 10,
+                ..Tally::default()
+            },
+            first_start: Some(Instant::now() - Duration::from_secs(60)),
+        };
+        let tally = counts.snapshot();
+        let rate = tally.units_per_minute.unwrap();
+        assert!((9.9..10.1).contains(&rate), "{rate}");
+        let eta = tally.eta_seconds.unwrap();
+        assert!((355.0..365.0).contains(&eta), "60 left at 10/min: {eta}");
+    }
+}

@@ -1,0 +1,449 @@
+//! `station run`, the line daemon, end to end (issue 5): the binary over simulated ESP32s that take
+//! turns on pseudo-terminal ports, the real espflash code path, a real SQLite file.
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use station::sim::{Fault, SimLine, SimOptions};
+
+use crate::util::{Workspace, sim_config};
+
+/// Far longer than any of these batches takes; a hang fails the test instead of blocking CI.
+const DEADLINE: Duration = Duration::from_secs(120);
+
+/// A workspace whose line watches `ports/ttySIM*`, with a batch `WO-1` of `target` units.
+fn workspace(target: usize, probe_interval: f64) -> Workspace {
+    workspace_with(target, probe_interval, sim_config(true))
+}
+
+/// The same, flashing through the ROM loader at 115200 baud: a unit spends about two seconds in
+/// its flash stage, long enough to be caught there.
+fn slow_workspace(target: usize) -> Workspace {
+    let config = sim_config(false).replace("baud = 921600", "baud = 115200");
+    workspace_with(target, 2.0, config)
+}
+
+fn workspace_with(target: usize, probe_interval: f64, config: String) -> Workspace {
+    let config = config
+        .replace(
+            "ports = [\"auto\"]",
+            "ports = [\"ports/ttySIM*\", \"ports/ttyABSENT\"]",
+        )
+        .replace(
+            "probe_interval = 2.0",
+            &format!("probe_interval = {probe_interval:?}"),
+        );
+    let ws = Workspace::with_config(&config);
+    ws.station(&["batch", "open", "WO-1", "--target", &target.to_string()])
+        .expect(0);
+    ws
+}
+
+/// Devices taking turns on `ports` ports; with `operator`, each is taken off once the station
+/// leaves it idle and the next one plugged in.
+fn sim(ws: &Workspace, count: usize, ports: usize, operator: bool, wire_time: bool) -> SimLine {
+    sim_with(ws, count, ports, operator, wire_time, &[])
+}
+
+fn sim_with(
+    ws: &Workspace,
+    count: usize,
+    ports: usize,
+    operator: bool,
+    wire_time: bool,
+    faults: &[&str],
+) -> SimLine {
+    SimLine::start(SimOptions {
+        count,
+        ports: Some(ports),
+        link_dir: Some(ws.path("ports")),
+        flash_dir: Some(ws.path("flash")),
+        leave_after_idle: operator.then_some(Duration::from_millis(400)),
+        swap_gap: Duration::from_millis(250),
+        wire_time,
+        faults: faults.iter().map(|f| f.parse::<Fault>().unwrap()).collect(),
+        ..SimOptions::default()
+    })
+    .unwrap()
+}
+
+/// A running `station run`, its stdout collected line by line.
+struct Daemon {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    fn start(ws: &Workspace, json: bool) -> Daemon {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_station"));
+        command.arg("--config").arg(ws.path("station.toml"));
+        if json {
+            command.arg("--json");
+        }
+        let mut child = command
+            .args(["run", "--drain", "30"])
+            .env("STATION_OPERATOR", "tester")
+            .env("STATION_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&lines);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Daemon { child, lines }
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Every stdout line as a JSON event (each must parse).
+    fn events(&self) -> Vec<Value> {
+        self.lines()
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
+    }
+
+    fn units(&self) -> Vec<Value> {
+        self.events()
+            .into_iter()
+            .filter(|e| e["event"] == "unit")
+            .map(|e| e["report"].clone())
+            .collect()
+    }
+
+    /// Waits until `done` holds for the events so far.
+    fn wait_for(&self, what: &str, done: impl Fn(&[Value]) -> bool) {
+        let start = Instant::now();
+        while !done(&self.events()) {
+            assert!(
+                start.elapsed() < DEADLINE,
+                "timed out waiting for {what}; events: {:#?}",
+                self.lines()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for the daemon to exit; its exit code.
+    fn wait(&mut self) -> i32 {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // Let the reader thread take the last lines.
+                std::thread::sleep(Duration::from_millis(100));
+                return status.code().unwrap_or(-1);
+            }
+            if start.elapsed() > DEADLINE {
+                let _ = self.child.kill();
+                panic!("the daemon did not exit; output: {:#?}", self.lines());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal).unwrap();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn status(ws: &Workspace) -> Value {
+    ws.station(&["--json", "batch", "status", "WO-1"])
+        .expect(0)
+        .json()
+}
+
+fn attempts(ws: &Workspace) -> Vec<(Option<String>, String)> {
+    let db = ws.path("station.db");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let store = station::store::Store::open(&db).await.unwrap();
+        let rows: Vec<(Option<String>, String)> =
+            sqlx::query_as("SELECT mac, outcome FROM attempts ORDER BY id")
+                .fetch_all(store.pool())
+                .await
+                .unwrap();
+        store.close().await;
+        rows
+    })
+}
+
+#[test]
+fn eight_ports_provision_a_batch_of_24_each_unit_once_and_honour_the_target() {
+    let ws = workspace(24, 2.0);
+    // 28 devices for a batch of 24: the last ones must never be started.
+    let line = sim(&ws, 28, 8, true, false);
+    let mut daemon = Daemon::start(&ws, true);
+    assert_eq!(daemon.wait(), 0, "{:#?}", daemon.lines());
+
+    let units = daemon.units();
+    let passed: Vec<&Value> = units
+        .iter()
+        .filter(|u| u["outcome"] == "provisioned")
+        .collect();
+    assert_eq!(passed.len(), 24, "{units:#?}");
+    let mut macs: Vec<&str> = passed.iter().map(|u| u["mac"].as_str().unwrap()).collect();
+    macs.sort_unstable();
+    macs.dedup();
+    assert_eq!(macs.len(), 24, "every unit exactly once");
+    let ports: std::collections::HashSet<&str> =
+        passed.iter().map(|u| u["port"].as_str().unwrap()).collect();
+    assert_eq!(ports.len(), 8, "all eight ports worked");
+
+    let status = status(&ws);
+    assert_eq!(status["provisioned"], 24);
+    assert_eq!(status["attempts"], 24);
+    assert_eq!(status["in_progress"], 0);
+    let written = line
+        .devices()
+        .iter()
+        .filter(|d| d.stats().flash_blocks > 0)
+        .count();
+    assert_eq!(written, 24, "no device beyond the target was written");
+
+    let events = daemon.events();
+    assert_eq!(events.first().unwrap()["event"], "started");
+    assert_eq!(events.last().unwrap()["event"], "stopped");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "stopping" && e["reason"] == "batch_complete")
+    );
+    assert!(
+        events.iter().any(|e| e["event"] == "port_gone"),
+        "units were unplugged"
+    );
+    assert!(
+        events.iter().any(|e| e["event"] == "flash"),
+        "flash progress is reported"
+    );
+    ws.station(&["audit", "verify"]).expect(0);
+}
+
+#[test]
+fn a_unit_left_plugged_in_is_not_reflashed_but_another_on_the_same_port_is() {
+    let ws = workspace(5, 0.3);
+    // No simulated operator: the first unit stays on the port until the test replaces it.
+    let line = sim(&ws, 2, 1, false, false);
+    let mut daemon = Daemon::start(&ws, true);
+    daemon.wait_for("the first unit", |e| e.iter().any(|e| e["event"] == "unit"));
+    let first_blocks = line.devices()[0].stats().flash_blocks;
+    assert!(first_blocks > 0);
+    // Several probe intervals with the unit still plugged in.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(daemon.units().len(), 1, "{:#?}", daemon.lines());
+    assert_eq!(
+        line.devices()[0].stats().flash_blocks,
+        first_blocks,
+        "probes read the MAC and write nothing"
+    );
+    assert!(
+        line.devices()[0].stats().frames_received > 0,
+        "the daemon probed the unit left plugged in"
+    );
+
+    assert!(line.replace(0));
+    daemon.wait_for("the second unit", |e| {
+        e.iter().filter(|e| e["event"] == "unit").count() == 2
+    });
+    let units = daemon.units();
+    assert_eq!(units[0]["mac"], line.devices()[0].mac().to_string());
+    assert_eq!(units[1]["mac"], line.devices()[1].mac().to_string());
+    assert!(units.iter().all(|u| u["outcome"] == "provisioned"));
+
+    daemon.signal(nix::sys::signal::Signal::SIGINT);
+    assert_eq!(daemon.wait(), 0);
+    assert_eq!(status(&ws)["attempts"], 2);
+}
+
+#[test]
+fn sigterm_mid_batch_lets_units_in_flight_finish_and_records_them() {
+    let ws = slow_workspace(40);
+    let _line = sim(&ws, 40, 4, true, true);
+    let mut daemon = Daemon::start(&ws, true);
+    daemon.wait_for("a unit flashing", |e| {
+        e.iter()
+            .any(|e| e["event"] == "stage" && e["stage"] == "flash")
+    });
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(daemon.wait(), 0, "{:#?}", daemon.lines());
+
+    let events = daemon.events();
+    let stopping = events
+        .iter()
+        .position(|e| e["event"] == "stopping")
+        .expect("a stopping event");
+    assert_eq!(events[stopping]["reason"], "signal");
+    let in_flight = events[stopping]["in_flight"].as_u64().unwrap();
+    assert!(in_flight >= 1, "{:#?}", events[stopping]);
+    let finished_after = events[stopping..]
+        .iter()
+        .filter(|e| e["event"] == "unit")
+        .count() as u64;
+    assert_eq!(finished_after, in_flight, "every unit in flight finished");
+    assert_eq!(
+        events.last().unwrap()["tally"]["in_flight"],
+        0,
+        "{:#?}",
+        events.last()
+    );
+    assert!(
+        events[stopping..]
+            .iter()
+            .all(|e| e["event"] != "stage" || e["stage"] != "connect"),
+        "no unit started after the signal"
+    );
+
+    let status = status(&ws);
+    assert_eq!(status["in_progress"], 0);
+    assert_eq!(status["interrupted"], 0);
+    assert!(status["provisioned"].as_i64().unwrap() >= in_flight as i64);
+    assert!(
+        attempts(&ws)
+            .iter()
+            .all(|(_, outcome)| outcome == "provisioned"),
+        "{:?}",
+        attempts(&ws)
+    );
+}
+
+#[test]
+fn after_kill_9_the_next_start_marks_open_attempts_interrupted() {
+    let ws = slow_workspace(3);
+    let line = sim(&ws, 6, 1, true, true);
+    let mut daemon = Daemon::start(&ws, true);
+    daemon.wait_for("a unit flashing", |e| {
+        e.iter()
+            .any(|e| e["event"] == "stage" && e["stage"] == "flash")
+    });
+    daemon.signal(nix::sys::signal::Signal::SIGKILL);
+    daemon.wait();
+    let killed_mac = line.devices()[0].mac().to_string();
+    let before = status(&ws);
+    assert_eq!(before["in_progress"], 1, "{before:#}");
+    assert_eq!(
+        before["provisioned"], 0,
+        "nothing unverified shows as provisioned"
+    );
+
+    // The next start closes the open attempt and completes the batch with the next units.
+    let mut again = Daemon::start(&ws, true);
+    assert_eq!(again.wait(), 0, "{:#?}", again.lines());
+    let started = again
+        .events()
+        .into_iter()
+        .find(|e| e["event"] == "started")
+        .unwrap();
+    assert_eq!(started["interrupted"].as_array().unwrap().len(), 1);
+
+    let after = status(&ws);
+    assert_eq!(after["in_progress"], 0);
+    assert_eq!(after["interrupted"], 1);
+    assert_eq!(after["provisioned"], 3);
+    assert_eq!(
+        after["failures"][0]["error_code"],
+        "station::line::interrupted"
+    );
+    assert_eq!(after["failures"][0]["stage"], "flash");
+    let rows = attempts(&ws);
+    assert_eq!(
+        rows[0],
+        (Some(killed_mac.clone()), "interrupted".to_owned()),
+        "{rows:?}"
+    );
+    // The killed unit may still be on its port when the daemon restarts: then it is flashed
+    // again from scratch, in a new attempt, and only that verified attempt provisions it.
+    if let Some(unit) = again
+        .units()
+        .into_iter()
+        .find(|u| u["mac"] == killed_mac.as_str())
+    {
+        assert_eq!(unit["outcome"], "provisioned");
+        assert_ne!(unit["attempt_id"], 1);
+    }
+    let audit = ws.station(&["--json", "audit", "show"]).expect(0).json();
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "unit.interrupted" && e["subject"] == killed_mac.as_str()),
+        "{audit:#}"
+    );
+    ws.station(&["audit", "verify"]).expect(0);
+}
+
+#[test]
+fn one_failing_port_does_not_disturb_the_others() {
+    let ws = workspace(7, 2.0);
+    // Device 1 (on port 1) is pulled out at its first flash block; the rest must all pass.
+    let line = sim_with(&ws, 8, 4, true, false, &["1:unplug@block=1"]);
+    let mut daemon = Daemon::start(&ws, true);
+    assert_eq!(daemon.wait(), 0, "{:#?}", daemon.lines());
+    let units = daemon.units();
+    let failed: Vec<&Value> = units.iter().filter(|u| u["outcome"] == "failed").collect();
+    assert_eq!(failed.len(), 1, "{units:#?}");
+    assert_eq!(failed[0]["mac"], line.devices()[1].mac().to_string());
+    assert_eq!(failed[0]["stage"], "flash");
+    assert_eq!(
+        units
+            .iter()
+            .filter(|u| u["outcome"] == "provisioned")
+            .count(),
+        7
+    );
+    let status = status(&ws);
+    assert_eq!(status["provisioned"], 7);
+    assert_eq!(status["failures"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn without_a_terminal_the_daemon_logs_plain_lines() {
+    let ws = workspace(2, 2.0);
+    let _line = sim(&ws, 2, 2, true, false);
+    let mut daemon = Daemon::start(&ws, false);
+    assert_eq!(daemon.wait(), 0);
+    let lines = daemon.lines();
+    assert!(
+        lines[0].starts_with("line: batch WO-1: 0/2 provisioned"),
+        "{lines:#?}"
+    );
+    assert_eq!(lines.iter().filter(|l| l.starts_with("PASS  ")).count(), 2);
+    assert!(
+        lines.iter().all(|l| !l.contains('\u{1b}')),
+        "no terminal escapes in a log: {lines:#?}"
+    );
+    assert!(
+        lines
+            .last()
+            .unwrap()
+            .starts_with("line: stopped: 2/2 provisioned")
+    );
+}
+
+#[test]
+fn run_without_an_open_batch_says_how_to_open_one() {
+    let ws = Workspace::with_config(&sim_config(true));
+    let run = ws.station(&["--json", "run"]).expect(2);
+    assert_eq!(
+        run.json()["error"]["code"].as_str().unwrap(),
+        "station::store::no_open_batch"
+    );
+}
