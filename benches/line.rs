@@ -1,0 +1,198 @@
+//! The line daemon's throughput over 1, 4 and 8 ports, and its memory with 16 ports open.
+//!
+//! Each run is two processes, as on a line: `station sim devices` (the devices take turns on the
+//! ports; a simulated operator takes each unit off 0.2 s after the station leaves it idle and
+//! plugs the next in 0.1 s later) and `station run --json` on a batch of 100 at 921600 baud with
+//! the flasher stub, wire time charged. It prints wall time (daemon start to exit), units per
+//! minute, parallel efficiency (P-port throughput / (P x 1-port throughput)) and the daemon's
+//! peak resident memory (VmHWM).
+//!
+//! Run: `cargo bench --bench line` (`-- --units N` for another batch size, `-- --ports 1,4,8`).
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const GROUP_KEY: &str =
+    "8isrFI1sGsIlvvFSSFRiMfCNzv21fjbE/+ah/lSh3lF8e2YG1Te7w1KpZhJFFXJrqYKi9yegxkqIChbqOS9Egw==";
+
+const CONFIG: &str = r#"
+[station]
+id = "bench-st1"
+database = "station.db"
+
+[dps]
+id_scope = "0ne00BENCH0"
+group_key_file = "group.key"
+registration_id = "sensor-{mac}"
+
+[nvs]
+offset = 0x9000
+size = 0x6000
+namespace = "dps"
+
+[nvs.entries]
+id_scope = "{id_scope}"
+reg_id = "{registration_id}"
+device_key = "{device_key}"
+dps_host = "{dps_host}"
+
+[serial]
+ports = ["ports/ttySIM*"]
+baud = 921600
+before = "no-reset"
+after = "no-reset"
+chip = "esp32"
+stub = true
+max_parallel = 16
+"#;
+
+struct Sample {
+    ports: usize,
+    units: usize,
+    wall: f64,
+    passed: usize,
+    peak_rss_kib: u64,
+}
+
+fn station() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_station"))
+}
+
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+fn run(ports: usize, units: usize) -> Sample {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let root = dir.path();
+    std::fs::write(root.join("station.toml"), CONFIG).expect("config");
+    let key = root.join("group.key");
+    std::fs::write(&key, GROUP_KEY).expect("key");
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("mode");
+    }
+    let config = root.join("station.toml");
+    let opened = station()
+        .arg("--config")
+        .arg(&config)
+        .args(["batch", "open", "bench", "--target", &units.to_string()])
+        .output()
+        .expect("batch open");
+    assert!(opened.status.success(), "{opened:?}");
+
+    let mut sim = station()
+        .args(["sim", "devices", "--count", &units.to_string()])
+        .args(["--ports", &ports.to_string()])
+        .arg("--link-dir")
+        .arg(root.join("ports"))
+        .args(["--leave-after-idle", "0.2", "--swap-gap", "0.1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sim devices");
+    // The sim prints one port per line once they exist.
+    let mut lines = BufReader::new(sim.stdout.take().expect("sim stdout")).lines();
+    for _ in 0..ports {
+        lines.next();
+    }
+
+    let start = Instant::now();
+    let mut daemon = station()
+        .arg("--config")
+        .arg(&config)
+        .args(["--json", "run"])
+        .env("STATION_LOG", "error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("station run");
+    let pid = daemon.id();
+    let stdout = daemon.stdout.take().expect("daemon stdout");
+    let reader = std::thread::spawn(move || {
+        let mut passed = 0;
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains(r#""event":"unit""#) && line.contains(r#""outcome":"provisioned""#) {
+                passed += 1;
+            }
+        }
+        passed
+    });
+    let mut peak = 0;
+    loop {
+        if let Some(rss) = peak_rss_kib(pid) {
+            peak = peak.max(rss);
+        }
+        if daemon.try_wait().expect("wait").is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let wall = start.elapsed().as_secs_f64();
+    let passed = reader.join().unwrap_or(0);
+    let _ = sim.kill();
+    let _ = sim.wait();
+    Sample {
+        ports,
+        units,
+        wall,
+        passed,
+        peak_rss_kib: peak,
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let units: usize = value("--units").and_then(|v| v.parse().ok()).unwrap_or(100);
+    let port_counts: Vec<usize> = value("--ports")
+        .map(|v| v.split(',').filter_map(|p| p.parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 4, 8]);
+
+    println!("line: batch of {units} at 921600 baud, stub, wire time on, simulated operator swapping units");
+    println!(
+        "{:>5} {:>9} {:>10} {:>11} {:>10} {:>13}",
+        "ports", "passed", "wall s", "units/min", "efficiency", "peak RSS MiB"
+    );
+    let mut single: Option<f64> = None;
+    for &ports in &port_counts {
+        let sample = run(ports, units);
+        let per_minute = sample.passed as f64 / sample.wall * 60.0;
+        if ports == 1 {
+            single = Some(per_minute);
+        }
+        let efficiency = single
+            .map(|one| format!("{:.2}", per_minute / (ports as f64 * one)))
+            .unwrap_or_else(|| "-".to_owned());
+        println!(
+            "{:>5} {:>5}/{:<3} {:>10.1} {:>11.1} {:>10} {:>13.1}",
+            sample.ports,
+            sample.passed,
+            sample.units,
+            sample.wall,
+            per_minute,
+            efficiency,
+            sample.peak_rss_kib as f64 / 1024.0
+        );
+    }
+    // Memory with 16 ports open: the daemon's peak over a batch of 32 on 16 ports.
+    let sample = run(16, 32);
+    println!(
+        "memory: 16 ports open, {}/{} units in {:.1} s: daemon peak RSS {:.1} MiB",
+        sample.passed,
+        sample.units,
+        sample.wall,
+        sample.peak_rss_kib as f64 / 1024.0
+    );
+}
