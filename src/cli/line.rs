@@ -281,7 +281,11 @@ impl Live {
         if !self.ports.contains_key(port) {
             let bar = self.multi.insert_before(&self.footer, ProgressBar::new(1));
             bar.set_style(idle_style());
-            bar.set_prefix(port.to_owned());
+            // The port's name (ttyUSB0) keeps the view narrow; logs and JSON keep the path.
+            let name = std::path::Path::new(port)
+                .file_name()
+                .map_or_else(|| port.to_owned(), |n| n.to_string_lossy().into_owned());
+            bar.set_prefix(name);
             bar.set_message("waiting for a device");
             self.ports.insert(port.to_owned(), bar);
         }
@@ -375,12 +379,12 @@ impl Live {
 }
 
 fn idle_style() -> ProgressStyle {
-    ProgressStyle::with_template("  {prefix:<28} {msg}")
+    ProgressStyle::with_template("  {prefix:<10} {msg}")
         .unwrap_or_else(|_| ProgressStyle::default_bar())
 }
 
 fn flash_style() -> ProgressStyle {
-    ProgressStyle::with_template("  {prefix:<28} [{bar:20.cyan/blue}] {pos}/{len} {msg}")
+    ProgressStyle::with_template("  {prefix:<10} [{bar:20.cyan/blue}] {pos}/{len} {msg}")
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> ")
 }
