@@ -160,7 +160,9 @@ fn main() {
         .map(|v| v.split(',').filter_map(|p| p.parse().ok()).collect())
         .unwrap_or_else(|| vec![1, 4, 8]);
 
-    println!("line: batch of {units} at 921600 baud, stub, wire time on, simulated operator swapping units");
+    println!(
+        "line: batch of {units} at 921600 baud, stub, wire time on, simulated operator swapping units"
+    );
     println!(
         "{:>5} {:>9} {:>10} {:>11} {:>10} {:>13}",
         "ports", "passed", "wall s", "units/min", "efficiency", "peak RSS MiB"

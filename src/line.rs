@@ -195,12 +195,7 @@ pub fn discover(serial: &SerialConfig) -> Vec<PathBuf> {
                 found.extend(
                     ports
                         .into_iter()
-                        .filter(|p| match &p.port_type {
-                            serialport::SerialPortType::UsbPort(usb) => {
-                                serial.usb_ids.contains(&(usb.vid, usb.pid))
-                            }
-                            _ => false,
-                        })
+                        .filter(|p| is_line_bridge(&p.port_type, &serial.usb_ids))
                         .map(|p| PathBuf::from(p.port_name)),
                 );
             }
@@ -215,6 +210,15 @@ pub fn discover(serial: &SerialConfig) -> Vec<PathBuf> {
     found.sort();
     found.dedup();
     found
+}
+
+/// Whether `auto` takes a port the OS reports: a USB serial port whose bridge is one of
+/// `usb_ids` (a PCI or built-in UART, a Bluetooth port, an unknown USB device are left alone).
+fn is_line_bridge(port_type: &serialport::SerialPortType, usb_ids: &[(u16, u16)]) -> bool {
+    match port_type {
+        serialport::SerialPortType::UsbPort(usb) => usb_ids.contains(&(usb.vid, usb.pid)),
+        _ => false,
+    }
 }
 
 /// What a port path points at now: the link (or device node) itself and the device behind it.
@@ -659,6 +663,28 @@ mod tests {
                 dir.path().join("ttyUSB9"),
             ]
         );
+    }
+
+    #[test]
+    fn auto_takes_only_the_configured_usb_bridges() {
+        let usb = |vid, pid| {
+            serialport::SerialPortType::UsbPort(serialport::UsbPortInfo {
+                vid,
+                pid,
+                serial_number: None,
+                manufacturer: None,
+                product: None,
+            })
+        };
+        let ids = crate::config::DEFAULT_USB_IDS;
+        assert!(is_line_bridge(&usb(0x10c4, 0xea60), &ids), "CP2102");
+        assert!(
+            is_line_bridge(&usb(0x303a, 0x1001), &ids),
+            "USB-Serial/JTAG"
+        );
+        assert!(!is_line_bridge(&usb(0x046d, 0xc52b), &ids), "a receiver");
+        assert!(!is_line_bridge(&serialport::SerialPortType::PciPort, &ids));
+        assert!(!is_line_bridge(&usb(0x10c4, 0xea60), &[(0x1a86, 0x7523)]));
     }
 
     #[test]

@@ -287,7 +287,11 @@ pub(super) async fn check(config_path: &Path, json: bool) -> Result<u8> {
                 detail: super::render_error(&e.into()),
             }),
         }
-        let found = matching_ports(&config.serial.ports);
+        let found: Vec<String> = crate::line::discover(&config.serial)
+            .into_iter()
+            .filter(|p| p.exists())
+            .map(|p| p.display().to_string())
+            .collect();
         checks.push(Check {
             what: "ports",
             // No device plugged in is not a fault of the station: say so without failing.
@@ -330,49 +334,4 @@ pub(super) async fn check(config_path: &Path, json: bool) -> Result<u8> {
     } else {
         exit::FAILED
     })
-}
-
-/// The ports `[serial] ports` names now: `auto` is every serial port the OS reports; a path with
-/// `*` matches names in its directory (`prefix*suffix`); other paths must exist.
-fn matching_ports(patterns: &[String]) -> Vec<String> {
-    let mut found = Vec::new();
-    for pattern in patterns {
-        if pattern == "auto" {
-            if let Ok(ports) = serialport::available_ports() {
-                found.extend(ports.into_iter().map(|p| p.port_name));
-            }
-            continue;
-        }
-        let path = Path::new(pattern);
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        match name.split_once('*') {
-            None if path.exists() => found.push(pattern.clone()),
-            None => {}
-            Some((prefix, suffix)) => {
-                let dir = path
-                    .parent()
-                    .filter(|d| !d.as_os_str().is_empty())
-                    .unwrap_or(Path::new("."));
-                let Ok(entries) = std::fs::read_dir(dir) else {
-                    continue;
-                };
-                let mut names: Vec<String> = entries
-                    .filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| {
-                        n.len() >= prefix.len() + suffix.len()
-                            && n.starts_with(prefix)
-                            && n.ends_with(suffix)
-                    })
-                    .map(|n| dir.join(n).display().to_string())
-                    .collect();
-                names.sort();
-                found.extend(names);
-            }
-        }
-    }
-    found
 }
