@@ -640,56 +640,53 @@ impl Store {
             details,
         )
         .await?;
-        let closed: Option<i64> = match record.attempt_id {
+        // The attempt's open row is closed; without one (or if it was closed as interrupted
+        // meanwhile) the attempt gets a row of its own: a finished attempt is never dropped.
+        let open = match record.attempt_id {
             Some(id) => {
                 sqlx::query_scalar(
-                    "UPDATE attempts SET unit_id = ?, mac = ?, finished_at = ?, outcome = ?, stage = ?, \
-                     error_code = ?, message = ?, reprovision = ?, timings = ?, audit_seq = ?, pid = NULL \
-                     WHERE id = ? AND outcome = 'in-progress' RETURNING id",
+                    "SELECT id FROM attempts WHERE id = ? AND outcome = 'in-progress'",
                 )
-                .bind(unit.as_ref().map(|u| u.id))
-                .bind(record.unit.as_ref().map(|u| &u.mac))
-                .bind(&record.finished_at)
-                .bind(outcome)
-                .bind(record.failure.as_ref().map(|f| &f.stage))
-                .bind(record.failure.as_ref().map(|f| &f.code))
-                .bind(record.failure.as_ref().map(|f| &f.message))
-                .bind(record.reprovision)
-                .bind(record.timings.to_string())
-                .bind(audit_seq)
                 .bind(id)
                 .fetch_optional(&mut *tx)
                 .await?
             }
             None => None,
         };
-        // Without an open row (or if it was closed as interrupted meanwhile) the attempt gets a
-        // row of its own: a finished attempt is never dropped.
-        let attempt_id: i64 = match closed {
+        let attempt_id = match open {
             Some(id) => id,
-            None => sqlx::query_scalar(
-                "INSERT INTO attempts (unit_id, mac, batch_id, station_id, operator, port, started_at, finished_at, \
-                 outcome, stage, error_code, message, reprovision, timings, audit_seq) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-            )
-            .bind(unit.as_ref().map(|u| u.id))
-            .bind(record.unit.as_ref().map(|u| &u.mac))
-            .bind(record.batch.id)
-            .bind(&record.station_id)
-            .bind(&record.operator)
-            .bind(&record.port)
-            .bind(&record.started_at)
-            .bind(&record.finished_at)
-            .bind(outcome)
-            .bind(record.failure.as_ref().map(|f| &f.stage))
-            .bind(record.failure.as_ref().map(|f| &f.code))
-            .bind(record.failure.as_ref().map(|f| &f.message))
-            .bind(record.reprovision)
-            .bind(record.timings.to_string())
-            .bind(audit_seq)
-            .fetch_one(&mut *tx)
-            .await?,
+            None => {
+                insert_open_attempt_tx(
+                    &mut tx,
+                    &AttemptStart {
+                        batch_id: record.batch.id,
+                        station_id: record.station_id.clone(),
+                        operator: record.operator.clone(),
+                        port: record.port.clone(),
+                        started_at: record.started_at.clone(),
+                    },
+                )
+                .await?
+            }
         };
+        sqlx::query(
+            "UPDATE attempts SET unit_id = ?, mac = ?, finished_at = ?, outcome = ?, stage = ?, \
+             error_code = ?, message = ?, reprovision = ?, timings = ?, audit_seq = ?, pid = NULL \
+             WHERE id = ?",
+        )
+        .bind(unit.as_ref().map(|u| u.id))
+        .bind(record.unit.as_ref().map(|u| &u.mac))
+        .bind(&record.finished_at)
+        .bind(outcome)
+        .bind(record.failure.as_ref().map(|f| &f.stage))
+        .bind(record.failure.as_ref().map(|f| &f.code))
+        .bind(record.failure.as_ref().map(|f| &f.message))
+        .bind(record.reprovision)
+        .bind(record.timings.to_string())
+        .bind(audit_seq)
+        .bind(attempt_id)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(Recorded {
             attempt_id,
@@ -701,18 +698,10 @@ impl Store {
     /// Opens an attempt's row as `in-progress` before anything touches the device, so that a
     /// station killed mid-unit leaves a trace for [`Store::recover_interrupted`].
     pub async fn begin_attempt(&self, start: &AttemptStart) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar(
-            "INSERT INTO attempts (batch_id, station_id, operator, port, started_at, outcome, stage, timings, pid) \
-             VALUES (?, ?, ?, ?, ?, 'in-progress', 'connect', '{}', ?) RETURNING id",
-        )
-        .bind(start.batch_id)
-        .bind(&start.station_id)
-        .bind(&start.operator)
-        .bind(&start.port)
-        .bind(&start.started_at)
-        .bind(i64::from(std::process::id()))
-        .fetch_one(&self.pool)
-        .await?)
+        let mut tx = self.pool.begin().await?;
+        let id = insert_open_attempt_tx(&mut tx, start).await?;
+        tx.commit().await?;
+        Ok(id)
     }
 
     /// Notes the stage an open attempt has reached and, once read, the device's MAC.
@@ -1011,6 +1000,24 @@ async fn status_tx(
         interrupted,
         failures,
     })
+}
+
+async fn insert_open_attempt_tx(
+    tx: &mut Transaction<'_, Sqlite>,
+    start: &AttemptStart,
+) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar(
+        "INSERT INTO attempts (batch_id, station_id, operator, port, started_at, outcome, stage, timings, pid) \
+         VALUES (?, ?, ?, ?, ?, 'in-progress', 'connect', '{}', ?) RETURNING id",
+    )
+    .bind(start.batch_id)
+    .bind(&start.station_id)
+    .bind(&start.operator)
+    .bind(&start.port)
+    .bind(&start.started_at)
+    .bind(i64::from(std::process::id()))
+    .fetch_one(&mut **tx)
+    .await?)
 }
 
 async fn upsert_unit_tx(

@@ -349,3 +349,97 @@ fn times_are_rfc3339_utc_with_milliseconds() {
     assert_eq!(at, "2026-11-25T08:20:30.123Z");
     assert_eq!(now().len(), at.len());
 }
+
+fn start_of(batch: &Batch) -> AttemptStart {
+    AttemptStart {
+        batch_id: batch.id,
+        station_id: "st1".into(),
+        operator: "ana".into(),
+        port: "/dev/ttyUSB3".into(),
+        started_at: now(),
+    }
+}
+
+#[tokio::test]
+async fn an_open_attempt_is_closed_by_its_record() {
+    let (_dir, store) = temp_store().await;
+    let batch = store.open_batch("WO-1", 5, "ana", "st1").await.unwrap();
+    let id = store.begin_attempt(&start_of(&batch)).await.unwrap();
+    assert_eq!(
+        store.batch_status(batch.clone()).await.unwrap().in_progress,
+        1
+    );
+    let mut record = attempt(&batch, Some("24:0a:c4:00:00:01"), None);
+    record.attempt_id = Some(id);
+    let recorded = store.record_attempt(&record).await.unwrap();
+    assert_eq!(recorded.attempt_id, id, "the open row is the attempt's row");
+    let status = store.batch_status(batch.clone()).await.unwrap();
+    assert_eq!((status.attempts, status.in_progress), (1, 0));
+    assert!(
+        store
+            .recover_interrupted("st1", "ana")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+// Issue 5: after a crash, nothing unverified shows as provisioned.
+#[tokio::test]
+async fn attempts_left_open_by_a_dead_process_become_interrupted() {
+    let (_dir, store) = temp_store().await;
+    let batch = store.open_batch("WO-1", 5, "ana", "st1").await.unwrap();
+    store
+        .record_attempt(&attempt(&batch, Some("24:0a:c4:00:00:02"), None))
+        .await
+        .unwrap();
+    // A re-flash of that unit dies mid-write; another attempt dies while connecting.
+    let flashing = store.begin_attempt(&start_of(&batch)).await.unwrap();
+    store
+        .attempt_reached(flashing, "flash", Some("24:0a:c4:00:00:02"))
+        .await
+        .unwrap();
+    let connecting = store.begin_attempt(&start_of(&batch)).await.unwrap();
+    // A row of a process that still runs (pid 1) is left alone.
+    let alive = store.begin_attempt(&start_of(&batch)).await.unwrap();
+    sqlx::query("UPDATE attempts SET pid = 1 WHERE id = ?")
+        .bind(alive)
+        .execute(store.pool())
+        .await
+        .unwrap();
+
+    // This process's own ID stands for a dead process that had it before.
+    let closed = store.recover_interrupted("st1", "ops").await.unwrap();
+    let ids: Vec<i64> = closed.iter().map(|a| a.id).collect();
+    assert_eq!(ids, [flashing, connecting]);
+    assert!(closed.iter().all(|a| a.outcome == "interrupted"
+        && a.error_code.as_deref() == Some(INTERRUPTED_CODE)
+        && a.audit_seq.is_some()));
+    let unit = store
+        .unit_by_mac("24:0a:c4:00:00:02")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(unit.state, "failed", "its flash may be half written");
+    assert_eq!(unit.failed_stage.as_deref(), Some("flash"));
+    let status = store.batch_status(batch).await.unwrap();
+    assert_eq!(
+        (status.provisioned, status.interrupted, status.in_progress),
+        (0, 2, 1)
+    );
+    assert_eq!(status.failures[0].error_code, INTERRUPTED_CODE);
+    assert_eq!(status.failures[0].count, 2);
+    let report = store.verify_audit().await.unwrap();
+    assert!(report.first_break.is_none(), "{report:?}");
+    let actions: Vec<String> = store
+        .audit_entries()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    assert_eq!(
+        actions.iter().filter(|a| *a == "unit.interrupted").count(),
+        2
+    );
+}
