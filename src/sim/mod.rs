@@ -21,6 +21,7 @@
 //! RUN_USER_CODE in the stub) the device stays silent until the simulation restarts.
 
 mod chip;
+pub mod dps;
 mod flash;
 mod loader;
 mod port;
@@ -120,6 +121,21 @@ pub enum SimError {
     BadOptions {
         /// What is wrong.
         reason: String,
+    },
+    /// The DPS emulator cannot listen on its address.
+    #[error("the DPS emulator cannot listen on {addr}: {source}")]
+    #[diagnostic(
+        code(station::sim::dps_bind),
+        help(
+            "Another process holds that port: pass another --port, or leave it out to take any free one."
+        )
+    )]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
     },
 }
 

@@ -16,6 +16,7 @@ fn facts(mac: &str) -> UnitFacts {
         key_id: "sha256:0011223344556677".into(),
         secondary_key_id: None,
         image_sha256: Some("ab".repeat(32)),
+        dps: None,
     }
 }
 
