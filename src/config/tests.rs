@@ -64,6 +64,12 @@ fn checked_in_example_parses_with_the_documented_defaults() {
         config.dps.verify_url,
         "https://global.azure-devices-provisioning.net"
     );
+    assert!(!config.dps.pre_verify);
+    assert_eq!(
+        config.dps.verify_timeout,
+        std::time::Duration::from_secs(30)
+    );
+    assert_eq!(config.dps.payload, None);
     assert_eq!((config.nvs.offset, config.nvs.size), (0x9000, 0x6000));
     let keys: Vec<&str> = config.nvs.entries.iter().map(|e| e.key.as_str()).collect();
     assert_eq!(keys, ["id_scope", "reg_id", "device_key", "dps_host"]);

@@ -140,6 +140,12 @@ impl Shared {
         status: StatusCode,
         payload: Option<serde_json::Value>,
     ) {
+        tracing::debug!(
+            method,
+            path,
+            status = status.as_u16(),
+            "DPS emulator answered"
+        );
         lock(&self.log).push(RequestLog {
             method: method.to_owned(),
             path: path.to_owned(),
