@@ -40,10 +40,12 @@ async fn run(units: usize, dps: Option<&str>) -> Result<(f64, f64), Error> {
             .replace("before = \"default-reset\"", "before = \"no-reset\"")
             .replace("after = \"hard-reset\"", "after = \"no-reset\"");
     if let Some(url) = dps {
-        text = text.replace("pre_verify = false", "pre_verify = true").replace(
-            "# verify_url = \"http://127.0.0.1:8443\"",
-            &format!("verify_url = \"{url}\""),
-        );
+        text = text
+            .replace("pre_verify = false", "pre_verify = true")
+            .replace(
+                "# verify_url = \"http://127.0.0.1:8443\"",
+                &format!("verify_url = \"{url}\""),
+            );
     }
     let config = Config::parse(&text, &dir.path().join("station.toml"))?;
     let station = Station::open(config).await?;
@@ -85,8 +87,8 @@ async fn main() -> Result<(), miette::Report> {
             units = args.next().and_then(|n| n.parse().ok()).unwrap_or(units);
         }
     }
-    let key = GroupKey::from_text(GROUP_KEY.as_bytes(), Path::new("bench.key"))
-        .map_err(Error::from)?;
+    let key =
+        GroupKey::from_text(GROUP_KEY.as_bytes(), Path::new("bench.key")).map_err(Error::from)?;
     let (base, _) = run(units, None).await?;
     println!("dps pre-verification, {units} units per row (median seconds per unit)");
     println!("  pre_verify off            total {base:.3}");

@@ -15,7 +15,10 @@
 //! [`Fault`]s: an unplug, a garbled reply, silence; [`SimChip`] makes a device claim to be
 //! another chip model.
 //!
-//! What it does not model: DTR/RTS (a pseudo-terminal has no modem lines, so hosts must use
+//! [`dps::DpsEmulator`] is the other half of a simulated line: a loopback emulator of the Azure
+//! DPS device REST API that checks SAS tokens against the group key as DPS does.
+//!
+//! What the serial simulator does not model: DTR/RTS (a pseudo-terminal has no modem lines, so hosts must use
 //! "no reset" before and after), flash timing (erase and write are instant), secure boot and
 //! flash encryption, and firmware: once the ROM loader is left (FLASH_END in ROM mode,
 //! RUN_USER_CODE in the stub) the device stays silent until the simulation restarts.
