@@ -268,6 +268,10 @@ pub struct DpsConfig {
     pub api_version: String,
     /// An extra trust root for the station's own DPS calls (resolved).
     pub ca_file: Option<PathBuf>,
+    /// The longest one unit's DPS pre-verification may take, retries and polling included.
+    pub verify_timeout: std::time::Duration,
+    /// `[dps.payload]`: JSON sent with every registration, for custom allocation policies.
+    pub payload: Option<serde_json::Value>,
 }
 
 /// `[nvs]`.
@@ -515,6 +519,8 @@ struct RawDps {
     pre_verify: bool,
     api_version: Option<Spanned<String>>,
     ca_file: Option<Spanned<String>>,
+    verify_timeout: Option<Spanned<u64>>,
+    payload: Option<Spanned<toml::Table>>,
 }
 
 #[derive(Deserialize)]
@@ -597,10 +603,40 @@ fn parse_usb_id(text: &str) -> Option<(u16, u16)> {
 
 // ---- loading --------------------------------------------------------------------------------
 
+/// Converts `[dps.payload]` to the JSON DPS receives; TOML dates have no JSON form.
+fn toml_to_json(value: toml::Value) -> Result<serde_json::Value, String> {
+    use serde_json::Value as Json;
+    Ok(match value {
+        toml::Value::String(s) => Json::String(s),
+        toml::Value::Integer(i) => Json::from(i),
+        toml::Value::Float(f) => serde_json::Number::from_f64(f)
+            .map(Json::Number)
+            .ok_or_else(|| format!("{f} has no JSON form"))?,
+        toml::Value::Boolean(b) => Json::Bool(b),
+        toml::Value::Datetime(d) => return Err(format!("the date {d} has no JSON form")),
+        toml::Value::Array(items) => Json::Array(
+            items
+                .into_iter()
+                .map(toml_to_json)
+                .collect::<Result<_, _>>()?,
+        ),
+        toml::Value::Table(table) => Json::Object(
+            table
+                .into_iter()
+                .map(|(k, v)| Ok((k, toml_to_json(v)?)))
+                .collect::<Result<_, String>>()?,
+        ),
+    })
+}
+
 /// The DPS global device endpoint.
 pub const DEFAULT_DPS_ENDPOINT: &str = "global.azure-devices-provisioning.net";
 /// The DPS device REST API version used unless configured.
 pub const DEFAULT_API_VERSION: &str = "2021-10-01";
+/// `[dps] verify_timeout` unless configured, in seconds.
+pub const DEFAULT_VERIFY_TIMEOUT: u64 = 30;
+/// The largest `[dps] verify_timeout` accepted, in seconds.
+pub const MAX_VERIFY_TIMEOUT: u64 = 600;
 
 impl Config {
     /// Reads and validates a configuration file.
@@ -764,6 +800,37 @@ impl Ctx<'_> {
         let api_version = raw
             .api_version
             .map_or_else(|| DEFAULT_API_VERSION.to_owned(), Spanned::into_inner);
+        let verify_timeout = match raw.verify_timeout {
+            None => DEFAULT_VERIFY_TIMEOUT,
+            Some(seconds) => {
+                let value = *seconds.get_ref();
+                if !(1..=MAX_VERIFY_TIMEOUT).contains(&value) {
+                    return Err(self.bad_value(
+                        seconds.span(),
+                        "[dps] verify_timeout",
+                        format!("{value} seconds is outside 1 to {MAX_VERIFY_TIMEOUT}"),
+                        "Give the seconds one unit's DPS check may take, retries included, e.g. 30; a unit still unanswered then is recorded pending.",
+                    ));
+                }
+                value
+            }
+        };
+        let payload = match raw.payload {
+            None => None,
+            Some(table) => {
+                let span = table.span();
+                Some(
+                    toml_to_json(toml::Value::Table(table.into_inner())).map_err(|problem| {
+                        self.bad_value(
+                            span,
+                            "[dps.payload]",
+                            problem,
+                            "Use strings, numbers, booleans, arrays and tables only; quote a date to send it as text.",
+                        )
+                    })?,
+                )
+            }
+        };
         Ok(DpsConfig {
             id_scope: id_scope.clone(),
             endpoint,
@@ -776,6 +843,8 @@ impl Ctx<'_> {
             pre_verify: raw.pre_verify,
             api_version,
             ca_file: raw.ca_file.map(|f| self.resolve(f.get_ref())),
+            verify_timeout: std::time::Duration::from_secs(verify_timeout),
+            payload,
         })
     }
 

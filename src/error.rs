@@ -42,6 +42,10 @@ pub enum Error {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Provision(#[from] crate::provision::ProvisionError),
+    /// DPS pre-verification failed or refused a unit.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Dps(#[from] crate::dps::DpsError),
     /// The simulator failed.
     #[error(transparent)]
     #[diagnostic(transparent)]
@@ -131,6 +135,7 @@ impl Error {
             Error::Nvs(e) if e.is_input_error() => exit::USAGE,
             Error::Store(e) if e.is_usage_error() => exit::USAGE,
             Error::Sim(e) if e.is_usage_error() => exit::USAGE,
+            Error::Dps(e) if e.is_usage_error() => exit::USAGE,
             _ => exit::FAILED,
         }
     }

@@ -13,6 +13,7 @@
 pub mod cli;
 pub mod config;
 pub mod device;
+pub mod dps;
 pub mod error;
 pub mod identity;
 pub mod keys;

@@ -1,5 +1,5 @@
 //! One unit through the pipeline of DESIGN.md section 1: connect, identify, derive, build,
-//! flash, verify, record, reset.
+//! flash, verify, DPS pre-verification (when `[dps] pre_verify`), record, reset.
 //!
 //! [`DeviceImage`] is the pure heart (derive + build): the same MAC and configuration always give
 //! the same registration ID, device key and image bytes, which is what makes re-provisioning
@@ -194,6 +194,8 @@ pub struct Station {
     pub store: Store,
     /// The `[[firmware]]` images, read once.
     pub firmware: Vec<Region>,
+    /// The DPS client, when `[dps] pre_verify` is on.
+    pub dps: Option<crate::dps::DpsClient>,
 }
 
 impl Station {
@@ -209,12 +211,18 @@ impl Station {
                 std::fs::read(&image.file).map_err(|e| Error::io("reading", &image.file, e))?;
             firmware.push(Region::new(image.offset, data));
         }
+        let dps = if config.dps.pre_verify {
+            Some(crate::dps::DpsClient::new(&config.dps)?)
+        } else {
+            None
+        };
         let store = Store::open(&config.station.database).await?;
         Ok(Station {
             config,
             keys,
             store,
             firmware,
+            dps,
         })
     }
 }
@@ -232,6 +240,8 @@ pub struct Timings {
     pub flash: f64,
     /// MD5 of every region.
     pub verify: f64,
+    /// DPS pre-verification.
+    pub dps: f64,
     /// The database transaction.
     pub record: f64,
     /// The final reset.
@@ -273,8 +283,16 @@ pub struct UnitReport {
     pub reprovision: bool,
     /// The attempt's row.
     pub attempt_id: i64,
-    /// DPS pre-verification status (`not-requested` until the DPS issue lands).
-    pub dps_status: &'static str,
+    /// DPS pre-verification status.
+    pub dps_status: crate::dps::DpsStatus,
+    /// The IoT hub DPS assigned the unit to.
+    pub assigned_hub: Option<String>,
+    /// The device ID DPS assigned.
+    pub device_id: Option<String>,
+    /// DPS's substatus (`initialAssignment`, `reprovisionedToInitialAssignment`, ...).
+    pub dps_substatus: Option<String>,
+    /// Why DPS did not assign the unit (`code: message`).
+    pub dps_error: Option<String>,
     /// A problem after the unit was recorded (a failed final reset).
     pub warning: Option<String>,
 }
@@ -349,6 +367,7 @@ struct Facts {
     reprovision: bool,
     /// When the unit, found already provisioned in this batch, was provisioned.
     skipped: Option<String>,
+    dps: Option<crate::store::UnitDps>,
 }
 
 /// Runs one unit through the pipeline and records the attempt, pass or fail.
@@ -425,7 +444,11 @@ pub async fn provision<D: Device>(
             key_id: Some(station.keys.primary.id().clone()),
             reprovision: false,
             attempt_id,
-            dps_status: "not-requested",
+            dps_status: crate::dps::DpsStatus::NotRequested,
+            assigned_hub: None,
+            device_id: None,
+            dps_substatus: None,
+            dps_error: None,
             warning: None,
         });
     }
@@ -450,6 +473,7 @@ pub async fn provision<D: Device>(
         key_id: station.keys.primary.id().to_string(),
         secondary_key_id: station.keys.secondary.as_ref().map(|k| k.id().to_string()),
         image_sha256: facts.image_sha256.clone(),
+        dps: facts.dps.clone(),
     });
     let record = AttemptRecord {
         attempt_id: Some(attempt_id),
@@ -508,7 +532,11 @@ pub async fn provision<D: Device>(
         key_id: Some(station.keys.primary.id().clone()),
         reprovision: facts.reprovision,
         attempt_id: recorded.attempt_id,
-        dps_status: "not-requested",
+        dps_status: dps_status(facts.dps.as_ref()),
+        assigned_hub: facts.dps.as_ref().and_then(|d| d.assigned_hub.clone()),
+        device_id: facts.dps.as_ref().and_then(|d| d.device_id.clone()),
+        dps_substatus: facts.dps.as_ref().and_then(|d| d.substatus.clone()),
+        dps_error: facts.dps.and_then(|d| d.error),
         warning,
     };
     match &report.stage {
@@ -671,7 +699,32 @@ async fn run_stages<D: Device, E: Fn(Stage)>(
         }
     }
     timings.verify = t.elapsed().as_secs_f64();
+
+    if let Some(client) = &station.dps {
+        opened.reached(station, Stage::Dps, None).await?;
+        let t = Instant::now();
+        let verification =
+            crate::dps::pre_verify(client, &image.registration_id, &image.device_key).await;
+        timings.dps = t.elapsed().as_secs_f64();
+        facts.dps = Some(verification.record());
+        // Pending (DPS unreachable) still provisions the unit; a refusal fails it.
+        if let (crate::dps::DpsStatus::Failed, Some(error)) =
+            (verification.status, verification.error)
+        {
+            return Err(fail(Stage::Dps, true)(error.into()));
+        }
+    }
     Ok(())
+}
+
+fn dps_status(dps: Option<&crate::store::UnitDps>) -> crate::dps::DpsStatus {
+    use crate::dps::DpsStatus;
+    match dps.map(|d| d.status.as_str()) {
+        Some("assigned") => DpsStatus::Assigned,
+        Some("pending") => DpsStatus::Pending,
+        Some("failed") => DpsStatus::Failed,
+        _ => DpsStatus::NotRequested,
+    }
 }
 
 async fn batch_name(station: &Station, batch_id: i64) -> String {

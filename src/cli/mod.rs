@@ -4,6 +4,7 @@
 //! and failed (a unit failed, an audit chain is broken); 2 bad usage, configuration or key.
 
 mod demo;
+mod dps;
 mod image;
 mod line;
 mod records;
@@ -262,18 +263,46 @@ pub enum DpsCommand {
 pub enum SimCommand {
     /// Simulated ESP32s on pseudo-terminals; prints one port path per line; runs until killed.
     Devices(SimDevicesArgs),
-    /// A local DPS emulator on loopback; prints its URL.
-    Dps {
-        /// The ID scope to accept.
-        #[arg(long)]
-        id_scope: String,
-        /// The group key to check SAS tokens against.
-        #[arg(long, value_name = "FILE")]
-        group_key_file: PathBuf,
-        /// The TCP port (default: any free port).
-        #[arg(long)]
-        port: Option<u16>,
-    },
+    /// A local DPS emulator on loopback; prints its URL; runs until killed.
+    Dps(SimDpsArgs),
+}
+
+/// `station sim dps`.
+#[derive(Debug, Args)]
+pub struct SimDpsArgs {
+    /// The ID scope to accept.
+    #[arg(long)]
+    pub id_scope: String,
+    /// The enrollment group key (base64, mode 0600) to check SAS tokens against.
+    #[arg(long, value_name = "FILE")]
+    pub group_key_file: PathBuf,
+    /// The TCP port on 127.0.0.1 (default: any free port).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Answer the first N requests with HTTP 429 (throttled).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub throttle: u32,
+    /// Then answer N requests with HTTP 503.
+    #[arg(long = "fail-5xx", value_name = "N", default_value_t = 0)]
+    pub fail_5xx: u32,
+    /// Delay every answer by this many seconds (e.g. 0.3).
+    #[arg(long, value_name = "SECONDS", default_value_t = 0.0)]
+    pub latency: f64,
+    /// Seconds a registration stays `assigning`.
+    #[arg(long, value_name = "SECONDS", default_value_t = 0.2)]
+    pub assign_delay: f64,
+    /// The Retry-After seconds sent with a 429.
+    #[arg(long, value_name = "SECONDS", default_value_t = 1)]
+    pub retry_after: u64,
+    /// The IoT hub devices are assigned to.
+    #[arg(long)]
+    pub hub: Option<String>,
+    /// Act as a disabled enrollment group: every registration ends `disabled`.
+    #[arg(long)]
+    pub disabled: bool,
+    /// Never finish assigning (the station's verification times out).
+    #[arg(long)]
+    pub stall: bool,
 }
 
 /// `station sim devices`.
@@ -351,14 +380,17 @@ pub async fn run(cli: Cli) -> Result<u8> {
             command: "export manifest",
             reason: "QA manifests arrive with the QA issue; `station batch status --json` and `station audit export` work now",
         }),
-        Command::Dps(_) => Err(Error::NotAvailable {
-            command: "dps verify",
-            reason: "DPS pre-verification arrives with the DPS issue",
-        }),
-        Command::Sim(SimCommand::Dps { .. }) => Err(Error::NotAvailable {
-            command: "sim dps",
-            reason: "the DPS emulator arrives with the DPS issue",
-        }),
+        Command::Dps(DpsCommand::Verify {
+            registration_id,
+            pending,
+        }) => {
+            let config = load_config(&cli.config)?;
+            match registration_id {
+                Some(id) if !pending => dps::verify_one(config, &id, json).await,
+                _ => dps::verify_pending(config, json).await,
+            }
+        }
+        Command::Sim(SimCommand::Dps(args)) => dps::sim_dps(args, json).await,
     }
 }
 

@@ -305,14 +305,7 @@ pub(super) async fn check(config_path: &Path, json: bool) -> Result<u8> {
                 format!("{} port(s): {}", found.len(), found.join(", "))
             },
         });
-        checks.push(Check {
-            what: "dps",
-            ok: true,
-            detail: format!(
-                "not contacted: pre-verification arrives with the DPS issue (pre_verify = {})",
-                config.dps.pre_verify
-            ),
-        });
+        checks.push(check_dps(config).await);
     }
     let all_ok = checks.iter().all(|c| c.ok);
     if json {
@@ -334,4 +327,33 @@ pub(super) async fn check(config_path: &Path, json: bool) -> Result<u8> {
     } else {
         exit::FAILED
     })
+}
+
+/// DPS reachability, when pre-verification is on (a station that does not pre-verify does not
+/// need the network).
+async fn check_dps(config: &Config) -> Check {
+    let url = &config.dps.verify_url;
+    if !config.dps.pre_verify {
+        return Check {
+            what: "dps",
+            ok: true,
+            detail: format!("not contacted: pre_verify is off (`station dps verify` calls {url})"),
+        };
+    }
+    let reached = match crate::dps::DpsClient::new(&config.dps) {
+        Ok(client) => client.reachable().await,
+        Err(e) => Err(e),
+    };
+    match reached {
+        Ok(status) => Check {
+            what: "dps",
+            ok: true,
+            detail: format!("{url} answers (HTTP {status}); pre_verify is on"),
+        },
+        Err(e) => Check {
+            what: "dps",
+            ok: false,
+            detail: super::render_error(&e.into()),
+        },
+    }
 }

@@ -125,6 +125,23 @@ pub(super) fn print_report(report: &UnitReport) {
             }
         }
     }
+    match report.dps_status {
+        crate::dps::DpsStatus::NotRequested => {}
+        status => println!(
+            "      dps: {status}{}{}",
+            report
+                .assigned_hub
+                .as_ref()
+                .map(|hub| format!(" to {hub}"))
+                .unwrap_or_default(),
+            report
+                .dps_error
+                .as_ref()
+                .filter(|_| status == crate::dps::DpsStatus::Pending)
+                .map(|e| format!(" ({e}); `station dps verify --pending` retries"))
+                .unwrap_or_default()
+        ),
+    }
     if let Some(warning) = &report.warning {
         println!("      warning: {warning}");
     }

@@ -64,6 +64,12 @@ fn checked_in_example_parses_with_the_documented_defaults() {
         config.dps.verify_url,
         "https://global.azure-devices-provisioning.net"
     );
+    assert!(!config.dps.pre_verify);
+    assert_eq!(
+        config.dps.verify_timeout,
+        std::time::Duration::from_secs(30)
+    );
+    assert_eq!(config.dps.payload, None);
     assert_eq!((config.nvs.offset, config.nvs.size), (0x9000, 0x6000));
     let keys: Vec<&str> = config.nvs.entries.iter().map(|e| e.key.as_str()).collect();
     assert_eq!(keys, ["id_scope", "reg_id", "device_key", "dps_host"]);
@@ -387,4 +393,41 @@ fn syntax_errors_name_the_line() {
         "namespace = \"dps\"\noffset = \"0x9000\"",
     );
     assert_error(&text, "station::config::syntax", 11, "");
+}
+
+#[test]
+fn dps_verify_timeout_defaults_and_is_bounded() {
+    let config = parse(MINIMAL).unwrap();
+    assert_eq!(
+        config.dps.verify_timeout,
+        std::time::Duration::from_secs(30)
+    );
+    assert_eq!(config.dps.payload, None);
+    let text = variant("registration_id", "verify_timeout = 5\nregistration_id");
+    assert_eq!(
+        parse(&text).unwrap().dps.verify_timeout,
+        std::time::Duration::from_secs(5)
+    );
+    for bad in ["0", "601"] {
+        let text = variant(
+            "registration_id",
+            &format!("verify_timeout = {bad}\nregistration_id"),
+        );
+        assert_error(&text, "station::config::bad_value", 7, "outside 1 to 600");
+    }
+}
+
+#[test]
+fn dps_payload_table_becomes_json() {
+    let text = variant(
+        "[nvs]",
+        "[dps.payload]\nmodel = \"th-1\"\nline = 3\n[dps.payload.site]\ncity = \"Brno\"\n\n[nvs]",
+    );
+    let config = parse(&text).unwrap();
+    assert_eq!(
+        config.dps.payload,
+        Some(serde_json::json!({ "model": "th-1", "line": 3, "site": { "city": "Brno" } }))
+    );
+    let text = variant("[nvs]", "[dps.payload]\nmade = 1979-05-27\n\n[nvs]");
+    assert_error(&text, "station::config::bad_value", 9, "[dps.payload]");
 }

@@ -15,12 +15,16 @@
 //! [`Fault`]s: an unplug, a garbled reply, silence; [`SimChip`] makes a device claim to be
 //! another chip model.
 //!
-//! What it does not model: DTR/RTS (a pseudo-terminal has no modem lines, so hosts must use
+//! [`dps::DpsEmulator`] is the other half of a simulated line: a loopback emulator of the Azure
+//! DPS device REST API that checks SAS tokens against the group key as DPS does.
+//!
+//! What the serial simulator does not model: DTR/RTS (a pseudo-terminal has no modem lines, so hosts must use
 //! "no reset" before and after), flash timing (erase and write are instant), secure boot and
 //! flash encryption, and firmware: once the ROM loader is left (FLASH_END in ROM mode,
 //! RUN_USER_CODE in the stub) the device stays silent until the simulation restarts.
 
 mod chip;
+pub mod dps;
 mod flash;
 mod loader;
 mod port;
@@ -122,6 +126,21 @@ pub enum SimError {
     BadOptions {
         /// What is wrong.
         reason: String,
+    },
+    /// The DPS emulator cannot listen on its address.
+    #[error("the DPS emulator cannot listen on {addr}: {source}")]
+    #[diagnostic(
+        code(station::sim::dps_bind),
+        help(
+            "Another process holds that port: pass another --port, or leave it out to take any free one."
+        )
+    )]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
     },
 }
 

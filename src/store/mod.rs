@@ -248,6 +248,23 @@ pub struct Unit {
     pub dps_error: Option<String>,
     /// Last change.
     pub updated_at: String,
+    /// The substatus DPS returned with the assignment (`initialAssignment`, ...).
+    pub dps_substatus: Option<String>,
+}
+
+/// A unit's DPS pre-verification outcome, as recorded on its row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitDps {
+    /// `pending`, `assigned` or `failed`.
+    pub status: String,
+    /// The IoT hub DPS assigned.
+    pub assigned_hub: Option<String>,
+    /// The device ID DPS assigned.
+    pub device_id: Option<String>,
+    /// DPS's substatus.
+    pub substatus: Option<String>,
+    /// `code: message` of the last DPS error.
+    pub error: Option<String>,
 }
 
 /// What identify, derive and build established about the device.
@@ -269,6 +286,8 @@ pub struct UnitFacts {
     pub secondary_key_id: Option<String>,
     /// SHA-256 of the image, once built.
     pub image_sha256: Option<String>,
+    /// The DPS pre-verification outcome, when it ran.
+    pub dps: Option<UnitDps>,
 }
 
 /// A finished attempt, ready to record.
@@ -608,6 +627,13 @@ impl Store {
             Some(facts) => upsert_unit_tx(&mut tx, record, facts).await?,
             None => None,
         };
+        let dps = record.unit.as_ref().and_then(|u| u.dps.as_ref());
+        let unit = match (unit, dps) {
+            (Some(unit), Some(dps)) => {
+                Some(set_dps_tx(&mut tx, unit.id, dps, &record.finished_at).await?)
+            }
+            (unit, _) => unit,
+        };
         let (outcome, action) = match &record.failure {
             None if record.reprovision => ("provisioned", "unit.reprovisioned"),
             None => ("provisioned", "unit.provisioned"),
@@ -630,6 +656,10 @@ impl Store {
             "reprovision": record.reprovision,
             "started_at": record.started_at,
         });
+        let details = match dps {
+            Some(dps) => with_dps(details, dps),
+            None => details,
+        };
         let audit_seq = append_audit_tx(
             &mut tx,
             &record.finished_at,
@@ -821,6 +851,58 @@ impl Store {
         }
         tx.commit().await?;
         Ok(closed)
+    }
+
+    /// Records a later DPS outcome for a unit (`station dps verify`), with a `unit.dps_verified`
+    /// audit entry, in one transaction; returns the updated unit.
+    pub async fn record_dps(
+        &self,
+        unit_id: i64,
+        dps: &UnitDps,
+        station_id: &str,
+        operator: &str,
+    ) -> Result<Unit, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let at = now();
+        let unit = set_dps_tx(&mut tx, unit_id, dps, &at).await?;
+        let details = with_dps(
+            json!({ "registration_id": unit.registration_id, "key_id": unit.key_id }),
+            dps,
+        );
+        append_audit_tx(
+            &mut tx,
+            &at,
+            station_id,
+            operator,
+            "unit.dps_verified",
+            &unit.mac,
+            details,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(unit)
+    }
+
+    /// Provisioned units whose DPS status is `pending`, oldest change first.
+    pub async fn pending_dps_units(&self) -> Result<Vec<Unit>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT * FROM units WHERE dps_status = 'pending' AND state = 'provisioned' ORDER BY updated_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The unit with this registration ID, if recorded.
+    pub async fn unit_by_registration_id(
+        &self,
+        registration_id: &str,
+    ) -> Result<Option<Unit>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT * FROM units WHERE registration_id = ?")
+                .bind(registration_id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     /// Attempts of a batch, oldest first.
@@ -1051,6 +1133,7 @@ async fn upsert_unit_tx(
          assigned_hub = CASE WHEN units.registration_id = excluded.registration_id AND units.key_id = excluded.key_id THEN units.assigned_hub END, \
          device_id = CASE WHEN units.registration_id = excluded.registration_id AND units.key_id = excluded.key_id THEN units.device_id END, \
          dps_error = CASE WHEN units.registration_id = excluded.registration_id AND units.key_id = excluded.key_id THEN units.dps_error END, \
+         dps_substatus = CASE WHEN units.registration_id = excluded.registration_id AND units.key_id = excluded.key_id THEN units.dps_substatus END, \
          registration_id = excluded.registration_id, batch_id = excluded.batch_id, \
          station_id = excluded.station_id, chip = excluded.chip, revision = excluded.revision, \
          flash_size = excluded.flash_size, key_id = excluded.key_id, \
@@ -1081,6 +1164,40 @@ async fn upsert_unit_tx(
             .fetch_one(&mut **tx)
             .await?,
     ))
+}
+
+/// Writes a unit's DPS outcome inside `tx` and returns the updated row.
+async fn set_dps_tx(
+    tx: &mut Transaction<'_, Sqlite>,
+    unit_id: i64,
+    dps: &UnitDps,
+    at: &str,
+) -> Result<Unit, StoreError> {
+    Ok(sqlx::query_as(
+        "UPDATE units SET dps_status = ?, assigned_hub = ?, device_id = ?, dps_substatus = ?, \
+         dps_error = ?, updated_at = ? WHERE id = ? RETURNING *",
+    )
+    .bind(&dps.status)
+    .bind(&dps.assigned_hub)
+    .bind(&dps.device_id)
+    .bind(&dps.substatus)
+    .bind(&dps.error)
+    .bind(at)
+    .bind(unit_id)
+    .fetch_one(&mut **tx)
+    .await?)
+}
+
+/// Adds a unit's DPS outcome to audit details.
+fn with_dps(mut details: serde_json::Value, dps: &UnitDps) -> serde_json::Value {
+    details["dps"] = json!({
+        "status": dps.status,
+        "assigned_hub": dps.assigned_hub,
+        "device_id": dps.device_id,
+        "substatus": dps.substatus,
+        "error": dps.error,
+    });
+    details
 }
 
 /// Appends an entry to the audit chain inside `tx` (which must hold the write lock) and

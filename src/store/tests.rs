@@ -16,6 +16,7 @@ fn facts(mac: &str) -> UnitFacts {
         key_id: "sha256:0011223344556677".into(),
         secondary_key_id: None,
         image_sha256: Some("ab".repeat(32)),
+        dps: None,
     }
 }
 
@@ -441,5 +442,81 @@ async fn attempts_left_open_by_a_dead_process_become_interrupted() {
     assert_eq!(
         actions.iter().filter(|a| *a == "unit.interrupted").count(),
         2
+    );
+}
+
+fn dps(status: &str, hub: Option<&str>, error: Option<&str>) -> UnitDps {
+    UnitDps {
+        status: status.into(),
+        assigned_hub: hub.map(Into::into),
+        device_id: hub.map(|_| "sensor-240ac4000002".into()),
+        substatus: hub.map(|_| "initialAssignment".into()),
+        error: error.map(Into::into),
+    }
+}
+
+#[tokio::test]
+async fn an_attempt_records_its_dps_outcome_and_a_later_verification_is_audited() {
+    let (_dir, store) = temp_store().await;
+    let batch = store.open_batch("WO-1", 2, "ana", "st1").await.unwrap();
+    let mut record = attempt(&batch, Some("24:0a:c4:00:00:02"), None);
+    record.unit.as_mut().unwrap().dps = Some(dps(
+        "pending",
+        None,
+        Some("station::dps::unreachable: cannot reach DPS"),
+    ));
+    let recorded = store.record_attempt(&record).await.unwrap();
+    let unit = recorded.unit.unwrap();
+    assert_eq!(
+        (unit.state.as_str(), unit.dps_status.as_str()),
+        ("provisioned", "pending")
+    );
+    let entry = store.audit_entries().await.unwrap().pop().unwrap();
+    let details: serde_json::Value = serde_json::from_str(&entry.details).unwrap();
+    assert_eq!(details["dps"]["status"], "pending");
+
+    // A failed unit is never retried; only provisioned pending ones are.
+    let mut failed = attempt(
+        &batch,
+        Some("24:0a:c4:00:00:03"),
+        Some(failure("dps", true)),
+    );
+    failed.unit.as_mut().unwrap().dps = Some(dps("pending", None, None));
+    store.record_attempt(&failed).await.unwrap();
+    let pending = store.pending_dps_units().await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].id, unit.id);
+
+    let assigned = store
+        .record_dps(unit.id, &dps("assigned", Some("hub1"), None), "st1", "bob")
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            assigned.dps_status.as_str(),
+            assigned.assigned_hub.as_deref(),
+            assigned.dps_substatus.as_deref(),
+            assigned.dps_error.as_deref()
+        ),
+        ("assigned", Some("hub1"), Some("initialAssignment"), None)
+    );
+    assert!(store.pending_dps_units().await.unwrap().is_empty());
+    let entry = store.audit_entries().await.unwrap().pop().unwrap();
+    assert_eq!(
+        (
+            entry.action.as_str(),
+            entry.subject.as_str(),
+            entry.operator.as_str()
+        ),
+        ("unit.dps_verified", "24:0a:c4:00:00:02", "bob")
+    );
+    assert_eq!(store.verify_audit().await.unwrap().first_break, None);
+    assert_eq!(
+        store
+            .unit_by_registration_id(&unit.registration_id)
+            .await
+            .unwrap()
+            .map(|u| u.id),
+        Some(unit.id)
     );
 }

@@ -1,0 +1,144 @@
+//! `station dps verify` and `station sim dps`.
+
+use std::io::Write as _;
+use std::time::Duration;
+
+use super::{OK, SimDpsArgs, print_json};
+use crate::config::Config;
+use crate::dps::{self, DpsStatus, VerifyReport};
+use crate::error::{Error, Result, exit};
+use crate::identity::RegistrationId;
+use crate::keys::GroupKey;
+use crate::provision::Station;
+use crate::sim::dps::{DpsEmulator, EmulatorOptions};
+
+/// `station dps verify --registration-id ID`: exit 0 when assigned, 1 otherwise.
+pub(super) async fn verify_one(config: Config, registration_id: &str, json: bool) -> Result<u8> {
+    let registration_id = RegistrationId::new(registration_id)?;
+    let station = Station::open(config).await?;
+    let report =
+        dps::verify_registration(&station, &registration_id, &super::operator(None)).await?;
+    station.store.close().await;
+    if json {
+        print_json(&report);
+    } else {
+        print_verify(&report);
+    }
+    Ok(if report.dps_status == DpsStatus::Assigned {
+        OK
+    } else {
+        exit::FAILED
+    })
+}
+
+/// `station dps verify --pending`: exit 0 unless a unit failed or stayed pending.
+pub(super) async fn verify_pending(config: Config, json: bool) -> Result<u8> {
+    let station = Station::open(config).await?;
+    let summary = dps::retry_pending(&station, &super::operator(None)).await?;
+    station.store.close().await;
+    if json {
+        print_json(&summary);
+    } else {
+        for report in &summary.units {
+            print_verify(report);
+        }
+        println!(
+            "{} pending: {} assigned, {} failed, {} still pending, {} skipped",
+            summary.pending,
+            summary.assigned,
+            summary.failed,
+            summary.still_pending,
+            summary.skipped
+        );
+    }
+    Ok(
+        if summary.failed == 0 && summary.still_pending == 0 && summary.skipped == 0 {
+            OK
+        } else {
+            exit::FAILED
+        },
+    )
+}
+
+fn print_verify(report: &VerifyReport) {
+    let mac = report.mac.as_deref().unwrap_or("(no unit recorded)");
+    println!(
+        "{}  {mac}  dps {}",
+        report.registration_id, report.dps_status
+    );
+    if let Some(state) = &report.registration_state {
+        let rows = [
+            ("assigned hub", state.assigned_hub.as_deref()),
+            ("device ID", state.device_id.as_deref()),
+            ("status", Some(state.status.as_str())),
+            ("substatus", state.substatus.as_deref()),
+            ("created", state.created_date_time_utc.as_deref()),
+            ("updated", state.last_updated_date_time_utc.as_deref()),
+            ("etag", state.etag.as_deref()),
+            ("error message", state.error_message.as_deref()),
+        ];
+        for (name, value) in rows {
+            if let Some(value) = value {
+                println!("  {name:<14} {value}");
+            }
+        }
+        if let Some(code) = state.error_code {
+            println!("  {:<14} {code}", "error code");
+        }
+        if let Some(payload) = &state.payload {
+            println!("  {:<14} {payload}", "payload");
+        }
+    }
+    if let Some(error) = &report.error {
+        println!("  error: {error}");
+        println!(
+            "  code: {}",
+            report.error_code.as_deref().unwrap_or_default()
+        );
+        if let Some(hint) = &report.hint {
+            println!("  hint: {hint}");
+        }
+    }
+}
+
+/// `station sim dps`: runs the emulator until SIGINT/SIGTERM; prints its URL first.
+pub(super) async fn sim_dps(args: SimDpsArgs, json: bool) -> Result<u8> {
+    let group_key = GroupKey::load(&args.group_key_file)?;
+    let seconds = |value: f64, flag: &str| {
+        if value.is_finite() && (0.0..=600.0).contains(&value) {
+            Ok(Duration::from_secs_f64(value))
+        } else {
+            Err(Error::BadInput {
+                what: flag.to_owned(),
+                problem: format!("{value} is not between 0 and 600 seconds"),
+                fix: "Give seconds, e.g. 0.3".to_owned(),
+            })
+        }
+    };
+    let mut options = EmulatorOptions::new(args.id_scope, group_key);
+    options.port = args.port.unwrap_or(0);
+    options.throttle = args.throttle;
+    options.fail_5xx = args.fail_5xx;
+    options.retry_after = args.retry_after;
+    options.latency = seconds(args.latency, "--latency")?;
+    options.assign_delay = seconds(args.assign_delay, "--assign-delay")?;
+    options.disabled = args.disabled;
+    options.stall = args.stall;
+    if let Some(hub) = args.hub {
+        options.hub = hub;
+    }
+    let emulator = DpsEmulator::start(options).await?;
+    if json {
+        print_json(&serde_json::json!({ "url": emulator.url() }));
+    } else {
+        println!("{}", emulator.url());
+    }
+    let _ = std::io::stdout().flush();
+    eprintln!(
+        "sim: DPS emulator at {}; set [dps] verify_url to it",
+        emulator.url()
+    );
+    super::unit::wait_for_shutdown().await;
+    emulator.shutdown().await;
+    Ok(OK)
+}

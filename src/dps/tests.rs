@@ -1,0 +1,332 @@
+//! The DPS client against the emulator on loopback, and the retry policy.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+use crate::config::Config;
+use crate::keys::GroupKey;
+use crate::sim::dps::{DpsEmulator, EmulatorOptions};
+
+const GROUP_KEY: &str =
+    "IPqyrydADngU4vWjT+oEIm80S8CoXkpEvDM85GB0fYWGc4H7tGK8KOmswJEwP2ePs+ydTBSkPM4lgZwZKs/YQw==";
+const OTHER_KEY: &str =
+    "8isrFI1sGsIlvvFSSFRiMfCNzv21fjbE/+ah/lSh3lF8e2YG1Te7w1KpZhJFFXJrqYKi9yegxkqIChbqOS9Egw==";
+const SCOPE: &str = "0ne00ABCDEF";
+
+fn group_key(text: &str) -> GroupKey {
+    GroupKey::from_text(text.as_bytes(), Path::new("test.key")).unwrap()
+}
+
+fn config(url: &str, dps_extra: &str, tables: &str) -> Config {
+    let text = format!(
+        r#"[station]
+id = "t"
+[dps]
+id_scope = "{SCOPE}"
+group_key_file = "group.key"
+registration_id = "sensor-{{mac}}"
+verify_url = "{url}"
+{dps_extra}
+{tables}
+[nvs]
+namespace = "dps"
+[nvs.entries]
+device_key = "{{device_key}}"
+"#
+    );
+    Config::parse(&text, Path::new("/tmp/station.toml")).unwrap()
+}
+
+fn client(url: &str) -> DpsClient {
+    DpsClient::new(&config(url, "verify_timeout = 10", "").dps).unwrap()
+}
+
+fn id() -> RegistrationId {
+    RegistrationId::new("sensor-240ac4123456").unwrap()
+}
+
+fn key_for(group: &str) -> DeviceKey {
+    group_key(group).derive(&id())
+}
+
+async fn emulator(adjust: impl FnOnce(&mut EmulatorOptions)) -> DpsEmulator {
+    let mut options = EmulatorOptions::new(SCOPE, group_key(GROUP_KEY));
+    options.assign_delay = Duration::from_millis(50);
+    options.retry_after = 0;
+    adjust(&mut options);
+    DpsEmulator::start(options).await.unwrap()
+}
+
+/// A loopback port nothing listens on (bound, then released).
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn backoff_doubles_is_capped_and_never_undercuts_retry_after() {
+    let policy = RetryPolicy::new(Duration::from_secs(30));
+    assert_eq!(policy.backoff(0, None, 0.0), Duration::from_millis(250));
+    assert_eq!(policy.backoff(0, None, 0.999_999).as_millis(), 499);
+    assert_eq!(policy.backoff(2, None, 0.0), Duration::from_secs(1));
+    assert_eq!(policy.backoff(30, None, 1.0), Duration::from_secs(8));
+    assert_eq!(
+        policy.backoff(0, Some(Duration::from_secs(3)), 0.5),
+        Duration::from_secs(3)
+    );
+    assert_eq!(policy.poll(None), Duration::from_secs(2));
+    assert_eq!(
+        policy.poll(Some(Duration::ZERO)),
+        Duration::from_millis(250)
+    );
+    assert_eq!(
+        policy.poll(Some(Duration::from_secs(3))),
+        Duration::from_secs(3)
+    );
+    let j = jitter();
+    assert!((0.0..1.0).contains(&j), "{j}");
+}
+
+#[tokio::test]
+async fn assigned_then_reprovisioned_to_the_same_hub() {
+    let sim = emulator(|_| {}).await;
+    let client = client(sim.url());
+    let state = client.register(&id(), &key_for(GROUP_KEY)).await.unwrap();
+    assert_eq!(state.status, "assigned");
+    assert_eq!(
+        state.assigned_hub.as_deref(),
+        Some("station-sim-hub.azure-devices.net")
+    );
+    assert_eq!(state.device_id.as_deref(), Some("sensor-240ac4123456"));
+    assert_eq!(state.substatus.as_deref(), Some("initialAssignment"));
+    assert!(state.etag.is_some() && state.created_date_time_utc.is_some());
+    let again = client.register(&id(), &key_for(GROUP_KEY)).await.unwrap();
+    assert_eq!(
+        again.substatus.as_deref(),
+        Some("reprovisionedToInitialAssignment")
+    );
+    assert_eq!(again.assigned_hub, state.assigned_hub);
+    assert_eq!(again.created_date_time_utc, state.created_date_time_utc);
+    let calls = sim.requests();
+    assert_eq!(calls[0].method, "PUT");
+    assert_eq!(calls[0].status, 202, "assigning first");
+    assert!(calls.iter().any(|c| c.method == "GET" && c.status == 200));
+}
+
+#[tokio::test]
+async fn wrong_group_key_is_unauthorized_and_not_transient() {
+    let sim = emulator(|_| {}).await;
+    let error = client(sim.url())
+        .register(&id(), &key_for(OTHER_KEY))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, DpsError::Unauthorized { .. }), "{error:?}");
+    assert_eq!(error.dps_error_code(), Some(401002));
+    assert!(!error.is_transient());
+    assert_eq!(
+        crate::Error::from(error).code(),
+        "station::dps::unauthorized"
+    );
+    assert!(sim.registration("sensor-240ac4123456").is_none());
+}
+
+#[tokio::test]
+async fn wrong_id_scope_is_unauthorized() {
+    let sim = emulator(|o| o.id_scope = "0ne00FFFFFF".into()).await;
+    let error = client(sim.url())
+        .register(&id(), &key_for(GROUP_KEY))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, DpsError::Unauthorized { .. }), "{error:?}");
+}
+
+#[tokio::test]
+async fn throttled_then_assigned() {
+    let sim = emulator(|o| o.throttle = 2).await;
+    let state = client(sim.url())
+        .register(&id(), &key_for(GROUP_KEY))
+        .await
+        .unwrap();
+    assert_eq!(state.status, "assigned");
+    let statuses: Vec<u16> = sim.requests().iter().map(|r| r.status).collect();
+    assert_eq!(&statuses[..3], &[429, 429, 202], "{statuses:?}");
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured() {
+    let sim = emulator(|o| {
+        o.throttle = 1;
+        o.retry_after = 1;
+    })
+    .await;
+    client(sim.url())
+        .register(&id(), &key_for(GROUP_KEY))
+        .await
+        .unwrap();
+    let calls = sim.requests();
+    assert_eq!(calls[0].status, 429);
+    assert!(
+        calls[1].at - calls[0].at >= Duration::from_secs(1),
+        "retried after {:?}",
+        calls[1].at - calls[0].at
+    );
+}
+
+#[tokio::test]
+async fn server_errors_then_assigned() {
+    let sim = emulator(|o| o.fail_5xx = 2).await;
+    let state = client(sim.url())
+        .register(&id(), &key_for(GROUP_KEY))
+        .await
+        .unwrap();
+    assert_eq!(state.status, "assigned");
+    let statuses: Vec<u16> = sim.requests().iter().map(|r| r.status).collect();
+    assert_eq!(&statuses[..2], &[503, 503], "{statuses:?}");
+}
+
+#[tokio::test]
+async fn throttling_beyond_the_budget_is_transient() {
+    let sim = emulator(|o| o.throttle = 1000).await;
+    let client = client(sim.url()).with_policy(RetryPolicy::new(Duration::from_secs(1)));
+    let error = client
+        .register(&id(), &key_for(GROUP_KEY))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, DpsError::Throttled { .. }), "{error:?}");
+    assert!(error.is_transient());
+    let verification = Verification::from_result(Err(error));
+    assert_eq!(verification.status, DpsStatus::Pending);
+    assert!(
+        verification
+            .record()
+            .error
+            .unwrap()
+            .starts_with("station::dps::throttled: ")
+    );
+}
+
+#[tokio::test]
+async fn disabled_enrollment_fails_with_its_own_code() {
+    let sim = emulator(|o| o.disabled = true).await;
+    let error = client(sim.url())
+        .register(&id(), &key_for(GROUP_KEY))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, DpsError::Disabled { .. }), "{error:?}");
+    assert_eq!(
+        Verification::from_result(Err(error)).status,
+        DpsStatus::Failed
+    );
+}
+
+#[tokio::test]
+async fn a_stalled_registration_times_out_as_pending() {
+    let sim = emulator(|o| o.stall = true).await;
+    let client = client(sim.url()).with_policy(RetryPolicy::new(Duration::from_secs(1)));
+    let error = client
+        .register(&id(), &key_for(GROUP_KEY))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, DpsError::Timeout { .. }), "{error:?}");
+    assert!(error.is_transient());
+}
+
+#[tokio::test]
+async fn nothing_listening_is_unreachable() {
+    let url = format!("http://127.0.0.1:{}", closed_port());
+    let error = client(&url)
+        .register(&id(), &key_for(GROUP_KEY))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, DpsError::Unreachable { .. }), "{error:?}");
+    assert_eq!(
+        Verification::from_result(Err(error)).status,
+        DpsStatus::Pending
+    );
+}
+
+/// Sends a register request with a hand-made token.
+async fn raw_register(url: &str, token: &str) -> (u16, serde_json::Value) {
+    let response = reqwest::Client::new()
+        .put(format!(
+            "{url}/{SCOPE}/registrations/sensor-240ac4123456/register?api-version=2021-10-01"
+        ))
+        .header("authorization", token)
+        .json(&serde_json::json!({ "registrationId": "sensor-240ac4123456" }))
+        .send()
+        .await
+        .unwrap();
+    (
+        response.status().as_u16(),
+        response.json().await.unwrap_or_default(),
+    )
+}
+
+#[tokio::test]
+async fn expired_tokens_and_other_key_names_are_rejected() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let sim = emulator(|_| {}).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let expired = SasToken::new(SCOPE, &id(), &key_for(GROUP_KEY), now - 60);
+    let (status, body) = raw_register(sim.url(), &expired.header()).await;
+    assert_eq!(status, 401);
+    assert_eq!(body["errorCode"], 401002);
+    assert!(
+        body["message"].as_str().unwrap().contains("expired"),
+        "{body}"
+    );
+    assert!(body["trackingId"].is_string() && body["timestampUtc"].is_string());
+
+    let mut other_name = SasToken::new(SCOPE, &id(), &key_for(GROUP_KEY), now + 600);
+    other_name.key_name = Some("owner".into());
+    let (status, body) = raw_register(sim.url(), &other_name.header()).await;
+    assert_eq!((status, body["errorCode"].as_i64()), (401, Some(401002)));
+
+    let valid = SasToken::new(SCOPE, &id(), &key_for(GROUP_KEY), now + 600);
+    let (status, body) = raw_register(sim.url(), &valid.header()).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["status"], "assigning");
+}
+
+#[tokio::test]
+async fn payload_is_passed_through() {
+    let sim = emulator(|_| {}).await;
+    let config = config(sim.url(), "", "[dps.payload]\nmodel = \"th-1\"\nline = 3\n");
+    let client = DpsClient::new(&config.dps).unwrap();
+    let state = client.register(&id(), &key_for(GROUP_KEY)).await.unwrap();
+    let expected = serde_json::json!({ "model": "th-1", "line": 3 });
+    assert_eq!(state.payload.as_ref(), Some(&expected));
+    assert_eq!(sim.requests()[0].payload.as_ref(), Some(&expected));
+}
+
+#[tokio::test]
+async fn reachable_reports_any_http_answer() {
+    let sim = emulator(|_| {}).await;
+    assert_eq!(client(sim.url()).reachable().await.unwrap(), 404);
+    let url = format!("http://127.0.0.1:{}", closed_port());
+    assert!(client(&url).reachable().await.is_err());
+}
+
+#[test]
+fn a_missing_ca_file_is_a_usage_error() {
+    let config = config(
+        "https://127.0.0.1:1",
+        "ca_file = \"/nonexistent/ca.pem\"",
+        "",
+    );
+    let error = DpsClient::new(&config.dps).unwrap_err();
+    assert!(error.is_usage_error());
+    assert_eq!(
+        crate::Error::from(error).exit_code(),
+        crate::error::exit::USAGE
+    );
+}

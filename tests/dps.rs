@@ -1,0 +1,441 @@
+//! DPS pre-verification end to end (issue 6): `station provision` with `pre_verify = true`,
+//! `station dps verify` and `station check` against `station sim dps` spawned as a process on
+//! 127.0.0.1. Nothing here reaches beyond loopback.
+
+use std::io::{BufRead as _, BufReader, Read as _};
+use std::process::{Child, ChildStdout, Command, Stdio};
+
+use station::sim::{SimChip, SimLine, SimOptions};
+
+use crate::util::{GROUP_KEY, Run, Workspace, assert_absent, secret_forms, sim_config};
+
+const OTHER_KEY: &str =
+    "8isrFI1sGsIlvvFSSFRiMfCNzv21fjbE/+ah/lSh3lF8e2YG1Te7w1KpZhJFFXJrqYKi9yegxkqIChbqOS9Egw==";
+
+/// `station sim dps` running as a process; killed when dropped.
+struct DpsSim {
+    child: Child,
+    stdout: BufReader<ChildStdout>,
+    url: String,
+    log: std::path::PathBuf,
+}
+
+impl DpsSim {
+    /// Starts the emulator with the workspace's key file `key` and waits for its URL.
+    fn start(ws: &Workspace, key: &str, extra: &[&str]) -> DpsSim {
+        let log = ws.path(&format!("sim-dps-{}.log", extra.join("_").replace('-', "")));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_station"))
+            .args([
+                "sim",
+                "dps",
+                "--id-scope",
+                "0ne00ABCDEF",
+                "--group-key-file",
+            ])
+            .arg(ws.path(key))
+            .args(extra)
+            .env("STATION_LOG", "trace")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut url = String::new();
+        stdout.read_line(&mut url).unwrap();
+        let url = url.trim().to_owned();
+        assert!(url.starts_with("http://127.0.0.1:"), "{url:?}");
+        DpsSim {
+            child,
+            stdout,
+            url,
+            log,
+        }
+    }
+
+    /// Stops it and returns everything it printed (stdout after the URL, then stderr).
+    fn stop(mut self) -> Vec<u8> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mut out = Vec::new();
+        self.stdout.read_to_end(&mut out).unwrap();
+        out.extend(std::fs::read(&self.log).unwrap());
+        out
+    }
+}
+
+impl Drop for DpsSim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback port nothing listens on (bound, then released).
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The simulated-line configuration with pre-verification against `url`.
+fn write_config(ws: &Workspace, url: &str) {
+    let config = sim_config(true)
+        .replace("pre_verify = false", "pre_verify = true")
+        .replace(
+            "# verify_url = \"http://127.0.0.1:8443\"",
+            &format!("verify_url = \"{url}\""),
+        )
+        .replace("verify_timeout = 30", "verify_timeout = 5");
+    assert!(config.contains(url) && config.contains("verify_timeout = 5"));
+    std::fs::write(ws.path("station.toml"), config).unwrap();
+}
+
+/// A workspace with an open batch (its config is written once the emulator's URL is known).
+fn workspace() -> Workspace {
+    let ws = Workspace::with_config(&sim_config(true));
+    ws.write_key("secrets/other.key", OTHER_KEY);
+    ws.station(&[
+        "batch",
+        "open",
+        "WO-DPS",
+        "--target",
+        "5",
+        "--operator",
+        "ana",
+    ])
+    .expect(0);
+    ws
+}
+
+fn line(count: usize) -> SimLine {
+    SimLine::start(SimOptions {
+        count,
+        chip: SimChip::Esp32,
+        wire_time: false,
+        ..SimOptions::default()
+    })
+    .unwrap()
+}
+
+fn provision(ws: &Workspace, sim: &SimLine, device: usize) -> Run {
+    let port = sim.devices()[device].port().to_str().unwrap().to_owned();
+    ws.station(&["--json", "provision", "--port", &port])
+}
+
+fn unit(ws: &Workspace, mac: &str) -> station::store::Unit {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store = station::store::Store::open(&ws.path("station.db"))
+            .await
+            .unwrap();
+        let unit = store.unit_by_mac(mac).await.unwrap().unwrap();
+        store.close().await;
+        unit
+    })
+}
+
+fn audit_actions(ws: &Workspace) -> Vec<String> {
+    let audit = ws.station(&["--json", "audit", "show"]).expect(0).json();
+    audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn provision_with_pre_verify_records_the_assigned_hub_and_never_shows_the_group_key() {
+    let ws = workspace();
+    let dps = DpsSim::start(
+        &ws,
+        "secrets/group.key",
+        &["--hub", "line-hub.azure-devices.net"],
+    );
+    write_config(&ws, &dps.url);
+    let sim = line(1);
+    let run = provision(&ws, &sim, 0).expect(0);
+    let report = run.json();
+    assert_eq!(report["outcome"], "provisioned");
+    assert_eq!(report["dps_status"], "assigned");
+    assert_eq!(report["assigned_hub"], "line-hub.azure-devices.net");
+    assert_eq!(report["device_id"], report["registration_id"]);
+    assert_eq!(report["dps_substatus"], "initialAssignment");
+    assert_eq!(report["dps_error"], serde_json::Value::Null);
+    assert!(report["timings"]["dps"].as_f64().unwrap() > 0.0);
+
+    let mac = report["mac"].as_str().unwrap();
+    let unit = unit(&ws, mac);
+    assert_eq!(
+        (
+            unit.state.as_str(),
+            unit.dps_status.as_str(),
+            unit.assigned_hub.as_deref(),
+            unit.dps_substatus.as_deref()
+        ),
+        (
+            "provisioned",
+            "assigned",
+            Some("line-hub.azure-devices.net"),
+            Some("initialAssignment")
+        )
+    );
+    let audit = ws.station(&["--json", "audit", "show"]).expect(0).json();
+    let entry = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "unit.provisioned")
+        .unwrap();
+    let details: serde_json::Value =
+        serde_json::from_str(entry["details"].as_str().unwrap()).unwrap();
+    assert_eq!(details["dps"]["status"], "assigned");
+    ws.station(&["audit", "verify"]).expect(0);
+
+    // The same unit verified again on demand: DPS reports the same hub, as a re-registration.
+    let id = report["registration_id"].as_str().unwrap();
+    let again = ws
+        .station(&["--json", "dps", "verify", "--registration-id", id])
+        .expect(0)
+        .json();
+    assert_eq!(again["recorded"], true);
+    assert_eq!(
+        again["registration_state"]["substatus"],
+        "reprovisionedToInitialAssignment"
+    );
+    assert_eq!(
+        again["registration_state"]["assignedHub"],
+        "line-hub.azure-devices.net"
+    );
+
+    // The group key in none of its forms: not in the station's output, the emulator's output,
+    // the emulator's arguments or the database.
+    let forms = secret_forms(GROUP_KEY);
+    assert_absent(run.stdout.as_bytes(), &forms, "provision stdout");
+    assert_absent(
+        run.stderr.as_bytes(),
+        &forms,
+        "provision stderr (trace log)",
+    );
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", dps.child.id())).unwrap();
+    assert_absent(&cmdline, &forms, "the emulator's arguments");
+    let emulator_output = dps.stop();
+    assert!(
+        !emulator_output.is_empty(),
+        "the emulator logged at trace level"
+    );
+    assert_absent(&emulator_output, &forms, "the emulator's output");
+    for file in ["station.db", "station.db-wal"] {
+        if let Ok(bytes) = std::fs::read(ws.path(file)) {
+            assert_absent(&bytes, &forms, file);
+        }
+    }
+}
+
+#[test]
+fn wrong_group_key_fails_the_unit_at_stage_dps() {
+    let ws = workspace();
+    let dps = DpsSim::start(&ws, "secrets/other.key", &[]);
+    write_config(&ws, &dps.url);
+    let sim = line(1);
+    let run = provision(&ws, &sim, 0).expect(1);
+    let report = run.json();
+    assert_eq!(report["outcome"], "failed");
+    assert_eq!(report["stage"], "dps");
+    assert_eq!(report["error_code"], "station::dps::unauthorized");
+    assert_eq!(report["dps_status"], "failed");
+    assert!(
+        report["message"].as_str().unwrap().contains("401002"),
+        "{report}"
+    );
+    assert!(report["hint"].as_str().unwrap().contains("group key"));
+    let unit = unit(&ws, report["mac"].as_str().unwrap());
+    assert_eq!(
+        (
+            unit.state.as_str(),
+            unit.failed_stage.as_deref(),
+            unit.dps_status.as_str()
+        ),
+        ("failed", Some("dps"), "failed")
+    );
+    assert!(
+        unit.dps_error
+            .unwrap()
+            .starts_with("station::dps::unauthorized")
+    );
+    assert_absent(run.stderr.as_bytes(), &secret_forms(GROUP_KEY), "stderr");
+    assert_absent(
+        &dps.stop(),
+        &secret_forms(OTHER_KEY),
+        "the emulator's output",
+    );
+}
+
+#[test]
+fn disabled_enrollment_fails_with_its_own_code() {
+    let ws = workspace();
+    let dps = DpsSim::start(&ws, "secrets/group.key", &["--disabled"]);
+    write_config(&ws, &dps.url);
+    let sim = line(1);
+    let report = provision(&ws, &sim, 0).expect(1).json();
+    assert_eq!(report["stage"], "dps");
+    assert_eq!(report["error_code"], "station::dps::disabled");
+}
+
+#[test]
+fn emulator_down_leaves_the_unit_pending_until_dps_verify_pending_assigns_it() {
+    let ws = workspace();
+    let port = closed_port();
+    write_config(&ws, &format!("http://127.0.0.1:{port}"));
+    let sim = line(1);
+    let report = provision(&ws, &sim, 0).expect(0).json();
+    assert_eq!(report["outcome"], "provisioned");
+    assert_eq!(report["dps_status"], "pending");
+    assert!(
+        report["dps_error"]
+            .as_str()
+            .unwrap()
+            .starts_with("station::dps::unreachable"),
+        "{report}"
+    );
+    let mac = report["mac"].as_str().unwrap().to_owned();
+    assert_eq!(unit(&ws, &mac).dps_status, "pending");
+
+    // Still down: the unit stays pending and nothing is recorded.
+    let still = ws
+        .station(&["--json", "dps", "verify", "--pending"])
+        .expect(1)
+        .json();
+    assert_eq!(
+        (still["pending"].as_i64(), still["still_pending"].as_i64()),
+        (Some(1), Some(1))
+    );
+    assert!(!audit_actions(&ws).contains(&"unit.dps_verified".to_owned()));
+
+    // Up again on the same port: the retry assigns it and records that in the audit log.
+    let dps = DpsSim::start(&ws, "secrets/group.key", &["--port", &port.to_string()]);
+    assert!(dps.url.ends_with(&format!(":{port}")));
+    let summary = ws
+        .station(&["--json", "dps", "verify", "--pending"])
+        .expect(0)
+        .json();
+    assert_eq!(
+        (summary["pending"].as_i64(), summary["assigned"].as_i64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(summary["units"][0]["mac"], mac.as_str());
+    let unit = unit(&ws, &mac);
+    assert_eq!(
+        (unit.dps_status.as_str(), unit.dps_error.as_deref()),
+        ("assigned", None)
+    );
+    assert!(unit.assigned_hub.is_some());
+    assert!(audit_actions(&ws).contains(&"unit.dps_verified".to_owned()));
+    ws.station(&["audit", "verify"]).expect(0);
+    let none = ws
+        .station(&["--json", "dps", "verify", "--pending"])
+        .expect(0)
+        .json();
+    assert_eq!(none["pending"], 0);
+}
+
+#[test]
+fn dps_verify_rides_out_throttling_and_server_errors_and_prints_the_registration() {
+    let ws = workspace();
+    let dps = DpsSim::start(
+        &ws,
+        "secrets/group.key",
+        &["--throttle", "1", "--fail-5xx", "1", "--retry-after", "0"],
+    );
+    write_config(&ws, &dps.url);
+    let json = ws
+        .station(&[
+            "--json",
+            "dps",
+            "verify",
+            "--registration-id",
+            "sensor-0000aabbccdd",
+        ])
+        .expect(0)
+        .json();
+    assert_eq!(json["dps_status"], "assigned");
+    assert_eq!(json["recorded"], false, "no unit has that registration ID");
+    let state = &json["registration_state"];
+    assert_eq!(state["status"], "assigned");
+    assert_eq!(state["deviceId"], "sensor-0000aabbccdd");
+    assert!(state["etag"].is_string() && state["createdDateTimeUtc"].is_string());
+    let text = ws
+        .station(&["dps", "verify", "--registration-id", "sensor-0000aabbccdd"])
+        .expect(0)
+        .stdout;
+    for field in [
+        "assigned hub",
+        "device ID",
+        "substatus",
+        "created",
+        "updated",
+        "etag",
+    ] {
+        assert!(text.contains(field), "{field}: {text}");
+    }
+    let output = String::from_utf8_lossy(&dps.stop()).into_owned();
+    assert!(
+        output.contains("429") || output.contains("Too Many"),
+        "throttled first"
+    );
+}
+
+#[test]
+fn check_contacts_dps_when_pre_verify_is_on() {
+    let ws = workspace();
+    let dps = DpsSim::start(&ws, "secrets/group.key", &[]);
+    write_config(&ws, &dps.url);
+    let ok = ws.station(&["--json", "check"]).json();
+    let check = ok["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["what"] == "dps")
+        .unwrap()
+        .clone();
+    assert_eq!(check["ok"], true, "{check}");
+    assert!(check["detail"].as_str().unwrap().contains("answers"));
+    drop(dps);
+    write_config(&ws, &format!("http://127.0.0.1:{}", closed_port()));
+    let failed = ws.station(&["check"]).expect(1);
+    assert!(failed.stdout.contains("FAIL dps"), "{}", failed.stdout);
+    assert!(
+        failed.stdout.contains("station::dps::unreachable"),
+        "{}",
+        failed.stdout
+    );
+}
+
+#[test]
+fn sim_dps_refuses_a_world_readable_key_file() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let ws = Workspace::new();
+    std::fs::set_permissions(
+        ws.path("secrets/group.key"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let run = ws
+        .station(&[
+            "--json",
+            "sim",
+            "dps",
+            "--id-scope",
+            "0ne00ABCDEF",
+            "--group-key-file",
+            ws.path("secrets/group.key").to_str().unwrap(),
+        ])
+        .expect(2);
+    assert!(
+        run.stdout.contains("station::keys::world_readable"),
+        "{}",
+        run.stdout
+    );
+}
