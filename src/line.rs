@@ -43,6 +43,9 @@ pub struct LineOptions {
     pub poll: Duration,
     /// How long units in flight may take to finish after a stop was asked for.
     pub drain: Duration,
+    /// How often units left `pending` by an unreachable DPS are retried, when
+    /// `[dps] pre_verify` is on (store-and-forward for a line that was offline).
+    pub dps_retry: Duration,
 }
 
 impl LineOptions {
@@ -53,6 +56,7 @@ impl LineOptions {
             operator,
             poll: Duration::from_millis(200),
             drain: Duration::from_secs(60),
+            dps_retry: Duration::from_secs(60),
         }
     }
 }
@@ -174,6 +178,15 @@ pub enum LineEvent {
         reason: StopReason,
         /// Units still in flight, which it lets finish.
         in_flight: usize,
+    },
+    /// Units left `pending` by an unreachable DPS were retried (only when some changed).
+    DpsRetried {
+        /// Now assigned.
+        assigned: usize,
+        /// Now refused by DPS.
+        failed: usize,
+        /// Still pending.
+        still_pending: usize,
     },
     /// The daemon is done.
     Stopped {
@@ -426,6 +439,9 @@ pub async fn run(
     let mut known = HashSet::new();
     let mut scan = tokio::time::interval(options.poll);
     scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut dps_retry = tokio::time::interval(options.dps_retry);
+    dps_retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut retrying: Option<tokio::task::JoinHandle<()>> = None;
     tokio::pin!(shutdown);
     let reason = if status.provisioned >= status.batch.target {
         StopReason::BatchComplete
@@ -442,9 +458,17 @@ pub async fn run(
                         }
                     }
                 }
+                _ = dps_retry.tick(), if station.dps.is_some() => {
+                    if retrying.as_ref().is_none_or(tokio::task::JoinHandle::is_finished) {
+                        retrying = Some(tokio::spawn(retry_pending(Arc::clone(&context))));
+                    }
+                }
             }
         }
     };
+    if let Some(retrying) = retrying {
+        retrying.abort();
+    }
     stop_tx.send_replace(true);
     context.emit(LineEvent::Stopping {
         reason,
@@ -469,6 +493,21 @@ pub async fn run(
     let tally = context.tally();
     context.emit(LineEvent::Stopped { tally, abandoned });
     Ok(tally)
+}
+
+/// Retries the units DPS could not be asked about yet, in the background of the line.
+async fn retry_pending(context: Arc<Context>) {
+    match crate::dps::retry_pending(&context.station, &context.request.operator).await {
+        Ok(summary) if summary.assigned + summary.failed > 0 => {
+            context.emit(LineEvent::DpsRetried {
+                assigned: summary.assigned,
+                failed: summary.failed,
+                still_pending: summary.still_pending,
+            });
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "retrying units pending DPS failed"),
+    }
 }
 
 /// One port's task: provision each device that appears on it, once.

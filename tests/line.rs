@@ -447,3 +447,54 @@ fn run_without_an_open_batch_says_how_to_open_one() {
         "station::store::no_open_batch"
     );
 }
+
+#[test]
+fn demo_runs_a_batch_through_the_daemon_with_dps_and_leaves_the_working_directory_alone() {
+    let cwd = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_station"))
+        .args(["--json", "demo", "--count", "4", "--ports", "2"])
+        .current_dir(cwd.path())
+        .env("STATION_LOG", "warn")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    // JSON lines of the daemon's events, then the summary document.
+    let summary_start = stdout.find("\n{\n").expect("a summary document") + 1;
+    for line in stdout[..summary_start].lines() {
+        let event: Value = serde_json::from_str(line).unwrap();
+        assert!(event["event"].is_string(), "{line}");
+    }
+    let summary: Value = serde_json::from_str(&stdout[summary_start..]).unwrap();
+    assert_eq!(summary["batch"]["provisioned"], 4);
+    assert_eq!(summary["tally"]["passed"], 4);
+    assert!(summary["audit"]["first_break"].is_null());
+    let workspace = std::path::PathBuf::from(summary["workspace"].as_str().unwrap());
+    assert!(workspace.starts_with(std::env::temp_dir()));
+    let manifest = std::fs::read_to_string(summary["manifest"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        manifest.lines().count(),
+        5,
+        "a header and 4 units: {manifest}"
+    );
+    assert_eq!(
+        std::fs::read_dir(cwd.path()).unwrap().count(),
+        0,
+        "nothing written to the working directory"
+    );
+    // Every unit was pre-verified against the demo's DPS emulator.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let statuses: Vec<String> = runtime.block_on(async {
+        let store = station::store::Store::open(&workspace.join("station.db"))
+            .await
+            .unwrap();
+        let rows = sqlx::query_scalar("SELECT dps_status FROM units")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+        store.close().await;
+        rows
+    });
+    assert_eq!(statuses, vec!["assigned"; 4]);
+    let _ = std::fs::remove_dir_all(&workspace);
+}

@@ -22,9 +22,14 @@ use super::unit::wait_for_shutdown;
 use super::{DemoArgs, OK, operator, print_json};
 use crate::config::Config;
 use crate::error::{Error, Result, exit};
+use crate::keys::GroupKey;
 use crate::line::{self, LineOptions};
 use crate::provision::Station;
+use crate::sim::dps::{DpsEmulator, EmulatorOptions};
 use crate::sim::{SimLine, SimOptions};
+
+/// The ID scope of the demo's enrollment group.
+const DEMO_ID_SCOPE: &str = "0ne00DEMO00";
 
 /// The demo's configuration: the repository's defaults, pointed at the simulated line.
 const DEMO_CONFIG: &str = r#"# Written by `station demo`: a simulated line on pseudo-terminals.
@@ -33,10 +38,13 @@ id = "demo-st1"
 database = "station.db"
 
 [dps]
-id_scope = "0ne00DEMO00"
+id_scope = "{demo_id_scope}"
 endpoint = "global.azure-devices-provisioning.net"
 group_key_file = "secrets/group.key"
 registration_id = "sensor-{mac}"
+# The demo's own DPS emulator on loopback, started for each run (`station sim dps`).
+pre_verify = true
+verify_url = "{verify_url}"
 
 [nvs]
 offset = 0x9000
@@ -76,6 +84,11 @@ pub(super) async fn run(args: DemoArgs, json: bool) -> Result<u8> {
             .keep(),
     };
     prepare_workspace(&dir)?;
+    // The DPS emulator checks every registration's SAS token against the demo's group key,
+    // as DPS checks it against the enrollment group's.
+    let group_key = GroupKey::load(&dir.join("secrets/group.key"))?;
+    let emulator = DpsEmulator::start(EmulatorOptions::new(DEMO_ID_SCOPE, group_key)).await?;
+    write_config(&dir, emulator.url())?;
     let config = Config::load(&dir.join("station.toml"))?;
     let station = Arc::new(Station::open(config).await?);
     let station_id = station.config.station.id.clone();
@@ -119,6 +132,7 @@ pub(super) async fn run(args: DemoArgs, json: bool) -> Result<u8> {
     let tally = line::run(Arc::clone(&station), options, events, wait_for_shutdown()).await;
     let record_failed = renderer.await.unwrap_or(true);
     drop(line);
+    emulator.shutdown().await;
     let tally = tally?;
 
     let status = station
@@ -178,10 +192,6 @@ fn prepare_workspace(dir: &Path) -> Result<()> {
         let path = dir.join(sub);
         std::fs::create_dir_all(&path).map_err(|e| Error::io("creating", &path, e))?;
     }
-    let config = dir.join("station.toml");
-    if !config.exists() {
-        std::fs::write(&config, DEMO_CONFIG).map_err(|e| Error::io("writing", &config, e))?;
-    }
     let key = dir.join("secrets/group.key");
     if !key.exists() {
         let mut bytes = [0u8; 64];
@@ -190,6 +200,15 @@ fn prepare_workspace(dir: &Path) -> Result<()> {
         super::image::write_private(&key, text.as_bytes())?;
     }
     Ok(())
+}
+
+/// Writes the demo's configuration, pointed at this run's DPS emulator.
+fn write_config(dir: &Path, verify_url: &str) -> Result<()> {
+    let config = dir.join("station.toml");
+    let text = DEMO_CONFIG
+        .replace("{verify_url}", verify_url)
+        .replace("{demo_id_scope}", DEMO_ID_SCOPE);
+    std::fs::write(&config, text).map_err(|e| Error::io("writing", &config, e))
 }
 
 /// Fills `bytes` from the operating system's random source.

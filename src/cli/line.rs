@@ -15,6 +15,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use super::unit::{attempt_operator, wait_for_shutdown};
 use super::{OK, RunArgs};
 use crate::config::Config;
+use crate::dps::DpsStatus;
 use crate::error::{Result, exit};
 use crate::line::{self, LineEvent, LineOptions, StopReason, Tally, WaitReason};
 use crate::provision::{Outcome, Stage, Station, UnitReport};
@@ -138,8 +139,9 @@ fn verdict_parts(report: &UnitReport) -> (&'static str, String) {
         Outcome::Provisioned => (
             "PASS",
             format!(
-                "{mac}  {id}  {:.2} s{}",
+                "{mac}  {id}  {:.2} s{}{}",
                 report.seconds,
+                dps_words(report),
                 report
                     .warning
                     .as_ref()
@@ -162,6 +164,15 @@ fn verdict_parts(report: &UnitReport) -> (&'static str, String) {
                 report.message.as_deref().unwrap_or_default()
             ),
         ),
+    }
+}
+
+/// `  DPS assigned to HUB` or `  DPS pending`; nothing when pre-verification is off.
+fn dps_words(report: &UnitReport) -> String {
+    match (report.dps_status, &report.assigned_hub) {
+        (DpsStatus::NotRequested, _) => String::new(),
+        (DpsStatus::Assigned, Some(hub)) => format!("  DPS assigned to {hub}"),
+        (status, _) => format!("  DPS {}", status.as_str()),
     }
 }
 
@@ -228,6 +239,13 @@ fn plain(event: &LineEvent) -> Option<String> {
         LineEvent::Stopping { reason, in_flight } => format!(
             "line: {}: starting no new units; {in_flight} in flight finishing",
             stop_reason(*reason)
+        ),
+        LineEvent::DpsRetried {
+            assigned,
+            failed,
+            still_pending,
+        } => format!(
+            "line: DPS retry of pending units: {assigned} assigned, {failed} refused, {still_pending} still pending"
         ),
         LineEvent::Stopped { tally, abandoned } => {
             let mut line = format!("line: stopped: {}", counters(tally));
@@ -364,6 +382,11 @@ impl Live {
             LineEvent::Stopping { reason, in_flight } => {
                 self.header
                     .set_prefix(format!("{} ({in_flight} finishing)", stop_reason(*reason)));
+            }
+            LineEvent::DpsRetried { .. } => {
+                if let Some(line) = plain(event) {
+                    self.footer.set_message(line);
+                }
             }
             LineEvent::Stopped { tally, .. } => self.tally(tally),
         }
