@@ -18,6 +18,7 @@ pub mod identity;
 pub mod keys;
 pub mod nvs;
 pub mod provision;
+pub mod report;
 pub mod sim;
 pub mod store;
 

@@ -210,6 +210,7 @@ impl Station {
             firmware.push(Region::new(image.offset, data));
         }
         let store = Store::open(&config.station.database).await?;
+        store.record_station_open(&config, &keys).await?;
         Ok(Station {
             config,
             keys,

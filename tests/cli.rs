@@ -295,7 +295,6 @@ fn commands_of_later_issues_say_so_and_exit_2() {
     let ws = Workspace::new();
     for args in [
         vec!["run"],
-        vec!["export", "manifest"],
         vec!["dps", "verify", "--pending"],
     ] {
         let mut full = vec!["--json"];
