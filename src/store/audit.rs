@@ -164,42 +164,65 @@ impl ChainWalker {
         }
         let intact = contents_intact(run);
         for (entry, intact) in run.iter().map(|e| e.borrow()).zip(intact) {
-            let expected_seq = self.entries + 1;
-            self.entries += 1;
-            if let Some(problem) = self.problem(entry, expected_seq, intact) {
-                self.first_break = Some(Break {
-                    seq: expected_seq,
-                    problem,
-                });
+            let edited = || {
+                format!(
+                    "its contents do not match its hash (it was edited): {} {} at {}",
+                    entry.action, entry.subject, entry.at
+                )
+            };
+            if !self.step(entry.seq, &entry.prev_hash, &entry.hash, intact, edited) {
                 return;
             }
-            self.prev_hash.clone_from(&entry.hash);
         }
     }
 
-    fn problem(&self, entry: &AuditEntry, expected_seq: i64, intact: bool) -> Option<String> {
-        if entry.seq != expected_seq {
-            Some(if entry.seq > expected_seq {
+    /// Checks the next entry given its seq, links and whether its contents match its hash;
+    /// false once the chain is broken.
+    pub(crate) fn step(
+        &mut self,
+        seq: i64,
+        prev_hash: &str,
+        hash: &str,
+        intact: bool,
+        edited: impl FnOnce() -> String,
+    ) -> bool {
+        if self.is_broken() {
+            return false;
+        }
+        let expected_seq = self.entries + 1;
+        self.entries += 1;
+        let problem = if seq != expected_seq {
+            Some(if seq > expected_seq {
                 format!(
-                    "entries {expected_seq}..{} are missing (removed?); found entry {} next",
-                    entry.seq - 1,
-                    entry.seq
+                    "entries {expected_seq}..{} are missing (removed?); found entry {seq} next",
+                    seq - 1,
                 )
             } else {
-                format!("entry {} appears out of order", entry.seq)
+                format!("entry {seq} appears out of order")
             })
-        } else if entry.prev_hash != self.prev_hash {
+        } else if prev_hash != self.prev_hash {
             Some(format!(
                 "its prev_hash does not match the hash of entry {}: this entry was inserted or moved, or an entry before it was removed or rewritten",
                 expected_seq - 1
             ))
         } else if !intact {
-            Some(format!(
-                "its contents do not match its hash (it was edited): {} {} at {}",
-                entry.action, entry.subject, entry.at
-            ))
+            Some(edited())
         } else {
             None
+        };
+        match problem {
+            Some(problem) => {
+                self.first_break = Some(Break {
+                    seq: expected_seq,
+                    problem,
+                });
+                false
+            }
+            None => {
+                self.prev_hash.clear();
+                self.prev_hash.push_str(hash);
+                true
+            }
         }
     }
 
@@ -215,39 +238,84 @@ impl ChainWalker {
 
 /// For each entry, whether its stored hash matches its contents; on all cores for long runs.
 fn contents_intact<E: std::borrow::Borrow<AuditEntry> + Sync>(run: &[E]) -> Vec<bool> {
-    let check = |part: &[E]| -> Vec<bool> {
+    parallel_check(run, |e, buffer| {
+        let e = e.borrow();
+        write_canonical(
+            buffer,
+            e.seq,
+            [
+                &e.at,
+                &e.station_id,
+                &e.operator,
+                &e.action,
+                &e.subject,
+                &e.details,
+                &e.prev_hash,
+            ],
+        );
+        hex_eq(&Sha256::digest(&*buffer), &e.hash)
+    })
+}
+
+/// An entry's fields borrowed from elsewhere (a packed range read from the database).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct EntryRef<'a> {
+    pub(crate) seq: i64,
+    pub(crate) at: &'a str,
+    pub(crate) station_id: &'a str,
+    pub(crate) operator: &'a str,
+    pub(crate) action: &'a str,
+    pub(crate) subject: &'a str,
+    pub(crate) details: &'a str,
+    pub(crate) prev_hash: &'a str,
+    pub(crate) hash: &'a str,
+}
+
+/// For each borrowed entry, whether its stored hash matches its contents; on all cores for long
+/// runs.
+pub(crate) fn entries_intact(entries: &[EntryRef<'_>]) -> Vec<bool> {
+    parallel_check(entries, |e, buffer| {
+        write_canonical(
+            buffer,
+            e.seq,
+            [
+                e.at,
+                e.station_id,
+                e.operator,
+                e.action,
+                e.subject,
+                e.details,
+                e.prev_hash,
+            ],
+        );
+        hex_eq(&Sha256::digest(&*buffer), e.hash)
+    })
+}
+
+/// Runs `check` over `items` (with a scratch buffer, cleared before each item), split across
+/// the machine's cores when there are enough items to pay for the threads.
+fn parallel_check<T: Sync>(
+    items: &[T],
+    check: impl Fn(&T, &mut Vec<u8>) -> bool + Sync,
+) -> Vec<bool> {
+    let run = |part: &[T]| -> Vec<bool> {
         let mut buffer = Vec::with_capacity(512);
         part.iter()
-            .map(|e| {
-                let e = e.borrow();
+            .map(|item| {
                 buffer.clear();
-                write_canonical(
-                    &mut buffer,
-                    e.seq,
-                    [
-                        &e.at,
-                        &e.station_id,
-                        &e.operator,
-                        &e.action,
-                        &e.subject,
-                        &e.details,
-                        &e.prev_hash,
-                    ],
-                );
-                let digest = Sha256::digest(&buffer);
-                hex_eq(&digest, &e.hash)
+                check(item, &mut buffer)
             })
             .collect()
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if run.len() < PARALLEL_FROM || threads < 2 {
-        return check(run);
+    if items.len() < PARALLEL_FROM || threads < 2 {
+        return run(items);
     }
-    let part = run.len().div_ceil(threads);
+    let part = items.len().div_ceil(threads);
     std::thread::scope(|scope| {
-        let handles: Vec<_> = run
+        let handles: Vec<_> = items
             .chunks(part)
-            .map(|chunk| scope.spawn(move || check(chunk)))
+            .map(|chunk| scope.spawn(|| run(chunk)))
             .collect();
         handles
             .into_iter()

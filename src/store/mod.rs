@@ -11,6 +11,7 @@
 pub mod audit;
 mod manifest;
 mod session;
+mod verify;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -705,54 +706,6 @@ impl Store {
         .bind(limit.map_or(-1, i64::from))
         .fetch_all(&self.pool)
         .await?)
-    }
-
-    /// Re-walks the audit chain, and checks that every attempt's audit entry is still there (a
-    /// chain cut short at its end is otherwise consistent).
-    ///
-    /// Entries stream out of one read transaction (a snapshot: the line keeps recording, and
-    /// entries it appends meanwhile are left for the next verify) and are hashed in runs on
-    /// every core; memory stays bounded by the run size, not by the length of the log.
-    pub async fn verify_audit(&self) -> Result<ChainReport, StoreError> {
-        use futures_util::TryStreamExt as _;
-        const RUN: usize = 16_384;
-        let mut tx = self.pool.begin().await?;
-        let mut walker = audit::ChainWalker::new();
-        {
-            let mut rows = sqlx::query_as::<_, AuditEntry>("SELECT * FROM audit_log ORDER BY seq")
-                .fetch(&mut *tx);
-            let mut run = Vec::with_capacity(RUN);
-            while let Some(entry) = rows.try_next().await? {
-                run.push(entry);
-                if run.len() == RUN {
-                    walker.walk(&run);
-                    run.clear();
-                    if walker.is_broken() {
-                        break;
-                    }
-                }
-            }
-            walker.walk(&run);
-        }
-        let mut report = walker.report();
-        if report.first_break.is_none() {
-            let orphan: Option<(i64, i64)> = sqlx::query_as(
-                "SELECT a.id, a.audit_seq FROM attempts a LEFT JOIN audit_log l ON l.seq = a.audit_seq \
-                 WHERE a.audit_seq IS NOT NULL AND l.seq IS NULL ORDER BY a.audit_seq LIMIT 1",
-            )
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some((attempt, seq)) = orphan {
-                report.first_break = Some(audit::Break {
-                    seq,
-                    problem: format!(
-                        "attempt {attempt} refers to audit entry {seq}, which is missing (the log was cut short)"
-                    ),
-                });
-            }
-        }
-        tx.commit().await?;
-        Ok(report)
     }
 
     /// The seq of the entry with this hash, if the log holds one.
