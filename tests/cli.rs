@@ -293,10 +293,7 @@ fn bad_configuration_exits_2_naming_file_and_line() {
 #[test]
 fn commands_of_later_issues_say_so_and_exit_2() {
     let ws = Workspace::new();
-    for args in [
-        vec!["run"],
-        vec!["dps", "verify", "--pending"],
-    ] {
+    for args in [vec!["run"], vec!["dps", "verify", "--pending"]] {
         let mut full = vec!["--json"];
         full.extend(args.iter().copied());
         let run = ws.station(&full).expect(2);

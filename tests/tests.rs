@@ -7,5 +7,6 @@
 mod cli;
 mod nvs;
 mod provision;
+mod report;
 mod sim;
 mod util;
