@@ -86,14 +86,22 @@ async fn bench(sizes: Sizes) {
         );
     }
 
-    let started = Instant::now();
-    let report = store.verify_audit().await.unwrap();
-    let seconds = started.elapsed().as_secs_f64();
-    assert!(report.first_break.is_none(), "{:?}", report.first_break);
+    // Three runs: the machine is shared, so the best of three is the figure, all are shown.
+    let mut runs = Vec::new();
+    let mut report = None;
+    for _ in 0..3 {
+        let started = Instant::now();
+        let verified = store.verify_audit().await.unwrap();
+        runs.push(started.elapsed().as_secs_f64());
+        assert!(verified.first_break.is_none(), "{:?}", verified.first_break);
+        report = Some(verified);
+    }
+    let entries = report.map_or(0, |r| r.entries);
+    let best = runs.iter().copied().fold(f64::INFINITY, f64::min);
     println!(
-        "audit verify {:>9} entries: {seconds:.2} s ({:.0} entries/s, {} threads)",
-        report.entries,
-        report.entries as f64 / seconds,
+        "audit verify   {entries:>9} entries: {best:.2} s best of {:.2?} ({:.0} entries/s, {} threads)",
+        runs,
+        entries as f64 / best,
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     store.close().await;
