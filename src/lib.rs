@@ -6,9 +6,9 @@
 //! enrollment-group key (which never leaves the station), builds an ESP-IDF NVS partition image,
 //! flashes and verifies it, and records the unit in SQLite and a tamper-evident audit log.
 //!
-//! The pure cores ([`keys`], [`identity`], [`nvs`]) never touch a port, the network or the
-//! database; [`device`], [`sim`] and [`store`] are the I/O shells around them, and [`provision`]
-//! orchestrates one unit through the pipeline of `DESIGN.md` section 1.
+//! The pure cores ([`keys`], [`identity`], [`nvs`], [`report`]) never touch a port, the network
+//! or the database; [`device`], [`sim`] and [`store`] are the I/O shells around them, and
+//! [`provision`] orchestrates one unit through the pipeline of `DESIGN.md` section 1.
 
 pub mod cli;
 pub mod config;
@@ -20,6 +20,7 @@ pub mod keys;
 pub mod line;
 pub mod nvs;
 pub mod provision;
+pub mod report;
 pub mod sim;
 pub mod store;
 

@@ -199,7 +199,8 @@ pub struct Station {
 }
 
 impl Station {
-    /// Loads the keys, opens the database and reads the firmware images.
+    /// Loads the keys, opens the database (recording the station's configuration and keys in
+    /// the audit log when they changed) and reads the firmware images.
     pub async fn open(config: Config) -> Result<Station, Error> {
         let keys = GroupKeys::load(
             &config.dps.group_key_file,
@@ -217,6 +218,7 @@ impl Station {
             None
         };
         let store = Store::open(&config.station.database).await?;
+        store.record_station_open(&config, &keys).await?;
         Ok(Station {
             config,
             keys,

@@ -291,13 +291,6 @@ fn bad_configuration_exits_2_naming_file_and_line() {
 }
 
 #[test]
-fn commands_of_later_issues_say_so_and_exit_2() {
-    let ws = Workspace::new();
-    let run = ws.station(&["--json", "export", "manifest"]).expect(2);
-    assert_eq!(error_code(&run), "station::cli::not_available");
-}
-
-#[test]
 fn nvs_build_by_mac_matches_the_library_and_inspect_redacts_the_key() {
     let ws = Workspace::new();
     let out = ws.path("unit.bin");

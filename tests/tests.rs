@@ -9,5 +9,6 @@ mod dps;
 mod line;
 mod nvs;
 mod provision;
+mod report;
 mod sim;
 mod util;

@@ -25,8 +25,10 @@ use crate::error::{Error, Result, exit};
 use crate::keys::GroupKey;
 use crate::line::{self, LineOptions};
 use crate::provision::Station;
+use crate::report::ManifestFormat;
 use crate::sim::dps::{DpsEmulator, EmulatorOptions};
 use crate::sim::{SimLine, SimOptions};
+use crate::store::ManifestFilter;
 
 /// The ID scope of the demo's enrollment group.
 const DEMO_ID_SCOPE: &str = "0ne00DEMO00";
@@ -217,27 +219,19 @@ fn getrandom(bytes: &mut [u8]) -> std::io::Result<()> {
     std::fs::File::open("/dev/urandom")?.read_exact(bytes)
 }
 
-/// Writes the batch's QA manifest as CSV.
+/// Writes the batch's QA manifest as CSV (audited as `manifest.exported`, like
+/// `station export manifest --batch NAME --out FILE`).
 async fn write_manifest(station: &Station, batch: &str, path: &Path) -> Result<()> {
-    let batch = station.store.batch(batch).await?;
-    let units = station.store.units_of(batch.id).await?;
-    let mut out = csv::Writer::from_writer(Vec::new());
-    let _ = out.write_record([
-        "batch",
-        "mac",
-        "registration_id",
-        "nvs_sha256",
-        "group_key_id",
-    ]);
-    for unit in units.iter().filter(|u| u.state == "provisioned") {
-        let _ = out.write_record([
-            batch.name.as_str(),
-            &unit.mac,
-            &unit.registration_id,
-            unit.image_sha256.as_deref().unwrap_or_default(),
-            &unit.key_id,
-        ]);
-    }
-    let bytes = out.into_inner().unwrap_or_default();
-    super::image::write_private(path, &bytes)
+    let mut csv = Vec::new();
+    station
+        .store
+        .export_manifest(
+            &ManifestFilter::batch(batch),
+            ManifestFormat::Csv,
+            &station.config.station.id,
+            &operator(None),
+            &mut csv,
+        )
+        .await?;
+    super::image::write_private(path, &csv)
 }

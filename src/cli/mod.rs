@@ -12,7 +12,7 @@ mod unit;
 
 use std::path::{Path, PathBuf};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
 use crate::config::Config;
 use crate::error::{Error, Result, exit};
@@ -184,59 +184,63 @@ pub struct NvsBuildArgs {
 /// `station export`.
 #[derive(Debug, Subcommand)]
 pub enum ExportCommand {
-    /// The QA manifest of a batch.
-    Manifest {
-        /// The batch (default: the open one).
-        #[arg(long)]
-        batch: Option<String>,
-        /// The format.
-        #[arg(long, value_enum, default_value = "csv")]
-        format: ManifestFormat,
-        /// Where to write it (default: stdout).
-        #[arg(long, value_name = "FILE")]
-        out: Option<PathBuf>,
-    },
+    /// The QA manifest: one row per provisioned unit (columns in the README); never a key.
+    /// Audited as `manifest.exported` with the SHA-256 of what was written.
+    Manifest(ManifestArgs),
 }
 
-/// Manifest formats.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum ManifestFormat {
-    /// Comma-separated values with a header row.
-    Csv,
-    /// One JSON document.
-    Json,
+/// `station export manifest`.
+#[derive(Debug, Args)]
+pub struct ManifestArgs {
+    /// Only units last provisioned in this batch (default: every batch).
+    #[arg(long)]
+    pub batch: Option<String>,
+    /// Only units provisioned at or after this time: RFC 3339 (2026-11-25T08:00:00Z) or a
+    /// date (2026-11-25, midnight UTC).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Only units provisioned before this time (same forms as --since).
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+    /// The format.
+    #[arg(long, value_enum, default_value = "csv")]
+    pub format: ManifestFormat,
+    /// Where to write it, atomically and with mode 0600 (default: stdout).
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
 }
+
+pub use crate::report::{AuditFormat, ManifestFormat};
 
 /// `station audit`.
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Print the log, oldest first.
-    Show,
+    /// Print the log as a table, oldest first.
+    Show {
+        /// Only the entries of this batch (its opening and closing, its units, its manifests).
+        #[arg(long)]
+        batch: Option<String>,
+        /// Only the last N entries.
+        #[arg(long, value_name = "N")]
+        limit: Option<u32>,
+    },
     /// Export the log with its hashes, for an auditor to verify elsewhere.
     Export {
         /// The format.
         #[arg(long, value_enum, default_value = "jsonl")]
         format: AuditFormat,
-        /// Where to write it (default: stdout).
+        /// Where to write it, atomically and with mode 0600 (default: stdout).
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
-    /// Re-walk the hash chain; exit 1 naming the first entry that does not match.
+    /// Re-walk the hash chain; exit 0 with the count verified, or exit 1 naming the first entry
+    /// that does not match.
     Verify {
         /// A head hash recorded at an earlier review: also check that this entry is still in
         /// the chain.
         #[arg(long, value_name = "HASH")]
         head: Option<String>,
     },
-}
-
-/// Audit export formats.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum AuditFormat {
-    /// One JSON object per line.
-    Jsonl,
-    /// Comma-separated values with a header row.
-    Csv,
 }
 
 /// `station dps`.
@@ -376,10 +380,9 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Provision(args) => unit::provision(load_config(&cli.config)?, args, json).await,
         Command::Sim(SimCommand::Devices(args)) => unit::sim_devices(args).await,
         Command::Demo(args) => demo::run(args, json).await,
-        Command::Export(_) => Err(Error::NotAvailable {
-            command: "export manifest",
-            reason: "QA manifests arrive with the QA issue; `station batch status --json` and `station audit export` work now",
-        }),
+        Command::Export(ExportCommand::Manifest(args)) => {
+            records::export_manifest(&load_config(&cli.config)?, args, json).await
+        }
         Command::Dps(DpsCommand::Verify {
             registration_id,
             pending,
@@ -405,13 +408,7 @@ async fn open_store(config: &Config) -> Result<Store> {
 /// Who is responsible for an act: the flag, else `$STATION_OPERATOR`, else the login name.
 fn operator(flag: Option<String>) -> String {
     flag.filter(|s| !s.trim().is_empty())
-        .or_else(|| {
-            std::env::var("STATION_OPERATOR")
-                .ok()
-                .filter(|s| !s.trim().is_empty())
-        })
-        .or_else(|| std::env::var("USER").ok().filter(|s| !s.trim().is_empty()))
-        .unwrap_or_else(|| "unknown".to_owned())
+        .unwrap_or_else(crate::store::operator_from_env)
 }
 
 /// Prints a value as one JSON document on stdout.

@@ -1,13 +1,15 @@
-//! `station batch`, `station audit` and `station check`.
+//! `station batch`, `station audit`, `station export manifest` and `station check`.
 
 use std::io::Write as _;
 use std::path::Path;
 
-use super::{AuditCommand, AuditFormat, BatchCommand, OK, open_store, operator, print_json};
+use super::image::{PrivateFile, write_private};
+use super::{AuditCommand, BatchCommand, ManifestArgs, OK, open_store, operator, print_json};
 use crate::config::Config;
 use crate::error::{Error, Result, exit};
 use crate::keys::GroupKeys;
-use crate::store::{AuditEntry, BatchStatus};
+use crate::report;
+use crate::store::{BatchStatus, ManifestFilter};
 
 pub(super) async fn batch(config: &Config, command: BatchCommand, json: bool) -> Result<u8> {
     let store = open_store(config).await?;
@@ -99,29 +101,25 @@ fn print_status(status: &BatchStatus) {
 pub(super) async fn audit(config: &Config, command: AuditCommand, json: bool) -> Result<u8> {
     let store = open_store(config).await?;
     let code = match command {
-        AuditCommand::Show => {
-            let entries = store.audit_entries().await?;
+        AuditCommand::Show { batch, limit } => {
+            let entries = store.audit_entries_of(batch.as_deref(), limit).await?;
             if json {
                 print_json(&entries);
             } else {
-                for e in &entries {
-                    println!(
-                        "{:>6}  {}  {:<12} {:<10} {:<20} {:<24} {}",
-                        e.seq, e.at, e.station_id, e.operator, e.action, e.subject, e.details
-                    );
-                }
+                let mut out = std::io::BufWriter::new(std::io::stdout());
+                report::write_audit_table(&entries, &mut out)
+                    .and_then(|()| out.flush())
+                    .map_err(|e| Error::io("writing", "stdout", e))?;
             }
             OK
         }
         AuditCommand::Export { format, out } => {
             let entries = store.audit_entries().await?;
             let mut buffer = Vec::new();
-            write_audit(&entries, format, &mut buffer)
+            report::write_audit(&entries, format, &mut buffer)
                 .map_err(|e| Error::io("encoding", "audit export", e))?;
             match out {
-                Some(path) => {
-                    std::fs::write(&path, &buffer).map_err(|e| Error::io("writing", &path, e))?
-                }
+                Some(path) => write_private(&path, &buffer)?,
                 None => std::io::stdout()
                     .write_all(&buffer)
                     .map_err(|e| Error::io("writing", "stdout", e))?,
@@ -134,11 +132,9 @@ pub(super) async fn audit(config: &Config, command: AuditCommand, json: bool) ->
                 None => None,
                 Some(hash) => Some(
                     store
-                        .audit_entries()
+                        .audit_hash_position(hash)
                         .await?
-                        .iter()
-                        .take(usize::try_from(report.entries).unwrap_or(0))
-                        .any(|e| &e.hash == hash),
+                        .is_some_and(|seq| seq <= report.entries),
                 ),
             };
             let intact = report.first_break.is_none() && head_found != Some(false);
@@ -167,7 +163,7 @@ pub(super) async fn audit(config: &Config, command: AuditCommand, json: bool) ->
                 );
             } else {
                 println!(
-                    "audit chain intact: {} entries, head hash {}",
+                    "audit chain intact: {} entries verified, head hash {}",
                     report.entries, report.head_hash
                 );
                 if head_found == Some(true) {
@@ -181,28 +177,64 @@ pub(super) async fn audit(config: &Config, command: AuditCommand, json: bool) ->
     Ok(code)
 }
 
-/// Writes audit entries as JSON lines or CSV.
-fn write_audit(
-    entries: &[AuditEntry],
-    format: AuditFormat,
-    out: &mut Vec<u8>,
-) -> std::io::Result<()> {
-    match format {
-        AuditFormat::Jsonl => {
-            for entry in entries {
-                serde_json::to_writer(&mut *out, entry)?;
-                out.push(b'\n');
-            }
+/// `station export manifest`.
+pub(super) async fn export_manifest(config: &Config, args: ManifestArgs, json: bool) -> Result<u8> {
+    let filter = ManifestFilter {
+        batch: args.batch,
+        since: args
+            .since
+            .as_deref()
+            .map(|t| report::parse_time_bound("--since", t))
+            .transpose()?,
+        until: args
+            .until
+            .as_deref()
+            .map(|t| report::parse_time_bound("--until", t))
+            .transpose()?,
+    };
+    let store = open_store(config).await?;
+    let station_id = &config.station.id;
+    let who = operator(None);
+    let export = match &args.out {
+        Some(path) => {
+            let mut file = PrivateFile::create(path)?;
+            let export = store
+                .export_manifest(&filter, args.format, station_id, &who, &mut file)
+                .await?;
+            file.commit()?;
+            export
         }
-        AuditFormat::Csv => {
-            let mut writer = csv::Writer::from_writer(out);
-            for entry in entries {
-                writer.serialize(entry)?;
-            }
-            writer.flush()?;
+        None => {
+            let mut out = std::io::BufWriter::new(std::io::stdout());
+            let export = store
+                .export_manifest(&filter, args.format, station_id, &who, &mut out)
+                .await?;
+            out.flush().map_err(|e| Error::io("writing", "stdout", e))?;
+            export
+        }
+    };
+    store.close().await;
+    // With --out, stdout is free for a summary; without, the manifest is the output.
+    if let Some(path) = &args.out {
+        if json {
+            print_json(&serde_json::json!({
+                "out": path.display().to_string(),
+                "rows": export.rows,
+                "bytes": export.bytes,
+                "sha256": export.sha256,
+                "audit_seq": export.audit_seq,
+            }));
+        } else {
+            println!(
+                "wrote {} unit(s) to {} (sha256 {}; audit entry {})",
+                export.rows,
+                path.display(),
+                export.sha256,
+                export.audit_seq
+            );
         }
     }
-    Ok(())
+    Ok(OK)
 }
 
 /// One line of `station check`.

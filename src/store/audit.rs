@@ -14,7 +14,7 @@ use sha2::{Digest as _, Sha256};
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// One audit entry as stored.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, sqlx::FromRow)]
 pub struct AuditEntry {
     /// Position in the chain, from 1, without gaps.
     pub seq: i64,
@@ -48,10 +48,35 @@ pub fn entry_hash(
     details: &str,
     prev_hash: &str,
 ) -> String {
-    let canonical = serde_json::json!([
-        seq, at, station_id, operator, action, subject, details, prev_hash
-    ]);
-    hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+    let mut canonical = Vec::with_capacity(256);
+    write_canonical(
+        &mut canonical,
+        seq,
+        [
+            at, station_id, operator, action, subject, details, prev_hash,
+        ],
+    );
+    hex::encode(Sha256::digest(&canonical))
+}
+
+/// The canonical encoding: serde_json's compact array of the fields. A tuple serializes exactly
+/// as the `serde_json::Value` array would, without building one (this is `audit verify`'s inner
+/// loop).
+fn write_canonical(out: &mut Vec<u8>, seq: i64, fields: [&str; 7]) {
+    let [
+        at,
+        station_id,
+        operator,
+        action,
+        subject,
+        details,
+        prev_hash,
+    ] = fields;
+    let tuple = (
+        seq, at, station_id, operator, action, subject, details, prev_hash,
+    );
+    // Writing into a Vec cannot fail, and strings and integers always serialize.
+    let _ = serde_json::to_writer(out, &tuple);
 }
 
 impl AuditEntry {
@@ -93,50 +118,220 @@ pub struct ChainReport {
 
 /// Walks entries in `seq` order and reports the first that does not match.
 pub fn verify_chain<'a>(entries: impl IntoIterator<Item = &'a AuditEntry>) -> ChainReport {
-    let mut prev_hash = GENESIS.to_owned();
-    let mut count = 0;
-    for (expected_seq, entry) in (1..).zip(entries) {
-        count += 1;
-        let problem = if entry.seq != expected_seq {
-            Some(if entry.seq > expected_seq {
+    let entries: Vec<&AuditEntry> = entries.into_iter().collect();
+    let mut walker = ChainWalker::new();
+    walker.walk(&entries);
+    walker.report()
+}
+
+/// Below this many entries a run is hashed on the calling thread.
+const PARALLEL_FROM: usize = 2048;
+
+/// Walks a chain run by run, so that a long log can be verified while it streams out of the
+/// database; the contents hashes of a run are computed on every core, the links in order.
+#[derive(Debug, Clone)]
+pub struct ChainWalker {
+    prev_hash: String,
+    entries: i64,
+    first_break: Option<Break>,
+}
+
+impl Default for ChainWalker {
+    fn default() -> Self {
+        ChainWalker::new()
+    }
+}
+
+impl ChainWalker {
+    /// A walker at the start of a chain.
+    pub fn new() -> ChainWalker {
+        ChainWalker {
+            prev_hash: GENESIS.to_owned(),
+            entries: 0,
+            first_break: None,
+        }
+    }
+
+    /// Whether a break was found (further runs are then ignored).
+    pub fn is_broken(&self) -> bool {
+        self.first_break.is_some()
+    }
+
+    /// Checks the next run of entries, continuing from the previous run.
+    pub fn walk<E: std::borrow::Borrow<AuditEntry> + Sync>(&mut self, run: &[E]) {
+        if self.is_broken() || run.is_empty() {
+            return;
+        }
+        let intact = contents_intact(run);
+        for (entry, intact) in run.iter().map(|e| e.borrow()).zip(intact) {
+            let edited = || {
                 format!(
-                    "entries {expected_seq}..{} are missing (removed?); found entry {} next",
-                    entry.seq - 1,
-                    entry.seq
+                    "its contents do not match its hash (it was edited): {} {} at {}",
+                    entry.action, entry.subject, entry.at
+                )
+            };
+            if !self.step(entry.seq, &entry.prev_hash, &entry.hash, intact, edited) {
+                return;
+            }
+        }
+    }
+
+    /// Checks the next entry given its seq, links and whether its contents match its hash;
+    /// false once the chain is broken.
+    pub(crate) fn step(
+        &mut self,
+        seq: i64,
+        prev_hash: &str,
+        hash: &str,
+        intact: bool,
+        edited: impl FnOnce() -> String,
+    ) -> bool {
+        if self.is_broken() {
+            return false;
+        }
+        let expected_seq = self.entries + 1;
+        self.entries += 1;
+        let problem = if seq != expected_seq {
+            Some(if seq > expected_seq {
+                format!(
+                    "entries {expected_seq}..{} are missing (removed?); found entry {seq} next",
+                    seq - 1,
                 )
             } else {
-                format!("entry {} appears out of order", entry.seq)
+                format!("entry {seq} appears out of order")
             })
-        } else if entry.prev_hash != prev_hash {
+        } else if prev_hash != self.prev_hash {
             Some(format!(
-                "its prev_hash does not match the hash of entry {} (an entry was removed, inserted or rewritten)",
+                "its prev_hash does not match the hash of entry {}: this entry was inserted or moved, or an entry before it was removed or rewritten",
                 expected_seq - 1
             ))
-        } else if entry.computed_hash() != entry.hash {
-            Some(format!(
-                "its contents do not match its hash (it was edited): {} {} at {}",
-                entry.action, entry.subject, entry.at
-            ))
+        } else if !intact {
+            Some(edited())
         } else {
             None
         };
-        if let Some(problem) = problem {
-            return ChainReport {
-                entries: count,
-                head_hash: prev_hash,
-                first_break: Some(Break {
+        match problem {
+            Some(problem) => {
+                self.first_break = Some(Break {
                     seq: expected_seq,
                     problem,
-                }),
-            };
+                });
+                false
+            }
+            None => {
+                self.prev_hash.clear();
+                self.prev_hash.push_str(hash);
+                true
+            }
         }
-        prev_hash.clone_from(&entry.hash);
     }
-    ChainReport {
-        entries: count,
-        head_hash: prev_hash,
-        first_break: None,
+
+    /// The result so far.
+    pub fn report(self) -> ChainReport {
+        ChainReport {
+            entries: self.entries,
+            head_hash: self.prev_hash,
+            first_break: self.first_break,
+        }
     }
+}
+
+/// For each entry, whether its stored hash matches its contents; on all cores for long runs.
+fn contents_intact<E: std::borrow::Borrow<AuditEntry> + Sync>(run: &[E]) -> Vec<bool> {
+    parallel_check(run, |e, buffer| {
+        let e = e.borrow();
+        write_canonical(
+            buffer,
+            e.seq,
+            [
+                &e.at,
+                &e.station_id,
+                &e.operator,
+                &e.action,
+                &e.subject,
+                &e.details,
+                &e.prev_hash,
+            ],
+        );
+        hex_eq(&Sha256::digest(&*buffer), &e.hash)
+    })
+}
+
+/// An entry's fields borrowed from elsewhere (a packed range read from the database).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct EntryRef<'a> {
+    pub(crate) seq: i64,
+    pub(crate) at: &'a str,
+    pub(crate) station_id: &'a str,
+    pub(crate) operator: &'a str,
+    pub(crate) action: &'a str,
+    pub(crate) subject: &'a str,
+    pub(crate) details: &'a str,
+    pub(crate) prev_hash: &'a str,
+    pub(crate) hash: &'a str,
+}
+
+/// For each borrowed entry, whether its stored hash matches its contents; on all cores for long
+/// runs.
+pub(crate) fn entries_intact(entries: &[EntryRef<'_>]) -> Vec<bool> {
+    parallel_check(entries, |e, buffer| {
+        write_canonical(
+            buffer,
+            e.seq,
+            [
+                e.at,
+                e.station_id,
+                e.operator,
+                e.action,
+                e.subject,
+                e.details,
+                e.prev_hash,
+            ],
+        );
+        hex_eq(&Sha256::digest(&*buffer), e.hash)
+    })
+}
+
+/// Runs `check` over `items` (with a scratch buffer, cleared before each item), split across
+/// the machine's cores when there are enough items to pay for the threads.
+fn parallel_check<T: Sync>(
+    items: &[T],
+    check: impl Fn(&T, &mut Vec<u8>) -> bool + Sync,
+) -> Vec<bool> {
+    let run = |part: &[T]| -> Vec<bool> {
+        let mut buffer = Vec::with_capacity(512);
+        part.iter()
+            .map(|item| {
+                buffer.clear();
+                check(item, &mut buffer)
+            })
+            .collect()
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if items.len() < PARALLEL_FROM || threads < 2 {
+        return run(items);
+    }
+    let part = items.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = items
+            .chunks(part)
+            .map(|chunk| scope.spawn(|| run(chunk)))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    })
+}
+
+/// Whether `digest` written as lowercase hex is `text`, without allocating.
+fn hex_eq(digest: &[u8], text: &str) -> bool {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let text = text.as_bytes();
+    text.len() == digest.len() * 2
+        && digest.iter().zip(text.chunks_exact(2)).all(|(byte, pair)| {
+            pair[0] == HEX[usize::from(byte >> 4)] && pair[1] == HEX[usize::from(byte & 0x0f)]
+        })
 }
 
 #[cfg(test)]
@@ -192,6 +387,66 @@ mod tests {
             edit(&mut entry);
             assert_ne!(entry.computed_hash(), base.hash);
         }
+    }
+
+    #[test]
+    fn canonical_encoding_is_the_json_array_of_the_fields() {
+        let e = chain(1).remove(0);
+        let value = serde_json::json!([
+            e.seq,
+            e.at,
+            e.station_id,
+            e.operator,
+            e.action,
+            e.subject,
+            e.details,
+            e.prev_hash
+        ]);
+        let expected = hex::encode(Sha256::digest(value.to_string().as_bytes()));
+        assert_eq!(e.hash, expected);
+        // Quotes, backslashes and non-ASCII are escaped the same way too.
+        let odd = entry_hash(7, "t", "st\\1", "Zoë \"Z\"", "a", "s\n", "{}", GENESIS);
+        let value = serde_json::json!([7, "t", "st\\1", "Zoë \"Z\"", "a", "s\n", "{}", GENESIS]);
+        assert_eq!(
+            odd,
+            hex::encode(Sha256::digest(value.to_string().as_bytes()))
+        );
+    }
+
+    #[test]
+    fn long_chains_are_hashed_in_parallel_and_walked_in_runs() {
+        let mut entries = chain(5);
+        // Grow a chain past the parallel threshold from the 5-entry base.
+        while entries.len() < PARALLEL_FROM * 2 + 3 {
+            let last = entries.last().unwrap().clone();
+            let mut next = last.clone();
+            next.seq += 1;
+            next.prev_hash = last.hash.clone();
+            next.hash = next.computed_hash();
+            entries.push(next);
+        }
+        let whole = verify_chain(&entries);
+        assert_eq!(whole.first_break, None);
+        let mut walker = ChainWalker::new();
+        for run in entries.chunks(1000) {
+            walker.walk(run);
+        }
+        assert_eq!(walker.report(), whole);
+
+        let edited = entries.len() - 7;
+        entries[edited].subject.push('x');
+        let broken = verify_chain(&entries).first_break.unwrap();
+        assert_eq!(broken.seq, edited as i64 + 1);
+        assert!(broken.problem.contains("edited"), "{}", broken.problem);
+    }
+
+    #[test]
+    fn hex_comparison_is_exact() {
+        let digest = Sha256::digest(b"x");
+        let text = hex::encode(digest);
+        assert!(hex_eq(&digest, &text));
+        assert!(!hex_eq(&digest, &text.to_uppercase()));
+        assert!(!hex_eq(&digest, &text[..62]));
     }
 
     #[test]

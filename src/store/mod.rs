@@ -9,6 +9,9 @@
 //! concurrent writers (several ports, several processes) can never fork the chain.
 
 pub mod audit;
+mod manifest;
+mod session;
+mod verify;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -18,6 +21,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Sqlite, SqlitePool, Transaction};
 
 pub use audit::{AuditEntry, ChainReport};
+pub use manifest::{ManifestExport, ManifestFilter, ManifestRow};
+pub use session::operator_from_env;
 
 /// How long a writer waits for another to release SQLite's lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -135,6 +140,20 @@ impl StoreError {
                 | StoreError::NoOpenBatch { .. }
                 | StoreError::BatchClosed { .. }
         )
+    }
+}
+
+/// Creates an empty database file with mode 0600 unless one exists: the records hold no key,
+/// but they are the factory's production data, and the WAL inherits the file's mode.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
@@ -383,7 +402,14 @@ pub struct Store {
 
 impl Store {
     /// Opens (creating if missing) and migrates the database.
+    ///
+    /// A new database file is created readable by its owner only (0600); SQLite gives its
+    /// `-wal` and `-shm` files the same mode. An existing file's mode is left as it is.
     pub async fn open(path: &Path) -> Result<Store, StoreError> {
+        create_private(path).map_err(|source| StoreError::Open {
+            path: path.to_owned(),
+            source: sqlx::Error::Io(source),
+        })?;
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -947,28 +973,36 @@ impl Store {
             .await?)
     }
 
-    /// Re-walks the audit chain, and checks that every attempt's audit entry is still there (a
-    /// chain cut short at its end is otherwise consistent).
-    pub async fn verify_audit(&self) -> Result<ChainReport, StoreError> {
-        let entries = self.audit_entries().await?;
-        let mut report = audit::verify_chain(&entries);
-        if report.first_break.is_none() {
-            let orphan: Option<(i64, i64)> = sqlx::query_as(
-                "SELECT a.id, a.audit_seq FROM attempts a LEFT JOIN audit_log l ON l.seq = a.audit_seq \
-                 WHERE a.audit_seq IS NOT NULL AND l.seq IS NULL ORDER BY a.audit_seq LIMIT 1",
-            )
-            .fetch_optional(&self.pool)
-            .await?;
-            if let Some((attempt, seq)) = orphan {
-                report.first_break = Some(audit::Break {
-                    seq,
-                    problem: format!(
-                        "attempt {attempt} refers to audit entry {seq}, which is missing (the log was cut short)"
-                    ),
-                });
-            }
+    /// The audit entries of one batch (its `batch.open`/`batch.close`, whose subject is the
+    /// batch, and every entry whose details name it: units, manifest exports), or of all when
+    /// `batch` is `None`; the last `limit` of them when given; in chain order.
+    pub async fn audit_entries_of(
+        &self,
+        batch: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        if let Some(name) = batch {
+            self.batch(name).await?;
         }
-        Ok(report)
+        Ok(sqlx::query_as(
+            "SELECT * FROM (SELECT * FROM audit_log WHERE ?1 IS NULL OR subject = ?1 \
+             OR json_extract(CASE WHEN json_valid(details) THEN details END, '$.batch') = ?1 \
+             ORDER BY seq DESC LIMIT ?2) ORDER BY seq",
+        )
+        .bind(batch)
+        .bind(limit.map_or(-1, i64::from))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The seq of the entry with this hash, if the log holds one.
+    pub async fn audit_hash_position(&self, hash: &str) -> Result<Option<i64>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT seq FROM audit_log WHERE hash = ?")
+                .bind(hash)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     /// The underlying pool, for tests and exports.

@@ -1,0 +1,331 @@
+//! The manifest's selection and the records of station sessions, against a real SQLite file.
+
+use serde_json::json;
+
+use super::*;
+use crate::store::{AttemptRecord, Batch, Failure, UnitFacts};
+
+async fn temp_store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("station.db")).await.unwrap();
+    (dir, store)
+}
+
+fn attempt(
+    batch: &Batch,
+    mac: &str,
+    port: &str,
+    operator: &str,
+    fail: Option<bool>,
+) -> AttemptRecord {
+    AttemptRecord {
+        attempt_id: None,
+        batch: batch.clone(),
+        station_id: "st1".into(),
+        operator: operator.into(),
+        port: port.into(),
+        started_at: now(),
+        finished_at: now(),
+        unit: Some(UnitFacts {
+            mac: mac.to_owned(),
+            registration_id: format!("sensor-{}", mac.replace(':', "")),
+            chip: "esp32".into(),
+            revision: "v3.0".into(),
+            flash_size: 4 << 20,
+            key_id: "sha256:0011223344556677".into(),
+            secondary_key_id: None,
+            image_sha256: Some("ab".repeat(32)),
+            dps: None,
+        }),
+        failure: fail.map(|wrote| Failure {
+            stage: "flash".into(),
+            code: "station::device::flash".into(),
+            message: "unplugged".into(),
+            wrote,
+        }),
+        reprovision: false,
+        timings: json!({}),
+    }
+}
+
+#[tokio::test]
+async fn database_file_is_created_owner_only() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let (dir, store) = temp_store().await;
+    store.open_batch("WO-1", 1, "ana", "st1").await.unwrap();
+    for file in ["station.db", "station.db-wal", "station.db-shm"] {
+        let mode = std::fs::metadata(dir.path().join(file))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{file}");
+    }
+}
+
+#[tokio::test]
+async fn manifest_lists_provisioned_units_with_their_last_successful_attempt() {
+    let (_dir, store) = temp_store().await;
+    let wo1 = store.open_batch("WO-1", 5, "ana", "st1").await.unwrap();
+    let a = "24:0a:c4:00:00:01";
+    let b = "24:0a:c4:00:00:02";
+    let c = "24:0a:c4:00:00:03";
+    // a: fails once, then passes on port 1 by bo, then a refused attempt (nothing written).
+    store
+        .record_attempt(&attempt(&wo1, a, "/dev/ttyUSB0", "ana", Some(true)))
+        .await
+        .unwrap();
+    store
+        .record_attempt(&attempt(&wo1, a, "/dev/ttyUSB1", "bo", None))
+        .await
+        .unwrap();
+    store
+        .record_attempt(&attempt(&wo1, a, "/dev/ttyUSB2", "cy", Some(false)))
+        .await
+        .unwrap();
+    // b: passes, then a failed re-flash leaves it failed: not in the manifest.
+    store
+        .record_attempt(&attempt(&wo1, b, "/dev/ttyUSB0", "ana", None))
+        .await
+        .unwrap();
+    store
+        .record_attempt(&attempt(&wo1, b, "/dev/ttyUSB0", "ana", Some(true)))
+        .await
+        .unwrap();
+    // c: passes.
+    store
+        .record_attempt(&attempt(&wo1, c, "/dev/ttyUSB3", "ana", None))
+        .await
+        .unwrap();
+
+    let rows = store
+        .manifest(&ManifestFilter::batch("WO-1"))
+        .await
+        .unwrap();
+    let macs: Vec<&str> = rows.iter().map(|r| r.mac.as_str()).collect();
+    assert_eq!(macs, [a, c]);
+    let first = &rows[0];
+    assert_eq!(
+        (
+            first.operator.as_deref(),
+            first.port.as_deref(),
+            first.attempts
+        ),
+        (Some("bo"), Some("/dev/ttyUSB1"), 3)
+    );
+    assert_eq!(first.batch, "WO-1");
+    assert_eq!(first.group_key_id, "sha256:0011223344556677");
+    assert_eq!(first.chip_revision, "v3.0");
+    assert_eq!(first.dps_status, "not-requested");
+    assert_eq!(rows[1].attempts, 1);
+
+    // Re-provisioned into another batch: the unit moves, its attempts keep counting.
+    store.close_batch(None, "ana", "st1").await.unwrap();
+    let wo2 = store.open_batch("WO-2", 5, "ana", "st1").await.unwrap();
+    let mut again = attempt(&wo2, a, "/dev/ttyUSB4", "dee", None);
+    again.reprovision = true;
+    store.record_attempt(&again).await.unwrap();
+    let wo1_rows = store
+        .manifest(&ManifestFilter::batch("WO-1"))
+        .await
+        .unwrap();
+    assert_eq!(wo1_rows.len(), 1);
+    let wo2_rows = store
+        .manifest(&ManifestFilter::batch("WO-2"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            wo2_rows[0].mac.as_str(),
+            wo2_rows[0].operator.as_deref(),
+            wo2_rows[0].attempts
+        ),
+        (a, Some("dee"), 4)
+    );
+    let all = store.manifest(&ManifestFilter::default()).await.unwrap();
+    assert_eq!(all.len(), 2);
+
+    let missing = store
+        .manifest(&ManifestFilter::batch("WO-9"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(missing, StoreError::NoSuchBatch { .. }),
+        "{missing}"
+    );
+}
+
+#[tokio::test]
+async fn manifest_time_window_includes_since_and_excludes_until() {
+    let (_dir, store) = temp_store().await;
+    let wo1 = store.open_batch("WO-1", 5, "ana", "st1").await.unwrap();
+    for (i, at) in [
+        "2026-11-25T08:00:00.000Z",
+        "2026-11-25T09:00:00.000Z",
+        "2026-11-25T10:00:00.000Z",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut record = attempt(
+            &wo1,
+            &format!("24:0a:c4:00:00:0{i}"),
+            "/dev/ttyUSB0",
+            "ana",
+            None,
+        );
+        record.finished_at = (*at).to_owned();
+        store.record_attempt(&record).await.unwrap();
+    }
+    let parse = |t: &str| crate::report::parse_time_bound("--since", t).unwrap();
+    let window = ManifestFilter {
+        batch: None,
+        since: Some(parse("2026-11-25T09:00:00Z")),
+        until: Some(parse("2026-11-25T11:00:00+01:00")),
+    };
+    let rows = store.manifest(&window).await.unwrap();
+    let times: Vec<&str> = rows
+        .iter()
+        .filter_map(|r| r.provisioned_at.as_deref())
+        .collect();
+    assert_eq!(times, ["2026-11-25T09:00:00.000Z"]);
+    let later = ManifestFilter {
+        since: Some(parse("2026-11-26")),
+        ..ManifestFilter::default()
+    };
+    assert!(store.manifest(&later).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn export_records_filter_format_count_and_digest_of_the_bytes() {
+    let (_dir, store) = temp_store().await;
+    let wo1 = store.open_batch("WO-1", 5, "ana", "st1").await.unwrap();
+    store
+        .record_attempt(&attempt(
+            &wo1,
+            "24:0a:c4:00:00:01",
+            "/dev/ttyUSB0",
+            "ana",
+            None,
+        ))
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let export = store
+        .export_manifest(
+            &ManifestFilter::batch("WO-1"),
+            ManifestFormat::Json,
+            "st1",
+            "qa-eve",
+            &mut out,
+        )
+        .await
+        .unwrap();
+    assert_eq!(export.rows, 1);
+    assert_eq!(export.bytes, out.len() as u64);
+    use sha2::Digest as _;
+    assert_eq!(export.sha256, hex::encode(sha2::Sha256::digest(&out)));
+    let entries = store.audit_entries().await.unwrap();
+    let last = entries.last().unwrap();
+    assert_eq!(last.seq, export.audit_seq);
+    assert_eq!(
+        (last.action.as_str(), last.operator.as_str()),
+        ("manifest.exported", "qa-eve")
+    );
+    let details: serde_json::Value = serde_json::from_str(&last.details).unwrap();
+    assert_eq!(details["batch"], "WO-1");
+    assert_eq!(details["format"], "json");
+    assert_eq!(details["rows"], 1);
+    assert_eq!(details["sha256"], export.sha256.as_str());
+    assert_eq!(details["since"], serde_json::Value::Null);
+    assert!(store.verify_audit().await.unwrap().first_break.is_none());
+
+    // The batch's audit view includes the export; another batch's does not.
+    let of_wo1 = store.audit_entries_of(Some("WO-1"), None).await.unwrap();
+    let actions: Vec<&str> = of_wo1.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        ["batch.open", "unit.provisioned", "manifest.exported"]
+    );
+    let last_two = store.audit_entries_of(None, Some(2)).await.unwrap();
+    assert_eq!(last_two.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3]);
+    store.close_batch(None, "ana", "st1").await.unwrap();
+    store.open_batch("WO-2", 5, "ana", "st1").await.unwrap();
+    assert_eq!(
+        store
+            .audit_entries_of(Some("WO-2"), None)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(matches!(
+        store
+            .audit_entries_of(Some("WO-9"), None)
+            .await
+            .unwrap_err(),
+        StoreError::NoSuchBatch { .. }
+    ));
+}
+
+#[tokio::test]
+async fn station_open_records_config_and_keys_only_when_they_change() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("group.key");
+    let write_key = |text: &str| {
+        std::fs::write(&key, text).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    };
+    write_key(
+        "8isrFI1sGsIlvvFSSFRiMfCNzv21fjbE/+ah/lSh3lF8e2YG1Te7w1KpZhJFFXJrqYKi9yegxkqIChbqOS9Egw==",
+    );
+    let config_path = dir.path().join("station.toml");
+    let text = "[station]\nid = \"st1\"\ndatabase = \"station.db\"\n[dps]\nid_scope = \"0ne00ABCDEF\"\n\
+                group_key_file = \"group.key\"\nregistration_id = \"sensor-{mac}\"\n[nvs]\nnamespace = \"dps\"\n\
+                [nvs.entries]\nreg_id = \"{registration_id}\"\n";
+    std::fs::write(&config_path, text).unwrap();
+    let load = || {
+        let config = crate::config::Config::load(&config_path).unwrap();
+        let keys = crate::keys::GroupKeys::load(&config.dps.group_key_file, None).unwrap();
+        (config, keys)
+    };
+    let (config, keys) = load();
+    let store = Store::open(&config.station.database).await.unwrap();
+    assert_eq!(store.record_station_open(&config, &keys).await.unwrap(), 2);
+    assert_eq!(store.record_station_open(&config, &keys).await.unwrap(), 0);
+
+    // An edited configuration is recorded by its new SHA-256; the same keys are not again.
+    std::fs::write(&config_path, format!("{text}# tuned\n")).unwrap();
+    let (config, keys) = load();
+    assert_eq!(store.record_station_open(&config, &keys).await.unwrap(), 1);
+    // A rotated group key is recorded by its key id, never by value.
+    write_key(
+        "IPqyrydADngU4vWjT+oEIm80S8CoXkpEvDM85GB0fYWGc4H7tGK8KOmswJEwP2ePs+ydTBSkPM4lgZwZKs/YQw==",
+    );
+    let (config, keys) = load();
+    assert_eq!(store.record_station_open(&config, &keys).await.unwrap(), 1);
+
+    let entries = store.audit_entries().await.unwrap();
+    let actions: Vec<&str> = entries.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        [
+            "config.changed",
+            "key.loaded",
+            "config.changed",
+            "key.loaded"
+        ]
+    );
+    use sha2::Digest as _;
+    let sha = hex::encode(sha2::Sha256::digest(std::fs::read(&config_path).unwrap()));
+    let details: serde_json::Value = serde_json::from_str(&entries[2].details).unwrap();
+    assert_eq!(details["sha256"], sha.as_str());
+    assert_eq!(entries[3].subject, keys.primary.id().to_string());
+    assert_ne!(entries[1].subject, entries[3].subject);
+    assert!(
+        entries
+            .iter()
+            .all(|e| !e.details.contains("IPqyrydADngU4vWj"))
+    );
+    assert!(store.verify_audit().await.unwrap().first_break.is_none());
+}
