@@ -498,3 +498,40 @@ fn demo_runs_a_batch_through_the_daemon_with_dps_and_leaves_the_working_director
     assert_eq!(statuses, vec!["assigned"; 4]);
     let _ = std::fs::remove_dir_all(&workspace);
 }
+
+// Issue 7: QA and auditors read while the line writes (WAL readers), without blocking it or
+// seeing a half-recorded unit.
+#[test]
+fn exports_and_audit_verify_run_while_the_daemon_provisions() {
+    let ws = workspace(12, 2.0);
+    let _line = sim(&ws, 12, 4, true, true);
+    let mut daemon = Daemon::start(&ws, true);
+    let mut reads = 0;
+    while daemon.child.try_wait().unwrap().is_none() {
+        let manifest = ws
+            .station(&[
+                "--json", "export", "manifest", "--batch", "WO-1", "--format", "json",
+            ])
+            .expect(0)
+            .json();
+        ws.station(&["audit", "verify"]).expect(0);
+        for row in manifest.as_array().unwrap() {
+            // A unit in the manifest is complete: verified image, key fingerprint, its attempt.
+            assert_eq!(row["nvs_sha256"].as_str().unwrap().len(), 64, "{row}");
+            assert!(row["group_key_id"].as_str().unwrap().starts_with("sha256:"));
+            assert!(row["attempts"].as_i64().unwrap() >= 1, "{row}");
+            assert!(!row["port"].as_str().unwrap().is_empty(), "{row}");
+        }
+        reads += 1;
+    }
+    assert_eq!(daemon.wait(), 0, "{:#?}", daemon.lines());
+    assert!(reads >= 2, "exports ran during the batch ({reads})");
+    // The writer was never turned away: every unit passed and was recorded.
+    let units = daemon.units();
+    assert_eq!(units.len(), 12);
+    assert!(
+        units.iter().all(|u| u["outcome"] == "provisioned"),
+        "{units:#?}"
+    );
+    assert_eq!(status(&ws)["provisioned"], 12);
+}
