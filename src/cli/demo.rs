@@ -141,9 +141,9 @@ pub(super) async fn run(args: DemoArgs, json: bool) -> Result<u8> {
         .store
         .close_batch(Some(&batch.name), &operator(None), &station_id)
         .await?;
-    let chain = station.store.verify_audit().await?;
     let manifest = dir.join("manifest.csv");
     write_manifest(&station, &batch.name, &manifest).await?;
+    let chain = station.store.verify_audit().await?;
     if let Ok(station) = Arc::try_unwrap(station) {
         station.store.close().await;
     }
