@@ -439,3 +439,77 @@ fn sim_dps_refuses_a_world_readable_key_file() {
         run.stdout
     );
 }
+
+// Issue 6 (store-and-forward): the line daemon retries units left pending while it runs.
+#[test]
+fn the_daemon_assigns_pending_units_once_dps_is_back() {
+    let ws = workspace();
+    let port = closed_port();
+    write_config(&ws, &format!("http://127.0.0.1:{port}"));
+    let config = std::fs::read_to_string(ws.path("station.toml"))
+        .unwrap()
+        .replace("ports = [\"auto\"]", "ports = [\"ports/ttySIM*\"]");
+    std::fs::write(ws.path("station.toml"), config).unwrap();
+    let _sim = SimLine::start(SimOptions {
+        count: 2,
+        link_dir: Some(ws.path("ports")),
+        wire_time: false,
+        ..SimOptions::default()
+    })
+    .unwrap();
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_station"))
+        .arg("--config")
+        .arg(ws.path("station.toml"))
+        .args(["--json", "run", "--dps-retry", "0.5"])
+        .env("STATION_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (sender, events) = std::sync::mpsc::channel::<serde_json::Value>();
+    let stdout = daemon.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = sender.send(serde_json::from_str(&line).unwrap());
+        }
+    });
+    let next = |what: &str| loop {
+        let event = events
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("no {what} event"));
+        if event["event"] == what {
+            return event;
+        }
+    };
+    for _ in 0..2 {
+        let unit = next("unit");
+        assert_eq!(unit["report"]["outcome"], "provisioned");
+        assert_eq!(unit["report"]["dps_status"], "pending", "{unit}");
+    }
+
+    // DPS comes back on the same address; the daemon's next retry assigns both units.
+    let _dps = DpsSim::start(&ws, "secrets/group.key", &["--port", &port.to_string()]);
+    let retried = next("dps_retried");
+    assert_eq!(
+        (
+            retried["assigned"].as_u64(),
+            retried["still_pending"].as_u64()
+        ),
+        (Some(2), Some(0)),
+        "{retried}"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(daemon.wait().unwrap().code(), Some(0));
+    assert_eq!(
+        audit_actions(&ws)
+            .iter()
+            .filter(|a| *a == "unit.dps_verified")
+            .count(),
+        2
+    );
+    ws.station(&["audit", "verify"]).expect(0);
+}

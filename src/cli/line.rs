@@ -36,6 +36,10 @@ pub(super) async fn run(config: Config, args: RunArgs, json: bool) -> Result<u8>
     }
     let mut options = LineOptions::new(batch.clone(), attempt_operator(&batch));
     options.drain = Duration::try_from_secs_f64(args.drain).unwrap_or(options.drain);
+    options.dps_retry = Duration::try_from_secs_f64(args.dps_retry)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .unwrap_or(options.dps_retry);
     let (events, receiver) = unbounded_channel();
     let renderer = tokio::spawn(View::choose(json, args.plain).render(receiver));
     let result = line::run(Arc::clone(&station), options, events, wait_for_shutdown()).await;

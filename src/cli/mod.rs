@@ -94,6 +94,9 @@ pub struct RunArgs {
     /// Log one plain line per event even on a terminal (no live view).
     #[arg(long)]
     pub plain: bool,
+    /// Seconds between retries of units DPS could not be reached for (`pre_verify` on).
+    #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
+    pub dps_retry: f64,
 }
 
 /// `station provision`.
