@@ -7,7 +7,8 @@
 //! minute, parallel efficiency (P-port throughput / (P x 1-port throughput)) and the daemon's
 //! peak resident memory (VmHWM).
 //!
-//! Run: `cargo bench --bench line` (`-- --units N` for another batch size, `-- --ports 1,4,8`).
+//! Run: `cargo bench --bench line` (`-- --units N` for another batch size, `-- --ports 1,4,8`;
+//! `-- --dps 0,0.3` repeats the runs with DPS pre-verification at those emulator latencies).
 
 use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
@@ -67,16 +68,41 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-fn run(ports: usize, units: usize) -> Sample {
+fn run(ports: usize, units: usize, dps_latency: Option<f64>) -> Sample {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let root = dir.path();
-    std::fs::write(root.join("station.toml"), CONFIG).expect("config");
     let key = root.join("group.key");
     std::fs::write(&key, GROUP_KEY).expect("key");
     {
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("mode");
     }
+    // With a DPS latency, every unit is pre-verified against `station sim dps` on loopback.
+    let mut emulator = None;
+    let mut config_text = CONFIG.to_owned();
+    if let Some(latency) = dps_latency {
+        let mut child = station()
+            .args(["sim", "dps", "--id-scope", "0ne00BENCH0", "--group-key-file"])
+            .arg(&key)
+            .args(["--latency", &latency.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sim dps");
+        let mut url = String::new();
+        BufReader::new(child.stdout.take().expect("sim dps stdout"))
+            .read_line(&mut url)
+            .expect("the emulator's URL");
+        config_text = config_text.replace(
+            "registration_id = \"sensor-{mac}\"",
+            &format!(
+                "registration_id = \"sensor-{{mac}}\"\npre_verify = true\nverify_url = \"{}\"",
+                url.trim()
+            ),
+        );
+        emulator = Some(child);
+    }
+    std::fs::write(root.join("station.toml"), &config_text).expect("config");
     let config = root.join("station.toml");
     let opened = station()
         .arg("--config")
@@ -138,6 +164,10 @@ fn run(ports: usize, units: usize) -> Sample {
     let passed = reader.join().unwrap_or(0);
     let _ = sim.kill();
     let _ = sim.wait();
+    if let Some(mut emulator) = emulator {
+        let _ = emulator.kill();
+        let _ = emulator.wait();
+    }
     Sample {
         ports,
         units,
@@ -159,6 +189,29 @@ fn main() {
     let port_counts: Vec<usize> = value("--ports")
         .map(|v| v.split(',').filter_map(|p| p.parse().ok()).collect())
         .unwrap_or_else(|| vec![1, 4, 8]);
+    // `--dps 0,0.3`: repeat the runs with pre-verification at these emulator latencies (s).
+    let dps: Vec<f64> = value("--dps")
+        .map(|v| v.split(',').filter_map(|p| p.parse().ok()).collect())
+        .unwrap_or_default();
+    if !dps.is_empty() {
+        println!(
+            "line with DPS pre-verification: batch of {units}, emulator latency per request"
+        );
+        println!("{:>5} {:>10} {:>10} {:>11}", "ports", "latency s", "wall s", "units/min");
+        for &ports in &port_counts {
+            for &latency in &dps {
+                let sample = run(ports, units, Some(latency));
+                println!(
+                    "{:>5} {:>10.1} {:>10.1} {:>11.1}",
+                    ports,
+                    latency,
+                    sample.wall,
+                    sample.passed as f64 / sample.wall * 60.0
+                );
+            }
+        }
+        return;
+    }
 
     println!(
         "line: batch of {units} at 921600 baud, stub, wire time on, simulated operator swapping units"
@@ -169,7 +222,7 @@ fn main() {
     );
     let mut single: Option<f64> = None;
     for &ports in &port_counts {
-        let sample = run(ports, units);
+        let sample = run(ports, units, None);
         let per_minute = sample.passed as f64 / sample.wall * 60.0;
         if ports == 1 {
             single = Some(per_minute);
@@ -189,7 +242,7 @@ fn main() {
         );
     }
     // Memory with 16 ports open: the daemon's peak over a batch of 32 on 16 ports.
-    let sample = run(16, 32);
+    let sample = run(16, 32, None);
     println!(
         "memory: 16 ports open, {}/{} units in {:.1} s: daemon peak RSS {:.1} MiB",
         sample.passed,

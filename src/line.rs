@@ -600,7 +600,9 @@ async fn serve_port(context: Arc<Context>, port: PathBuf) {
             reason,
             mac,
         });
-        last = port_node(&port).map(|node| Last {
+        // The node the unit was found on: if the operator swapped the device while the unit
+        // finished (during DPS, say), the port already shows another node, a new device.
+        last = Some(Last {
             node,
             seen,
             probed: Instant::now(),
