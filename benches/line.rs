@@ -82,7 +82,13 @@ fn run(ports: usize, units: usize, dps_latency: Option<f64>) -> Sample {
     let mut config_text = CONFIG.to_owned();
     if let Some(latency) = dps_latency {
         let mut child = station()
-            .args(["sim", "dps", "--id-scope", "0ne00BENCH0", "--group-key-file"])
+            .args([
+                "sim",
+                "dps",
+                "--id-scope",
+                "0ne00BENCH0",
+                "--group-key-file",
+            ])
             .arg(&key)
             .args(["--latency", &latency.to_string()])
             .stdout(Stdio::piped())
@@ -194,10 +200,11 @@ fn main() {
         .map(|v| v.split(',').filter_map(|p| p.parse().ok()).collect())
         .unwrap_or_default();
     if !dps.is_empty() {
+        println!("line with DPS pre-verification: batch of {units}, emulator latency per request");
         println!(
-            "line with DPS pre-verification: batch of {units}, emulator latency per request"
+            "{:>5} {:>10} {:>10} {:>11}",
+            "ports", "latency s", "wall s", "units/min"
         );
-        println!("{:>5} {:>10} {:>10} {:>11}", "ports", "latency s", "wall s", "units/min");
         for &ports in &port_counts {
             for &latency in &dps {
                 let sample = run(ports, units, Some(latency));

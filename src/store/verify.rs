@@ -17,16 +17,8 @@ use super::{AuditEntry, Store, StoreError};
 const RANGE: i64 = 16_384;
 
 /// The hashed fields after `seq`, in canonical order, then `hash`.
-const FIELDS: [&str; 8] = [
-    "at",
-    "station_id",
-    "operator",
-    "action",
-    "subject",
-    "details",
-    "prev_hash",
-    "hash",
-];
+// The audit export's columns are the same fields: one list, so they cannot drift apart.
+const FIELDS: &[&str] = crate::report::AUDIT_COLUMNS.split_at(1).1;
 
 /// `count`, the seqs, then per field its values concatenated and their byte lengths. Rows are
 /// scanned in seq (rowid) order; should SQLite ever aggregate in another order, the walk sees
