@@ -76,18 +76,6 @@ pub enum Error {
         /// How to fix it.
         fix: String,
     },
-    /// A command of the design that a later issue delivers.
-    #[error("`station {command}` is not available in this build: {reason}")]
-    #[diagnostic(
-        code(station::cli::not_available),
-        help("See the README's command table for what this build does.")
-    )]
-    NotAvailable {
-        /// The command line, e.g. `dps verify`.
-        command: &'static str,
-        /// What is missing.
-        reason: &'static str,
-    },
 }
 
 /// Process exit codes (README "Exit codes").
@@ -130,8 +118,7 @@ impl Error {
             Error::Config(_)
             | Error::Key(_)
             | Error::Identity(_)
-            | Error::BadInput { .. }
-            | Error::NotAvailable { .. } => exit::USAGE,
+            | Error::BadInput { .. } => exit::USAGE,
             Error::Nvs(e) if e.is_input_error() => exit::USAGE,
             Error::Store(e) if e.is_usage_error() => exit::USAGE,
             Error::Sim(e) if e.is_usage_error() => exit::USAGE,
