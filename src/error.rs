@@ -115,10 +115,9 @@ impl Error {
     /// The process exit code this error maps to (README "Exit codes").
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Config(_)
-            | Error::Key(_)
-            | Error::Identity(_)
-            | Error::BadInput { .. } => exit::USAGE,
+            Error::Config(_) | Error::Key(_) | Error::Identity(_) | Error::BadInput { .. } => {
+                exit::USAGE
+            }
             Error::Nvs(e) if e.is_input_error() => exit::USAGE,
             Error::Store(e) if e.is_usage_error() => exit::USAGE,
             Error::Sim(e) if e.is_usage_error() => exit::USAGE,

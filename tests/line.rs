@@ -535,3 +535,49 @@ fn exports_and_audit_verify_run_while_the_daemon_provisions() {
     );
     assert_eq!(status(&ws)["provisioned"], 12);
 }
+
+#[test]
+fn on_a_terminal_the_daemon_draws_the_live_view() {
+    use std::io::Read as _;
+    let ws = workspace(2, 2.0);
+    let _line = sim(&ws, 2, 2, true, false);
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_station"))
+        .arg("--config")
+        .arg(ws.path("station.toml"))
+        .arg("run")
+        .env("STATION_LOG", "warn")
+        .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    drop(pty.slave);
+    let mut master = std::fs::File::from(pty.master);
+    let reader = std::thread::spawn(move || {
+        let mut screen = Vec::new();
+        // Reading ends with EIO once the daemon, the terminal's last user, has exited.
+        let _ = master.read_to_end(&mut screen);
+        String::from_utf8_lossy(&screen).into_owned()
+    });
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(start.elapsed() < DEADLINE, "the daemon did not finish");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let screen = reader.join().unwrap();
+    assert!(screen.contains("batch WO-1"), "{screen}");
+    assert!(
+        screen.contains("\u{1b}[32mPASS"),
+        "a green PASS per unit: {screen}"
+    );
+    assert!(screen.contains("2/2 provisioned"), "{screen}");
+    assert!(
+        screen.contains("ttySIM0") && screen.contains("ttySIM1"),
+        "{screen}"
+    );
+    assert!(
+        !screen.contains("line: stopped"),
+        "the live view, not the plain log: {screen}"
+    );
+}
