@@ -138,6 +138,15 @@ pub enum LineEvent {
         /// The stage.
         stage: Stage,
     },
+    /// A unit was identified.
+    Identified {
+        /// The port.
+        port: String,
+        /// Its MAC.
+        mac: Mac,
+        /// Its registration ID.
+        registration_id: crate::identity::RegistrationId,
+    },
     /// Flash progress of a unit.
     Flash {
         /// The port.
@@ -661,6 +670,15 @@ fn forward_progress(context: Arc<Context>) -> UnboundedSender<Event> {
                     progress: FlashProgress::Block { done, blocks, .. },
                 } => LineEvent::Flash { port, done, blocks },
                 Event::Flash { .. } => continue,
+                Event::Identified {
+                    port,
+                    mac,
+                    registration_id,
+                } => LineEvent::Identified {
+                    port,
+                    mac,
+                    registration_id,
+                },
             };
             context.emit(event);
         }

@@ -329,6 +329,15 @@ pub enum Event {
         /// The progress.
         progress: FlashProgress,
     },
+    /// The device on a port was identified.
+    Identified {
+        /// The port.
+        port: String,
+        /// Its MAC.
+        mac: Mac,
+        /// Its registration ID.
+        registration_id: RegistrationId,
+    },
 }
 
 /// One attempt's request.
@@ -611,7 +620,15 @@ async fn run_stages<D: Device, E: Fn(Stage)>(
         .map_err(|e| fail(Stage::Identify, false)(e.into()))?;
     timings.identify = t.elapsed().as_secs_f64();
     let mac = identity.mac;
-    facts.registration_id = Some(config.dps.registration_id.render(&mac));
+    let registration_id = config.dps.registration_id.render(&mac);
+    if let Some(events) = events {
+        let _ = events.send(Event::Identified {
+            port: device.port().display().to_string(),
+            mac,
+            registration_id: registration_id.clone(),
+        });
+    }
+    facts.registration_id = Some(registration_id);
     facts.identity = Some(identity.clone());
     let regions_end = station
         .firmware

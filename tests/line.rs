@@ -234,6 +234,14 @@ fn eight_ports_provision_a_batch_of_24_each_unit_once_and_honour_the_target() {
         events.iter().any(|e| e["event"] == "flash"),
         "flash progress is reported"
     );
+    for mac in &macs {
+        assert!(
+            events
+                .iter()
+                .any(|e| e["event"] == "identified" && e["mac"] == *mac),
+            "{mac} was shown once identified"
+        );
+    }
     ws.station(&["audit", "verify"]).expect(0);
 }
 

@@ -224,6 +224,11 @@ fn plain(event: &LineEvent) -> Option<String> {
         LineEvent::PortGone { port } => format!("{port}  device unplugged"),
         LineEvent::Stage { port, stage } => format!("{port}  {stage}"),
         LineEvent::Flash { .. } => return None,
+        LineEvent::Identified {
+            port,
+            mac,
+            registration_id,
+        } => format!("{port}  {mac}  {registration_id}"),
         LineEvent::Unit { report, tally } => {
             let mut line = verdict(report);
             if let (Outcome::Failed, Some(hint)) = (report.outcome, &report.hint) {
@@ -268,6 +273,8 @@ pub(super) struct Live {
     multi: MultiProgress,
     header: ProgressBar,
     ports: BTreeMap<String, ProgressBar>,
+    /// The unit on each port while it runs: `MAC  registration ID`.
+    units: BTreeMap<String, String>,
     failures: VecDeque<String>,
     footer: ProgressBar,
 }
@@ -294,6 +301,7 @@ impl Live {
             multi,
             header,
             ports: BTreeMap::new(),
+            units: BTreeMap::new(),
             failures: VecDeque::new(),
             footer,
         }
@@ -333,6 +341,10 @@ impl Live {
                 bar.set_message("empty: plug in the next unit");
             }
             LineEvent::Stage { port, stage } => {
+                if *stage == Stage::Connect {
+                    self.units.remove(port);
+                }
+                let unit = self.units.get(port).cloned().unwrap_or_default();
                 let bar = self.port(port).clone();
                 if *stage == Stage::Flash {
                     bar.set_style(flash_style());
@@ -340,7 +352,16 @@ impl Live {
                 } else {
                     bar.set_style(idle_style());
                 }
-                bar.set_message(format!("{stage}…"));
+                bar.set_message(format!("{stage}…  {unit}"));
+            }
+            LineEvent::Identified {
+                port,
+                mac,
+                registration_id,
+            } => {
+                let unit = format!("{mac}  {registration_id}");
+                self.port(port).set_message(format!("identify…  {unit}"));
+                self.units.insert(port.clone(), unit);
             }
             LineEvent::Flash { port, done, blocks } => {
                 let bar = self.port(port);

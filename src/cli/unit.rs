@@ -75,6 +75,13 @@ pub(super) async fn render_events(mut receiver: UnboundedReceiver<Event>) {
             } => {
                 let _ = writeln!(stderr, "{port}  flash  region {offset:#x} written");
             }
+            Event::Identified {
+                port,
+                mac,
+                registration_id,
+            } => {
+                let _ = writeln!(stderr, "{port}  {mac}  {registration_id}");
+            }
             Event::Flash { .. } => {}
         }
     }
