@@ -61,7 +61,9 @@ fn sim_with(
         ports: Some(ports),
         link_dir: Some(ws.path("ports")),
         flash_dir: Some(ws.path("flash")),
-        leave_after_idle: operator.then_some(Duration::from_millis(400)),
+        // Generous, so that a loaded CI machine's pause inside a session is not taken for the
+        // end of the unit.
+        leave_after_idle: operator.then_some(Duration::from_millis(1000)),
         swap_gap: Duration::from_millis(250),
         wire_time,
         faults: faults.iter().map(|f| f.parse::<Fault>().unwrap()).collect(),

@@ -102,7 +102,7 @@ pub(super) async fn run(args: DemoArgs, json: bool) -> Result<u8> {
         ports: Some(ports),
         link_dir: Some(dir.join("ports")),
         flash_dir: Some(dir.join("flash")),
-        leave_after_idle: Some(Duration::from_millis(500)),
+        leave_after_idle: Some(Duration::from_millis(800)),
         swap_gap: Duration::from_millis(300),
         ..SimOptions::default()
     })?;
