@@ -299,6 +299,46 @@ pub struct UnitReport {
     pub warning: Option<String>,
 }
 
+impl UnitReport {
+    /// What the stages established, as a report of a provisioned unit; the caller sets the
+    /// outcome and, for a failure, what failed.
+    fn of(
+        port: String,
+        station: &Station,
+        request: &Request,
+        facts: Facts,
+        start: Instant,
+        timings: Timings,
+        attempt_id: i64,
+    ) -> UnitReport {
+        let dps = facts.dps;
+        UnitReport {
+            port,
+            batch: request.batch.name.clone(),
+            mac: facts.identity.as_ref().map(|i| i.mac),
+            registration_id: facts.registration_id,
+            outcome: Outcome::Provisioned,
+            stage: None,
+            error_code: None,
+            message: None,
+            hint: None,
+            seconds: start.elapsed().as_secs_f64(),
+            timings,
+            chip: facts.identity.map(|i| i.chip),
+            image_sha256: facts.image_sha256,
+            key_id: Some(station.keys.primary.id().clone()),
+            reprovision: facts.reprovision,
+            attempt_id,
+            dps_status: dps_status(dps.as_ref()),
+            assigned_hub: dps.as_ref().and_then(|d| d.assigned_hub.clone()),
+            device_id: dps.as_ref().and_then(|d| d.device_id.clone()),
+            dps_substatus: dps.as_ref().and_then(|d| d.substatus.clone()),
+            dps_error: dps.and_then(|d| d.error),
+            warning: None,
+        }
+    }
+}
+
 /// Pass or fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -435,32 +475,14 @@ pub async fn provision<D: Device>(
         station.store.discard_attempt(attempt_id).await?;
         let _ = device.reset().await;
         return Ok(UnitReport {
-            port,
-            batch: request.batch.name.clone(),
-            mac: facts.identity.as_ref().map(|i| i.mac),
-            registration_id: facts.registration_id,
             outcome: Outcome::Skipped,
-            stage: None,
-            error_code: None,
             message: Some(format!(
                 "already provisioned in this batch at {at}; not flashed again"
             )),
             hint: Some(
                 "Unplug it and put it with the finished units. To flash it again anyway, run `station provision --port`.".to_owned(),
             ),
-            seconds: start.elapsed().as_secs_f64(),
-            timings,
-            chip: facts.identity.as_ref().map(|i| i.chip.clone()),
-            image_sha256: None,
-            key_id: Some(station.keys.primary.id().clone()),
-            reprovision: false,
-            attempt_id,
-            dps_status: crate::dps::DpsStatus::NotRequested,
-            assigned_hub: None,
-            device_id: None,
-            dps_substatus: None,
-            dps_error: None,
-            warning: None,
+            ..UnitReport::of(port, station, request, facts, start, timings, attempt_id)
         });
     }
 
@@ -523,10 +545,6 @@ pub async fn provision<D: Device>(
         ),
     };
     let report = UnitReport {
-        port,
-        batch: request.batch.name.clone(),
-        mac: facts.identity.as_ref().map(|i| i.mac),
-        registration_id: facts.registration_id.clone(),
         outcome: if result.is_ok() {
             Outcome::Provisioned
         } else {
@@ -536,19 +554,16 @@ pub async fn provision<D: Device>(
         error_code,
         message,
         hint,
-        seconds: start.elapsed().as_secs_f64(),
-        timings,
-        chip: facts.identity.as_ref().map(|i| i.chip.clone()),
-        image_sha256: facts.image_sha256,
-        key_id: Some(station.keys.primary.id().clone()),
-        reprovision: facts.reprovision,
-        attempt_id: recorded.attempt_id,
-        dps_status: dps_status(facts.dps.as_ref()),
-        assigned_hub: facts.dps.as_ref().and_then(|d| d.assigned_hub.clone()),
-        device_id: facts.dps.as_ref().and_then(|d| d.device_id.clone()),
-        dps_substatus: facts.dps.as_ref().and_then(|d| d.substatus.clone()),
-        dps_error: facts.dps.and_then(|d| d.error),
         warning,
+        ..UnitReport::of(
+            port,
+            station,
+            request,
+            facts,
+            start,
+            timings,
+            recorded.attempt_id,
+        )
     };
     match &report.stage {
         None => tracing::info!(mac = ?report.mac, seconds = report.seconds, "unit provisioned"),
