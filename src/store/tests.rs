@@ -1,12 +1,12 @@
 use super::*;
 
-async fn temp_store() -> (tempfile::TempDir, Store) {
+pub(super) async fn temp_store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("station.db")).await.unwrap();
     (dir, store)
 }
 
-fn facts(mac: &str) -> UnitFacts {
+pub(super) fn facts(mac: &str) -> UnitFacts {
     UnitFacts {
         mac: mac.to_owned(),
         registration_id: format!("sensor-{}", mac.replace(':', "")),

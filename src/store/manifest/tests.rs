@@ -3,13 +3,8 @@
 use serde_json::json;
 
 use super::*;
-use crate::store::{AttemptRecord, Batch, Failure, UnitFacts};
-
-async fn temp_store() -> (tempfile::TempDir, Store) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("station.db")).await.unwrap();
-    (dir, store)
-}
+use crate::store::tests::{facts, temp_store};
+use crate::store::{AttemptRecord, Batch, Failure};
 
 fn attempt(
     batch: &Batch,
@@ -26,17 +21,7 @@ fn attempt(
         port: port.into(),
         started_at: now(),
         finished_at: now(),
-        unit: Some(UnitFacts {
-            mac: mac.to_owned(),
-            registration_id: format!("sensor-{}", mac.replace(':', "")),
-            chip: "esp32".into(),
-            revision: "v3.0".into(),
-            flash_size: 4 << 20,
-            key_id: "sha256:0011223344556677".into(),
-            secondary_key_id: None,
-            image_sha256: Some("ab".repeat(32)),
-            dps: None,
-        }),
+        unit: Some(facts(mac)),
         failure: fail.map(|wrote| Failure {
             stage: "flash".into(),
             code: "station::device::flash".into(),
