@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc::unbounded_channel;
 
+use super::image::PrivateFile;
 use super::line::View;
 use super::unit::wait_for_shutdown;
 use super::{DemoArgs, OK, operator, print_json};
@@ -222,7 +223,7 @@ fn getrandom(bytes: &mut [u8]) -> std::io::Result<()> {
 /// Writes the batch's QA manifest as CSV (audited as `manifest.exported`, like
 /// `station export manifest --batch NAME --out FILE`).
 async fn write_manifest(station: &Station, batch: &str, path: &Path) -> Result<()> {
-    let mut csv = Vec::new();
+    let mut file = PrivateFile::create(path)?;
     station
         .store
         .export_manifest(
@@ -230,8 +231,8 @@ async fn write_manifest(station: &Station, batch: &str, path: &Path) -> Result<(
             ManifestFormat::Csv,
             &station.config.station.id,
             &operator(None),
-            &mut csv,
+            &mut file,
         )
         .await?;
-    super::image::write_private(path, &csv)
+    file.commit()
 }
