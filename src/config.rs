@@ -25,12 +25,11 @@ use crate::identity::{IdentityError, RegistrationIdTemplate, Token, tokenize};
 use crate::keys::DEVICE_KEY_LEN;
 use crate::nvs;
 
-/// The longest NVS key or namespace name ESP-IDF accepts, in bytes (15 plus a NUL in a 16-byte field).
-pub const NVS_KEY_MAX: usize = 15;
-/// Flash is erased and written in 4 KiB sectors.
-pub const SECTOR: u32 = 0x1000;
-/// The smallest NVS partition ESP-IDF's generator accepts.
-pub const NVS_MIN_SIZE: u32 = 0x3000;
+use crate::flash::SECTOR_SIZE;
+use crate::nvs::{MAX_KEY_LEN as NVS_KEY_MAX, MIN_PARTITION_SIZE};
+
+/// The smallest NVS partition, as `[nvs] size` is written.
+const NVS_MIN_SIZE: u32 = MIN_PARTITION_SIZE as u32;
 
 /// Where in which file something was written: `station.toml:12`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -850,7 +849,7 @@ impl Ctx<'_> {
 
     fn aligned(&self, value: &Spanned<u32>, key: &str) -> Result<u32, ConfigError> {
         let v = *value.get_ref();
-        if !v.is_multiple_of(SECTOR) {
+        if !v.is_multiple_of(SECTOR_SIZE) {
             return Err(ConfigError::Misaligned {
                 at: self.at(value.span()),
                 key: key.to_owned(),

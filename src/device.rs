@@ -44,15 +44,15 @@ use tokio::sync::mpsc::UnboundedSender;
 
 pub use espflash::target::Chip;
 
+use crate::flash::SECTOR_SIZE;
 use crate::identity::Mac;
+use crate::support::error_chain;
 
 /// The baud rate the ROM loader listens at after reset; the link switches to
 /// [`SerialSettings::baud`] once connected.
 const CONNECT_BAUD: u32 = 115_200;
 /// espflash's per-read timeout outside commands that set their own.
 const READ_TIMEOUT: Duration = Duration::from_secs(3);
-/// Flash erase unit; regions must start on one.
-const SECTOR_SIZE: u32 = 4096;
 
 /// Errors talking to a device. Every variant names the port; the pipeline adds the stage.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
@@ -950,17 +950,6 @@ fn classify(error: espflash::Error, port: &Path, during: Operation) -> DeviceErr
             detail: chain.join(": "),
         },
     }
-}
-
-/// The messages of an error and its sources, outermost first.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> Vec<String> {
-    let mut messages = Vec::new();
-    let mut current = Some(error);
-    while let Some(e) = current {
-        messages.push(e.to_string());
-        current = e.source();
-    }
-    messages
 }
 
 /// Finds `prefix<Command> command` in the chain: `Some(Some(name))` with a name, `Some(None)`

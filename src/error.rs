@@ -51,20 +51,9 @@ pub enum Error {
     #[diagnostic(transparent)]
     Sim(#[from] crate::sim::SimError),
     /// A file the station needs could not be read or written.
-    #[error("{action} {path}: {source}")]
-    #[diagnostic(
-        code(station::io),
-        help("Check that the path exists and that the station's user may read and write it.")
-    )]
-    Io {
-        /// What the station was doing (`reading`, `writing`, ...).
-        action: &'static str,
-        /// The file concerned.
-        path: String,
-        /// The operating system's error.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Io(#[from] crate::file::FileError),
     /// An input file or argument the station cannot use (a CSV row, a path).
     #[error("{what}: {problem}")]
     #[diagnostic(code(station::input::invalid), help("{fix}"))]
@@ -95,11 +84,7 @@ impl Error {
         path: impl AsRef<std::path::Path>,
         source: std::io::Error,
     ) -> Self {
-        Error::Io {
-            action,
-            path: path.as_ref().display().to_string(),
-            source,
-        }
+        Error::Io(crate::file::FileError::new(action, path, source))
     }
 
     /// The stable code, e.g. `station::keys::world_readable`.

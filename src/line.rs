@@ -18,7 +18,7 @@
 use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
@@ -31,6 +31,7 @@ use crate::error::Error;
 use crate::identity::Mac;
 use crate::provision::{self, Event, Outcome, Request, Stage, Station, UnitReport};
 use crate::store::Batch;
+use crate::support::lock;
 
 /// How the daemon runs.
 #[derive(Debug, Clone)]
@@ -317,12 +318,6 @@ struct Context {
     complete: watch::Sender<bool>,
     record_failed: watch::Sender<bool>,
     poll: Duration,
-}
-
-fn lock(counts: &Mutex<Counts>) -> MutexGuard<'_, Counts> {
-    counts
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Context {

@@ -434,7 +434,7 @@ pub async fn provision<D: Device>(
     events: Option<&UnboundedSender<Event>>,
 ) -> Result<UnitReport, Error> {
     let port = device.port().display().to_string();
-    let started_at = crate::store::now();
+    let started_at = crate::clock::now();
     let start = Instant::now();
     let mut timings = Timings::default();
     let mut facts = Facts::default();
@@ -515,7 +515,7 @@ pub async fn provision<D: Device>(
         operator: request.operator.clone(),
         port: port.clone(),
         started_at,
-        finished_at: crate::store::now(),
+        finished_at: crate::clock::now(),
         unit,
         failure,
         reprovision: facts.reprovision,

@@ -31,8 +31,8 @@ fn record(batch: &Batch, mac: &str, port: &str, operator: &str, failed: bool) ->
         station_id: STATION.into(),
         operator: operator.into(),
         port: port.into(),
-        started_at: station::store::now(),
-        finished_at: station::store::now(),
+        started_at: station::clock::now(),
+        finished_at: station::clock::now(),
         unit: Some(UnitFacts {
             mac: mac.to_owned(),
             registration_id: format!("sensor-{}", mac.replace(':', "")),

@@ -3,7 +3,7 @@
 use std::io::Write as _;
 use std::path::Path;
 
-use super::image::{PrivateFile, write_private};
+use super::image::{commit_private, create_private, write_private};
 use super::{AuditCommand, BatchCommand, ManifestArgs, OK, open_store, operator, print_json};
 use crate::config::Config;
 use crate::error::{Error, Result, exit};
@@ -197,11 +197,11 @@ pub(super) async fn export_manifest(config: &Config, args: ManifestArgs, json: b
     let who = operator(None);
     let export = match &args.out {
         Some(path) => {
-            let mut file = PrivateFile::create(path)?;
+            let mut file = create_private(path)?;
             let export = store
                 .export_manifest(&filter, args.format, station_id, &who, &mut file)
                 .await?;
-            file.commit()?;
+            commit_private(file)?;
             export
         }
         None => {

@@ -52,13 +52,9 @@ pub(super) async fn provision(config: Config, args: ProvisionArgs, json: bool) -
     })
 }
 
-/// Who answers for an attempt: `$STATION_OPERATOR` (the person at the station now), else the
-/// operator who opened the batch.
+/// Who answers for a unit's attempts in `batch` ([`crate::operator::resolve`]).
 pub(super) fn attempt_operator(batch: &crate::store::Batch) -> String {
-    std::env::var("STATION_OPERATOR")
-        .ok()
-        .filter(|s| !s.trim().is_empty())
-        .unwrap_or_else(|| batch.operator.clone())
+    crate::operator::resolve(None, Some(&batch.operator))
 }
 
 /// Renders pipeline events as they come, one line per stage, on stderr.

@@ -33,6 +33,7 @@ use crate::identity::RegistrationId;
 use crate::keys::DeviceKey;
 use crate::provision::Station;
 use crate::store::{Unit, UnitDps};
+use crate::support::error_chain_text;
 
 pub use sas::SasToken;
 
@@ -521,7 +522,7 @@ impl DpsClient {
                 Err(e) => {
                     return Err(DpsError::Unreachable {
                         url: self.base.clone(),
-                        detail: error_chain(&e),
+                        detail: error_chain_text(&e),
                     });
                 }
             };
@@ -629,7 +630,7 @@ impl DpsClient {
             } else {
                 DpsError::Unreachable {
                     url: self.base.clone(),
-                    detail: error_chain(&e),
+                    detail: error_chain_text(&e),
                 }
             }
         })?;
@@ -676,22 +677,10 @@ impl DpsClient {
             Ok(response) => Ok(response.status().as_u16()),
             Err(e) => Err(DpsError::Unreachable {
                 url: self.base.clone(),
-                detail: error_chain(&e),
+                detail: error_chain_text(&e),
             }),
         }
     }
-}
-
-/// An error with its causes, as one line (reqwest's own message hides the cause).
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// The outcome of one unit's pre-verification, as the pipeline and the store see it.

@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -38,6 +38,7 @@ use crate::dps::sas::{self, SasToken};
 use crate::dps::{OperationStatus, RegistrationState};
 use crate::identity::RegistrationId;
 use crate::keys::GroupKey;
+use crate::support::lock;
 
 /// DPS's error code for a refused SAS token.
 pub const UNAUTHORIZED: i64 = 401002;
@@ -121,13 +122,6 @@ struct Shared {
     log: Mutex<Vec<RequestLog>>,
 }
 
-/// Locks a mutex, carrying on if a handler panicked while holding it.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 impl Shared {
     fn next(&self) -> u64 {
         self.counter.fetch_add(1, Ordering::Relaxed) + 1
@@ -161,7 +155,7 @@ impl Shared {
             "errorCode": code,
             "trackingId": format!("sim-{:08x}", self.next()),
             "message": message,
-            "timestampUtc": crate::store::now(),
+            "timestampUtc": crate::clock::now(),
         });
         let mut response = (status, axum::Json(body)).into_response();
         if status == StatusCode::TOO_MANY_REQUESTS {
@@ -326,7 +320,7 @@ fn register_inner(
         );
     }
     let options = &shared.options;
-    let now = crate::store::now();
+    let now = crate::clock::now();
     let operation_id = format!("5:sim-{:012x}", shared.next());
     let etag = format!("\"{:08x}-0000-0000-0000-000000000000\"", shared.next());
     let mut registrations = lock(&shared.registrations);

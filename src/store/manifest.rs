@@ -5,7 +5,8 @@ use std::io::Write;
 
 use serde_json::json;
 
-use super::{Store, StoreError, append_audit_tx, format_time, now};
+use super::{Store, StoreError, append_audit_tx};
+use crate::clock::{format_time, now};
 use crate::error::Error;
 use crate::report::{self, ManifestFormat};
 

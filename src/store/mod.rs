@@ -20,9 +20,9 @@ use serde_json::json;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool, Transaction};
 
+use crate::clock::now;
 pub use audit::{AuditEntry, ChainReport};
 pub use manifest::{ManifestExport, ManifestFilter, ManifestRow};
-pub use session::operator_from_env;
 
 /// How long a writer waits for another to release SQLite's lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -155,21 +155,6 @@ fn create_private(path: &Path) -> std::io::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(e),
     }
-}
-
-/// The current time as stored: RFC 3339, UTC, milliseconds.
-pub fn now() -> String {
-    format_time(time::OffsetDateTime::now_utc())
-}
-
-/// Formats a time as stored.
-pub fn format_time(at: time::OffsetDateTime) -> String {
-    let at = at.to_offset(time::UtcOffset::UTC);
-    let format = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-    );
-    at.format(&format)
-        .unwrap_or_else(|_| at.unix_timestamp().to_string())
 }
 
 /// A work order.

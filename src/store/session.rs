@@ -5,19 +5,10 @@
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
-use super::{Store, StoreError, append_audit_tx, now};
+use super::{Store, StoreError, append_audit_tx};
+use crate::clock::now;
 use crate::config::Config;
 use crate::keys::GroupKeys;
-
-/// Who answers for an act when no one is named: `$STATION_OPERATOR`, else the login name, else
-/// `unknown`.
-pub fn operator_from_env() -> String {
-    ["STATION_OPERATOR", "USER"]
-        .iter()
-        .filter_map(|name| std::env::var(name).ok())
-        .find(|value| !value.trim().is_empty())
-        .unwrap_or_else(|| "unknown".to_owned())
-}
 
 impl Store {
     /// Records that a station opened with this configuration and these keys: `config.changed`
@@ -40,7 +31,7 @@ impl Store {
             "key_id": keys.primary.id().to_string(),
             "secondary_key_id": keys.secondary.as_ref().map(|k| k.id().to_string()),
         });
-        let operator = operator_from_env();
+        let operator = crate::operator::resolve(None, None);
         let mut tx = self.begin_write().await?;
         let at = now();
         let mut appended = 0;

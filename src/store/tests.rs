@@ -344,13 +344,6 @@ async fn reflash_with_another_registration_id_clears_dps_results() {
     );
 }
 
-#[test]
-fn times_are_rfc3339_utc_with_milliseconds() {
-    let at = format_time(time::macros::datetime!(2026-11-25 10:20:30.123456 +02:00));
-    assert_eq!(at, "2026-11-25T08:20:30.123Z");
-    assert_eq!(now().len(), at.len());
-}
-
 fn start_of(batch: &Batch) -> AttemptStart {
     AttemptStart {
         batch_id: batch.id,
