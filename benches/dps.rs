@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use station::config::Config;
-use station::device::EspflashDevice;
+use station::device::{EspflashDevice, SerialSettings};
 use station::dps::DpsStatus;
 use station::error::Error;
 use station::keys::GroupKey;
@@ -65,7 +65,8 @@ async fn run(units: usize, dps: Option<&str>) -> Result<(f64, f64), Error> {
     })?;
     let (mut totals, mut stages) = (Vec::new(), Vec::new());
     for sim in line.devices() {
-        let mut device = EspflashDevice::new(sim.port(), station.config.serial.settings());
+        let mut device =
+            EspflashDevice::new(sim.port(), SerialSettings::from(&station.config.serial));
         let report = provision::provision(&mut device, &station, &request, None).await?;
         assert_eq!(report.outcome, Outcome::Provisioned, "{report:?}");
         if dps.is_some() {

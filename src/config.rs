@@ -14,13 +14,10 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use espflash::target::Chip;
 use indexmap::IndexMap;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::device::SerialSettings;
-pub use crate::device::{AfterReset, BeforeReset};
 use crate::identity::{IdentityError, RegistrationIdTemplate, Token, tokenize};
 use crate::keys::DEVICE_KEY_LEN;
 use crate::nvs;
@@ -460,18 +457,61 @@ pub const DEFAULT_MAX_PARALLEL: usize = 16;
 /// The default of `[serial] probe_interval`, in seconds.
 pub const DEFAULT_PROBE_INTERVAL: f64 = 2.0;
 
-impl SerialConfig {
-    /// The settings the device layer needs for one port.
-    pub fn settings(&self) -> SerialSettings {
-        SerialSettings {
-            baud: self.baud,
-            before: self.before,
-            after: self.after,
-            chip: self.chip,
-            stub: self.stub,
-            stage_timeout: None,
-        }
-    }
+/// How to get the chip into the ROM loader before connecting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BeforeReset {
+    /// Pulse DTR/RTS through the board's auto-reset circuit (most dev boards).
+    #[default]
+    DefaultReset,
+    /// The USB-Serial-JTAG sequence of chips with native USB.
+    UsbReset,
+    /// Touch no line: the chip is already in download mode (and pseudo-terminals).
+    NoReset,
+}
+
+/// What to do with the chip once the unit is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AfterReset {
+    /// Pulse RTS so the chip reboots into its new configuration.
+    #[default]
+    HardReset,
+    /// Touch no line and leave the chip in the ROM loader (the stub, if running, is left with
+    /// a soft reset).
+    NoReset,
+}
+
+/// The chip model the line expects (`[serial] chip`), as espflash 4.7 names the models it
+/// supports; the device layer maps it to espflash's own type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Chip {
+    /// ESP32.
+    #[default]
+    Esp32,
+    /// ESP32-C2 (ESP8684).
+    Esp32c2,
+    /// ESP32-C3 (ESP8685).
+    Esp32c3,
+    /// ESP32-C5.
+    Esp32c5,
+    /// ESP32-C6.
+    Esp32c6,
+    /// ESP32-C61.
+    Esp32c61,
+    /// ESP32-H2.
+    Esp32h2,
+    /// ESP32-H4.
+    Esp32h4,
+    /// ESP32-P4.
+    Esp32p4,
+    /// ESP32-S2.
+    Esp32s2,
+    /// ESP32-S3.
+    Esp32s3,
+    /// ESP32-S31.
+    Esp32s31,
 }
 
 /// One `[[firmware]]` image.

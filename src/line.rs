@@ -26,7 +26,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::config::SerialConfig;
-use crate::device::{Device as _, EspflashDevice, FlashProgress};
+use crate::device::{Device as _, EspflashDevice, FlashProgress, SerialSettings};
 use crate::error::Error;
 use crate::identity::Mac;
 use crate::provision::{self, Event, Outcome, Request, Stage, Station, UnitReport};
@@ -566,7 +566,8 @@ async fn serve_port(context: Arc<Context>, port: PathBuf) {
             context.release();
             return;
         }
-        let mut device = EspflashDevice::new(&port, context.station.config.serial.settings());
+        let mut device =
+            EspflashDevice::new(&port, SerialSettings::from(&context.station.config.serial));
         let result = provision::provision(
             &mut device,
             &context.station,
@@ -641,7 +642,7 @@ async fn new_device_on_same_node(context: &Context, port: &Path, last: &mut Last
 /// Reads the MAC of whatever answers on `port` through the ROM loader alone (no stub, a few
 /// seconds at most), then lets it go as `[serial] after` says.
 async fn probe(context: &Context, port: &Path) -> Option<Mac> {
-    let mut settings = context.station.config.serial.settings();
+    let mut settings = SerialSettings::from(&context.station.config.serial);
     settings.stub = false;
     settings.stage_timeout = Some(Duration::from_secs(3));
     let mut device = EspflashDevice::new(port, settings);
@@ -689,9 +690,9 @@ mod tests {
         SerialConfig {
             ports: ports.iter().map(|p| (*p).to_owned()).collect(),
             baud: 921_600,
-            before: crate::device::BeforeReset::NoReset,
-            after: crate::device::AfterReset::NoReset,
-            chip: espflash::target::Chip::Esp32,
+            before: crate::config::BeforeReset::NoReset,
+            after: crate::config::AfterReset::NoReset,
+            chip: crate::config::Chip::Esp32,
             stub: true,
             usb_ids: crate::config::DEFAULT_USB_IDS.to_vec(),
             max_parallel: 4,

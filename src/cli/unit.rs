@@ -6,7 +6,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
 use super::{OK, ProvisionArgs, SimDevicesArgs, print_json};
 use crate::config::Config;
-use crate::device::{EspflashDevice, FlashProgress};
+use crate::device::{EspflashDevice, FlashProgress, SerialSettings};
 use crate::error::{Result, exit};
 use crate::provision::{self, Event, Outcome, Request, Station, UnitReport};
 use crate::sim::{SimLine, SimOptions};
@@ -30,7 +30,7 @@ pub(super) async fn provision(config: Config, args: ProvisionArgs, json: bool) -
         reprovision: args.reprovision,
         skip_provisioned: false,
     };
-    let mut device = EspflashDevice::new(&args.port, station.config.serial.settings());
+    let mut device = EspflashDevice::new(&args.port, SerialSettings::from(&station.config.serial));
     let (events, receiver) = unbounded_channel();
     let view = (!json).then(|| tokio::spawn(render_events(receiver)));
     let report = provision::provision(&mut device, &station, &request, Some(&events)).await;
