@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use station::config::Config;
 use station::device::{EspflashDevice, SerialSettings};
-use station::dps::DpsStatus;
 use station::error::Error;
 use station::keys::GroupKey;
 use station::provision::{self, Outcome, Request, Station};
+use station::record::DpsStatus;
 use station::sim::dps::{DpsEmulator, EmulatorOptions};
 use station::sim::{SimLine, SimOptions};
 

@@ -191,6 +191,30 @@ impl KeyId {
     }
 }
 
+impl std::str::FromStr for KeyId {
+    type Err = BadKeyId;
+
+    /// Parses a fingerprint as recorded: `sha256:` and 16 lowercase hex digits.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let well_formed = s.strip_prefix("sha256:").is_some_and(|digits| {
+            digits.len() == 16
+                && digits
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        });
+        if well_formed {
+            Ok(KeyId(s.to_owned()))
+        } else {
+            Err(BadKeyId(s.to_owned()))
+        }
+    }
+}
+
+/// Text that is not a key fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a key id (`sha256:` and 16 lowercase hex digits)")]
+pub struct BadKeyId(String);
+
 impl fmt::Display for KeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -416,6 +440,8 @@ mod tests {
         assert!(!AZURE_GROUP_KEY.contains(&id[7..]));
         let other = key(&BASE64.encode([7u8; 32])).unwrap();
         assert_ne!(other.id(), group.id());
+        assert_eq!(id.parse::<KeyId>().as_ref(), Ok(group.id()));
+        assert!("sha256:0011".parse::<KeyId>().is_err());
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod line;
 pub mod nvs;
 pub mod operator;
 pub mod provision;
+pub mod record;
 pub mod report;
 pub mod sim;
 pub mod store;

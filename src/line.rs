@@ -30,7 +30,7 @@ use crate::device::{Device as _, EspflashDevice, FlashProgress, SerialSettings};
 use crate::error::Error;
 use crate::identity::Mac;
 use crate::provision::{self, Event, Outcome, Request, Stage, Station, UnitReport};
-use crate::store::Batch;
+use crate::record::Batch;
 use crate::support::lock;
 
 /// How the daemon runs.

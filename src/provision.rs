@@ -5,7 +5,6 @@
 //! the same registration ID, device key and image bytes, which is what makes re-provisioning
 //! idempotent and lets `station nvs build --mac` reproduce exactly what a unit received.
 
-use std::fmt;
 use std::time::Instant;
 
 use md5::Md5;
@@ -19,51 +18,9 @@ use crate::error::Error;
 use crate::identity::{Mac, RegistrationId};
 use crate::keys::{DeviceKey, GroupKeys, KeyId};
 use crate::nvs;
-use crate::store::{AttemptRecord, AttemptStart, Batch, Failure, Store, UnitFacts};
-
-/// A stage of the pipeline; stored with failed attempts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Stage {
-    /// Open the port, reset into the ROM loader, sync, detect the chip, start the stub.
-    Connect,
-    /// Read MAC, chip, revision and flash size; check the chip.
-    Identify,
-    /// Form the registration ID and derive the device key.
-    Derive,
-    /// Build the NVS image.
-    Build,
-    /// Write firmware and NVS images.
-    Flash,
-    /// Compare the MD5 of the written regions.
-    Verify,
-    /// Pre-verify against DPS.
-    Dps,
-    /// Record the unit, attempt and audit entry.
-    Record,
-}
-
-impl Stage {
-    /// The stable name stored in attempts (`flash`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Stage::Connect => "connect",
-            Stage::Identify => "identify",
-            Stage::Derive => "derive",
-            Stage::Build => "build",
-            Stage::Flash => "flash",
-            Stage::Verify => "verify",
-            Stage::Dps => "dps",
-            Stage::Record => "record",
-        }
-    }
-}
-
-impl fmt::Display for Stage {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::record::Stage;
+use crate::record::{Batch, DpsStatus, ErrorCode, UnitDps, UnitState};
+use crate::store::{AttemptRecord, AttemptStart, Failure, Store, UnitFacts};
 
 /// Everything the station writes to one device, derived from its MAC.
 #[derive(Debug, Clone)]
@@ -286,7 +243,7 @@ pub struct UnitReport {
     /// The attempt's row.
     pub attempt_id: i64,
     /// DPS pre-verification status.
-    pub dps_status: crate::dps::DpsStatus,
+    pub dps_status: DpsStatus,
     /// The IoT hub DPS assigned the unit to.
     pub assigned_hub: Option<String>,
     /// The device ID DPS assigned.
@@ -418,7 +375,7 @@ struct Facts {
     reprovision: bool,
     /// When the unit, found already provisioned in this batch, was provisioned.
     skipped: Option<String>,
-    dps: Option<crate::store::UnitDps>,
+    dps: Option<UnitDps>,
 }
 
 /// Runs one unit through the pipeline and records the attempt, pass or fail.
@@ -489,25 +446,26 @@ pub async fn provision<D: Device>(
     emit(Stage::Record);
     let record_start = Instant::now();
     let failure = result.as_ref().err().map(|failed| Failure {
-        stage: failed.stage.as_str().to_owned(),
-        code: failed.error.code(),
+        stage: failed.stage,
+        code: ErrorCode::of(&failed.error),
         message: failed.error.to_string(),
         wrote: failed.wrote,
     });
-    let unit = facts.identity.as_ref().map(|identity| UnitFacts {
-        mac: identity.mac.to_string(),
-        registration_id: facts
-            .registration_id
-            .as_ref()
-            .map_or_else(String::new, |id| id.to_string()),
-        chip: identity.chip.clone(),
-        revision: identity.revision.clone(),
-        flash_size: i64::from(identity.flash_size),
-        key_id: station.keys.primary.id().to_string(),
-        secondary_key_id: station.keys.secondary.as_ref().map(|k| k.id().to_string()),
-        image_sha256: facts.image_sha256.clone(),
-        dps: facts.dps.clone(),
-    });
+    let unit = facts
+        .identity
+        .as_ref()
+        .zip(facts.registration_id.as_ref())
+        .map(|(identity, registration_id)| UnitFacts {
+            mac: identity.mac,
+            registration_id: registration_id.clone(),
+            chip: identity.chip.clone(),
+            revision: identity.revision.clone(),
+            flash_size: i64::from(identity.flash_size),
+            key_id: station.keys.primary.id().clone(),
+            secondary_key_id: station.keys.secondary.as_ref().map(|k| k.id().clone()),
+            image_sha256: facts.image_sha256.clone(),
+            dps: facts.dps.clone(),
+        });
     let record = AttemptRecord {
         attempt_id: Some(attempt_id),
         batch: request.batch.clone(),
@@ -589,10 +547,9 @@ impl<E: Fn(Stage)> Opened<'_, E> {
         mac: Option<Mac>,
     ) -> Result<(), Failed> {
         (self.emit)(stage);
-        let mac = mac.map(|m| m.to_string());
         station
             .store
-            .attempt_reached(self.attempt_id, stage.as_str(), mac.as_deref())
+            .attempt_reached(self.attempt_id, stage, mac)
             .await
             .map_err(|e| fail(stage, false)(e.into()))
     }
@@ -664,16 +621,19 @@ async fn run_stages<D: Device, E: Fn(Stage)>(
     }
     let existing = station
         .store
-        .unit_by_mac(&mac.to_string())
+        .unit_by_mac(&mac)
         .await
         .map_err(|e| fail(Stage::Identify, false)(e.into()))?;
     if let Some(unit) = existing.as_ref().filter(|u| {
-        request.skip_provisioned && u.state == "provisioned" && u.batch_id == request.batch.id
+        request.skip_provisioned
+            && u.state == UnitState::Provisioned
+            && u.batch_id == request.batch.id
     }) {
         facts.skipped = Some(unit.provisioned_at.clone().unwrap_or_default());
         return Ok(());
     }
-    let elsewhere = existing.filter(|u| u.state == "provisioned" && u.batch_id != request.batch.id);
+    let elsewhere =
+        existing.filter(|u| u.state == UnitState::Provisioned && u.batch_id != request.batch.id);
     match elsewhere {
         Some(unit) if !request.reprovision => {
             let batch = batch_name(station, unit.batch_id).await;
@@ -742,23 +702,15 @@ async fn run_stages<D: Device, E: Fn(Stage)>(
         timings.dps = t.elapsed().as_secs_f64();
         facts.dps = Some(verification.record());
         // Pending (DPS unreachable) still provisions the unit; a refusal fails it.
-        if let (crate::dps::DpsStatus::Failed, Some(error)) =
-            (verification.status, verification.error)
-        {
+        if let (DpsStatus::Failed, Some(error)) = (verification.status, verification.error) {
             return Err(fail(Stage::Dps, true)(error.into()));
         }
     }
     Ok(())
 }
 
-fn dps_status(dps: Option<&crate::store::UnitDps>) -> crate::dps::DpsStatus {
-    use crate::dps::DpsStatus;
-    match dps.map(|d| d.status.as_str()) {
-        Some("assigned") => DpsStatus::Assigned,
-        Some("pending") => DpsStatus::Pending,
-        Some("failed") => DpsStatus::Failed,
-        _ => DpsStatus::NotRequested,
-    }
+fn dps_status(dps: Option<&UnitDps>) -> DpsStatus {
+    dps.map_or(DpsStatus::NotRequested, |d| d.status)
 }
 
 async fn batch_name(station: &Station, batch_id: i64) -> String {

@@ -183,7 +183,11 @@ fn unplug_mid_write_fails_at_flash_and_a_retry_on_a_healthy_device_succeeds() {
         let store = station::store::Store::open(&ws.path("station.db"))
             .await
             .unwrap();
-        let unit = store.unit_by_mac(&mac).await.unwrap().unwrap();
+        let unit = store
+            .unit_by_mac(&mac.parse().unwrap())
+            .await
+            .unwrap()
+            .unwrap();
         let attempts = store.attempts_of(unit.batch_id).await.unwrap();
         store.close().await;
         (unit, attempts)
@@ -191,7 +195,7 @@ fn unplug_mid_write_fails_at_flash_and_a_retry_on_a_healthy_device_succeeds() {
     assert_eq!(
         (
             unit.state.as_str(),
-            unit.failed_stage.as_deref(),
+            unit.failed_stage.map(|s| s.as_str()),
             unit.provisioned_at.as_deref()
         ),
         ("failed", Some("flash"), None)
@@ -199,8 +203,8 @@ fn unplug_mid_write_fails_at_flash_and_a_retry_on_a_healthy_device_succeeds() {
     assert_eq!(attempts.len(), 1);
     assert_eq!(
         (
-            attempts[0].stage.as_deref(),
-            attempts[0].error_code.as_deref()
+            attempts[0].stage.map(|s| s.as_str()),
+            attempts[0].error_code.as_ref().map(|c| c.as_str())
         ),
         (Some("flash"), Some("station::device::unplugged"))
     );

@@ -6,8 +6,9 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use station::record::Batch;
 use station::store::audit::{GENESIS, entry_hash};
-use station::store::{AttemptRecord, Batch, Failure, Store, UnitFacts};
+use station::store::{AttemptRecord, Failure, Store, UnitFacts};
 
 use crate::util::{GROUP_KEY, Run, Workspace, assert_absent, secret_forms, sim_config};
 
@@ -34,19 +35,19 @@ fn record(batch: &Batch, mac: &str, port: &str, operator: &str, failed: bool) ->
         started_at: station::clock::now(),
         finished_at: station::clock::now(),
         unit: Some(UnitFacts {
-            mac: mac.to_owned(),
-            registration_id: format!("sensor-{}", mac.replace(':', "")),
+            mac: mac.parse().unwrap(),
+            registration_id: format!("sensor-{}", mac.replace(':', "")).parse().unwrap(),
             chip: "esp32".into(),
             revision: "v3.0".into(),
             flash_size: 4 << 20,
-            key_id: "sha256:0011223344556677".into(),
+            key_id: "sha256:0011223344556677".parse().unwrap(),
             secondary_key_id: None,
             image_sha256: Some("ab".repeat(32)),
             dps: None,
         }),
         failure: failed.then(|| Failure {
-            stage: "flash".into(),
-            code: "station::device::unplugged".into(),
+            stage: "flash".parse().unwrap(),
+            code: "station::device::unplugged".parse().unwrap(),
             message: "the device went away".into(),
             wrote: true,
         }),

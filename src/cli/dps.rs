@@ -5,11 +5,12 @@ use std::time::Duration;
 
 use super::{OK, SimDpsArgs, print_json};
 use crate::config::Config;
-use crate::dps::{self, DpsStatus, VerifyReport};
+use crate::dps::{self, VerifyReport};
 use crate::error::{Error, Result, exit};
 use crate::identity::RegistrationId;
 use crate::keys::GroupKey;
 use crate::provision::Station;
+use crate::record::DpsStatus;
 use crate::sim::dps::{DpsEmulator, EmulatorOptions};
 
 /// `station dps verify --registration-id ID`: exit 0 when assigned, 1 otherwise.
@@ -61,7 +62,9 @@ pub(super) async fn verify_pending(config: Config, json: bool) -> Result<u8> {
 }
 
 fn print_verify(report: &VerifyReport) {
-    let mac = report.mac.as_deref().unwrap_or("(no unit recorded)");
+    let mac = report
+        .mac
+        .map_or_else(|| "(no unit recorded)".to_owned(), |m| m.to_string());
     println!(
         "{}  {mac}  dps {}",
         report.registration_id, report.dps_status

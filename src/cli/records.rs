@@ -8,8 +8,9 @@ use super::{AuditCommand, BatchCommand, ManifestArgs, OK, open_store, operator, 
 use crate::config::Config;
 use crate::error::{Error, Result, exit};
 use crate::keys::GroupKeys;
+use crate::record::BatchStatus;
 use crate::report;
-use crate::store::{BatchStatus, ManifestFilter};
+use crate::store::ManifestFilter;
 
 pub(super) async fn batch(config: &Config, command: BatchCommand, json: bool) -> Result<u8> {
     let store = open_store(config).await?;

@@ -53,7 +53,7 @@ pub(super) async fn provision(config: Config, args: ProvisionArgs, json: bool) -
 }
 
 /// Who answers for a unit's attempts in `batch` ([`crate::operator::resolve`]).
-pub(super) fn attempt_operator(batch: &crate::store::Batch) -> String {
+pub(super) fn attempt_operator(batch: &crate::record::Batch) -> String {
     crate::operator::resolve(None, Some(&batch.operator))
 }
 
@@ -129,7 +129,7 @@ pub(super) fn print_report(report: &UnitReport) {
         }
     }
     match report.dps_status {
-        crate::dps::DpsStatus::NotRequested => {}
+        crate::record::DpsStatus::NotRequested => {}
         status => println!(
             "      dps: {status}{}{}",
             report
@@ -140,7 +140,7 @@ pub(super) fn print_report(report: &UnitReport) {
             report
                 .dps_error
                 .as_ref()
-                .filter(|_| status == crate::dps::DpsStatus::Pending)
+                .filter(|_| status == crate::record::DpsStatus::Pending)
                 .map(|e| format!(" ({e}); `station dps verify --pending` retries"))
                 .unwrap_or_default()
         ),

@@ -20,7 +20,6 @@
 pub mod sas;
 
 use std::collections::hash_map::RandomState;
-use std::fmt;
 use std::hash::BuildHasher as _;
 use std::time::{Duration, Instant};
 
@@ -29,10 +28,10 @@ use tracing::instrument;
 
 use crate::config::DpsConfig;
 use crate::error::Error;
-use crate::identity::RegistrationId;
+use crate::identity::{Mac, RegistrationId};
 use crate::keys::DeviceKey;
 use crate::provision::Station;
-use crate::store::{Unit, UnitDps};
+use crate::record::{DpsStatus, Unit, UnitDps};
 use crate::support::error_chain_text;
 
 pub use sas::SasToken;
@@ -230,38 +229,6 @@ impl DpsError {
             | DpsError::Rejected { error_code, .. } => *error_code,
             _ => None,
         }
-    }
-}
-
-/// A unit's DPS pre-verification status, as stored in `units.dps_status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum DpsStatus {
-    /// Pre-verification is off, or the unit was not verified.
-    NotRequested,
-    /// DPS could not be asked yet; `station dps verify --pending` retries.
-    Pending,
-    /// DPS assigned the device to a hub.
-    Assigned,
-    /// DPS refused or could not assign the device.
-    Failed,
-}
-
-impl DpsStatus {
-    /// The stored name (`not-requested`, `pending`, `assigned`, `failed`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DpsStatus::NotRequested => "not-requested",
-            DpsStatus::Pending => "pending",
-            DpsStatus::Assigned => "assigned",
-            DpsStatus::Failed => "failed",
-        }
-    }
-}
-
-impl fmt::Display for DpsStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -719,7 +686,7 @@ impl Verification {
     pub fn record(&self) -> UnitDps {
         let state = self.state.as_ref();
         UnitDps {
-            status: self.status.as_str().to_owned(),
+            status: self.status,
             assigned_hub: state.and_then(|s| s.assigned_hub.clone()),
             device_id: state.and_then(|s| s.device_id.clone()),
             substatus: state.and_then(|s| s.substatus.clone()),
@@ -748,7 +715,7 @@ pub struct VerifyReport {
     /// The registration ID.
     pub registration_id: String,
     /// The unit's MAC, when the unit is recorded.
-    pub mac: Option<String>,
+    pub mac: Option<Mac>,
     /// The new DPS status.
     pub dps_status: DpsStatus,
     /// What DPS returned.
@@ -799,7 +766,7 @@ pub async fn verify_registration(
     let client = client_of(station)?;
     let unit = station
         .store
-        .unit_by_registration_id(registration_id.as_str())
+        .unit_by_registration_id(registration_id)
         .await?;
     verify_unit(
         station,
@@ -820,13 +787,13 @@ async fn verify_unit(
     operator: &str,
     record_pending: bool,
 ) -> Result<VerifyReport, Error> {
-    let key = match unit.map(|u| u.key_id.as_str()) {
+    let key = match unit.map(|u| &u.key_id) {
         Some(id)
             if station
                 .keys
                 .secondary
                 .as_ref()
-                .is_some_and(|k| k.id().as_str() == id) =>
+                .is_some_and(|k| k.id() == id) =>
         {
             station
                 .keys
@@ -856,7 +823,7 @@ async fn verify_unit(
     let error = verification.error.map(Error::from);
     Ok(VerifyReport {
         registration_id: registration_id.to_string(),
-        mac: unit.map(|u| u.mac.clone()),
+        mac: unit.map(|u| u.mac),
         dps_status: verification.status,
         registration_state: verification.state,
         error_code: error.as_ref().map(Error::code),
@@ -883,16 +850,13 @@ pub async fn retry_pending(station: &Station, operator: &str) -> Result<PendingS
     let client = client_of(station)?;
     let mut offline = false;
     for unit in &units {
-        let known_key = unit.key_id == station.keys.primary.id().as_str()
+        let known_key = unit.key_id == *station.keys.primary.id()
             || station
                 .keys
                 .secondary
                 .as_ref()
-                .is_some_and(|k| k.id().as_str() == unit.key_id);
-        let Ok(registration_id) = RegistrationId::new(unit.registration_id.clone()) else {
-            summary.skipped += 1;
-            continue;
-        };
+                .is_some_and(|k| *k.id() == unit.key_id);
+        let registration_id = unit.registration_id.clone();
         if !known_key {
             tracing::warn!(mac = %unit.mac, key_id = %unit.key_id, "pending unit's group key is not configured; skipped");
             summary.skipped += 1;

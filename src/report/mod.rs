@@ -1,7 +1,6 @@
 //! QA manifests and audit exports: rendering only, over [`std::io::Write`].
 //!
-//! The store selects the rows ([`crate::store::Store::manifest`],
-//! [`crate::store::Store::audit_entries_of`]); this module turns them into the formats people
+//! The store selects the rows (typed, [`crate::record`]); this module turns them into the formats people
 //! and tools read: manifest CSV (RFC 4180, header row always present) and JSON (an array of
 //! objects, one per line), audit JSON lines, CSV and a terminal table. The manifest's columns are
 //! [`MANIFEST_COLUMNS`], in that order, stable across releases (README "QA manifests and
@@ -13,7 +12,7 @@ use std::io::{self, Write};
 use sha2::{Digest as _, Sha256};
 
 use crate::error::Error;
-use crate::store::{AuditEntry, ManifestRow};
+use crate::record::{AuditEntry, ManifestRow};
 
 /// The manifest's columns, in order: the CSV header and the JSON keys.
 pub const MANIFEST_COLUMNS: [&str; 16] = [

@@ -3,19 +3,19 @@ use super::*;
 fn row(mac: &str) -> ManifestRow {
     ManifestRow {
         batch: "WO-1".into(),
-        mac: mac.into(),
-        registration_id: format!("sensor-{}", mac.replace(':', "")),
+        mac: mac.parse().unwrap(),
+        registration_id: format!("sensor-{}", mac.replace(':', "")).parse().unwrap(),
         chip: "esp32".into(),
         chip_revision: "v3.0".into(),
         flash_size: 4_194_304,
         nvs_sha256: Some("ab".repeat(32)),
-        group_key_id: "sha256:0011223344556677".into(),
+        group_key_id: "sha256:0011223344556677".parse().unwrap(),
         provisioned_at: Some("2026-11-25T10:00:01.000Z".into()),
         operator: Some("ana".into()),
         station_id: "line1-st1".into(),
         port: Some("/dev/ttyUSB0".into()),
         attempts: 2,
-        dps_status: "not-requested".into(),
+        dps_status: crate::record::DpsStatus::NotRequested,
         assigned_hub: None,
         device_id: None,
     }

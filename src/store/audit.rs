@@ -10,30 +10,95 @@
 
 use sha2::{Digest as _, Sha256};
 
+use crate::record::AuditEntry;
+
 /// The `prev_hash` of the first entry.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// One audit entry as stored.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, sqlx::FromRow)]
-pub struct AuditEntry {
-    /// Position in the chain, from 1, without gaps.
-    pub seq: i64,
+/// An entry to append, before the chain gives it a place.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEntry {
     /// When (RFC 3339 UTC).
     pub at: String,
-    /// Which station wrote it.
+    /// Which station writes it.
     pub station_id: String,
-    /// Who was responsible.
+    /// Who is responsible.
     pub operator: String,
-    /// What happened (`batch.open`, `unit.provisioned`, ...).
+    /// What happened.
     pub action: String,
-    /// To what (a batch name, a MAC).
+    /// To what.
     pub subject: String,
-    /// JSON object with the particulars (sorted keys).
-    pub details: String,
-    /// The previous entry's hash.
-    pub prev_hash: String,
-    /// This entry's hash.
-    pub hash: String,
+    /// The particulars.
+    pub details: serde_json::Value,
+}
+
+impl NewEntry {
+    /// An entry stamped now.
+    pub fn now(
+        station_id: &str,
+        operator: &str,
+        action: &str,
+        subject: &str,
+        details: serde_json::Value,
+    ) -> NewEntry {
+        NewEntry::at(
+            &crate::clock::now(),
+            station_id,
+            operator,
+            action,
+            subject,
+            details,
+        )
+    }
+
+    /// An entry stamped `at` (the time of the transaction it belongs to).
+    pub fn at(
+        at: &str,
+        station_id: &str,
+        operator: &str,
+        action: &str,
+        subject: &str,
+        details: serde_json::Value,
+    ) -> NewEntry {
+        NewEntry {
+            at: at.to_owned(),
+            station_id: station_id.to_owned(),
+            operator: operator.to_owned(),
+            action: action.to_owned(),
+            subject: subject.to_owned(),
+            details,
+        }
+    }
+
+    /// The entry as it follows `head` (the last entry's seq and hash, `None` for an empty log):
+    /// the next seq, linked to the head's hash, with its own hash. Every backend appends what
+    /// this returns, so the encoding is the same whatever stores it.
+    pub fn chained_after(&self, head: Option<(i64, String)>) -> AuditEntry {
+        let (seq, prev_hash) = head.map_or((1, GENESIS.to_owned()), |(seq, hash)| (seq + 1, hash));
+        // serde_json's default map is ordered by key, which makes `details` canonical.
+        let details = self.details.to_string();
+        let hash = entry_hash(
+            seq,
+            &self.at,
+            &self.station_id,
+            &self.operator,
+            &self.action,
+            &self.subject,
+            &details,
+            &prev_hash,
+        );
+        AuditEntry {
+            seq,
+            at: self.at.clone(),
+            station_id: self.station_id.clone(),
+            operator: self.operator.clone(),
+            action: self.action.clone(),
+            subject: self.subject.clone(),
+            details,
+            prev_hash,
+            hash,
+        }
+    }
 }
 
 /// The hash of an entry with these fields.
@@ -79,20 +144,18 @@ fn write_canonical(out: &mut Vec<u8>, seq: i64, fields: [&str; 7]) {
     let _ = serde_json::to_writer(out, &tuple);
 }
 
-impl AuditEntry {
-    /// The hash this entry's fields produce (compare with [`AuditEntry::hash`]).
-    pub fn computed_hash(&self) -> String {
-        entry_hash(
-            self.seq,
-            &self.at,
-            &self.station_id,
-            &self.operator,
-            &self.action,
-            &self.subject,
-            &self.details,
-            &self.prev_hash,
-        )
-    }
+/// The hash an entry's fields produce (compare with [`AuditEntry::hash`]).
+pub fn computed_hash(entry: &AuditEntry) -> String {
+    entry_hash(
+        entry.seq,
+        &entry.at,
+        &entry.station_id,
+        &entry.operator,
+        &entry.action,
+        &entry.subject,
+        &entry.details,
+        &entry.prev_hash,
+    )
 }
 
 /// Where and how a chain is broken.
@@ -353,7 +416,7 @@ mod tests {
                 prev_hash,
                 hash: String::new(),
             };
-            entry.hash = entry.computed_hash();
+            entry.hash = computed_hash(&entry);
             out.push(entry);
         }
         out
@@ -385,7 +448,7 @@ mod tests {
         for edit in edits {
             let mut entry = base.clone();
             edit(&mut entry);
-            assert_ne!(entry.computed_hash(), base.hash);
+            assert_ne!(computed_hash(&entry), base.hash);
         }
     }
 
@@ -422,7 +485,7 @@ mod tests {
             let mut next = last.clone();
             next.seq += 1;
             next.prev_hash = last.hash.clone();
-            next.hash = next.computed_hash();
+            next.hash = computed_hash(&next);
             entries.push(next);
         }
         let whole = verify_chain(&entries);
@@ -455,7 +518,7 @@ mod tests {
         let mut shifted = base.clone();
         shifted.station_id = "st1a".into();
         shifted.operator = "na".into();
-        assert_ne!(shifted.computed_hash(), base.hash);
+        assert_ne!(computed_hash(&shifted), base.hash);
     }
 
     #[test]
@@ -483,7 +546,7 @@ mod tests {
         entries.remove(2);
         for (i, entry) in entries.iter_mut().enumerate() {
             entry.seq = i as i64 + 1;
-            entry.hash = entry.computed_hash();
+            entry.hash = computed_hash(entry);
         }
         let broken = verify_chain(&entries).first_break.unwrap();
         assert_eq!(broken.seq, 3);

@@ -3,8 +3,10 @@
 use serde_json::json;
 
 use super::*;
+use crate::clock::now;
+use crate::record::Batch;
 use crate::store::tests::{facts, temp_store};
-use crate::store::{AttemptRecord, Batch, Failure};
+use crate::store::{AttemptRecord, Failure};
 
 fn attempt(
     batch: &Batch,
@@ -23,8 +25,8 @@ fn attempt(
         finished_at: now(),
         unit: Some(facts(mac)),
         failure: fail.map(|wrote| Failure {
-            stage: "flash".into(),
-            code: "station::device::flash".into(),
+            stage: crate::record::Stage::Flash,
+            code: "station::device::flash".parse().unwrap(),
             message: "unplugged".into(),
             wrote,
         }),
@@ -86,7 +88,7 @@ async fn manifest_lists_provisioned_units_with_their_last_successful_attempt() {
         .manifest(&ManifestFilter::batch("WO-1"))
         .await
         .unwrap();
-    let macs: Vec<&str> = rows.iter().map(|r| r.mac.as_str()).collect();
+    let macs: Vec<String> = rows.iter().map(|r| r.mac.to_string()).collect();
     assert_eq!(macs, [a, c]);
     let first = &rows[0];
     assert_eq!(
@@ -98,9 +100,9 @@ async fn manifest_lists_provisioned_units_with_their_last_successful_attempt() {
         (Some("bo"), Some("/dev/ttyUSB1"), 3)
     );
     assert_eq!(first.batch, "WO-1");
-    assert_eq!(first.group_key_id, "sha256:0011223344556677");
+    assert_eq!(first.group_key_id.as_str(), "sha256:0011223344556677");
     assert_eq!(first.chip_revision, "v3.0");
-    assert_eq!(first.dps_status, "not-requested");
+    assert_eq!(first.dps_status.as_str(), "not-requested");
     assert_eq!(rows[1].attempts, 1);
 
     // Re-provisioned into another batch: the unit moves, its attempts keep counting.
@@ -120,7 +122,7 @@ async fn manifest_lists_provisioned_units_with_their_last_successful_attempt() {
         .unwrap();
     assert_eq!(
         (
-            wo2_rows[0].mac.as_str(),
+            wo2_rows[0].mac.to_string().as_str(),
             wo2_rows[0].operator.as_deref(),
             wo2_rows[0].attempts
         ),
