@@ -13,10 +13,11 @@ use station::config::Config;
 use station::device::{EspflashDevice, SerialSettings};
 use station::error::Error;
 use station::keys::GroupKey;
-use station::provision::{self, Outcome, Request, Station};
+use station::provision::{self, Outcome, Request};
 use station::record::DpsStatus;
 use station::sim::dps::{DpsEmulator, EmulatorOptions};
 use station::sim::{SimLine, SimOptions};
+use station::station::Station;
 
 const GROUP_KEY: &str =
     "8isrFI1sGsIlvvFSSFRiMfCNzv21fjbE/+ah/lSh3lF8e2YG1Te7w1KpZhJFFXJrqYKi9yegxkqIChbqOS9Egw==";

@@ -17,8 +17,9 @@ use station::device::{
     Device, DeviceIdentity, EspflashDevice, ProgressSender, Region, SerialSettings,
 };
 use station::error::Error;
-use station::provision::{self, Outcome, Request, Station};
+use station::provision::{self, Outcome, Request};
 use station::sim::{SimLine, SimOptions, SimStats};
+use station::station::Station;
 
 const GROUP_KEY: &str =
     "8isrFI1sGsIlvvFSSFRiMfCNzv21fjbE/+ah/lSh3lF8e2YG1Te7w1KpZhJFFXJrqYKi9yegxkqIChbqOS9Egw==";

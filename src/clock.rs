@@ -19,6 +19,23 @@ pub fn format_time(at: time::OffsetDateTime) -> String {
         .unwrap_or_else(|_| at.unix_timestamp().to_string())
 }
 
+/// Parses a time as an operator writes one: RFC 3339 with a zone (`2026-11-25T08:00:00Z`,
+/// `2026-11-25T09:00:00+01:00`) or a date (`2026-11-25`, midnight UTC); `None` otherwise.
+pub fn parse_time(text: &str) -> Option<time::OffsetDateTime> {
+    let text = text.trim();
+    if let Ok(at) =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+    {
+        return Some(at);
+    }
+    time::Date::parse(
+        text,
+        time::macros::format_description!("[year]-[month]-[day]"),
+    )
+    .ok()
+    .map(|date| date.midnight().assume_utc())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -77,6 +77,33 @@ pub mod exit {
     pub const USAGE: u8 = 2;
 }
 
+impl From<crate::station::StationError> for Error {
+    /// The error of the part that failed.
+    fn from(error: crate::station::StationError) -> Self {
+        use crate::station::StationError;
+        match error {
+            StationError::Key(e) => Error::Key(e),
+            StationError::Store(e) => Error::Store(e),
+            StationError::Dps(e) => Error::Dps(e),
+            StationError::File(e) => Error::Io(e),
+        }
+    }
+}
+
+impl From<crate::provision::UnitError> for Error {
+    /// The error of the part that failed.
+    fn from(error: crate::provision::UnitError) -> Self {
+        use crate::provision::UnitError;
+        match error {
+            UnitError::Device(e) => Error::Device(e),
+            UnitError::Nvs(e) => Error::Nvs(e),
+            UnitError::Store(e) => Error::Store(e),
+            UnitError::Dps(e) => Error::Dps(e),
+            UnitError::Provision(e) => Error::Provision(e),
+        }
+    }
+}
+
 impl Error {
     /// Wraps an I/O error with the action and path it concerns.
     pub fn io(

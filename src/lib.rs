@@ -27,6 +27,7 @@ pub mod provision;
 pub mod record;
 pub mod report;
 pub mod sim;
+pub mod station;
 pub mod store;
 pub mod support;
 

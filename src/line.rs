@@ -29,8 +29,10 @@ use crate::config::SerialConfig;
 use crate::device::{Device as _, EspflashDevice, FlashProgress, SerialSettings};
 use crate::error::Error;
 use crate::identity::Mac;
-use crate::provision::{self, Event, Outcome, Request, Stage, Station, UnitReport};
+use crate::provision::{self, Event, Outcome, Request, UnitReport};
 use crate::record::Batch;
+use crate::record::Stage;
+use crate::station::Station;
 use crate::support::lock;
 
 /// How the daemon runs.
@@ -501,7 +503,7 @@ pub async fn run(
 
 /// Retries the units DPS could not be asked about yet, in the background of the line.
 async fn retry_pending(context: Arc<Context>) {
-    match crate::dps::retry_pending(&context.station, &context.request.operator).await {
+    match crate::provision::retry_pending(&context.station, &context.request.operator).await {
         Ok(summary) if summary.assigned + summary.failed > 0 => {
             context.emit(LineEvent::DpsRetried {
                 assigned: summary.assigned,
@@ -583,7 +585,7 @@ async fn serve_port(context: Arc<Context>, port: PathBuf) {
                 context.emit(LineEvent::RecordFailed {
                     port: name.clone(),
                     message: error.to_string(),
-                    error_code: error.code(),
+                    error_code: crate::record::ErrorCode::of(&error).to_string(),
                 });
                 context.record_failed.send_replace(true);
                 return;

@@ -25,10 +25,10 @@ use crate::config::Config;
 use crate::error::{Error, Result, exit};
 use crate::keys::GroupKey;
 use crate::line::{self, LineOptions};
-use crate::provision::Station;
 use crate::report::ManifestFormat;
 use crate::sim::dps::{DpsEmulator, EmulatorOptions};
 use crate::sim::{SimLine, SimOptions};
+use crate::station::Station;
 use crate::store::ManifestFilter;
 
 /// The ID scope of the demo's enrollment group.

@@ -178,6 +178,17 @@ pub(super) async fn audit(config: &Config, command: AuditCommand, json: bool) ->
     Ok(code)
 }
 
+/// Parses a `--since`/`--until` bound ([`crate::clock::parse_time`]).
+fn parse_time_bound(flag: &str, text: &str) -> Result<time::OffsetDateTime> {
+    crate::clock::parse_time(text).ok_or_else(|| Error::BadInput {
+        what: format!("{flag} {:?}", text.trim()),
+        problem: "not a time the station understands".to_owned(),
+        fix: format!(
+            "Give {flag} as RFC 3339 with a zone, e.g. 2026-11-25T08:00:00Z or 2026-11-25T09:00:00+01:00, or as a date, 2026-11-25 (midnight UTC)."
+        ),
+    })
+}
+
 /// `station export manifest`.
 pub(super) async fn export_manifest(config: &Config, args: ManifestArgs, json: bool) -> Result<u8> {
     let filter = ManifestFilter {
@@ -185,12 +196,12 @@ pub(super) async fn export_manifest(config: &Config, args: ManifestArgs, json: b
         since: args
             .since
             .as_deref()
-            .map(|t| report::parse_time_bound("--since", t))
+            .map(|t| parse_time_bound("--since", t))
             .transpose()?,
         until: args
             .until
             .as_deref()
-            .map(|t| report::parse_time_bound("--until", t))
+            .map(|t| parse_time_bound("--until", t))
             .transpose()?,
     };
     let store = open_store(config).await?;
@@ -388,5 +399,27 @@ async fn check_dps(config: &Config) -> Check {
             ok: false,
             detail: super::render_error(&e.into()),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_bounds_accept_rfc3339_and_dates_and_explain_otherwise() {
+        let at = parse_time_bound("--since", "2026-11-25T09:00:00+01:00").unwrap();
+        assert_eq!(crate::clock::format_time(at), "2026-11-25T08:00:00.000Z");
+        let day = parse_time_bound("--until", "2026-11-25").unwrap();
+        assert_eq!(crate::clock::format_time(day), "2026-11-25T00:00:00.000Z");
+        for bad in ["yesterday", "2026-11-25T08:00:00", "25/11/2026", ""] {
+            let error = parse_time_bound("--since", bad).unwrap_err();
+            assert_eq!(error.code(), "station::input::invalid", "{bad}");
+            assert_eq!(error.exit_code(), crate::error::exit::USAGE);
+            assert!(
+                error.hint().unwrap().contains("2026-11-25T08:00:00Z"),
+                "{error}"
+            );
+        }
     }
 }

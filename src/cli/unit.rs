@@ -8,8 +8,9 @@ use super::{OK, ProvisionArgs, SimDevicesArgs, print_json};
 use crate::config::Config;
 use crate::device::{EspflashDevice, FlashProgress, SerialSettings};
 use crate::error::{Result, exit};
-use crate::provision::{self, Event, Outcome, Request, Station, UnitReport};
+use crate::provision::{self, Event, Outcome, Request, UnitReport};
 use crate::sim::{SimLine, SimOptions};
+use crate::station::Station;
 
 pub(super) async fn provision(config: Config, args: ProvisionArgs, json: bool) -> Result<u8> {
     let station = Station::open(config).await?;

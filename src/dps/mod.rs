@@ -1,6 +1,11 @@
-//! DPS pre-verification: the station registers a freshly flashed unit with Azure DPS exactly as
-//! the device will, proving before the unit leaves the line that the enrollment group accepts
-//! its derived key, and records the hub DPS assigned it to.
+//! The DPS client: the station registers a freshly flashed unit with Azure DPS exactly as the
+//! device will, proving before the unit leaves the line that the enrollment group accepts its
+//! derived key, and learns the hub DPS assigned it to.
+//!
+//! This module is the client only: SAS tokens ([`sas`]), register, poll, and the meaning of
+//! each answer for the unit ([`Verification`]). What the station does with it (fail the unit,
+//! record it pending, settle it later) is the pipeline's stage `dps`, in
+//! [`crate::provision`].
 //!
 //! It speaks the DPS device REST API
 //! (<https://learn.microsoft.com/rest/api/iot-dps/device/runtime-registration>):
@@ -11,8 +16,8 @@
 //! and jitter, never sooner than the server's `Retry-After`, all within `[dps] verify_timeout`
 //! ([`RetryPolicy`]). Rejections (HTTP 401, a `failed` or `disabled` registration) fail the unit
 //! at stage `dps`; an unreachable or unanswering service leaves it provisioned with DPS status
-//! `pending`, which [`retry_pending`] (`station dps verify --pending`, and the line daemon
-//! periodically) settles later.
+//! `pending`, which [`crate::provision::retry_pending`] (`station dps verify --pending`, and the
+//! line daemon periodically) settles later.
 //!
 //! DPS has no dry run: a successful pre-verification creates the device's identity in the
 //! assigned hub. When the device later registers itself it gets the same assignment.
@@ -27,11 +32,9 @@ use serde::{Deserialize, Serialize};
 use tracing::instrument;
 
 use crate::config::DpsConfig;
-use crate::error::Error;
-use crate::identity::{Mac, RegistrationId};
+use crate::identity::RegistrationId;
 use crate::keys::DeviceKey;
-use crate::provision::Station;
-use crate::record::{DpsStatus, Unit, UnitDps};
+use crate::record::{DpsStatus, UnitDps};
 use crate::support::error_chain_text;
 
 pub use sas::SasToken;
@@ -707,185 +710,6 @@ pub async fn pre_verify(
     device_key: &DeviceKey,
 ) -> Verification {
     Verification::from_result(client.register(registration_id, device_key).await)
-}
-
-/// One unit of a `dps verify` run.
-#[derive(Debug, Clone, Serialize)]
-pub struct VerifyReport {
-    /// The registration ID.
-    pub registration_id: String,
-    /// The unit's MAC, when the unit is recorded.
-    pub mac: Option<Mac>,
-    /// The new DPS status.
-    pub dps_status: DpsStatus,
-    /// What DPS returned.
-    pub registration_state: Option<RegistrationState>,
-    /// The stable error code, when not assigned.
-    pub error_code: Option<String>,
-    /// The error, when not assigned.
-    pub error: Option<String>,
-    /// What the operator should do.
-    pub hint: Option<String>,
-    /// Whether the unit's record was updated.
-    pub recorded: bool,
-}
-
-/// What `station dps verify --pending` (and the line daemon) did.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct PendingSummary {
-    /// Units that were pending.
-    pub pending: usize,
-    /// Now assigned.
-    pub assigned: usize,
-    /// Now failed.
-    pub failed: usize,
-    /// Still pending (DPS still unreachable, or not tried because it was).
-    pub still_pending: usize,
-    /// Units whose key can no longer be derived (their group key is not configured any more).
-    pub skipped: usize,
-    /// Per unit tried.
-    pub units: Vec<VerifyReport>,
-}
-
-/// The client a station uses: its own when pre-verification is on, else a new one.
-fn client_of(station: &Station) -> Result<DpsClient, DpsError> {
-    match &station.dps {
-        Some(client) => Ok(client.clone()),
-        None => DpsClient::new(&station.config.dps),
-    }
-}
-
-/// Verifies one registration ID now (`station dps verify --registration-id`): derives its key
-/// from the group key, registers it, and when a unit with that registration ID is recorded,
-/// updates its DPS state with an audit entry (`unit.dps_verified`).
-pub async fn verify_registration(
-    station: &Station,
-    registration_id: &RegistrationId,
-    operator: &str,
-) -> Result<VerifyReport, Error> {
-    let client = client_of(station)?;
-    let unit = station
-        .store
-        .unit_by_registration_id(registration_id)
-        .await?;
-    verify_unit(
-        station,
-        &client,
-        registration_id,
-        unit.as_ref(),
-        operator,
-        true,
-    )
-    .await
-}
-
-async fn verify_unit(
-    station: &Station,
-    client: &DpsClient,
-    registration_id: &RegistrationId,
-    unit: Option<&Unit>,
-    operator: &str,
-    record_pending: bool,
-) -> Result<VerifyReport, Error> {
-    let key = match unit.map(|u| &u.key_id) {
-        Some(id)
-            if station
-                .keys
-                .secondary
-                .as_ref()
-                .is_some_and(|k| k.id() == id) =>
-        {
-            station
-                .keys
-                .secondary
-                .as_ref()
-                .unwrap_or(&station.keys.primary)
-        }
-        _ => &station.keys.primary,
-    };
-    let device_key = key.derive(registration_id);
-    let verification = pre_verify(client, registration_id, &device_key).await;
-    let mut recorded = false;
-    if let Some(unit) = unit
-        && (record_pending || verification.status != DpsStatus::Pending)
-    {
-        station
-            .store
-            .record_dps(
-                unit.id,
-                &verification.record(),
-                &station.config.station.id,
-                operator,
-            )
-            .await?;
-        recorded = true;
-    }
-    let error = verification.error.map(Error::from);
-    Ok(VerifyReport {
-        registration_id: registration_id.to_string(),
-        mac: unit.map(|u| u.mac),
-        dps_status: verification.status,
-        registration_state: verification.state,
-        error_code: error.as_ref().map(Error::code),
-        error: error.as_ref().map(ToString::to_string),
-        hint: error.as_ref().and_then(Error::hint),
-        recorded,
-    })
-}
-
-/// Retries every provisioned unit whose DPS status is `pending`, oldest first, recording each
-/// unit that DPS now assigns or refuses (a `unit.dps_verified` audit entry). Units that stay
-/// pending are not re-recorded, so a daemon calling this periodically while offline does not
-/// flood the audit log. The pass stops at the first unit DPS cannot be reached for: the rest
-/// stay pending for the next pass.
-pub async fn retry_pending(station: &Station, operator: &str) -> Result<PendingSummary, Error> {
-    let units = station.store.pending_dps_units().await?;
-    let mut summary = PendingSummary {
-        pending: units.len(),
-        ..PendingSummary::default()
-    };
-    if units.is_empty() {
-        return Ok(summary);
-    }
-    let client = client_of(station)?;
-    let mut offline = false;
-    for unit in &units {
-        let known_key = unit.key_id == *station.keys.primary.id()
-            || station
-                .keys
-                .secondary
-                .as_ref()
-                .is_some_and(|k| *k.id() == unit.key_id);
-        let registration_id = unit.registration_id.clone();
-        if !known_key {
-            tracing::warn!(mac = %unit.mac, key_id = %unit.key_id, "pending unit's group key is not configured; skipped");
-            summary.skipped += 1;
-            continue;
-        }
-        if offline {
-            summary.still_pending += 1;
-            continue;
-        }
-        let report = verify_unit(
-            station,
-            &client,
-            &registration_id,
-            Some(unit),
-            operator,
-            false,
-        )
-        .await?;
-        match report.dps_status {
-            DpsStatus::Assigned => summary.assigned += 1,
-            DpsStatus::Failed => summary.failed += 1,
-            _ => {
-                summary.still_pending += 1;
-                offline = report.error_code.as_deref() == Some("station::dps::unreachable");
-            }
-        }
-        summary.units.push(report);
-    }
-    Ok(summary)
 }
 
 #[cfg(test)]

@@ -4,8 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
+use md5::{Digest as _, Md5};
+
 use super::*;
-use crate::device::DeviceError;
+use crate::config::Config;
+use crate::device::{DeviceError, ProgressSender, Region};
 
 /// What the fake does at each stage.
 #[derive(Default)]

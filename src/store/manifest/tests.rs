@@ -163,7 +163,7 @@ async fn manifest_time_window_includes_since_and_excludes_until() {
         record.finished_at = (*at).to_owned();
         store.record_attempt(&record).await.unwrap();
     }
-    let parse = |t: &str| crate::report::parse_time_bound("--since", t).unwrap();
+    let parse = |t: &str| crate::clock::parse_time(t).unwrap();
     let window = ManifestFilter {
         batch: None,
         since: Some(parse("2026-11-25T09:00:00Z")),
