@@ -44,9 +44,7 @@ pub(crate) use manifest::ManifestQuery;
 pub use manifest::{ManifestExport, ManifestFilter};
 pub use session::StationOpen;
 
-use crate::config::Config;
 use crate::identity::{Mac, RegistrationId};
-use crate::keys::GroupKeys;
 use crate::record::{Attempt, AuditEntry, Batch, BatchStatus, Stage, Unit, UnitDps};
 
 /// Errors from the store.
@@ -377,20 +375,13 @@ impl Store {
         on_backend!(self, db => db.append_audit(&entry).await)
     }
 
-    /// Records that a station opened with this configuration and these keys: `config.changed`
-    /// (subject: the file, details: its SHA-256) when the file's SHA-256 differs from the last one
+    /// Records that a station opened with a configuration and keys: `config.changed` (subject:
+    /// the file, details: its SHA-256) when the file's SHA-256 differs from the last one
     /// recorded for the station, and `key.loaded` (subject: the primary key id) when the key ids
-    /// differ from the last ones recorded. Returns how many entries it appended.
-    ///
-    /// A configuration that was not read from a file (tests build one from text) records no
-    /// `config.changed`.
-    pub async fn record_station_open(
-        &self,
-        config: &Config,
-        keys: &GroupKeys,
-    ) -> Result<usize, StoreError> {
-        let open = StationOpen::of(config, keys, &crate::operator::resolve(None, None));
-        on_backend!(self, db => db.record_station_open(&open).await)
+    /// differ from the last ones recorded, in one transaction. Returns how many entries it
+    /// appended.
+    pub async fn record_station_open(&self, open: &StationOpen) -> Result<usize, StoreError> {
+        on_backend!(self, db => db.record_station_open(open).await)
     }
 
     /// The whole audit log in chain order.

@@ -4,11 +4,8 @@
 
 use serde_json::json;
 
-use sha2::{Digest as _, Sha256};
-
 use super::audit::NewEntry;
-use crate::config::Config;
-use crate::keys::{GroupKeys, KeyId};
+use crate::keys::KeyId;
 
 /// A station starting work, as [`super::Store::record_station_open`] records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,23 +29,6 @@ pub(crate) const CONFIG_CHANGED: &str = "config.changed";
 pub(crate) const KEY_LOADED: &str = "key.loaded";
 
 impl StationOpen {
-    /// A station opening with `config` (its file hashed as it is now) and `keys`.
-    pub fn of(config: &Config, keys: &GroupKeys, operator: &str) -> StationOpen {
-        let config_file = std::fs::read(&config.path).ok().map(|bytes| {
-            (
-                config.path.display().to_string(),
-                hex::encode(Sha256::digest(bytes)),
-            )
-        });
-        StationOpen {
-            station_id: config.station.id.clone(),
-            operator: operator.to_owned(),
-            config: config_file,
-            key_id: keys.primary.id().clone(),
-            secondary_key_id: keys.secondary.as_ref().map(|k| k.id().clone()),
-        }
-    }
-
     /// The entries to append at `at`, given the details of the station's last `config.changed`
     /// and `key.loaded` entries: `config.changed` when the file's SHA-256 differs from the last
     /// one recorded, `key.loaded` when the key ids differ from the last ones recorded.
