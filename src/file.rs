@@ -1,6 +1,6 @@
 //! The files the station reads by name and the files it writes: one way to do each.
 //!
-//! [`read_regular`] reads a file a configuration or a command names (a key file, `station.toml`,
+//! [`read_regular`] (or [`open_regular`], to check the opened file before reading it) reads a file a configuration or a command names (a key file, `station.toml`,
 //! a root CA, a firmware image): it opens the path once, checks *the opened file* (a regular
 //! file, not larger than the caller's limit), and reads at most that much, so a FIFO, a device
 //! node or a file swapped between a check and the read cannot hang or flood the station.
@@ -46,21 +46,34 @@ impl FileError {
     }
 }
 
-/// What [`read_regular`] found: the opened file's metadata (mode, owner) and its contents.
+/// A named file opened by [`open_regular`]: a regular file of at most its limit, not yet read.
 #[derive(Debug)]
-pub struct Contents {
-    /// The metadata of the file that was read (not of whatever the path names later).
+pub struct Opened {
+    file: File,
+    limit: u64,
+    /// The metadata of the opened file (not of whatever the path names later): its mode and
+    /// owner can be checked before its contents are read.
     pub metadata: Metadata,
-    /// The bytes.
-    pub bytes: Vec<u8>,
 }
 
-/// Reads a named file of at most `limit` bytes that must be a regular file.
+impl Opened {
+    /// Reads the contents, at most the limit even if the file grows meanwhile.
+    pub fn read(self) -> io::Result<Vec<u8>> {
+        let mut bytes = Vec::with_capacity(usize::try_from(self.metadata.len()).unwrap_or(0));
+        self.file.take(self.limit + 1).read_to_end(&mut bytes)?;
+        if bytes.len() as u64 > self.limit {
+            return Err(too_large(self.limit));
+        }
+        Ok(bytes)
+    }
+}
+
+/// Opens a named file that must be a regular file of at most `limit` bytes.
 ///
 /// The path is opened once, without blocking (a FIFO with no writer would otherwise hang the
 /// open), and the checks apply to the opened file. Errors are [`io::Error`]s whose message says
 /// what the file is instead (`a FIFO`, `a directory`) or that it exceeds the limit.
-pub fn read_regular(path: &Path, limit: u64) -> io::Result<Contents> {
+pub fn open_regular(path: &Path, limit: u64) -> io::Result<Opened> {
     let mut options = std::fs::OpenOptions::new();
     options.read(true);
     #[cfg(unix)]
@@ -79,13 +92,16 @@ pub fn read_regular(path: &Path, limit: u64) -> io::Result<Contents> {
     if metadata.len() > limit {
         return Err(too_large(limit));
     }
-    let mut bytes = Vec::with_capacity(usize::try_from(metadata.len()).unwrap_or(0));
-    // The limit holds even for a file that grows while it is read.
-    file.take(limit + 1).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > limit {
-        return Err(too_large(limit));
-    }
-    Ok(Contents { metadata, bytes })
+    Ok(Opened {
+        file,
+        limit,
+        metadata,
+    })
+}
+
+/// Reads a named file of at most `limit` bytes that must be a regular file ([`open_regular`]).
+pub fn read_regular(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    open_regular(path, limit)?.read()
 }
 
 fn too_large(limit: u64) -> io::Error {
@@ -297,7 +313,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("key");
         std::fs::write(&path, b"0123456789").unwrap();
-        assert_eq!(read_regular(&path, 10).unwrap().bytes, b"0123456789");
+        assert_eq!(read_regular(&path, 10).unwrap(), b"0123456789");
         let err = read_regular(&path, 9).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::FileTooLarge);
         let err = read_regular(dir.path(), 10).unwrap_err();

@@ -22,6 +22,9 @@ use zeroize::{Zeroize, Zeroizing};
 
 use crate::identity::RegistrationId;
 
+/// The largest key file the station reads: a group key is under 100 bytes of base64.
+pub const KEY_FILE_LIMIT: u64 = 64 << 10;
+
 /// The shortest group key accepted, in decoded bytes. Azure issues 64-byte keys; anything under
 /// 16 bytes is a truncated paste, not a key.
 pub const MIN_KEY_BYTES: usize = 16;
@@ -269,12 +272,17 @@ impl fmt::Debug for GroupKey {
 impl GroupKey {
     /// Reads and checks a group key file: owner-only permissions, one line of base64 that
     /// decodes to at least [`MIN_KEY_BYTES`], and none of the usual mix-ups.
+    ///
+    /// The file is opened once and the opened file checked (a regular file of at most
+    /// [`KEY_FILE_LIMIT`] bytes, its mode) before its contents are read.
     pub fn load(path: &Path) -> Result<Self, KeyError> {
-        check_permissions(path)?;
-        let raw = Zeroizing::new(std::fs::read(path).map_err(|source| KeyError::Unreadable {
+        let unreadable = |source| KeyError::Unreadable {
             path: path.to_owned(),
             source,
-        })?);
+        };
+        let opened = crate::file::open_regular(path, KEY_FILE_LIMIT).map_err(unreadable)?;
+        check_permissions(&opened.metadata, path)?;
+        let raw = Zeroizing::new(opened.read().map_err(unreadable)?);
         Self::from_text(&raw, path)
     }
 
@@ -378,12 +386,8 @@ fn describe_base64_error(error: &base64::DecodeError) -> String {
 }
 
 #[cfg(unix)]
-fn check_permissions(path: &Path) -> Result<(), KeyError> {
+fn check_permissions(metadata: &std::fs::Metadata, path: &Path) -> Result<(), KeyError> {
     use std::os::unix::fs::PermissionsExt as _;
-    let metadata = std::fs::metadata(path).map_err(|source| KeyError::Unreadable {
-        path: path.to_owned(),
-        source,
-    })?;
     let mode = metadata.permissions().mode() & 0o777;
     let who = match (mode & 0o070 != 0, mode & 0o007 != 0) {
         (false, false) => return Ok(()),
@@ -399,7 +403,7 @@ fn check_permissions(path: &Path) -> Result<(), KeyError> {
 }
 
 #[cfg(not(unix))]
-fn check_permissions(_path: &Path) -> Result<(), KeyError> {
+fn check_permissions(_metadata: &std::fs::Metadata, _path: &Path) -> Result<(), KeyError> {
     Ok(())
 }
 

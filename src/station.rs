@@ -64,7 +64,7 @@ impl Station {
         for image in &config.firmware {
             let data = crate::file::read_regular(&image.file, FIRMWARE_LIMIT)
                 .map_err(|e| FileError::new("reading", &image.file, e))?;
-            firmware.push(Region::new(image.offset, data.bytes));
+            firmware.push(Region::new(image.offset, data));
         }
         let dps = if config.dps.pre_verify {
             Some(DpsClient::new(&config.dps)?)
