@@ -221,8 +221,12 @@ fn looks_secret(key: &str, value: &nvs::Value) -> bool {
     by_name || by_shape
 }
 
+/// The largest image `nvs inspect` reads: the largest flash an ESP32 module has.
+const INSPECT_LIMIT: u64 = 16 << 20;
+
 pub(super) fn nvs_inspect(file: &Path, show_secrets: bool, json: bool) -> Result<u8> {
-    let bytes = std::fs::read(file).map_err(|e| Error::io("reading", file, e))?;
+    let bytes = crate::file::read_regular(file, INSPECT_LIMIT)
+        .map_err(|e| Error::io("reading", file, e))?;
     let entries = nvs::parse(&bytes)?;
     let rows: Vec<serde_json::Value> = entries
         .iter()
