@@ -489,7 +489,10 @@ impl EspflashDevice {
                 port: self.port.clone(),
             })?;
         let port = self.port.clone();
+        // The blocking thread logs inside the caller's span (the unit's port, MAC, ...).
+        let span = tracing::Span::current();
         let task = tokio::task::spawn_blocking(move || {
+            let _unit = span.enter();
             let result = f(&mut flasher, &port);
             (flasher, result)
         });
@@ -535,7 +538,11 @@ impl Device for EspflashDevice {
         self.flash_size = None;
         let port = self.port.clone();
         let settings = self.settings.clone();
-        let task = tokio::task::spawn_blocking(move || open_and_connect(&port, &settings));
+        let span = tracing::Span::current();
+        let task = tokio::task::spawn_blocking(move || {
+            let _unit = span.enter();
+            open_and_connect(&port, &settings)
+        });
         let flasher = self.join(Operation::Connecting, task).await??;
         self.flasher = Some(flasher);
         tracing::debug!(port = %self.port.display(), "connected");

@@ -502,6 +502,7 @@ pub async fn run(
 }
 
 /// Retries the units DPS could not be asked about yet, in the background of the line.
+#[tracing::instrument(name = "line_dps_retry", skip_all)]
 async fn retry_pending(context: Arc<Context>) {
     match crate::provision::retry_pending(&context.station, &context.request.operator).await {
         Ok(summary) if summary.assigned + summary.failed > 0 => {
@@ -516,7 +517,9 @@ async fn retry_pending(context: Arc<Context>) {
     }
 }
 
-/// One port's task: provision each device that appears on it, once.
+/// One port's task: provision each device that appears on it, once. Everything it logs (probes
+/// included) carries the port; each unit's span adds its MAC and registration ID.
+#[tracing::instrument(name = "line_port", skip_all, fields(port = %port.display()))]
 async fn serve_port(context: Arc<Context>, port: PathBuf) {
     let name = port.display().to_string();
     let mut present = false;

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use miette::Diagnostic as _;
 use serde::Serialize;
+use tracing::Instrument as _;
 
 use super::{DeviceImage, Failed, Run, UnitError, fail};
 use crate::device::Device;
@@ -79,6 +80,7 @@ pub struct PendingSummary {
 /// Verifies one registration ID now (`station dps verify --registration-id`): derives its key
 /// from the group key, registers it, and when a unit with that registration ID is recorded,
 /// updates its DPS state with an audit entry (`unit.dps_verified`).
+#[tracing::instrument(skip_all, fields(registration_id = %registration_id))]
 pub async fn verify_registration(
     station: &Station,
     registration_id: &RegistrationId,
@@ -132,6 +134,11 @@ pub async fn retry_pending(station: &Station, operator: &str) -> Result<PendingS
             summary.still_pending += 1;
             continue;
         }
+        let span = tracing::info_span!(
+            "dps_retry",
+            mac = %unit.mac,
+            registration_id = %unit.registration_id
+        );
         let (report, unreachable) = verify_unit(
             station,
             &client,
@@ -141,6 +148,7 @@ pub async fn retry_pending(station: &Station, operator: &str) -> Result<PendingS
             operator,
             false,
         )
+        .instrument(span)
         .await?;
         match report.dps_status {
             DpsStatus::Assigned => summary.assigned += 1,

@@ -34,12 +34,12 @@ impl<D: Device> Run<'_, D> {
             .identify()
             .await
             .map_err(fail(Stage::Identify, false))?;
-        self.timings.identify = self.finished(Stage::Identify.as_str(), t);
         let mac = identity.mac;
         let registration_id = self.station.config.dps.registration_id.render(&mac);
         let span = tracing::Span::current();
         span.record("mac", tracing::field::display(mac));
         span.record("registration_id", tracing::field::display(&registration_id));
+        self.timings.identify = self.finished(Stage::Identify.as_str(), t);
         self.send(Event::Identified {
             port: self.port.clone(),
             mac,
