@@ -11,4 +11,5 @@ mod nvs;
 mod provision;
 mod report;
 mod sim;
+mod snapshot;
 mod util;

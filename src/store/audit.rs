@@ -452,28 +452,60 @@ mod tests {
         }
     }
 
+    // Issue 11: golden hashes, computed outside the station (Python's hashlib over the canonical
+    // text written out by hand below), so a change to the encoding cannot go unnoticed.
     #[test]
-    fn canonical_encoding_is_the_json_array_of_the_fields() {
-        let e = chain(1).remove(0);
-        let value = serde_json::json!([
-            e.seq,
-            e.at,
-            e.station_id,
-            e.operator,
-            e.action,
-            e.subject,
-            e.details,
-            e.prev_hash
-        ]);
-        let expected = hex::encode(Sha256::digest(value.to_string().as_bytes()));
-        assert_eq!(e.hash, expected);
-        // Quotes, backslashes and non-ASCII are escaped the same way too.
-        let odd = entry_hash(7, "t", "st\\1", "Zoë \"Z\"", "a", "s\n", "{}", GENESIS);
-        let value = serde_json::json!([7, "t", "st\\1", "Zoë \"Z\"", "a", "s\n", "{}", GENESIS]);
-        assert_eq!(
-            odd,
-            hex::encode(Sha256::digest(value.to_string().as_bytes()))
-        );
+    fn canonical_encoding_and_hashes_are_pinned() {
+        let cases: [(AuditEntry, &str, &str); 3] = [
+            (
+                chain(1).remove(0),
+                r#"[1,"2026-11-25T10:00:01.000Z","st1","ana","unit.provisioned","24:0a:c4:00:00:01","{\"key_id\":\"sha256:0011223344556677\"}","0000000000000000000000000000000000000000000000000000000000000000"]"#,
+                "e630c3c993570008f9cfc5fb83a9f7511c72a7e20c552084c3acf1123c45b23b",
+            ),
+            (
+                entry(7, "st\\1", "Zoë \"Z\"", "s\n"),
+                r#"[7,"t","st\\1","Zoë \"Z\"","a","s\n","{}","0000000000000000000000000000000000000000000000000000000000000000"]"#,
+                "adf9947ee48229a9701fd7a0ea906890f187bf7c1130b2258654a973845150f7",
+            ),
+            (
+                entry(8, "a/b", "esc\u{1b} tab\t cr\r", "\u{2028}"),
+                "[8,\"t\",\"a/b\",\"esc\\u001b tab\\t cr\\r\",\"a\",\"\u{2028}\",\"{}\",\"0000000000000000000000000000000000000000000000000000000000000000\"]",
+                "3095e5c18e2fdd2c14dc347c0d65a4b0bf0c88d2484450aff893ecc2025aed6f",
+            ),
+        ];
+        for (entry, canonical, hash) in cases {
+            let mut written = Vec::new();
+            write_canonical(
+                &mut written,
+                entry.seq,
+                [
+                    &entry.at,
+                    &entry.station_id,
+                    &entry.operator,
+                    &entry.action,
+                    &entry.subject,
+                    &entry.details,
+                    &entry.prev_hash,
+                ],
+            );
+            assert_eq!(String::from_utf8(written).unwrap(), canonical);
+            assert_eq!(computed_hash(&entry), hash, "{canonical}");
+        }
+    }
+
+    /// An entry with odd text in its station, operator and subject.
+    fn entry(seq: i64, station_id: &str, operator: &str, subject: &str) -> AuditEntry {
+        AuditEntry {
+            seq,
+            at: "t".into(),
+            station_id: station_id.into(),
+            operator: operator.into(),
+            action: "a".into(),
+            subject: subject.into(),
+            details: "{}".into(),
+            prev_hash: GENESIS.into(),
+            hash: String::new(),
+        }
     }
 
     #[test]

@@ -46,8 +46,14 @@ impl Workspace {
     }
 
     /// Runs `station` with this workspace's configuration (from another working directory, to
-    /// prove paths resolve against the configuration file).
+    /// prove paths resolve against the configuration file), tracing everything to stderr.
     pub fn station(&self, args: &[&str]) -> Run {
+        self.station_logging("trace", args)
+    }
+
+    /// The same with `STATION_LOG` set to `filter` (`off`: stderr holds only what the operator
+    /// sees).
+    pub fn station_logging(&self, filter: &str, args: &[&str]) -> Run {
         let output = Command::new(env!("CARGO_BIN_EXE_station"))
             .arg("--config")
             .arg(self.path("station.toml"))
@@ -55,7 +61,7 @@ impl Workspace {
             .current_dir(std::env::temp_dir())
             .env_remove("STATION_CONFIG")
             .env("STATION_OPERATOR", "tester")
-            .env("STATION_LOG", "trace")
+            .env("STATION_LOG", filter)
             .output()
             .unwrap();
         Run::from(output)
