@@ -1,10 +1,9 @@
 //! What the operator reads, pinned (issue 11): `batch status`, `check` and error output, as
 //! text and as JSON, with the workspace's path and the times redacted.
 
-use station::record::Batch;
-use station::store::{AttemptRecord, Failure, Store, UnitFacts};
+use station::store::Store;
 
-use crate::util::{Run, Workspace};
+use crate::util::{Run, Workspace, attempt_record};
 
 /// Insta settings that replace what differs per run: the workspace directory and stored times.
 fn redactions(ws: &Workspace) -> insta::Settings {
@@ -46,37 +45,6 @@ fn workspace() -> Workspace {
     Workspace::with_config(&example.replace("ports = [\"auto\"]", "ports = [\"ports/ttySIM*\"]"))
 }
 
-fn record(batch: &Batch, mac: &str, failure: Option<(&str, &str)>) -> AttemptRecord {
-    AttemptRecord {
-        attempt_id: None,
-        batch: batch.clone(),
-        station_id: "line1-st1".into(),
-        operator: "ana".into(),
-        port: "/dev/ttyUSB0".into(),
-        started_at: station::clock::now(),
-        finished_at: station::clock::now(),
-        unit: Some(UnitFacts {
-            mac: mac.parse().unwrap(),
-            registration_id: format!("sensor-{}", mac.replace(':', "")).parse().unwrap(),
-            chip: "esp32".into(),
-            revision: "v3.0".into(),
-            flash_size: 4 << 20,
-            key_id: "sha256:0011223344556677".parse().unwrap(),
-            secondary_key_id: None,
-            image_sha256: Some("ab".repeat(32)),
-            dps: None,
-        }),
-        failure: failure.map(|(stage, code)| Failure {
-            stage: stage.parse().unwrap(),
-            code: code.parse().unwrap(),
-            message: "it failed".into(),
-            wrote: true,
-        }),
-        reprovision: false,
-        timings: serde_json::json!({}),
-    }
-}
-
 #[test]
 fn batch_status_text_and_json() {
     let ws = workspace();
@@ -110,7 +78,7 @@ fn batch_status_text_and_json() {
             ),
         ] {
             store
-                .record_attempt(&record(&batch, mac, failure))
+                .record_attempt(&attempt_record(&batch, mac, "/dev/ttyUSB0", "ana", failure))
                 .await
                 .unwrap();
         }

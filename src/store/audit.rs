@@ -33,24 +33,6 @@ pub struct NewEntry {
 }
 
 impl NewEntry {
-    /// An entry stamped now.
-    pub fn now(
-        station_id: &str,
-        operator: &str,
-        action: &str,
-        subject: &str,
-        details: serde_json::Value,
-    ) -> NewEntry {
-        NewEntry::at(
-            &crate::clock::now(),
-            station_id,
-            operator,
-            action,
-            subject,
-            details,
-        )
-    }
-
     /// An entry stamped `at` (the time of the transaction it belongs to).
     pub fn at(
         at: &str,
@@ -144,10 +126,9 @@ fn write_canonical(out: &mut Vec<u8>, seq: i64, fields: [&str; 7]) {
     let _ = serde_json::to_writer(out, &tuple);
 }
 
-/// The hash an entry's fields produce (compare with [`AuditEntry::hash`]).
-pub fn computed_hash(entry: &AuditEntry) -> String {
-    entry_hash(
-        entry.seq,
+/// The hashed text fields of an entry after its seq, in canonical order.
+fn hashed_fields(entry: &AuditEntry) -> [&str; 7] {
+    [
         &entry.at,
         &entry.station_id,
         &entry.operator,
@@ -155,7 +136,14 @@ pub fn computed_hash(entry: &AuditEntry) -> String {
         &entry.subject,
         &entry.details,
         &entry.prev_hash,
-    )
+    ]
+}
+
+/// The hash an entry's fields produce (compare with [`AuditEntry::hash`]).
+pub fn computed_hash(entry: &AuditEntry) -> String {
+    let mut canonical = Vec::with_capacity(256);
+    write_canonical(&mut canonical, entry.seq, hashed_fields(entry));
+    hex::encode(Sha256::digest(&canonical))
 }
 
 /// Where and how a chain is broken.
@@ -303,19 +291,7 @@ impl ChainWalker {
 fn contents_intact<E: std::borrow::Borrow<AuditEntry> + Sync>(run: &[E]) -> Vec<bool> {
     parallel_check(run, |e, buffer| {
         let e = e.borrow();
-        write_canonical(
-            buffer,
-            e.seq,
-            [
-                &e.at,
-                &e.station_id,
-                &e.operator,
-                &e.action,
-                &e.subject,
-                &e.details,
-                &e.prev_hash,
-            ],
-        );
+        write_canonical(buffer, e.seq, hashed_fields(e));
         hex_eq(&Sha256::digest(&*buffer), &e.hash)
     })
 }
@@ -475,19 +451,7 @@ mod tests {
         ];
         for (entry, canonical, hash) in cases {
             let mut written = Vec::new();
-            write_canonical(
-                &mut written,
-                entry.seq,
-                [
-                    &entry.at,
-                    &entry.station_id,
-                    &entry.operator,
-                    &entry.action,
-                    &entry.subject,
-                    &entry.details,
-                    &entry.prev_hash,
-                ],
-            );
+            write_canonical(&mut written, entry.seq, hashed_fields(&entry));
             assert_eq!(String::from_utf8(written).unwrap(), canonical);
             assert_eq!(computed_hash(&entry), hash, "{canonical}");
         }

@@ -9,7 +9,7 @@ use serde_json::json;
 use super::audit::NewEntry;
 use super::backend::Backend as _;
 use super::{Store, StoreError};
-use crate::clock::format_time;
+use crate::clock::{format_time, now};
 use crate::file::FileError;
 use crate::record::ManifestRow;
 use crate::report::{self, ManifestFormat};
@@ -108,7 +108,14 @@ impl Store {
         details["bytes"] = json!(bytes);
         details["sha256"] = json!(sha256);
         let subject = filter.batch.as_deref().unwrap_or("all batches");
-        let entry = NewEntry::now(station_id, operator, "manifest.exported", subject, details);
+        let entry = NewEntry::at(
+            &now(),
+            station_id,
+            operator,
+            "manifest.exported",
+            subject,
+            details,
+        );
         let audit_seq = on_backend!(self, db => db.append_audit(&entry).await)?;
         Ok(ManifestExport {
             rows: rows.len(),

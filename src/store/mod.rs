@@ -371,7 +371,14 @@ impl Store {
         subject: &str,
         details: serde_json::Value,
     ) -> Result<i64, StoreError> {
-        let entry = audit::NewEntry::now(station_id, operator, action, subject, details);
+        let entry = audit::NewEntry::at(
+            &crate::clock::now(),
+            station_id,
+            operator,
+            action,
+            subject,
+            details,
+        );
         on_backend!(self, db => db.append_audit(&entry).await)
     }
 

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Sqlite as Db, SqlitePool, Transaction};
+use sqlx::{Sqlite as Db, SqliteExecutor, SqlitePool, Transaction};
 
 use super::attempt::{
     AttemptRecord, AttemptStart, Interruption, Recorded, UnitChange, UnitFacts, dps_verified_entry,
@@ -120,13 +120,13 @@ impl Backend for Sqlite {
         station_id: &str,
     ) -> Result<Batch, StoreError> {
         let mut tx = self.begin_write().await?;
-        if let Some(open) = open_batch_tx(&mut tx, station_id).await? {
+        if let Some(open) = open_batch_in(&mut *tx, station_id).await? {
             return Err(StoreError::BatchStillOpen {
                 name: open.name,
                 station_id: station_id.to_owned(),
             });
         }
-        if batch_by_name_tx(&mut tx, name).await?.is_some() {
+        if batch_by_name_in(&mut *tx, name).await?.is_some() {
             return Err(StoreError::BatchExists {
                 name: name.to_owned(),
             });
@@ -154,7 +154,7 @@ impl Backend for Sqlite {
             ),
         )
         .await?;
-        let batch = batch_by_id_tx(&mut tx, id).await?;
+        let batch = batch_by_id_in(&mut *tx, id).await?;
         tx.commit().await?;
         Ok(batch)
     }
@@ -168,12 +168,12 @@ impl Backend for Sqlite {
         let mut tx = self.begin_write().await?;
         let batch =
             match name {
-                Some(name) => batch_by_name_tx(&mut tx, name).await?.ok_or_else(|| {
+                Some(name) => batch_by_name_in(&mut *tx, name).await?.ok_or_else(|| {
                     StoreError::NoSuchBatch {
                         name: name.to_owned(),
                     }
                 })?,
-                None => open_batch_tx(&mut tx, station_id).await?.ok_or_else(|| {
+                None => open_batch_in(&mut *tx, station_id).await?.ok_or_else(|| {
                     StoreError::NoOpenBatch {
                         station_id: station_id.to_owned(),
                     }
@@ -192,7 +192,7 @@ impl Backend for Sqlite {
             .bind(batch.id)
             .execute(&mut *tx)
             .await?;
-        let closed = batch_by_id_tx(&mut tx, batch.id).await?;
+        let closed = batch_by_id_in(&mut *tx, batch.id).await?;
         let status = status_tx(&mut tx, closed).await?;
         append_audit_tx(
             &mut tx,
@@ -216,26 +216,15 @@ impl Backend for Sqlite {
     }
 
     async fn open_batch_of(&self, station_id: &str) -> Result<Option<Batch>, StoreError> {
-        Ok(
-            sqlx::query_as("SELECT * FROM batches WHERE station_id = ? AND closed_at IS NULL")
-                .bind(station_id)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
+        open_batch_in(&self.pool, station_id).await
     }
 
     async fn batch_named(&self, name: &str) -> Result<Option<Batch>, StoreError> {
-        Ok(sqlx::query_as("SELECT * FROM batches WHERE name = ?")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?)
+        batch_by_name_in(&self.pool, name).await
     }
 
     async fn batch_by_id(&self, id: i64) -> Result<Batch, StoreError> {
-        Ok(sqlx::query_as("SELECT * FROM batches WHERE id = ?")
-            .bind(id)
-            .fetch_one(&self.pool)
-            .await?)
+        batch_by_id_in(&self.pool, id).await
     }
 
     async fn batch_status(&self, batch: Batch) -> Result<BatchStatus, StoreError> {
@@ -259,10 +248,7 @@ impl Backend for Sqlite {
     }
 
     async fn unit_by_mac(&self, mac: &Mac) -> Result<Option<Unit>, StoreError> {
-        Ok(sqlx::query_as("SELECT * FROM units WHERE mac = ?")
-            .bind(mac)
-            .fetch_optional(&self.pool)
-            .await?)
+        unit_by_mac_in(&self.pool, *mac).await
     }
 
     async fn unit_by_registration_id(
@@ -408,7 +394,7 @@ impl Backend for Sqlite {
         let mut closed = Vec::new();
         for attempt in open.into_iter().filter(|a| !process_alive(a.pid)) {
             let at = now();
-            let batch = batch_by_id_tx(&mut tx, attempt.batch_id).await?;
+            let batch = batch_by_id_in(&mut *tx, attempt.batch_id).await?;
             let interruption = Interruption::of(&attempt, &batch, &at, station_id, operator);
             let mut unit_id: Option<i64> = None;
             if let Some(mac) = attempt.mac {
@@ -552,26 +538,44 @@ ORDER BY u.provisioned_at, u.mac";
 
 // ---- transaction helpers ---------------------------------------------------------------------
 
-async fn open_batch_tx(tx: &mut Tx, station_id: &str) -> Result<Option<Batch>, StoreError> {
+// Each helper runs on the pool or inside a transaction (`&mut **tx`).
+
+async fn open_batch_in<'c>(
+    db: impl SqliteExecutor<'c>,
+    station_id: &str,
+) -> Result<Option<Batch>, StoreError> {
     Ok(
         sqlx::query_as("SELECT * FROM batches WHERE station_id = ? AND closed_at IS NULL")
             .bind(station_id)
-            .fetch_optional(&mut **tx)
+            .fetch_optional(db)
             .await?,
     )
 }
 
-async fn batch_by_name_tx(tx: &mut Tx, name: &str) -> Result<Option<Batch>, StoreError> {
+async fn batch_by_name_in<'c>(
+    db: impl SqliteExecutor<'c>,
+    name: &str,
+) -> Result<Option<Batch>, StoreError> {
     Ok(sqlx::query_as("SELECT * FROM batches WHERE name = ?")
         .bind(name)
-        .fetch_optional(&mut **tx)
+        .fetch_optional(db)
         .await?)
 }
 
-async fn batch_by_id_tx(tx: &mut Tx, id: i64) -> Result<Batch, StoreError> {
+async fn batch_by_id_in<'c>(db: impl SqliteExecutor<'c>, id: i64) -> Result<Batch, StoreError> {
     Ok(sqlx::query_as("SELECT * FROM batches WHERE id = ?")
         .bind(id)
-        .fetch_one(&mut **tx)
+        .fetch_one(db)
+        .await?)
+}
+
+async fn unit_by_mac_in<'c>(
+    db: impl SqliteExecutor<'c>,
+    mac: Mac,
+) -> Result<Option<Unit>, StoreError> {
+    Ok(sqlx::query_as("SELECT * FROM units WHERE mac = ?")
+        .bind(mac)
+        .fetch_optional(db)
         .await?)
 }
 
@@ -633,10 +637,7 @@ async fn upsert_unit_tx(
     record: &AttemptRecord,
     facts: &UnitFacts,
 ) -> Result<Unit, StoreError> {
-    let existing: Option<Unit> = sqlx::query_as("SELECT * FROM units WHERE mac = ?")
-        .bind(facts.mac)
-        .fetch_optional(&mut **tx)
-        .await?;
+    let existing = unit_by_mac_in(&mut **tx, facts.mac).await?;
     let (state, failed_stage, provisioned_at) = match record.unit_change(existing) {
         UnitChange::Keep(unit) => return Ok(*unit),
         UnitChange::Write {
@@ -681,10 +682,9 @@ async fn upsert_unit_tx(
     .bind(&record.finished_at)
     .execute(&mut **tx)
     .await?;
-    Ok(sqlx::query_as("SELECT * FROM units WHERE mac = ?")
-        .bind(facts.mac)
-        .fetch_one(&mut **tx)
-        .await?)
+    unit_by_mac_in(&mut **tx, facts.mac)
+        .await?
+        .ok_or(StoreError::Sql(sqlx::Error::RowNotFound))
 }
 
 /// Writes a unit's DPS outcome inside `tx` and returns the updated row.
