@@ -255,25 +255,49 @@ struct Check {
     what: &'static str,
     ok: bool,
     detail: String,
+    /// A failure of the station's own setup (configuration, key file): exit code 2.
+    #[serde(skip)]
+    usage: bool,
+}
+
+impl Check {
+    /// A check that passed, or failed without being a setup error.
+    fn new(what: &'static str, ok: bool, detail: String) -> Check {
+        Check {
+            what,
+            ok,
+            detail,
+            usage: false,
+        }
+    }
+
+    /// A failed check: the error as the operator reads it.
+    fn failed(what: &'static str, error: Error) -> Check {
+        Check::new(what, false, super::render_error(&error))
+    }
+
+    /// A failed check of the station's own setup (exit code 2).
+    fn misconfigured(what: &'static str, error: Error) -> Check {
+        Check {
+            usage: true,
+            ..Check::failed(what, error)
+        }
+    }
 }
 
 pub(super) async fn check(config_path: &Path, json: bool) -> Result<u8> {
     let mut checks = Vec::new();
     let config = match Config::load(config_path) {
         Ok(config) => {
-            checks.push(Check {
-                what: "config",
-                ok: true,
-                detail: format!("{} is valid", config_path.display()),
-            });
+            checks.push(Check::new(
+                "config",
+                true,
+                format!("{} is valid", config_path.display()),
+            ));
             Some(config)
         }
         Err(e) => {
-            checks.push(Check {
-                what: "config",
-                ok: false,
-                detail: super::render_error(&e.into()),
-            });
+            checks.push(Check::misconfigured("config", e.into()));
             None
         }
     };
@@ -282,10 +306,10 @@ pub(super) async fn check(config_path: &Path, json: bool) -> Result<u8> {
             &config.dps.group_key_file,
             config.dps.secondary_group_key_file.as_deref(),
         ) {
-            Ok(keys) => checks.push(Check {
-                what: "group key",
-                ok: true,
-                detail: format!(
+            Ok(keys) => checks.push(Check::new(
+                "group key",
+                true,
+                format!(
                     "{} loaded (key id {}{})",
                     config.dps.group_key_file.display(),
                     keys.primary.id(),
@@ -294,21 +318,17 @@ pub(super) async fn check(config_path: &Path, json: bool) -> Result<u8> {
                         .map(|k| format!(", secondary {}", k.id()))
                         .unwrap_or_default()
                 ),
-            }),
-            Err(e) => checks.push(Check {
-                what: "group key",
-                ok: false,
-                detail: super::render_error(&e.into()),
-            }),
+            )),
+            Err(e) => checks.push(Check::misconfigured("group key", e.into())),
         }
         match crate::store::Store::open(&config.station.database).await {
             Ok(store) => {
                 let report = store.verify_audit().await?;
                 let open = store.open_batch_of(&config.station.id).await?;
-                checks.push(Check {
-                    what: "database",
-                    ok: report.first_break.is_none(),
-                    detail: format!(
+                checks.push(Check::new(
+                    "database",
+                    report.first_break.is_none(),
+                    format!(
                         "{}: audit chain {} ({} entries); {}",
                         config.station.database.display(),
                         if report.first_break.is_none() {
@@ -322,25 +342,21 @@ pub(super) async fn check(config_path: &Path, json: bool) -> Result<u8> {
                             |b| format!("open batch {}", b.name)
                         )
                     ),
-                });
+                ));
                 store.close().await;
             }
-            Err(e) => checks.push(Check {
-                what: "database",
-                ok: false,
-                detail: super::render_error(&e.into()),
-            }),
+            Err(e) => checks.push(Check::failed("database", e.into())),
         }
         let found: Vec<String> = crate::line::discover(&config.serial)
             .into_iter()
             .filter(|p| p.exists())
             .map(|p| p.display().to_string())
             .collect();
-        checks.push(Check {
-            what: "ports",
-            // No device plugged in is not a fault of the station: say so without failing.
-            ok: true,
-            detail: if found.is_empty() {
+        // No device plugged in is not a fault of the station: say so without failing.
+        checks.push(Check::new(
+            "ports",
+            true,
+            if found.is_empty() {
                 format!(
                     "none matches {:?} right now: plug a device in, or check [serial] ports",
                     config.serial.ports
@@ -348,7 +364,7 @@ pub(super) async fn check(config_path: &Path, json: bool) -> Result<u8> {
             } else {
                 format!("{} port(s): {}", found.len(), found.join(", "))
             },
-        });
+        ));
         checks.push(check_dps(config).await);
     }
     let all_ok = checks.iter().all(|c| c.ok);
@@ -366,7 +382,7 @@ pub(super) async fn check(config_path: &Path, json: bool) -> Result<u8> {
     }
     Ok(if all_ok {
         OK
-    } else if config.is_none() || checks.iter().any(|c| !c.ok && c.what == "group key") {
+    } else if checks.iter().any(|c| c.usage) {
         exit::USAGE
     } else {
         exit::FAILED
@@ -378,27 +394,23 @@ pub(super) async fn check(config_path: &Path, json: bool) -> Result<u8> {
 async fn check_dps(config: &Config) -> Check {
     let url = &config.dps.verify_url;
     if !config.dps.pre_verify {
-        return Check {
-            what: "dps",
-            ok: true,
-            detail: format!("not contacted: pre_verify is off (`station dps verify` calls {url})"),
-        };
+        return Check::new(
+            "dps",
+            true,
+            format!("not contacted: pre_verify is off (`station dps verify` calls {url})"),
+        );
     }
     let reached = match crate::dps::DpsClient::new(&config.dps) {
         Ok(client) => client.reachable().await,
         Err(e) => Err(e),
     };
     match reached {
-        Ok(status) => Check {
-            what: "dps",
-            ok: true,
-            detail: format!("{url} answers (HTTP {status}); pre_verify is on"),
-        },
-        Err(e) => Check {
-            what: "dps",
-            ok: false,
-            detail: super::render_error(&e.into()),
-        },
+        Ok(status) => Check::new(
+            "dps",
+            true,
+            format!("{url} answers (HTTP {status}); pre_verify is on"),
+        ),
+        Err(e) => Check::failed("dps", e.into()),
     }
 }
 
