@@ -3,8 +3,8 @@
 //! [`row`] holds the rows the store returns (batches, units, attempts, audit entries, manifest
 //! rows); this module holds the domain values inside them: the pipeline [`Stage`], a unit's
 //! [`UnitState`], an attempt's [`AttemptOutcome`], a unit's [`DpsStatus`] and the stable
-//! [`ErrorCode`] of a failure, next to [`Mac`](crate::identity::Mac),
-//! [`RegistrationId`](crate::identity::RegistrationId) and [`KeyId`](crate::keys::KeyId) from
+//! [`ErrorCode`] of a failure, next to [`crate::identity::Mac`],
+//! [`crate::identity::RegistrationId`] and [`crate::keys::KeyId`] from
 //! the pure cores. Each is stored as its text form in a `TEXT` column and checked when read
 //! back, through `sqlx::Type`/`Encode`/`Decode` impls written for any sqlx database whose
 //! `String` is text (SQLite today, PostgreSQL next), so no caller re-parses a string the store

@@ -4,8 +4,8 @@
 //! The API speaks typed rows ([`crate::record`]): a MAC, a registration ID, a unit state, a stage
 //! and an error code go in and come out as types. Every method that writes is one transaction, so
 //! a unit's row, its attempt and its audit entry commit or roll back together. The rules every
-//! database follows live here and in [`attempt`], [`audit`] and [`session`]; the SQL lives in the
-//! backend ([`backend`] is the seam; SQLite is the one backend today).
+//! database follows live here and in [`attempt`], [`audit`] and `session.rs`; the SQL lives in
+//! the backend (`backend.rs` is the seam; SQLite is the one backend today).
 //!
 //! | file | holds |
 //! |---|---|
