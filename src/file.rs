@@ -99,6 +99,28 @@ pub fn open_regular(path: &Path, limit: u64) -> io::Result<Opened> {
     })
 }
 
+impl Opened {
+    /// Who besides its owner may read the opened file: `Some(("group" | "others" | "group
+    /// and others", mode))`, or `None` for mode 0600 or stricter. Secret files (group keys, the
+    /// database password) must answer `None`.
+    pub fn readable_by(&self) -> Option<(&'static str, u32)> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = self.metadata.permissions().mode() & 0o777;
+            let who = match (mode & 0o070 != 0, mode & 0o007 != 0) {
+                (false, false) => return None,
+                (true, false) => "group",
+                (false, true) => "others",
+                (true, true) => "group and others",
+            };
+            Some((who, mode))
+        }
+        #[cfg(not(unix))]
+        None
+    }
+}
+
 /// Reads a named file of at most `limit` bytes that must be a regular file ([`open_regular`]).
 pub fn read_regular(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
     open_regular(path, limit)?.read()

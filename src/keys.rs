@@ -281,7 +281,7 @@ impl GroupKey {
             source,
         };
         let opened = crate::file::open_regular(path, KEY_FILE_LIMIT).map_err(unreadable)?;
-        check_permissions(&opened.metadata, path)?;
+        check_permissions(&opened, path)?;
         let raw = Zeroizing::new(opened.read().map_err(unreadable)?);
         Self::from_text(&raw, path)
     }
@@ -385,26 +385,15 @@ fn describe_base64_error(error: &base64::DecodeError) -> String {
     }
 }
 
-#[cfg(unix)]
-fn check_permissions(metadata: &std::fs::Metadata, path: &Path) -> Result<(), KeyError> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let mode = metadata.permissions().mode() & 0o777;
-    let who = match (mode & 0o070 != 0, mode & 0o007 != 0) {
-        (false, false) => return Ok(()),
-        (true, false) => "group",
-        (false, true) => "others",
-        (true, true) => "group and others",
-    };
-    Err(KeyError::Exposed {
-        path: path.display().to_string(),
-        who,
-        mode,
-    })
-}
-
-#[cfg(not(unix))]
-fn check_permissions(_metadata: &std::fs::Metadata, _path: &Path) -> Result<(), KeyError> {
-    Ok(())
+fn check_permissions(opened: &crate::file::Opened, path: &Path) -> Result<(), KeyError> {
+    match opened.readable_by() {
+        None => Ok(()),
+        Some((who, mode)) => Err(KeyError::Exposed {
+            path: path.display().to_string(),
+            who,
+            mode,
+        }),
+    }
 }
 
 #[cfg(test)]

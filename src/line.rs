@@ -8,6 +8,15 @@
 //! different MAC. Units run in parallel up to `[serial] max_parallel`, and no unit starts once
 //! the units provisioned plus those in flight reach the batch's target.
 //!
+//! The batch may be shared with other stations (a PostgreSQL database): a unit starts only while
+//! the units provisioned in the batch (by every station), the slots other stations hold and this
+//! daemon's units in flight leave room, and each unit claims its slot in the database once
+//! identified ([`crate::store::Store::claim_slot`]).
+//!
+//! When the database cannot be reached, the daemon starts no new unit and says so (a coded
+//! error on every view); a unit that finishes meanwhile is held, neither PASS nor FAIL, until
+//! its record is written; the daemon polls the database and resumes when it answers.
+//!
 //! The daemon stops when the batch is complete or on SIGINT/SIGTERM: it starts nothing new, lets
 //! the units in flight finish (within a bounded wait), records everything and returns. Attempts a
 //! crashed daemon left open are closed as `interrupted` when the next one starts.
@@ -95,6 +104,8 @@ pub enum WaitReason {
     UnitFailed,
     /// The batch's target is covered by units provisioned and in flight.
     BatchFull,
+    /// The database cannot be reached: no unit starts until it answers.
+    DatabaseOffline,
 }
 
 /// Why the daemon stops.
@@ -190,6 +201,26 @@ pub enum LineEvent {
         reason: StopReason,
         /// Units still in flight, which it lets finish.
         in_flight: usize,
+    },
+    /// The database cannot be reached: the daemon starts no new unit and holds the records of
+    /// units that finish until it answers again.
+    DatabaseOffline {
+        /// The stable code (`station::store::unreachable`).
+        error_code: String,
+        /// The error.
+        message: String,
+    },
+    /// The database answers again: units start again.
+    DatabaseBack {
+        /// How long it was unreachable.
+        seconds: f64,
+    },
+    /// A finished unit's record is held until the database answers (it is not PASS yet).
+    RecordHeld {
+        /// The port.
+        port: String,
+        /// The unit, if identified.
+        mac: Option<Mac>,
     },
     /// Units left `pending` by an unreachable DPS were retried (only when some changed).
     DpsRetried {
@@ -312,6 +343,8 @@ impl Counts {
 /// What every port's task shares.
 struct Context {
     station: Arc<Station>,
+    /// Since when the database has been unreachable, if it is.
+    offline: Mutex<Option<Instant>>,
     request: Request,
     events: UnboundedSender<LineEvent>,
     permits: Semaphore,
@@ -337,17 +370,76 @@ impl Context {
         let _ = tokio::time::timeout(self.poll, stop.wait_for(|s| *s)).await;
     }
 
-    /// Takes a place in the batch for one more unit, unless units provisioned and in flight
-    /// already cover the target.
-    fn reserve(&self) -> bool {
+    /// Takes a place in the batch for one more unit, unless the units provisioned (by every
+    /// station), the slots other stations hold and this daemon's units in flight already cover
+    /// the target.
+    async fn reserve(&self) -> bool {
+        if !self.has_room(0) {
+            return false;
+        }
+        let station_id = &self.station.config.station.id;
+        let room = match self
+            .station
+            .store
+            .batch_room(self.request.batch.id, station_id)
+            .await
+        {
+            Ok(room) => room,
+            Err(error) => {
+                if error.is_unreachable() {
+                    self.go_offline(&crate::record::ErrorCode::of(&error), &error.to_string());
+                } else {
+                    tracing::warn!(error = %error, "cannot read the batch's count");
+                }
+                return false;
+            }
+        };
         let mut counts = lock(&self.counts);
         let tally = &mut counts.tally;
-        if tally.provisioned + tally.in_flight as i64 >= tally.target {
+        tally.provisioned = room.provisioned;
+        if room.provisioned >= tally.target || room.closed {
+            self.complete.send_replace(true);
+            return false;
+        }
+        if room.provisioned + room.claimed_elsewhere + tally.in_flight as i64 >= tally.target {
             return false;
         }
         tally.in_flight += 1;
         counts.first_start.get_or_insert_with(Instant::now);
         true
+    }
+
+    /// Whether, by this daemon's own counters, `more` units besides those in flight leave room.
+    fn has_room(&self, more: i64) -> bool {
+        let counts = lock(&self.counts);
+        let tally = &counts.tally;
+        tally.provisioned + tally.in_flight as i64 + more < tally.target
+    }
+
+    /// Notes that the database cannot be reached (once, until it is back).
+    fn go_offline(&self, error_code: &crate::record::ErrorCode, message: &str) {
+        let mut offline = lock(&self.offline);
+        if offline.is_none() {
+            *offline = Some(Instant::now());
+            tracing::warn!(error.code = %error_code, error = message, "database unreachable: starting no new unit");
+            self.emit(LineEvent::DatabaseOffline {
+                error_code: error_code.to_string(),
+                message: message.to_owned(),
+            });
+        }
+    }
+
+    fn is_offline(&self) -> bool {
+        lock(&self.offline).is_some()
+    }
+
+    /// Notes that the database answers again.
+    fn back_online(&self) {
+        if let Some(since) = lock(&self.offline).take() {
+            let seconds = since.elapsed().as_secs_f64();
+            tracing::info!(seconds, "database reachable again");
+            self.emit(LineEvent::DatabaseBack { seconds });
+        }
     }
 
     fn release(&self) {
@@ -416,6 +508,7 @@ pub async fn run(
             operator: options.operator.clone(),
             reprovision: false,
             skip_provisioned: true,
+            hold_records: true,
         },
         events: events.clone(),
         permits: Semaphore::new(serial.max_parallel),
@@ -432,6 +525,7 @@ pub async fn run(
         record_failed: record_failed_tx,
         poll: options.poll,
         station: Arc::clone(&station),
+        offline: Mutex::new(None),
     });
     context.emit(LineEvent::Started {
         batch: options.batch.name.clone(),
@@ -448,6 +542,7 @@ pub async fn run(
     let mut dps_retry = tokio::time::interval(options.dps_retry);
     dps_retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut retrying: Option<tokio::task::JoinHandle<()>> = None;
+    let mut pinging: Option<tokio::task::JoinHandle<()>> = None;
     tokio::pin!(shutdown);
     let reason = if status.provisioned >= status.batch.target {
         StopReason::BatchComplete
@@ -463,6 +558,11 @@ pub async fn run(
                             tasks.spawn(serve_port(Arc::clone(&context), port));
                         }
                     }
+                    if context.is_offline()
+                        && pinging.as_ref().is_none_or(tokio::task::JoinHandle::is_finished)
+                    {
+                        pinging = Some(tokio::spawn(ping(Arc::clone(&context))));
+                    }
                 }
                 _ = dps_retry.tick(), if station.dps.is_some() => {
                     if retrying.as_ref().is_none_or(tokio::task::JoinHandle::is_finished) {
@@ -474,6 +574,9 @@ pub async fn run(
     };
     if let Some(retrying) = retrying {
         retrying.abort();
+    }
+    if let Some(pinging) = pinging {
+        pinging.abort();
     }
     stop_tx.send_replace(true);
     context.emit(LineEvent::Stopping {
@@ -501,6 +604,13 @@ pub async fn run(
     Ok(tally)
 }
 
+/// Asks the database whether it answers again.
+async fn ping(context: Arc<Context>) {
+    if context.station.store.ping().await.is_ok() {
+        context.back_online();
+    }
+}
+
 /// Retries the units DPS could not be asked about yet, in the background of the line.
 #[tracing::instrument(name = "line_dps_retry", skip_all)]
 async fn retry_pending(context: Arc<Context>) {
@@ -525,6 +635,7 @@ async fn serve_port(context: Arc<Context>, port: PathBuf) {
     let mut present = false;
     let mut last: Option<Last> = None;
     let mut told_full = false;
+    let mut told_offline = false;
     let progress = forward_progress(Arc::clone(&context));
     while !context.stopping() {
         let node = port_node(&port);
@@ -550,8 +661,21 @@ async fn serve_port(context: Arc<Context>, port: PathBuf) {
             context.pause().await;
             continue;
         }
-        if !context.reserve() {
-            if !told_full {
+        if context.is_offline() {
+            if !told_offline {
+                told_offline = true;
+                context.emit(LineEvent::Waiting {
+                    port: name.clone(),
+                    reason: WaitReason::DatabaseOffline,
+                    mac: None,
+                });
+            }
+            context.pause().await;
+            continue;
+        }
+        told_offline = false;
+        if !context.reserve().await {
+            if !told_full && !context.is_offline() {
                 told_full = true;
                 context.emit(LineEvent::Waiting {
                     port: name.clone(),
@@ -583,6 +707,14 @@ async fn serve_port(context: Arc<Context>, port: PathBuf) {
         drop(device);
         let report = match result {
             Ok(report) => report,
+            Err(error) if error.is_unreachable() => {
+                // Nothing of the unit was recorded (its attempt could not even be opened, or
+                // a stage could not be noted and the record was not held): the device is left
+                // as it is, to be provisioned once the database answers.
+                context.release();
+                context.go_offline(&crate::record::ErrorCode::of(&error), &error.to_string());
+                continue;
+            }
             Err(error) => {
                 context.release();
                 context.emit(LineEvent::RecordFailed {
@@ -680,6 +812,17 @@ fn forward_progress(context: Arc<Context>) -> UnboundedSender<Event> {
                     mac,
                     registration_id,
                 },
+                Event::RecordHeld {
+                    port,
+                    mac,
+                    error_code,
+                    message,
+                } => {
+                    if let Ok(code) = error_code.parse() {
+                        context.go_offline(&code, &message);
+                    }
+                    LineEvent::RecordHeld { port, mac }
+                }
             };
             context.emit(event);
         }

@@ -71,7 +71,7 @@ impl Station {
         } else {
             None
         };
-        let store = Store::open(&config.station.database).await?;
+        let store = Store::connect(&config.station.database).await?;
         let operator = crate::operator::resolve(None, None);
         store
             .record_station_open(&station_open(&config, &keys, &operator))
@@ -142,7 +142,7 @@ mod tests {
             (config, keys)
         };
         let (config, keys) = load();
-        let store = Store::open(&config.station.database).await.unwrap();
+        let store = Store::connect(&config.station.database).await.unwrap();
         let open = |config: &Config, keys: &GroupKeys| station_open(config, keys, "ops");
         assert_eq!(
             store

@@ -223,7 +223,7 @@ fn attempts(ws: &Workspace) -> Vec<(Option<String>, String)> {
         let store = station::store::Store::open(&db).await.unwrap();
         let rows: Vec<(Option<String>, String)> =
             sqlx::query_as("SELECT mac, outcome FROM attempts ORDER BY id")
-                .fetch_all(store.pool())
+                .fetch_all(store.sqlite_pool().unwrap())
                 .await
                 .unwrap();
         store.close().await;
@@ -240,7 +240,7 @@ fn open_attempt_stages(ws: &Workspace) -> Vec<String> {
         let rows: Vec<String> = sqlx::query_scalar(
             "SELECT stage FROM attempts WHERE outcome = 'in-progress' ORDER BY id",
         )
-        .fetch_all(store.pool())
+        .fetch_all(store.sqlite_pool().unwrap())
         .await
         .unwrap();
         store.close().await;
@@ -566,7 +566,7 @@ fn demo_runs_a_batch_through_the_daemon_with_dps_and_leaves_the_working_director
             .await
             .unwrap();
         let rows = sqlx::query_scalar("SELECT dps_status FROM units")
-            .fetch_all(store.pool())
+            .fetch_all(store.sqlite_pool().unwrap())
             .await
             .unwrap();
         store.close().await;

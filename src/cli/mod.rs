@@ -236,13 +236,17 @@ pub enum AuditCommand {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
-    /// Re-walk the hash chain; exit 0 with the count verified, or exit 1 naming the first entry
-    /// that does not match.
+    /// Re-walk the hash chain (on a shared database: every station's chain); exit 0 with the
+    /// count verified, or exit 1 naming the first entry that does not match.
     Verify {
         /// A head hash recorded at an earlier review: also check that this entry is still in
         /// the chain.
         #[arg(long, value_name = "HASH")]
         head: Option<String>,
+        /// Only the chain of this station (on SQLite, whose file keeps one chain for every
+        /// station, the whole chain).
+        #[arg(long, value_name = "ID")]
+        station: Option<String>,
     },
 }
 
@@ -405,7 +409,7 @@ fn load_config(path: &Path) -> Result<Config> {
 }
 
 async fn open_store(config: &Config) -> Result<Store> {
-    Ok(Store::open(&config.station.database).await?)
+    Ok(Store::connect(&config.station.database).await?)
 }
 
 /// Who is responsible for an act outside a unit's attempt ([`crate::operator::resolve`]).

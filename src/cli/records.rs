@@ -10,7 +10,7 @@ use crate::error::{Error, Result, exit};
 use crate::keys::GroupKeys;
 use crate::record::BatchStatus;
 use crate::report;
-use crate::store::ManifestFilter;
+use crate::store::{ChainReport, ManifestFilter, Store};
 
 pub(super) async fn batch(config: &Config, command: BatchCommand, json: bool) -> Result<u8> {
     let store = open_store(config).await?;
@@ -97,6 +97,27 @@ fn print_status(status: &BatchStatus) {
             "", failure.count, failure.error_code, failure.stage
         );
     }
+    let rate = |rate: Option<f64>| rate.map_or_else(String::new, |r| format!(", {r:.1} units/min"));
+    if status.stations.len() > 1 {
+        println!(
+            "{:<20} all stations: {} provisioned{}",
+            "",
+            status.provisioned,
+            rate(status.units_per_minute)
+        );
+    }
+    for station in &status.stations {
+        println!(
+            "{:<20} station {}: {} provisioned, {} attempts ({} failed), {} in progress{}",
+            "",
+            station.station_id,
+            station.provisioned,
+            station.attempts,
+            station.failed_attempts,
+            station.in_progress,
+            rate(station.units_per_minute)
+        );
+    }
 }
 
 pub(super) async fn audit(config: &Config, command: AuditCommand, json: bool) -> Result<u8> {
@@ -127,55 +148,90 @@ pub(super) async fn audit(config: &Config, command: AuditCommand, json: bool) ->
             }
             OK
         }
-        AuditCommand::Verify { head } => {
-            let report = store.verify_audit().await?;
-            let head_found = match &head {
-                None => None,
-                Some(hash) => Some(
-                    store
-                        .audit_hash_position(hash)
-                        .await?
-                        .is_some_and(|seq| seq <= report.entries),
-                ),
-            };
-            let intact = report.first_break.is_none() && head_found != Some(false);
-            if json {
-                print_json(&serde_json::json!({
-                    "intact": intact,
-                    "entries": report.entries,
-                    "head_hash": report.head_hash,
-                    "first_break": report.first_break,
-                    "expected_head_found": head_found,
-                }));
-            } else if let Some(broken) = &report.first_break {
-                println!(
-                    "audit chain BROKEN at entry {}: {}",
-                    broken.seq, broken.problem
-                );
-                println!(
-                    "entries before it verify; the last good hash is {}",
-                    report.head_hash
-                );
-            } else if head_found == Some(false) {
-                println!(
-                    "audit chain of {} entries is internally consistent, but the expected head {} is NOT in it: the log was rewritten or cut short",
-                    report.entries,
-                    head.as_deref().unwrap_or_default()
-                );
-            } else {
-                println!(
-                    "audit chain intact: {} entries verified, head hash {}",
-                    report.entries, report.head_hash
-                );
-                if head_found == Some(true) {
-                    println!("the expected head is in the chain");
-                }
-            }
-            if intact { OK } else { exit::FAILED }
+        AuditCommand::Verify { head, station } => {
+            verify_audit(&store, head.as_deref(), station.as_deref(), json).await?
         }
     };
     store.close().await;
     Ok(code)
+}
+
+/// `station audit verify`: every chain (or one station's), then the expected head if given.
+async fn verify_audit(
+    store: &Store,
+    head: Option<&str>,
+    station: Option<&str>,
+    json: bool,
+) -> Result<u8> {
+    let reports = store.verify_audit_chains(station).await?;
+    let report = ChainReport::combined(&reports);
+    let head_found =
+        match head {
+            None => None,
+            Some(hash) => Some(store.audit_hash_position(hash).await?.is_some_and(
+                |(chain, seq)| {
+                    reports
+                        .iter()
+                        .any(|r| r.station_id == chain && seq <= r.entries)
+                },
+            )),
+        };
+    let intact = report.first_break.is_none() && head_found != Some(false);
+    if json {
+        print_json(&serde_json::json!({
+            "intact": intact,
+            "entries": report.entries,
+            "head_hash": report.head_hash,
+            "first_break": report.first_break,
+            "expected_head_found": head_found,
+            "chains": reports,
+        }));
+    } else {
+        for chain in &reports {
+            let name = chain
+                .station_id
+                .as_ref()
+                .map_or_else(String::new, |s| format!("station {s}: "));
+            match &chain.first_break {
+                Some(broken) => {
+                    println!(
+                        "{name}audit chain BROKEN at entry {}: {}",
+                        broken.seq, broken.problem
+                    );
+                    println!(
+                        "{name}entries before it verify; the last good hash is {}",
+                        chain.head_hash
+                    );
+                }
+                None => println!(
+                    "{name}audit chain intact: {} entries verified, head hash {}",
+                    chain.entries, chain.head_hash
+                ),
+            }
+        }
+        if reports.len() != 1 || reports[0].station_id.is_some() {
+            let broken = reports.iter().filter(|r| r.first_break.is_some()).count();
+            println!(
+                "audit chains of {} station(s): {} entries; {}",
+                reports.len(),
+                report.entries,
+                if broken == 0 {
+                    "all intact".to_owned()
+                } else {
+                    format!("{broken} BROKEN")
+                }
+            );
+        }
+        match head_found {
+            Some(false) => println!(
+                "the expected head {} is NOT in the verified chains: the log was rewritten or cut short",
+                head.unwrap_or_default()
+            ),
+            Some(true) => println!("the expected head is in the chain"),
+            None => {}
+        }
+    }
+    Ok(if intact { OK } else { exit::FAILED })
 }
 
 /// Parses a `--since`/`--until` bound ([`crate::clock::parse_time`]).
@@ -321,32 +377,7 @@ pub(super) async fn check(config_path: &Path, json: bool) -> Result<u8> {
             )),
             Err(e) => checks.push(Check::misconfigured("group key", e.into())),
         }
-        match crate::store::Store::open(&config.station.database).await {
-            Ok(store) => {
-                let report = store.verify_audit().await?;
-                let open = store.open_batch_of(&config.station.id).await?;
-                checks.push(Check::new(
-                    "database",
-                    report.first_break.is_none(),
-                    format!(
-                        "{}: audit chain {} ({} entries); {}",
-                        config.station.database.display(),
-                        if report.first_break.is_none() {
-                            "intact"
-                        } else {
-                            "BROKEN (run `station audit verify`)"
-                        },
-                        report.entries,
-                        open.map_or_else(
-                            || "no open batch".to_owned(),
-                            |b| format!("open batch {}", b.name)
-                        )
-                    ),
-                ));
-                store.close().await;
-            }
-            Err(e) => checks.push(Check::failed("database", e.into())),
-        }
+        checks.push(check_database(config).await);
         let found: Vec<String> = crate::line::discover(&config.serial)
             .into_iter()
             .filter(|p| p.exists())
@@ -387,6 +418,71 @@ pub(super) async fn check(config_path: &Path, json: bool) -> Result<u8> {
     } else {
         exit::FAILED
     })
+}
+
+/// The database: backend, version, migrations; the audit chains; the station's open batch.
+/// Nothing is created or migrated (a SQLite file is opened read-only).
+async fn check_database(config: &Config) -> Check {
+    let database = &config.station.database;
+    let store = match Store::inspect(database).await {
+        Ok(Some(store)) => store,
+        Ok(None) => {
+            return Check::new(
+                "database",
+                true,
+                format!("{database}: SQLite file not created yet (made on first use)"),
+            );
+        }
+        Err(e) if e.is_usage_error() => return Check::misconfigured("database", e.into()),
+        Err(e) => return Check::failed("database", e.into()),
+    };
+    let checked = async {
+        let info = store.describe().await?;
+        let schema = format!("{}, {}", info.version, info.migrations);
+        let migrations = &info.migrations;
+        if !migrations.current() {
+            // A SQLite file is migrated by the next command that opens it; a shared server
+            // only by its owner.
+            let next = migrations.unknown.is_empty()
+                && migrations.damaged.is_empty()
+                && info.backend == "sqlite";
+            let fix = if next {
+                "applied on the next start"
+            } else {
+                "run `station db migrate` as the database owner"
+            };
+            return Ok::<_, Error>((next, format!("{database}: {schema} ({fix})")));
+        }
+        let reports = store.verify_audit_chains(None).await?;
+        let report = ChainReport::combined(&reports);
+        let chains = match reports.as_slice() {
+            [one] if one.station_id.is_none() => "audit chain".to_owned(),
+            _ => format!("audit chains of {} station(s)", reports.len()),
+        };
+        let open = store.open_batch_of(&config.station.id).await?;
+        Ok((
+            report.first_break.is_none(),
+            format!(
+                "{database}: {schema}; {chains} {} ({} entries); {}",
+                if report.first_break.is_none() {
+                    "intact"
+                } else {
+                    "BROKEN (run `station audit verify`)"
+                },
+                report.entries,
+                open.map_or_else(
+                    || "no open batch".to_owned(),
+                    |b| format!("open batch {}", b.name)
+                )
+            ),
+        ))
+    }
+    .await;
+    store.close().await;
+    match checked {
+        Ok((ok, detail)) => Check::new("database", ok, detail),
+        Err(e) => Check::failed("database", e),
+    }
 }
 
 /// DPS reachability, when pre-verification is on (a station that does not pre-verify does not

@@ -59,7 +59,7 @@ fn checked_in_example_parses_with_the_documented_defaults() {
     assert_eq!(config.station.id, "line1-st1");
     assert_eq!(
         config.station.database,
-        path.parent().unwrap().join("station.db")
+        Database::Sqlite(path.parent().unwrap().join("station.db"))
     );
     assert_eq!(
         config.dps.verify_url,
@@ -85,7 +85,7 @@ fn minimal_config_takes_defaults_and_resolves_paths_next_to_the_file() {
     let config = parse(MINIMAL).unwrap();
     assert_eq!(
         config.station.database,
-        Path::new("/etc/station/station.db")
+        Database::Sqlite("/etc/station/station.db".into())
     );
     assert_eq!(
         config.dps.group_key_file,

@@ -54,7 +54,15 @@ pub struct Request {
     /// Leave alone a unit already provisioned in this batch (the line daemon: a unit plugged in
     /// again is not flashed twice). Off for `station provision`, which re-flashes on request.
     pub skip_provisioned: bool,
+    /// When the database is unreachable as the unit finishes, hold its record and retry
+    /// (every second, announcing [`Event::RecordHeld`]) until the database answers: the unit
+    /// is shown PASS only once recorded (the line daemon). Off for `station provision`, which
+    /// then fails with `station::store::unreachable`.
+    pub hold_records: bool,
 }
+
+/// How long a held record waits between tries.
+const RECORD_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Runs one unit through the pipeline and records the attempt, pass or fail.
 ///
@@ -134,6 +142,8 @@ struct Facts {
     /// When the unit, found already provisioned in this batch, was provisioned.
     skipped: Option<String>,
     dps: Option<UnitDps>,
+    /// The attempt that last recorded the unit provisioned, when identify read it.
+    seen_provisioning: Option<i64>,
 }
 
 /// One unit's attempt while it runs.

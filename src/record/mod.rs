@@ -21,7 +21,9 @@ use std::str::FromStr;
 use crate::identity::{Mac, RegistrationId};
 use crate::keys::KeyId;
 
-pub use row::{Attempt, AuditEntry, Batch, BatchStatus, FailureCount, ManifestRow, Unit, UnitDps};
+pub use row::{
+    Attempt, AuditEntry, Batch, BatchStatus, FailureCount, ManifestRow, StationCount, Unit, UnitDps,
+};
 
 /// A stored value that is not one the station writes (a hand-edited row, a newer station's).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,4 +1,7 @@
-//! Shared helpers: a temporary station workspace and a runner for the `station` binary.
+//! Shared helpers: a temporary station workspace and a runner for the `station` binary, and a
+//! real PostgreSQL server ([`postgres`]).
+
+pub mod postgres;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -181,6 +184,7 @@ pub fn attempt_record(
             secondary_key_id: None,
             image_sha256: Some("ab".repeat(32)),
             dps: None,
+            seen_provisioning: None,
         }),
         failure: failure.map(|(stage, code)| station::store::Failure {
             stage: stage.parse().unwrap(),
