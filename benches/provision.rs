@@ -109,6 +109,7 @@ async fn run(units: usize, stub: bool) -> Result<(), Error> {
         operator: "bench".into(),
         reprovision: false,
         skip_provisioned: false,
+        claim_at_start: false,
         hold_records: false,
     };
     let line = SimLine::start(SimOptions {

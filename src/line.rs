@@ -42,6 +42,7 @@ use crate::provision::{self, Event, Outcome, Request, UnitReport};
 use crate::record::Batch;
 use crate::record::Stage;
 use crate::station::Station;
+use crate::store::StoreError;
 use crate::support::lock;
 
 /// How the daemon runs.
@@ -508,6 +509,7 @@ pub async fn run(
             operator: options.operator.clone(),
             reprovision: false,
             skip_provisioned: true,
+            claim_at_start: true,
             hold_records: true,
         },
         events: events.clone(),
@@ -543,6 +545,10 @@ pub async fn run(
     dps_retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut retrying: Option<tokio::task::JoinHandle<()>> = None;
     let mut pinging: Option<tokio::task::JoinHandle<()>> = None;
+    // Other stations may complete or close a shared batch: its count is read every second.
+    let mut refresh = tokio::time::interval(Duration::from_secs(1));
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut refreshing: Option<tokio::task::JoinHandle<()>> = None;
     tokio::pin!(shutdown);
     let reason = if status.provisioned >= status.batch.target {
         StopReason::BatchComplete
@@ -564,6 +570,13 @@ pub async fn run(
                         pinging = Some(tokio::spawn(ping(Arc::clone(&context))));
                     }
                 }
+                _ = refresh.tick() => {
+                    if !context.is_offline()
+                        && refreshing.as_ref().is_none_or(tokio::task::JoinHandle::is_finished)
+                    {
+                        refreshing = Some(tokio::spawn(refresh_count(Arc::clone(&context))));
+                    }
+                }
                 _ = dps_retry.tick(), if station.dps.is_some() => {
                     if retrying.as_ref().is_none_or(tokio::task::JoinHandle::is_finished) {
                         retrying = Some(tokio::spawn(retry_pending(Arc::clone(&context))));
@@ -575,8 +588,8 @@ pub async fn run(
     if let Some(retrying) = retrying {
         retrying.abort();
     }
-    if let Some(pinging) = pinging {
-        pinging.abort();
+    for task in [pinging, refreshing].into_iter().flatten() {
+        task.abort();
     }
     stop_tx.send_replace(true);
     context.emit(LineEvent::Stopping {
@@ -602,6 +615,22 @@ pub async fn run(
     let tally = context.tally();
     context.emit(LineEvent::Stopped { tally, abandoned });
     Ok(tally)
+}
+
+/// Reads the batch's count: complete (or closed) by whichever station, the daemon stops.
+async fn refresh_count(context: Arc<Context>) {
+    let station_id = &context.station.config.station.id;
+    if let Ok(room) = context
+        .station
+        .store
+        .batch_room(context.request.batch.id, station_id)
+        .await
+    {
+        lock(&context.counts).tally.provisioned = room.provisioned;
+        if room.provisioned >= room.target || room.closed {
+            context.complete.send_replace(true);
+        }
+    }
 }
 
 /// Asks the database whether it answers again.
@@ -707,6 +736,26 @@ async fn serve_port(context: Arc<Context>, port: PathBuf) {
         drop(device);
         let report = match result {
             Ok(report) => report,
+            Err(StoreError::BatchFull { .. }) => {
+                // Other stations took the last slots between the count and the claim: nothing
+                // touched the device; it waits like any port of a full batch.
+                context.release();
+                if !told_full {
+                    told_full = true;
+                    context.emit(LineEvent::Waiting {
+                        port: name.clone(),
+                        reason: WaitReason::BatchFull,
+                        mac: None,
+                    });
+                }
+                context.pause().await;
+                continue;
+            }
+            Err(StoreError::BatchClosed { .. }) => {
+                context.release();
+                context.complete.send_replace(true);
+                return;
+            }
             Err(error) if error.is_unreachable() => {
                 // Nothing of the unit was recorded (its attempt could not even be opened, or
                 // a stage could not be noted and the record was not held): the device is left

@@ -9,6 +9,7 @@ mod cli;
 mod dps;
 mod line;
 mod nvs;
+mod postgres;
 mod provision;
 mod report;
 mod sim;

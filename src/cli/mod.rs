@@ -69,6 +69,9 @@ pub enum Command {
     /// The auditor's views of the provisioning log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// The database's schema.
+    #[command(subcommand)]
+    Db(DbCommand),
     /// Azure DPS pre-verification.
     #[command(subcommand)]
     Dps(DpsCommand),
@@ -250,6 +253,15 @@ pub enum AuditCommand {
     },
 }
 
+/// `station db`.
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Apply the migrations the database lacks and say what it is: backend, version, schema.
+    /// On a shared PostgreSQL database run it once per station update, with the owner's
+    /// credentials (station users may not change the schema).
+    Migrate,
+}
+
 /// `station dps`.
 #[derive(Debug, Subcommand)]
 pub enum DpsCommand {
@@ -373,6 +385,9 @@ pub async fn run(cli: Cli) -> Result<u8> {
     match cli.command {
         Command::Batch(command) => records::batch(&load_config(&cli.config)?, command, json).await,
         Command::Audit(command) => records::audit(&load_config(&cli.config)?, command, json).await,
+        Command::Db(DbCommand::Migrate) => {
+            records::db_migrate(&load_config(&cli.config)?, json).await
+        }
         Command::Key(KeyCommand::Derive { registration_id }) => {
             image::key_derive(&load_config(&cli.config)?, &registration_id, json).await
         }

@@ -234,6 +234,25 @@ async fn verify_audit(
     Ok(if intact { OK } else { exit::FAILED })
 }
 
+/// `station db migrate`.
+pub(super) async fn db_migrate(config: &Config, json: bool) -> Result<u8> {
+    let info = Store::migrate(&config.station.database).await?;
+    if json {
+        print_json(&serde_json::json!({
+            "database": config.station.database.to_string(),
+            "backend": info.backend,
+            "version": info.version,
+            "migrations": info.migrations,
+        }));
+    } else {
+        println!(
+            "database {}: {}, {}",
+            config.station.database, info.version, info.migrations
+        );
+    }
+    Ok(OK)
+}
+
 /// Parses a `--since`/`--until` bound ([`crate::clock::parse_time`]).
 fn parse_time_bound(flag: &str, text: &str) -> Result<time::OffsetDateTime> {
     crate::clock::parse_time(text).ok_or_else(|| Error::BadInput {

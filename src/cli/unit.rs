@@ -30,6 +30,7 @@ pub(super) async fn provision(config: Config, args: ProvisionArgs, json: bool) -
         batch,
         reprovision: args.reprovision,
         skip_provisioned: false,
+        claim_at_start: false,
         hold_records: false,
     };
     let mut device = EspflashDevice::new(&args.port, SerialSettings::from(&station.config.serial));

@@ -102,9 +102,9 @@ impl<D: Device> Run<'_, D> {
             Some(unit) if unit.batch_id != batch_id => self.facts.reprovision = true,
             _ => {}
         }
-        // A unit the batch already counts needs no slot; any other takes one before anything
-        // is written, or waits for the next batch.
-        if !in_batch {
+        // A unit the batch already counts needs no slot; any other takes one (unless its attempt
+        // began with one) before anything is written, or waits for the next batch.
+        if !in_batch && !self.request.claim_at_start {
             self.station
                 .store
                 .claim_slot(self.attempt_id, batch_id)

@@ -85,16 +85,19 @@ impl<D: Device> Run<'_, D> {
     /// Records the attempt; while the database is unreachable and the request says to hold
     /// records, announces it and tries again every second.
     async fn record_holding(&self, record: &AttemptRecord) -> Result<Recorded, StoreError> {
+        let mut held = false;
         loop {
             match self.station.store.record_attempt(record).await {
                 Err(error) if error.is_unreachable() && self.request.hold_records => {
-                    tracing::warn!(error = %error, "database unreachable: holding the unit's record");
-                    self.send(Event::RecordHeld {
-                        port: self.port.clone(),
-                        mac: record.unit.as_ref().map(|u| u.mac),
-                        error_code: ErrorCode::of(&error).to_string(),
-                        message: error.to_string(),
-                    });
+                    if !std::mem::replace(&mut held, true) {
+                        tracing::warn!(error = %error, "database unreachable: holding the unit's record");
+                        self.send(Event::RecordHeld {
+                            port: self.port.clone(),
+                            mac: record.unit.as_ref().map(|u| u.mac),
+                            error_code: ErrorCode::of(&error).to_string(),
+                            message: error.to_string(),
+                        });
+                    }
                     tokio::time::sleep(super::RECORD_RETRY).await;
                 }
                 result => return result,

@@ -548,7 +548,15 @@ impl Store {
     /// Opens an attempt's row as in progress before anything touches the device, so that a
     /// station killed mid-unit leaves a trace for [`Store::recover_interrupted`].
     pub async fn begin_attempt(&self, start: &AttemptStart) -> Result<i64, StoreError> {
-        on_backend!(self, db => ops::begin_attempt(db, start).await)
+        on_backend!(self, db => ops::begin_attempt(db, start, false).await)
+    }
+
+    /// [`Store::begin_attempt`] holding one of the batch's slots from the start, in one
+    /// transaction: refused, with nothing written, as [`Store::claim_slot`] refuses. The line
+    /// starts units so, so that stations racing for a batch's last slots wait rather than
+    /// fail a unit they have begun.
+    pub async fn begin_attempt_with_slot(&self, start: &AttemptStart) -> Result<i64, StoreError> {
+        on_backend!(self, db => ops::begin_attempt(db, start, true).await)
     }
 
     /// Notes the stage an open attempt has reached and, once read, the device's MAC; renews

@@ -239,13 +239,42 @@ pub(super) async fn unit_sighting<B: Backend>(
 pub(super) async fn begin_attempt<B: Backend>(
     db: &B,
     start: &AttemptStart,
+    claim: bool,
 ) -> Result<i64, StoreError> {
     let mut tx = db.write().await?;
+    if claim {
+        tx.lock_batch(start.batch_id).await?;
+        check_room(&mut tx, start.batch_id, 0).await?;
+    }
     let id = tx
         .insert_attempt(start, i64::from(std::process::id()))
         .await?;
+    if claim {
+        tx.claim(id, &lease_end()).await?;
+    }
     tx.commit().await?;
     Ok(id)
+}
+
+/// Refuses when the batch is closed, or when its units provisioned and the slots attempts
+/// besides `attempt_id` hold cover its target. The caller holds the batch's lock.
+async fn check_room<T: Tx>(tx: &mut T, batch_id: i64, attempt_id: i64) -> Result<(), StoreError> {
+    let batch = tx.batch_by_id(batch_id).await?;
+    if let Some(closed_at) = batch.closed_at {
+        return Err(StoreError::BatchClosed {
+            name: batch.name,
+            closed_at,
+        });
+    }
+    let taken = tx.provisioned_in(batch_id).await?
+        + tx.live_claims(batch_id, &now(), attempt_id, None).await?;
+    if taken >= batch.target {
+        return Err(StoreError::BatchFull {
+            name: batch.name,
+            target: batch.target,
+        });
+    }
+    Ok(())
 }
 
 pub(super) async fn attempt_reached<B: Backend>(
@@ -266,21 +295,7 @@ pub(super) async fn claim_slot<B: Backend>(
 ) -> Result<(), StoreError> {
     let mut tx = db.write().await?;
     tx.lock_batch(batch_id).await?;
-    let batch = tx.batch_by_id(batch_id).await?;
-    if let Some(closed_at) = batch.closed_at {
-        return Err(StoreError::BatchClosed {
-            name: batch.name,
-            closed_at,
-        });
-    }
-    let taken = tx.provisioned_in(batch_id).await?
-        + tx.live_claims(batch_id, &now(), attempt_id, None).await?;
-    if taken >= batch.target {
-        return Err(StoreError::BatchFull {
-            name: batch.name,
-            target: batch.target,
-        });
-    }
+    check_room(&mut tx, batch_id, attempt_id).await?;
     tx.claim(attempt_id, &lease_end()).await?;
     tx.commit().await
 }
