@@ -663,8 +663,7 @@ async fn serve_port(context: Arc<Context>, port: PathBuf) {
     let name = port.display().to_string();
     let mut present = false;
     let mut last: Option<Last> = None;
-    let mut told_full = false;
-    let mut told_offline = false;
+    let mut announced = Announced::default();
     let progress = forward_progress(Arc::clone(&context));
     while !context.stopping() {
         let node = port_node(&port);
@@ -691,31 +690,20 @@ async fn serve_port(context: Arc<Context>, port: PathBuf) {
             continue;
         }
         if context.is_offline() {
-            if !told_offline {
-                told_offline = true;
-                context.emit(LineEvent::Waiting {
-                    port: name.clone(),
-                    reason: WaitReason::DatabaseOffline,
-                    mac: None,
-                });
-            }
-            context.pause().await;
+            announced
+                .wait(&context, &name, WaitReason::DatabaseOffline)
+                .await;
             continue;
         }
-        told_offline = false;
         if !context.reserve().await {
-            if !told_full && !context.is_offline() {
-                told_full = true;
-                context.emit(LineEvent::Waiting {
-                    port: name.clone(),
-                    reason: WaitReason::BatchFull,
-                    mac: None,
-                });
+            if context.is_offline() {
+                context.pause().await;
+            } else {
+                announced.wait(&context, &name, WaitReason::BatchFull).await;
             }
-            context.pause().await;
             continue;
         }
-        told_full = false;
+        announced = Announced::default();
         let Ok(_permit) = context.permits.acquire().await else {
             context.release();
             return;
@@ -740,15 +728,7 @@ async fn serve_port(context: Arc<Context>, port: PathBuf) {
                 // Other stations took the last slots between the count and the claim: nothing
                 // touched the device; it waits like any port of a full batch.
                 context.release();
-                if !told_full {
-                    told_full = true;
-                    context.emit(LineEvent::Waiting {
-                        port: name.clone(),
-                        reason: WaitReason::BatchFull,
-                        mac: None,
-                    });
-                }
-                context.pause().await;
+                announced.wait(&context, &name, WaitReason::BatchFull).await;
                 continue;
             }
             Err(StoreError::BatchClosed { .. }) => {
@@ -798,6 +778,25 @@ async fn serve_port(context: Arc<Context>, port: PathBuf) {
             seen,
             probed: Instant::now(),
         });
+    }
+}
+
+/// The wait a port last announced, so that each is said once.
+#[derive(Debug, Default)]
+struct Announced(Option<WaitReason>);
+
+impl Announced {
+    /// Announces (once) that the port waits, and why; then pauses one poll period.
+    async fn wait(&mut self, context: &Context, port: &str, reason: WaitReason) {
+        if self.0 != Some(reason) {
+            self.0 = Some(reason);
+            context.emit(LineEvent::Waiting {
+                port: port.to_owned(),
+                reason,
+                mac: None,
+            });
+        }
+        context.pause().await;
     }
 }
 

@@ -39,8 +39,27 @@ pub(super) trait Backend: Sync {
     async fn write(&self) -> Result<Self::Tx, StoreError>;
     /// Begins a read-only transaction: every query in it sees one snapshot.
     async fn read(&self) -> Result<Self::Tx, StoreError>;
+    /// The backend's name (`sqlite`, `postgresql`).
+    const NAME: &'static str;
+    /// Its migrations.
+    fn migrator() -> &'static sqlx::migrate::Migrator;
+
     /// What the database is: backend, server version, migrations.
-    async fn describe(&self) -> Result<super::DatabaseInfo, StoreError>;
+    async fn describe(&self) -> Result<super::DatabaseInfo, StoreError> {
+        let mut tx = self.read().await?;
+        let version = tx.server_version().await?;
+        let applied = if tx.has_migrations_table().await? {
+            tx.applied_migrations().await?
+        } else {
+            Vec::new()
+        };
+        tx.commit().await?;
+        Ok(super::DatabaseInfo {
+            backend: Self::NAME,
+            version,
+            migrations: super::migration::state(Self::migrator(), &applied),
+        })
+    }
 }
 
 /// A unit's row as an attempt writes it.
@@ -158,6 +177,13 @@ pub(super) trait Tx: Send {
     /// Commits.
     async fn commit(self) -> Result<(), StoreError>;
 
+    /// The library's or server's name and version (`SQLite 3.46.0`, `PostgreSQL 15.8`).
+    async fn server_version(&mut self) -> Result<String, StoreError>;
+    /// Whether sqlx's `_sqlx_migrations` table exists.
+    async fn has_migrations_table(&mut self) -> Result<bool, StoreError>;
+    /// Its rows.
+    async fn applied_migrations(&mut self) -> Result<Vec<super::migration::Applied>, StoreError>;
+
     /// Serializes writers of one unit (by MAC) until commit.
     async fn lock_unit(&mut self, mac: Mac) -> Result<(), StoreError>;
     /// Serializes writers that count one batch's slots until commit.
@@ -260,9 +286,19 @@ pub(super) trait Tx: Send {
         audit_seq: i64,
     ) -> Result<Attempt, StoreError>;
 
-    /// Appends an entry to the chain of its station (SQLite: to the database's one chain)
-    /// after the chain's head, and returns its seq.
-    async fn append_audit(&mut self, entry: &NewEntry) -> Result<i64, StoreError>;
+    /// The head (seq and hash) of the chain the station appends to (SQLite: the database's
+    /// one chain; PostgreSQL: the station's own, whose lock it takes), `None` while empty.
+    async fn audit_head(&mut self, station_id: &str) -> Result<Option<(i64, String)>, StoreError>;
+    /// Inserts an entry as chained.
+    async fn insert_audit(&mut self, entry: &AuditEntry) -> Result<(), StoreError>;
+    /// Appends an entry after the head of its chain ([`NewEntry::chained_after`]) and returns
+    /// its seq.
+    async fn append_audit(&mut self, entry: &NewEntry) -> Result<i64, StoreError> {
+        let head = self.audit_head(&entry.station_id).await?;
+        let entry = entry.chained_after(head);
+        self.insert_audit(&entry).await?;
+        Ok(entry.seq)
+    }
     /// The details of the station's last entry with this action.
     async fn last_details(
         &mut self,

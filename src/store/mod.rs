@@ -18,6 +18,7 @@
 //! | `session.rs` | what a station records when it starts |
 //! | `migration.rs` | whether a schema is current |
 //! | `backend.rs` | the traits a database backend implements |
+//! | `sql.rs` | the queries both backends run as they are |
 //! | `sqlite/` | the SQLite backend: one file, `BEGIN IMMEDIATE`, one audit chain, the packed verify |
 //! | `postgres/` | the PostgreSQL backend: a shared server, advisory locks, one audit chain per station |
 
@@ -39,6 +40,7 @@ mod migration;
 mod ops;
 mod postgres;
 mod session;
+mod sql;
 mod sqlite;
 
 use std::path::{Path, PathBuf};
