@@ -30,6 +30,14 @@ pub enum Error {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Nvs(#[from] crate::nvs::NvsError),
+    /// The X.509 signing CA is unusable, or issuing a device certificate failed.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    X509(#[from] crate::x509::X509Error),
+    /// An esp_secure_cert image could not be built or decoded.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    SecureCert(#[from] crate::secure_cert::SecureCertError),
     /// The database refused or failed an operation.
     #[error(transparent)]
     #[diagnostic(transparent)]
@@ -119,6 +127,8 @@ impl Error {
                 exit::USAGE
             }
             Error::Nvs(e) if e.is_input_error() => exit::USAGE,
+            Error::X509(e) if e.is_usage_error() => exit::USAGE,
+            Error::SecureCert(e) if e.is_input_error() => exit::USAGE,
             Error::Store(e) if e.is_usage_error() => exit::USAGE,
             Error::Sim(e) if e.is_usage_error() => exit::USAGE,
             Error::Dps(e) if e.is_usage_error() => exit::USAGE,

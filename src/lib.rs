@@ -10,6 +10,7 @@
 //! or the database; [`device`], [`sim`] and [`store`] are the I/O shells around them, and
 //! [`provision`] orchestrates one unit through the pipeline of `DESIGN.md` section 1.
 
+mod armor;
 pub mod cli;
 pub mod config;
 pub mod device;
@@ -21,7 +22,9 @@ pub mod line;
 pub mod nvs;
 pub mod provision;
 pub mod report;
+pub mod secure_cert;
 pub mod sim;
 pub mod store;
+pub mod x509;
 
 pub use error::{Error, Result};

@@ -1,0 +1,107 @@
+//! Reading the CA's files: owner-only permissions for secrets, and PEM blocks sorted by kind.
+
+use std::path::Path;
+
+use zeroize::Zeroizing;
+
+use super::X509Error;
+
+/// Reads a file holding a secret (the CA key, its passphrase) after checking that only its
+/// owner may read it. The bytes are zeroized when dropped.
+pub(super) fn read_secret(
+    what: &'static str,
+    path: &Path,
+) -> Result<Zeroizing<Vec<u8>>, X509Error> {
+    check_permissions(what, path)?;
+    let bytes = read(what, path)?;
+    Ok(Zeroizing::new(bytes))
+}
+
+/// Reads a file, naming it in the error.
+pub(super) fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, X509Error> {
+    let bytes = std::fs::read(path).map_err(|source| X509Error::Unreadable {
+        what,
+        path: path.to_owned(),
+        source,
+    })?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(X509Error::Empty {
+            what,
+            path: path.to_owned(),
+        });
+    }
+    Ok(bytes)
+}
+
+/// The PEM blocks in `text`, in order. Text around the blocks (an `openssl x509 -text` dump,
+/// a comment) is ignored, as OpenSSL ignores it.
+pub(super) fn pem_blocks(
+    what: &'static str,
+    path: &Path,
+    text: &[u8],
+) -> Result<Vec<pem::Pem>, X509Error> {
+    let blocks = pem::parse_many(text).map_err(|error| X509Error::BadCertificate {
+        what,
+        path: path.to_owned(),
+        index: 1,
+        problem: format!("malformed PEM: {error}"),
+    })?;
+    if blocks.is_empty() {
+        return Err(X509Error::NotPem {
+            what,
+            path: path.to_owned(),
+        });
+    }
+    Ok(blocks)
+}
+
+/// What a PEM label names, in words an operator recognises.
+pub(super) fn describe_label(label: &str) -> String {
+    match label {
+        "CERTIFICATE" | "TRUSTED CERTIFICATE" | "X509 CERTIFICATE" => "certificate".to_owned(),
+        "PRIVATE KEY" | "EC PRIVATE KEY" | "RSA PRIVATE KEY" | "ENCRYPTED PRIVATE KEY" => {
+            "private key".to_owned()
+        }
+        "PUBLIC KEY" | "RSA PUBLIC KEY" => "public key".to_owned(),
+        "CERTIFICATE REQUEST" | "NEW CERTIFICATE REQUEST" => {
+            "certificate signing request".to_owned()
+        }
+        other => format!("`{other}` PEM block"),
+    }
+}
+
+/// True for the labels of private keys, encrypted or not.
+pub(super) fn is_private_key_label(label: &str) -> bool {
+    matches!(
+        label,
+        "PRIVATE KEY" | "EC PRIVATE KEY" | "RSA PRIVATE KEY" | "ENCRYPTED PRIVATE KEY"
+    )
+}
+
+#[cfg(unix)]
+fn check_permissions(what: &'static str, path: &Path) -> Result<(), X509Error> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let metadata = std::fs::metadata(path).map_err(|source| X509Error::Unreadable {
+        what,
+        path: path.to_owned(),
+        source,
+    })?;
+    let mode = metadata.permissions().mode() & 0o777;
+    let who = match (mode & 0o070 != 0, mode & 0o007 != 0) {
+        (false, false) => return Ok(()),
+        (true, false) => "group",
+        (false, true) => "others",
+        (true, true) => "group and others",
+    };
+    Err(X509Error::Exposed {
+        what,
+        path: path.display().to_string(),
+        who,
+        mode,
+    })
+}
+
+#[cfg(not(unix))]
+fn check_permissions(_what: &'static str, _path: &Path) -> Result<(), X509Error> {
+    Ok(())
+}
