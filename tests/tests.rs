@@ -10,5 +10,7 @@ mod line;
 mod nvs;
 mod provision;
 mod report;
+mod secure_cert;
 mod sim;
 mod util;
+mod x509;
