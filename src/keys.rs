@@ -353,8 +353,10 @@ fn describe_base64_error(error: &base64::DecodeError) -> String {
     }
 }
 
+/// Refuses a secret file that group or others may read (`KeyError::Exposed`); also used for the
+/// X.509 CA key file.
 #[cfg(unix)]
-fn check_permissions(path: &Path) -> Result<(), KeyError> {
+pub(crate) fn check_permissions(path: &Path) -> Result<(), KeyError> {
     use std::os::unix::fs::PermissionsExt as _;
     let metadata = std::fs::metadata(path).map_err(|source| KeyError::Unreadable {
         path: path.to_owned(),
@@ -375,7 +377,7 @@ fn check_permissions(path: &Path) -> Result<(), KeyError> {
 }
 
 #[cfg(not(unix))]
-fn check_permissions(_path: &Path) -> Result<(), KeyError> {
+pub(crate) fn check_permissions(_path: &Path) -> Result<(), KeyError> {
     Ok(())
 }
 

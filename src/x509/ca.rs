@@ -320,7 +320,9 @@ fn parse_certificates(
     path: &Path,
     text: &[u8],
 ) -> Result<Vec<Parsed>, X509Error> {
-    let ders: Vec<Vec<u8>> = if text.starts_with(&[0x30]) && !text.contains(&b'-') {
+    let looks_like_pem = text.windows(10).any(|window| window == b"-----BEGIN");
+    let ders: Vec<Vec<u8>> = if !looks_like_pem && Certificate::from_der(text).is_ok() {
+        // A DER certificate, as Windows exports `.cer` files.
         vec![text.to_vec()]
     } else {
         let blocks = file::pem_blocks(what, path, text)?;

@@ -33,7 +33,7 @@ pub(super) fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, X509Error
     Ok(bytes)
 }
 
-/// The PEM blocks in `text`, in order. Text around the blocks (an `openssl x509 -text` dump,
+/// The PEM blocks of a certificate file, in order. Text around the blocks (an `openssl x509 -text` dump,
 /// a comment) is ignored, as OpenSSL ignores it.
 pub(super) fn pem_blocks(
     what: &'static str,
@@ -78,30 +78,22 @@ pub(super) fn is_private_key_label(label: &str) -> bool {
     )
 }
 
-#[cfg(unix)]
+/// The group key file's permission check, reported as this module's error.
 fn check_permissions(what: &'static str, path: &Path) -> Result<(), X509Error> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let metadata = std::fs::metadata(path).map_err(|source| X509Error::Unreadable {
-        what,
-        path: path.to_owned(),
-        source,
-    })?;
-    let mode = metadata.permissions().mode() & 0o777;
-    let who = match (mode & 0o070 != 0, mode & 0o007 != 0) {
-        (false, false) => return Ok(()),
-        (true, false) => "group",
-        (false, true) => "others",
-        (true, true) => "group and others",
-    };
-    Err(X509Error::Exposed {
-        what,
-        path: path.display().to_string(),
-        who,
-        mode,
+    crate::keys::check_permissions(path).map_err(|error| match error {
+        crate::keys::KeyError::Exposed { path, who, mode } => X509Error::Exposed {
+            what,
+            path,
+            who,
+            mode,
+        },
+        crate::keys::KeyError::Unreadable { path, source } => {
+            X509Error::Unreadable { what, path, source }
+        }
+        other => X509Error::Unreadable {
+            what,
+            path: path.to_owned(),
+            source: std::io::Error::other(other.to_string()),
+        },
     })
-}
-
-#[cfg(not(unix))]
-fn check_permissions(_what: &'static str, _path: &Path) -> Result<(), X509Error> {
-    Ok(())
 }

@@ -128,7 +128,10 @@ impl CaKey {
             });
         }
         let contents = Zeroizing::new(block.contents().to_vec());
-        drop(blocks);
+        for block in blocks {
+            // Clear the decoded copies the pem crate made before freeing them.
+            drop(Zeroizing::new(block.into_contents()));
+        }
         match block_label(&contents, path)? {
             Label::Encrypted => {
                 let Some(passphrase) = passphrase else {

@@ -588,3 +588,14 @@ fn key_types_parse_from_their_config_spelling() {
     assert_eq!(KeyType::default(), KeyType::EcdsaP256);
     assert!("rsa-4096".parse::<KeyType>().is_err());
 }
+
+#[test]
+fn a_der_certificate_file_loads() {
+    let root = self_signed(ca_params("Root"));
+    let files = Files::of(&root);
+    let der = pem::parse(&root.pem).unwrap().into_contents();
+    std::fs::write(&files.cert, &der).unwrap();
+    assert_eq!(files.load().unwrap().certificate_der(), der.as_slice());
+    std::fs::write(&files.cert, &der[..der.len() - 10]).unwrap();
+    assert_eq!(code(files.load().unwrap_err()), "station::x509::not_pem");
+}
