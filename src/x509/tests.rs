@@ -599,3 +599,10 @@ fn a_der_certificate_file_loads() {
     std::fs::write(&files.cert, &der[..der.len() - 10]).unwrap();
     assert_eq!(code(files.load().unwrap_err()), "station::x509::not_pem");
 }
+
+#[test]
+fn the_ca_and_credentials_can_be_shared_across_line_tasks() {
+    fn shareable<T: Send + Sync + 'static>() {}
+    shareable::<SigningCa>();
+    shareable::<DeviceCredentials>();
+}
