@@ -13,10 +13,13 @@ use std::path::Path;
 use std::time::Instant;
 
 use station::config::Config;
-use station::device::{Device, DeviceIdentity, EspflashDevice, ProgressSender, Region};
+use station::device::{
+    Device, DeviceIdentity, EspflashDevice, ProgressSender, Region, SerialSettings,
+};
 use station::error::Error;
-use station::provision::{self, Outcome, Request, Station};
+use station::provision::{self, Outcome, Request};
 use station::sim::{SimLine, SimOptions, SimStats};
+use station::station::Station;
 
 const GROUP_KEY: &str =
     "8isrFI1sGsIlvvFSSFRiMfCNzv21fjbE/+ah/lSh3lF8e2YG1Te7w1KpZhJFFXJrqYKi9yegxkqIChbqOS9Egw==";
@@ -115,7 +118,7 @@ async fn run(units: usize, stub: bool) -> Result<(), Error> {
     let mut rows: Vec<Row> = Vec::new();
     for sim in line.devices() {
         let mut device = Measured {
-            inner: EspflashDevice::new(sim.port(), station.config.serial.settings()),
+            inner: EspflashDevice::new(sim.port(), SerialSettings::from(&station.config.serial)),
             sim,
             bytes: [0; 5],
         };

@@ -44,15 +44,16 @@ use tokio::sync::mpsc::UnboundedSender;
 
 pub use espflash::target::Chip;
 
+pub use crate::config::{AfterReset, BeforeReset};
+use crate::flash::SECTOR_SIZE;
 use crate::identity::Mac;
+use crate::support::error_chain;
 
 /// The baud rate the ROM loader listens at after reset; the link switches to
 /// [`SerialSettings::baud`] once connected.
 const CONNECT_BAUD: u32 = 115_200;
 /// espflash's per-read timeout outside commands that set their own.
 const READ_TIMEOUT: Duration = Duration::from_secs(3);
-/// Flash erase unit; regions must start on one.
-const SECTOR_SIZE: u32 = 4096;
 
 /// Errors talking to a device. Every variant names the port; the pipeline adds the stage.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
@@ -325,31 +326,6 @@ impl fmt::Display for Operation {
     }
 }
 
-/// How to get the chip into the ROM loader before connecting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum BeforeReset {
-    /// Pulse DTR/RTS through the board's auto-reset circuit (most dev boards).
-    #[default]
-    DefaultReset,
-    /// The USB-Serial-JTAG sequence of chips with native USB.
-    UsbReset,
-    /// Touch no line: the chip is already in download mode (and pseudo-terminals).
-    NoReset,
-}
-
-/// What to do with the chip once the unit is done.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum AfterReset {
-    /// Pulse RTS so the chip reboots into its new configuration.
-    #[default]
-    HardReset,
-    /// Touch no line and leave the chip in the ROM loader (the stub, if running, is left with
-    /// a soft reset).
-    NoReset,
-}
-
 /// How to talk to the device on a port.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SerialSettings {
@@ -513,7 +489,10 @@ impl EspflashDevice {
                 port: self.port.clone(),
             })?;
         let port = self.port.clone();
+        // The blocking thread logs inside the caller's span (the unit's port, MAC, ...).
+        let span = tracing::Span::current();
         let task = tokio::task::spawn_blocking(move || {
+            let _unit = span.enter();
             let result = f(&mut flasher, &port);
             (flasher, result)
         });
@@ -559,7 +538,11 @@ impl Device for EspflashDevice {
         self.flash_size = None;
         let port = self.port.clone();
         let settings = self.settings.clone();
-        let task = tokio::task::spawn_blocking(move || open_and_connect(&port, &settings));
+        let span = tracing::Span::current();
+        let task = tokio::task::spawn_blocking(move || {
+            let _unit = span.enter();
+            open_and_connect(&port, &settings)
+        });
         let flasher = self.join(Operation::Connecting, task).await??;
         self.flasher = Some(flasher);
         tracing::debug!(port = %self.port.display(), "connected");
@@ -952,17 +935,6 @@ fn classify(error: espflash::Error, port: &Path, during: Operation) -> DeviceErr
     }
 }
 
-/// The messages of an error and its sources, outermost first.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> Vec<String> {
-    let mut messages = Vec::new();
-    let mut current = Some(error);
-    while let Some(e) = current {
-        messages.push(e.to_string());
-        current = e.source();
-    }
-    messages
-}
-
 /// Finds `prefix<Command> command` in the chain: `Some(Some(name))` with a name, `Some(None)`
 /// without one, `None` if no message has the prefix.
 fn command_in(chain: &[String], prefix: &str) -> Option<Option<String>> {
@@ -1034,6 +1006,62 @@ fn io_kind_says_gone(kind: std::io::ErrorKind) -> bool {
             | ErrorKind::ConnectionReset
             | ErrorKind::ConnectionAborted
     )
+}
+
+// ---- from the configuration -----------------------------------------------------------------
+
+impl From<&crate::config::SerialConfig> for SerialSettings {
+    /// The settings for one port of the line, as `[serial]` says (no stage timeout).
+    fn from(serial: &crate::config::SerialConfig) -> Self {
+        SerialSettings {
+            baud: serial.baud,
+            before: serial.before,
+            after: serial.after,
+            chip: serial.chip.into(),
+            stub: serial.stub,
+            stage_timeout: None,
+        }
+    }
+}
+
+impl From<crate::config::Chip> for Chip {
+    fn from(chip: crate::config::Chip) -> Self {
+        use crate::config::Chip as Model;
+        match chip {
+            Model::Esp32 => Chip::Esp32,
+            Model::Esp32c2 => Chip::Esp32c2,
+            Model::Esp32c3 => Chip::Esp32c3,
+            Model::Esp32c5 => Chip::Esp32c5,
+            Model::Esp32c6 => Chip::Esp32c6,
+            Model::Esp32c61 => Chip::Esp32c61,
+            Model::Esp32h2 => Chip::Esp32h2,
+            Model::Esp32h4 => Chip::Esp32h4,
+            Model::Esp32p4 => Chip::Esp32p4,
+            Model::Esp32s2 => Chip::Esp32s2,
+            Model::Esp32s3 => Chip::Esp32s3,
+            Model::Esp32s31 => Chip::Esp32s31,
+        }
+    }
+}
+
+#[cfg(test)]
+mod config_mapping_tests {
+    use super::*;
+
+    #[test]
+    fn every_chip_the_configuration_names_is_the_espflash_chip_of_that_name() {
+        for name in [
+            "esp32", "esp32c2", "esp32c3", "esp32c5", "esp32c6", "esp32c61", "esp32h2", "esp32h4",
+            "esp32p4", "esp32s2", "esp32s3", "esp32s31",
+        ] {
+            let model: crate::config::Chip =
+                serde::Deserialize::deserialize(serde::de::value::StrDeserializer::<
+                    serde::de::value::Error,
+                >::new(name))
+                .unwrap();
+            assert_eq!(Chip::from(model).to_string(), name);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -12,19 +12,26 @@
 
 mod armor;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod device;
 pub mod dps;
 pub mod error;
+pub mod file;
+pub mod flash;
 pub mod identity;
 pub mod keys;
 pub mod line;
 pub mod nvs;
+pub mod operator;
 pub mod provision;
+pub mod record;
 pub mod report;
 pub mod secure_cert;
 pub mod sim;
+pub mod station;
 pub mod store;
+pub mod support;
 pub mod x509;
 
 pub use error::{Error, Result};

@@ -4,6 +4,7 @@
 // Test helpers outside #[test] functions panic on purpose: a broken fixture is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod architecture;
 mod cli;
 mod dps;
 mod line;
@@ -12,5 +13,6 @@ mod provision;
 mod report;
 mod secure_cert;
 mod sim;
+mod snapshot;
 mod util;
 mod x509;

@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::fcntl::OFlag;
@@ -21,6 +21,7 @@ use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
 use super::loader::{Loader, Mode, Output, is_flash_data};
 use super::{Fault, FaultKind, SimChip, SimState, Trigger, flash, slip};
 use crate::identity::Mac;
+use crate::support::lock;
 
 /// How often the serving thread looks at the stop flag while idle or pacing.
 const TICK: Duration = Duration::from_millis(20);
@@ -105,14 +106,6 @@ pub(crate) struct Shared {
     unplugged: AtomicBool,
     /// The port path hosts open and the pseudo-terminal, once the device is plugged in.
     plugged: Mutex<(PathBuf, PathBuf)>,
-}
-
-/// Locks `mutex`, accepting a lock poisoned by a panicking holder: the simulator's state stays
-/// usable for inspection even if a serving thread died.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Shared {

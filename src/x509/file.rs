@@ -6,31 +6,47 @@ use zeroize::Zeroizing;
 
 use super::X509Error;
 
-/// Reads a file holding a secret (the CA key, its passphrase) after checking that only its
-/// owner may read it. The bytes are zeroized when dropped.
+/// The largest certificate, chain or key file the station reads: a long chain of RSA-4096
+/// certificates is a few tens of kilobytes.
+pub const CA_FILE_LIMIT: u64 = 1 << 20;
+
+/// Reads a file holding a secret (the CA key, its passphrase): the path is opened once and the
+/// opened file checked (a regular file within [`CA_FILE_LIMIT`], readable by its owner only)
+/// before its contents are read. The bytes are zeroized when dropped.
 pub(super) fn read_secret(
     what: &'static str,
     path: &Path,
 ) -> Result<Zeroizing<Vec<u8>>, X509Error> {
-    check_permissions(what, path)?;
-    let bytes = read(what, path)?;
-    Ok(Zeroizing::new(bytes))
+    let opened = crate::file::open_regular(path, CA_FILE_LIMIT).map_err(unreadable(what, path))?;
+    check_permissions(what, &opened.metadata, path)?;
+    let bytes = Zeroizing::new(opened.read().map_err(unreadable(what, path))?);
+    not_empty(what, path, &bytes)?;
+    Ok(bytes)
 }
 
-/// Reads a file, naming it in the error.
+/// Reads a file (a regular file within [`CA_FILE_LIMIT`]), naming it in the error.
 pub(super) fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, X509Error> {
-    let bytes = std::fs::read(path).map_err(|source| X509Error::Unreadable {
+    let bytes = crate::file::read_regular(path, CA_FILE_LIMIT).map_err(unreadable(what, path))?;
+    not_empty(what, path, &bytes)?;
+    Ok(bytes)
+}
+
+fn unreadable<'a>(what: &'static str, path: &'a Path) -> impl Fn(std::io::Error) -> X509Error + 'a {
+    move |source| X509Error::Unreadable {
         what,
         path: path.to_owned(),
         source,
-    })?;
+    }
+}
+
+fn not_empty(what: &'static str, path: &Path, bytes: &[u8]) -> Result<(), X509Error> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(X509Error::Empty {
             what,
             path: path.to_owned(),
         });
     }
-    Ok(bytes)
+    Ok(())
 }
 
 /// The PEM blocks of a certificate file, in order. Text around the blocks (an `openssl x509 -text` dump,
@@ -79,17 +95,18 @@ pub(super) fn is_private_key_label(label: &str) -> bool {
 }
 
 /// The group key file's permission check, reported as this module's error.
-fn check_permissions(what: &'static str, path: &Path) -> Result<(), X509Error> {
-    crate::keys::check_permissions(path).map_err(|error| match error {
+fn check_permissions(
+    what: &'static str,
+    metadata: &std::fs::Metadata,
+    path: &Path,
+) -> Result<(), X509Error> {
+    crate::keys::check_permissions(metadata, path).map_err(|error| match error {
         crate::keys::KeyError::Exposed { path, who, mode } => X509Error::Exposed {
             what,
             path,
             who,
             mode,
         },
-        crate::keys::KeyError::Unreadable { path, source } => {
-            X509Error::Unreadable { what, path, source }
-        }
         other => X509Error::Unreadable {
             what,
             path: path.to_owned(),
