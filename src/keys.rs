@@ -183,7 +183,9 @@ impl fmt::Display for Secret {
 pub struct KeyId(String);
 
 impl KeyId {
-    fn of(key: &[u8]) -> Self {
+    /// The fingerprint of `bytes`: a key's, or (for X.509 attestation) the signing CA
+    /// certificate's DER.
+    pub(crate) fn of(key: &[u8]) -> Self {
         let digest = Sha256::digest(key);
         KeyId(format!("sha256:{}", hex::encode(&digest[..8])))
     }

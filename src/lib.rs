@@ -32,6 +32,7 @@ pub mod sim;
 pub mod station;
 pub mod store;
 pub mod support;
+pub mod tls;
 pub mod x509;
 
 pub use error::{Error, Result};

@@ -14,16 +14,28 @@ use crate::keys::GroupKeys;
 use crate::nvs;
 use crate::provision::DeviceImage;
 
-fn load_keys(config: &Config) -> Result<GroupKeys> {
+/// The group keys, for the commands that derive device keys; with X.509 attestation there is
+/// nothing to derive: every unit gets a fresh key pair when it is provisioned.
+fn load_keys(config: &Config, command: &str) -> Result<GroupKeys> {
+    let Some(keys) = config.dps.attestation.symmetric_key() else {
+        return Err(Error::BadInput {
+            what: format!("`station {command}`"),
+            problem: format!(
+                "{} sets [dps] attestation = \"x509\": each unit gets a fresh key pair and certificate when it is provisioned, so there is no device key to derive and no image to reproduce",
+                config.path.display()
+            ),
+            fix: "Provision the unit (`station provision --port PATH`); its certificate's serial and thumbprint are in the manifest and the audit log, and `station nvs inspect` decodes a flash dump with the key redacted.".to_owned(),
+        });
+    };
     Ok(GroupKeys::load(
-        &config.dps.group_key_file,
-        config.dps.secondary_group_key_file.as_deref(),
+        &keys.group_key_file,
+        keys.secondary_group_key_file.as_deref(),
     )?)
 }
 
 pub(super) async fn key_derive(config: &Config, registration_id: &str, json: bool) -> Result<u8> {
     let registration_id = RegistrationId::new(registration_id)?;
-    let keys = load_keys(config)?;
+    let keys = load_keys(config, "key derive")?;
     let primary = keys.primary.derive(&registration_id);
     let secondary = keys
         .secondary
@@ -62,7 +74,7 @@ pub(super) async fn key_derive(config: &Config, registration_id: &str, json: boo
 }
 
 pub(super) async fn nvs_build(config: &Config, args: NvsBuildArgs, json: bool) -> Result<u8> {
-    let keys = load_keys(config)?;
+    let keys = load_keys(config, "nvs build")?;
     let (macs, targets): (Vec<Mac>, Vec<PathBuf>) =
         match (&args.mac, &args.out, &args.csv, &args.out_dir) {
             (Some(mac), Some(out), None, None) => (vec![mac.parse::<Mac>()?], vec![out.clone()]),

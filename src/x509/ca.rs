@@ -124,6 +124,8 @@ pub struct SigningCa {
     pub(super) chain_pems: Arc<[String]>,
     /// `chain_pems` concatenated.
     pub(super) chain_pem: Arc<str>,
+    /// The signing CA and the chain above it, DER, in the same order.
+    pub(super) chain_ders: Arc<[Vec<u8>]>,
 }
 
 impl fmt::Debug for SigningCa {
@@ -213,6 +215,9 @@ impl SigningCa {
             .map(|der| pem_lf("CERTIFICATE", der))
             .collect();
         let chain_pem: String = chain_pems.concat();
+        let chain_ders: Vec<Vec<u8>> = std::iter::once(signing.der.clone())
+            .chain(chain.iter().map(|(_, parsed)| parsed.der.clone()))
+            .collect();
         let public_key = signing
             .certificate
             .tbs_certificate()
@@ -232,6 +237,7 @@ impl SigningCa {
             chain: chain_info,
             chain_pems: chain_pems.into(),
             chain_pem: chain_pem.into(),
+            chain_ders: chain_ders.into(),
         })
     }
 
@@ -254,6 +260,13 @@ impl SigningCa {
     /// Azure portal shows for it under DPS > Certificates.
     pub fn thumbprint(&self) -> &Thumbprint {
         &self.thumbprint
+    }
+
+    /// The CA as records name the station secret behind a unit (the `key_id` column, the
+    /// manifest's `group_key_id`): `sha256:` and the first 16 hex digits of its thumbprint,
+    /// lowercase, in the group key fingerprint's form.
+    pub fn key_id(&self) -> crate::keys::KeyId {
+        crate::keys::KeyId::of(&self.der)
     }
 
     /// The CA key's algorithm in words (`ECDSA P-256`, `RSA 3072`); certificates are signed

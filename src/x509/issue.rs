@@ -95,6 +95,7 @@ pub struct DeviceCredentials {
     private_key: DevicePrivateKey,
     chain_pems: Arc<[String]>,
     chain_pem: Arc<str>,
+    chain_ders: Arc<[Vec<u8>]>,
     serial: String,
     thumbprint: Thumbprint,
     not_before: OffsetDateTime,
@@ -151,6 +152,12 @@ impl DeviceCredentials {
     /// The signing CA and the chain above it, issuer first, one PEM each.
     pub fn chain_pems(&self) -> &[String] {
         &self.chain_pems
+    }
+
+    /// The signing CA and the chain above it, DER, issuer first: what the device presents
+    /// after its own certificate in a TLS handshake.
+    pub fn chain_ders(&self) -> &[Vec<u8>] {
+        &self.chain_ders
     }
 
     /// [`chain_pems`](Self::chain_pems) concatenated.
@@ -268,6 +275,7 @@ impl SigningCa {
             private_key,
             chain_pems: Arc::clone(&self.chain_pems),
             chain_pem: Arc::clone(&self.chain_pem),
+            chain_ders: Arc::clone(&self.chain_ders),
             serial: hex::encode_upper(serial),
             not_before,
             not_after,

@@ -121,6 +121,20 @@ impl fmt::Display for Thumbprint {
     }
 }
 
+/// The subject common name (CN) of a DER certificate: what DPS takes as the registration ID of
+/// a device that authenticates with it. `None` when the certificate does not parse or has no
+/// CN.
+pub fn subject_common_name(der: &[u8]) -> Option<String> {
+    use der::Decode as _;
+    let certificate = x509_cert::Certificate::from_der(der).ok()?;
+    let name = certificate
+        .tbs_certificate()
+        .subject()
+        .common_name()
+        .ok()??;
+    Some(name.value().into_owned())
+}
+
 /// RFC 3339 for messages.
 fn rfc3339(at: time::OffsetDateTime) -> String {
     at.format(&time::format_description::well_known::Rfc3339)
