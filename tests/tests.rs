@@ -16,3 +16,4 @@ mod sim;
 mod snapshot;
 mod util;
 mod x509;
+mod x509_line;

@@ -23,7 +23,7 @@ pub fn tool_missing(what: &str, install: &str) -> bool {
 }
 
 /// The `openssl` command, if it runs.
-fn openssl() -> Option<String> {
+pub fn openssl() -> Option<String> {
     let program = std::env::var("STATION_OPENSSL").unwrap_or_else(|_| "openssl".to_owned());
     let runs = Command::new(&program)
         .arg("version")
@@ -37,7 +37,7 @@ fn openssl() -> Option<String> {
 }
 
 /// Runs openssl, returning stdout; panics with stderr on failure.
-fn run(openssl: &str, dir: &Path, args: &[&str]) -> String {
+pub fn run(openssl: &str, dir: &Path, args: &[&str]) -> String {
     let output = Command::new(openssl)
         .args(args)
         .current_dir(dir)
@@ -52,7 +52,7 @@ fn run(openssl: &str, dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-fn write_private(path: &Path, text: &str) {
+pub fn write_private(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
     owner_only(path);
 }
@@ -114,7 +114,7 @@ impl Pki {
     }
 }
 
-fn ca_params(common_name: &str) -> CertificateParams {
+pub fn ca_params(common_name: &str) -> CertificateParams {
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params
         .distinguished_name
@@ -154,7 +154,7 @@ pub fn issue_into(
 /// Checks with openssl that `device.pem` in `dir` verifies against the chain, is a TLS client
 /// certificate, belongs to `device.key`, and carries the serial, thumbprint and subject the
 /// station reports.
-fn assert_openssl_accepts(openssl: &str, dir: &Path, root: &Path, untrusted: &[&Path]) {
+pub fn assert_openssl_accepts(openssl: &str, dir: &Path, root: &Path, untrusted: &[&Path]) {
     let mut args = vec![
         "verify".to_owned(),
         "-x509_strict".to_owned(),

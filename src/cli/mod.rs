@@ -280,9 +280,21 @@ pub struct SimDpsArgs {
     /// The ID scope to accept.
     #[arg(long)]
     pub id_scope: String,
-    /// The enrollment group key (base64, mode 0600) to check SAS tokens against.
+    /// The enrollment group's attestation: symmetric-key (check SAS tokens against
+    /// --group-key-file) or x509 (check client certificates against --ca-file, over HTTPS).
+    #[arg(long, value_enum, default_value = "symmetric-key")]
+    pub attestation: SimAttestation,
+    /// symmetric-key: the enrollment group key (base64, mode 0600) to check SAS tokens against.
     #[arg(long, value_name = "FILE")]
-    pub group_key_file: PathBuf,
+    pub group_key_file: Option<PathBuf>,
+    /// x509: the CA certificate(s) the enrollment group trusts (PEM), as registered and
+    /// verified in DPS; device certificates must chain to one of them.
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Serve HTTPS with a server certificate kept in DIR (made there on first use: ca.pem,
+    /// server.pem, server.key); point [dps] ca_file at DIR/ca.pem. Required with x509.
+    #[arg(long, value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
     /// The TCP port on 127.0.0.1 (default: any free port).
     #[arg(long)]
     pub port: Option<u16>,
@@ -310,6 +322,15 @@ pub struct SimDpsArgs {
     /// Never finish assigning (the station's verification times out).
     #[arg(long)]
     pub stall: bool,
+}
+
+/// The enrollment group `station sim dps` plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SimAttestation {
+    /// Devices present SAS tokens made from keys derived from the group key.
+    SymmetricKey,
+    /// Devices present client certificates chained to the group's CA.
+    X509,
 }
 
 /// `station sim devices`.
