@@ -280,6 +280,19 @@ fn x509_line(layout: Layout) {
         reports[0]["certificate"]["serial"], reports[1]["certificate"]["serial"],
         "each unit gets its own certificate"
     );
+    if layout == Layout::SecureCert {
+        assert_inspect_redacts_the_key(&ws, &flash_of(&ws, mac_of(&reports[0])), &reports[0]);
+    }
+    // Only the device holds its key: the station cannot register an X.509 unit afterwards.
+    let id = reports[0]["registration_id"].as_str().unwrap();
+    let refused = ws
+        .station(&["--json", "dps", "verify", "--registration-id", id])
+        .expect(2)
+        .json();
+    assert_eq!(
+        refused["error"]["code"],
+        "station::provision::x509_not_verifiable"
+    );
     // The emulator saw each unit's certificate, CN = registration ID.
     let log = String::from_utf8_lossy(&dps.stop()).into_owned();
     for report in &reports {
@@ -368,6 +381,55 @@ fn x509_line(layout: Layout) {
     assert_eq!(unit.cert_serial.as_deref(), serials.last().copied());
     assert_eq!(unit.attestation, station::record::Attestation::X509);
     ws.station(&["audit", "verify"]).expect(0);
+}
+
+/// `station nvs inspect` of the flashed esp_secure_cert partition: the entries and the
+/// certificate's facts, the private key redacted unless `--show-secrets`.
+fn assert_inspect_redacts_the_key(ws: &Workspace, flash: &[u8], report: &serde_json::Value) {
+    let image = ws.path("secure_cert.bin");
+    std::fs::write(
+        &image,
+        &flash[SECURE_CERT_OFFSET..SECURE_CERT_OFFSET + SECURE_CERT_SIZE],
+    )
+    .unwrap();
+    let (_, key, _) = flashed_credentials(flash, Layout::SecureCert);
+    let key_line = key.lines().nth(1).unwrap();
+    let text = ws
+        .station(&["nvs", "inspect", image.to_str().unwrap()])
+        .expect(0)
+        .stdout;
+    assert!(text.contains("esp_secure_cert image"), "{text}");
+    assert!(text.contains("integrity verified"), "{text}");
+    assert!(
+        text.contains(report["certificate"]["thumbprint"].as_str().unwrap()),
+        "{text}"
+    );
+    assert!(text.contains("[redacted: "), "{text}");
+    assert!(!text.contains(key_line), "{text}");
+    let json = ws
+        .station(&["--json", "nvs", "inspect", image.to_str().unwrap()])
+        .expect(0)
+        .json();
+    let types: Vec<&str> = json["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        ["CA_CERT", "CA_CERT", "DEV_CERT", "PRIV_KEY", "INTEGRITY"]
+    );
+    assert_eq!(
+        json["entries"][2]["certificate"]["serial"],
+        report["certificate"]["serial"]
+    );
+    assert_eq!(json["entries"][3]["redacted"], true);
+    let shown = ws
+        .station(&["nvs", "inspect", image.to_str().unwrap(), "--show-secrets"])
+        .expect(0)
+        .stdout;
+    assert!(shown.contains(key_line), "{shown}");
 }
 
 fn runtime() -> tokio::runtime::Runtime {

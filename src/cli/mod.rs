@@ -155,11 +155,13 @@ pub enum KeyCommand {
 pub enum NvsCommand {
     /// Write the exact NVS image(s) the station would flash (audited; files are mode 0600).
     Build(NvsBuildArgs),
-    /// Decode an NVS image: namespaces, keys, types and values; secrets redacted by default.
+    /// Decode an NVS image (namespaces, keys, types and values) or an esp_secure_cert image
+    /// (entries, certificates, the private key); secrets redacted by default.
     Inspect {
-        /// The image file.
+        /// The image file: an NVS partition, or an esp_secure_cert partition (recognised by its
+        /// TLV magic).
         file: PathBuf,
-        /// Show device keys and other secret-looking values.
+        /// Show device keys, private keys and other secret-looking values.
         #[arg(long)]
         show_secrets: bool,
     },

@@ -27,8 +27,6 @@ use crate::identity::{Mac, RegistrationId};
 use crate::keys::GroupKey;
 use crate::record::{Attestation, DpsStatus, ErrorCode, Stage, Unit};
 use crate::station::Station;
-use crate::tls::{ClientIdentity, KeyFormat};
-use crate::x509::{DeviceCredentials, KeyType};
 
 impl<D: Device> Run<'_, D> {
     /// Registers the unit with DPS, when pre-verification is on. Pending (DPS unreachable)
@@ -42,7 +40,7 @@ impl<D: Device> Run<'_, D> {
         let verification = match (image.device_key(), image.certificate()) {
             (Some(device_key), _) => pre_verify(client, &image.registration_id, device_key).await,
             (None, Some(credentials)) => {
-                pre_verify_x509(client, &image.registration_id, identity(credentials)).await
+                pre_verify_x509(client, &image.registration_id, credentials.tls_identity()).await
             }
             (None, None) => return Ok(()),
         };
@@ -53,18 +51,6 @@ impl<D: Device> Run<'_, D> {
             _ => Ok(()),
         }
     }
-}
-
-/// The TLS client identity of an X.509 unit: its certificate, the CA chain above it, and its
-/// private key.
-fn identity(credentials: &DeviceCredentials) -> ClientIdentity {
-    let chain = std::iter::once(credentials.certificate_der().to_vec())
-        .chain(credentials.chain_ders().iter().cloned());
-    let format = match credentials.key_type() {
-        KeyType::EcdsaP256 => KeyFormat::Sec1,
-        KeyType::Rsa2048 => KeyFormat::Pkcs1,
-    };
-    ClientIdentity::new(chain, credentials.private_key().expose_der(), format)
 }
 
 /// One unit of a `dps verify` run.

@@ -195,6 +195,18 @@ impl DeviceCredentials {
         }
     }
 
+    /// The TLS client identity these credentials make: the certificate, the CA chain above it
+    /// and the private key, as the device presents them to DPS (and IoT Hub).
+    pub fn tls_identity(&self) -> crate::tls::ClientIdentity {
+        let chain =
+            std::iter::once(self.certificate_der.clone()).chain(self.chain_ders.iter().cloned());
+        let format = match self.key_type {
+            KeyType::EcdsaP256 => crate::tls::KeyFormat::Sec1,
+            KeyType::Rsa2048 => crate::tls::KeyFormat::Pkcs1,
+        };
+        crate::tls::ClientIdentity::new(chain, self.private_key.expose_der(), format)
+    }
+
     /// The `esp_secure_cert` partition image (TLV format) holding these credentials, byte for
     /// byte what `esp-secure-cert-tool` writes for them (see [`crate::secure_cert`]).
     pub fn esp_secure_cert(

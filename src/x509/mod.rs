@@ -135,6 +135,48 @@ pub fn subject_common_name(der: &[u8]) -> Option<String> {
     Some(name.value().into_owned())
 }
 
+/// What an operator reads of a certificate: who it names, who signed it, its serial, its
+/// validity and its thumbprint.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CertificateSummary {
+    /// Its subject (RFC 4514).
+    pub subject: String,
+    /// Its issuer (RFC 4514).
+    pub issuer: String,
+    /// Its serial number, uppercase hex (as `openssl x509 -serial` prints it).
+    pub serial: String,
+    /// Start of validity (RFC 3339).
+    pub not_before: String,
+    /// End of validity (RFC 3339).
+    pub not_after: String,
+    /// SHA-256 of its DER, uppercase hex.
+    pub thumbprint: Thumbprint,
+}
+
+impl CertificateSummary {
+    /// The summary of a PEM certificate (the first block of `pem_text`); `None` when it is
+    /// not one.
+    pub fn of_pem(pem_text: &str) -> Option<CertificateSummary> {
+        use der::Decode as _;
+        let block = pem::parse(pem_text).ok()?;
+        if block.tag() != "CERTIFICATE" {
+            return None;
+        }
+        let certificate = x509_cert::Certificate::from_der(block.contents()).ok()?;
+        let tbs = certificate.tbs_certificate();
+        let validity = tbs.validity();
+        let time = |t: std::time::Duration| rfc3339(time::OffsetDateTime::UNIX_EPOCH + t);
+        Some(CertificateSummary {
+            subject: tbs.subject().to_string(),
+            issuer: tbs.issuer().to_string(),
+            serial: hex::encode_upper(tbs.serial_number().as_bytes()),
+            not_before: time(validity.not_before.to_unix_duration()),
+            not_after: time(validity.not_after.to_unix_duration()),
+            thumbprint: Thumbprint::of(block.contents()),
+        })
+    }
+}
+
 /// RFC 3339 for messages.
 fn rfc3339(at: time::OffsetDateTime) -> String {
     at.format(&time::format_description::well_known::Rfc3339)
