@@ -4,6 +4,11 @@
 //!
 //! Run: `cargo bench --bench provision` (`-- --units N` to change the sample, default 15).
 //!
+//! Then the same in stub mode with X.509 attestation (issue 17), a P-256 issuing CA made for
+//! the run, the credentials in an esp_secure_cert partition flashed in the same session: once
+//! with ECDSA P-256 device keys, once with RSA-2048, showing what issuing (stage `derive`, on a
+//! blocking thread) costs a unit on the line.
+//!
 //! Two floors are printed. The naive one charges every byte at 921600 baud (92,160 bytes/s), as
 //! if the link ran at full speed from the first SYNC. The link-rate floor charges the connect
 //! stage at 115200 baud, the rate the ROM loader listens at until espflash's CHANGE_BAUDRATE at
@@ -82,21 +87,58 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-async fn run(units: usize, stub: bool) -> Result<(), Error> {
+/// Writes a secret file, owner-only.
+fn write_private(path: &Path, text: &str) -> Result<(), Error> {
+    std::fs::write(path, text).map_err(|e| Error::io("writing", path, e))?;
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .map_err(|e| Error::io("chmod", path, e))
+}
+
+/// An issuing CA for the run (ECDSA P-256, self-signed), and the `[dps]` keys that use it with
+/// device keys of `key_type`, the credentials in an esp_secure_cert partition at 0xD000.
+fn x509_setup(dir: &Path, key_type: &str) -> Result<(String, String), Error> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    let key = KeyPair::generate().expect("a CA key");
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "Bench Issuing CA");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    let cert = params.self_signed(&key).expect("a CA certificate");
+    let cert_path = dir.join("ca.pem");
+    std::fs::write(&cert_path, cert.pem()).map_err(|e| Error::io("writing", &cert_path, e))?;
+    write_private(&dir.join("ca.key"), &key.serialize_pem())?;
+    let dps = format!(
+        "attestation = \"x509\"\nca_cert_file = \"ca.pem\"\nca_key_file = \"ca.key\"\nkey_type = \"{key_type}\""
+    );
+    Ok((
+        dps,
+        "\n[secure_cert]\noffset = 0xD000\nsize = 0x2000\n".to_owned(),
+    ))
+}
+
+async fn run(units: usize, stub: bool, x509: Option<&str>) -> Result<(), Error> {
     let dir = tempfile::tempdir().map_err(|e| Error::io("creating", "temp dir", e))?;
-    let key = dir.path().join("group.key");
-    std::fs::write(&key, GROUP_KEY).map_err(|e| Error::io("writing", &key, e))?;
-    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .map_err(|e| Error::io("chmod", &key, e))?;
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("station.toml"))
-        .map_err(|e| Error::io("reading", "station.toml", e))?
-        .replace("secrets/group.key", "group.key")
-        .replace("before = \"default-reset\"", "before = \"no-reset\"")
-        .replace("after = \"hard-reset\"", "after = \"no-reset\"")
-        .replace(
-            "stub = true",
-            if stub { "stub = true" } else { "stub = false" },
-        );
+    write_private(&dir.path().join("group.key"), GROUP_KEY)?;
+    let mut text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("station.toml"))
+            .map_err(|e| Error::io("reading", "station.toml", e))?
+            .replace("secrets/group.key", "group.key")
+            .replace("before = \"default-reset\"", "before = \"no-reset\"")
+            .replace("after = \"hard-reset\"", "after = \"no-reset\"")
+            .replace(
+                "stub = true",
+                if stub { "stub = true" } else { "stub = false" },
+            );
+    if let Some(key_type) = x509 {
+        let (dps, section) = x509_setup(dir.path(), key_type)?;
+        text = text
+            .replace("group_key_file = \"group.key\"", &dps)
+            .replace("device_key = \"{device_key}\"\n", "")
+            .replace("offset = 0x9000", "offset = 0x10000")
+            + &section;
+    }
     let config = Config::parse(&text, &dir.path().join("station.toml"))?;
     let baud = config.serial.baud;
     let station = Station::open(config).await?;
@@ -138,15 +180,21 @@ async fn run(units: usize, stub: bool) -> Result<(), Error> {
     let link_floor = bytes[0] as f64 / slow + bytes[1..].iter().sum::<u64>() as f64 / fast;
     let total = med(&|r| r.0);
     println!(
-        "provision ({} mode, {baud} baud, {}-byte NVS image, wire time on): {units} units",
+        "provision ({} mode, {baud} baud, {}-byte NVS image{}, wire time on): {units} units",
         if stub { "stub" } else { "ROM" },
-        station.config.nvs.size
+        station.config.nvs.size,
+        x509.map(|key_type| format!(
+            ", X.509 {key_type} device keys with an 8192-byte esp_secure_cert partition"
+        ))
+        .unwrap_or_default()
     );
     println!("  median per unit  {total:.3} s");
     println!(
-        "    connect {:.3}  identify {:.3}  build {:.4}  flash {:.3}  verify {:.3}  record {:.3}  reset {:.3}",
+        "    connect {:.3}  identify {:.3}  derive {:.4} (max {:.4})  build {:.4}  flash {:.3}  verify {:.3}  record {:.3}  reset {:.3}",
         med(&|r| r.1.connect),
         med(&|r| r.1.identify),
+        med(&|r| r.1.derive),
+        rows.iter().map(|r| r.1.derive).fold(0.0, f64::max),
         med(&|r| r.1.build),
         med(&|r| r.1.flash),
         med(&|r| r.1.verify),
@@ -175,7 +223,9 @@ async fn main() -> Result<(), miette::Report> {
             units = args.next().and_then(|n| n.parse().ok()).unwrap_or(units);
         }
     }
-    run(units, true).await?;
-    run(units, false).await?;
+    run(units, true, None).await?;
+    run(units, false, None).await?;
+    run(units, true, Some("ecdsa-p256")).await?;
+    run(units, true, Some("rsa-2048")).await?;
     Ok(())
 }

@@ -89,6 +89,21 @@ fn x509_dps(ws: &Workspace, trusted: &Path) -> (DpsSim, PathBuf) {
     (sim, tls_dir.join("ca.pem"))
 }
 
+/// A workspace whose station signs with `pki`'s issuing CA, pre-verifying against an emulator
+/// that trusts `trusted` (the emulator is returned to keep it running), with an open batch.
+fn x509_workspace(pki: &Pki, trusted: &Path, layout: Layout) -> (Workspace, DpsSim) {
+    let ws = Workspace::with_config("");
+    let (dps, dps_ca) = x509_dps(&ws, trusted);
+    std::fs::write(
+        ws.path("station.toml"),
+        x509_config(pki, layout, Some((&dps.url, &dps_ca))),
+    )
+    .unwrap();
+    ws.station(&["batch", "open", "WO-X509", "--target", "5"])
+        .expect(0);
+    (ws, dps)
+}
+
 /// A workspace with `config` and an open batch.
 fn workspace(config: &str) -> Workspace {
     let ws = Workspace::with_config(config);
@@ -250,15 +265,7 @@ fn assert_flashed_credentials_verify(
 fn x509_line(layout: Layout) {
     let Some(openssl) = openssl() else { return };
     let pki = Pki::new();
-    let ws = Workspace::with_config("");
-    let (dps, dps_ca) = x509_dps(&ws, &pki.root);
-    std::fs::write(
-        ws.path("station.toml"),
-        x509_config(&pki, layout, Some((&dps.url, &dps_ca))),
-    )
-    .unwrap();
-    ws.station(&["batch", "open", "WO-X509", "--target", "5"])
-        .expect(0);
+    let (ws, dps) = x509_workspace(&pki, &pki.root, layout);
     let sim = line(&ws, 2);
     let mut reports = Vec::new();
     for device in 0..2 {
@@ -450,15 +457,7 @@ fn an_x509_line_flashes_esp_secure_cert_partitions_that_openssl_verifies_and_dps
 fn a_certificate_from_another_ca_fails_the_unit_at_stage_dps() {
     let pki = Pki::new();
     let other = Pki::new();
-    let ws = Workspace::with_config("");
-    let (dps, dps_ca) = x509_dps(&ws, &other.root);
-    std::fs::write(
-        ws.path("station.toml"),
-        x509_config(&pki, Layout::Nvs, Some((&dps.url, &dps_ca))),
-    )
-    .unwrap();
-    ws.station(&["batch", "open", "WO-X509", "--target", "5"])
-        .expect(0);
+    let (ws, _dps) = x509_workspace(&pki, &other.root, Layout::Nvs);
     let sim = line(&ws, 1);
     let report = provision(&ws, &sim, 0).expect(1).json();
     assert_eq!(report["outcome"], "failed");
@@ -616,23 +615,14 @@ fn check_reports_the_signing_ca_and_warns_of_its_expiry() {
 fn device_and_ca_private_keys_appear_only_in_the_devices_flash() {
     use base64::Engine as _;
     let pki = Pki::new();
-    let ws = Workspace::with_config("");
-    let (dps, dps_ca) = x509_dps(&ws, &pki.root);
-    std::fs::write(
-        ws.path("station.toml"),
-        x509_config(&pki, Layout::Nvs, Some((&dps.url, &dps_ca))),
-    )
-    .unwrap();
+    let (ws, dps) = x509_workspace(&pki, &pki.root, Layout::Nvs);
     let mut transcript: Vec<u8> = Vec::new();
     let mut keep = |run: Run| -> Run {
         transcript.extend(run.stdout.as_bytes());
         transcript.extend(run.stderr.as_bytes());
         run
     };
-    keep(
-        ws.station(&["batch", "open", "WO-X509", "--target", "2"])
-            .expect(0),
-    );
+    keep(ws.station(&["batch", "status"]).expect(0));
     let sim = line(&ws, 2);
     let mut macs = Vec::new();
     for device in 0..2 {
@@ -707,4 +697,66 @@ fn device_and_ca_private_keys_appear_only_in_the_devices_flash() {
         &needles,
         "station.toml",
     );
+}
+
+#[test]
+fn the_demo_runs_an_x509_line_and_reuses_its_pki() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = || {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_station"))
+            .args([
+                "--json",
+                "demo",
+                "--count",
+                "3",
+                "--ports",
+                "2",
+                "--attestation",
+                "x509",
+            ])
+            .arg("--dir")
+            .arg(dir.path())
+            .env("STATION_LOG", "warn")
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(0), "{output:?}");
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        let summary_start = stdout.find("\n{\n").expect("a summary document") + 1;
+        serde_json::from_str::<serde_json::Value>(&stdout[summary_start..]).unwrap()
+    };
+    let summary = demo();
+    assert_eq!(summary["batch"]["provisioned"], 3);
+    assert!(summary["audit"]["first_break"].is_null());
+    let manifest = std::fs::read_to_string(summary["manifest"].as_str().unwrap()).unwrap();
+    let mut reader = csv::Reader::from_reader(manifest.as_bytes());
+    let rows: Vec<std::collections::HashMap<String, String>> =
+        reader.deserialize().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 3);
+    let key_id = rows[0]["group_key_id"].clone();
+    for row in &rows {
+        assert_eq!(row["attestation"], "x509");
+        assert_eq!(row["dps_status"], "assigned");
+        assert_eq!(row["cert_serial"].len(), 32, "{row:?}");
+        assert_eq!(row["group_key_id"], key_id, "one CA signed them all");
+        // The unit's flash holds its certificate in the esp_secure_cert partition.
+        let mac: Mac = row["mac"].parse().unwrap();
+        let flash = std::fs::read(dir.path().join(format!("flash/{}.bin", mac.hex()))).unwrap();
+        let (cert, key, chain) = flashed_credentials(&flash, Layout::SecureCert);
+        let summary = station::x509::CertificateSummary::of_pem(&cert).unwrap();
+        assert_eq!(summary.serial, row["cert_serial"]);
+        assert_eq!(summary.thumbprint.as_str(), row["cert_thumbprint"]);
+        assert_eq!(summary.subject, format!("CN={}", row["registration_id"]));
+        assert!(key.starts_with("-----BEGIN EC PRIVATE KEY-----"));
+        assert_eq!(chain.matches("BEGIN CERTIFICATE").count(), 2);
+    }
+    let ca_key = std::fs::metadata(dir.path().join("secrets/issuing-ca.key")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&ca_key.permissions()) & 0o777,
+        0o600
+    );
+    // A second run in the same workspace signs with the same CA.
+    let again = demo();
+    assert_eq!(again["batch"]["provisioned"], 3);
+    let manifest = std::fs::read_to_string(again["manifest"].as_str().unwrap()).unwrap();
+    assert!(manifest.contains(&key_id), "{manifest}");
 }

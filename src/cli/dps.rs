@@ -4,7 +4,7 @@ use std::io::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{OK, SimAttestation, SimDpsArgs, print_json};
+use super::{AttestationKind, OK, SimDpsArgs, print_json};
 use crate::config::Config;
 use crate::error::{Error, Result, exit};
 use crate::identity::RegistrationId;
@@ -112,8 +112,8 @@ pub(super) async fn sim_dps(args: SimDpsArgs, json: bool) -> Result<u8> {
         what: format!(
             "`station sim dps --attestation {}`",
             match args.attestation {
-                SimAttestation::SymmetricKey => "symmetric-key",
-                SimAttestation::X509 => "x509",
+                AttestationKind::SymmetricKey => "symmetric-key",
+                AttestationKind::X509 => "x509",
             }
         ),
         problem: problem.to_owned(),
@@ -126,7 +126,7 @@ pub(super) async fn sim_dps(args: SimDpsArgs, json: bool) -> Result<u8> {
         .transpose()?
         .map(Arc::new);
     let mut options = match args.attestation {
-        SimAttestation::SymmetricKey => {
+        AttestationKind::SymmetricKey => {
             let Some(file) = &args.group_key_file else {
                 return Err(needs(
                     "--group-key-file FILE",
@@ -137,7 +137,7 @@ pub(super) async fn sim_dps(args: SimDpsArgs, json: bool) -> Result<u8> {
             options.tls = tls;
             options
         }
-        SimAttestation::X509 => {
+        AttestationKind::X509 => {
             let Some(ca_file) = &args.ca_file else {
                 return Err(needs(
                     "--ca-file FILE",

@@ -285,7 +285,7 @@ pub struct SimDpsArgs {
     /// The enrollment group's attestation: symmetric-key (check SAS tokens against
     /// --group-key-file) or x509 (check client certificates against --ca-file, over HTTPS).
     #[arg(long, value_enum, default_value = "symmetric-key")]
-    pub attestation: SimAttestation,
+    pub attestation: AttestationKind,
     /// symmetric-key: the enrollment group key (base64, mode 0600) to check SAS tokens against.
     #[arg(long, value_name = "FILE")]
     pub group_key_file: Option<PathBuf>,
@@ -326,13 +326,24 @@ pub struct SimDpsArgs {
     pub stall: bool,
 }
 
-/// The enrollment group `station sim dps` plays.
+/// An enrollment group's attestation kind, on the command line (`station sim dps`, `station
+/// demo`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum SimAttestation {
+pub enum AttestationKind {
     /// Devices present SAS tokens made from keys derived from the group key.
     SymmetricKey,
     /// Devices present client certificates chained to the group's CA.
     X509,
+}
+
+impl AttestationKind {
+    /// The spelling on the command line and in `[dps] attestation`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttestationKind::SymmetricKey => "symmetric-key",
+            AttestationKind::X509 => "x509",
+        }
+    }
 }
 
 /// `station sim devices`.
@@ -384,6 +395,11 @@ pub struct DemoArgs {
     /// (default: a new directory under the system's temporary directory).
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
+    /// The attestation the demo's line and DPS emulator use: symmetric-key (a group key), or
+    /// x509 (a demo CA issues each unit a certificate, flashed in an esp_secure_cert
+    /// partition and pre-verified over TLS client authentication).
+    #[arg(long, value_enum, default_value = "symmetric-key")]
+    pub attestation: AttestationKind,
 }
 
 /// Runs a parsed command line; returns the process exit code.

@@ -470,13 +470,7 @@ async fn register(
     let path = format!("/{scope}/registrations/{registration_id}/register");
     let body: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
     let payload = body.as_ref().and_then(|b| b.get("payload")).cloned();
-    let request = Request {
-        scope: &scope,
-        registration_id: &registration_id,
-        query: &query,
-        headers: &headers,
-        peer: &peer,
-    };
+    let request = Request::new(&scope, &registration_id, &query, &headers, &peer);
     let response = register_inner(&shared, &request, body);
     shared.record("PUT", &path, response.status(), payload, &peer);
     response
@@ -489,6 +483,24 @@ struct Request<'a> {
     query: &'a HashMap<String, String>,
     headers: &'a HeaderMap,
     peer: &'a Peer,
+}
+
+impl<'a> Request<'a> {
+    fn new(
+        scope: &'a str,
+        registration_id: &'a str,
+        query: &'a HashMap<String, String>,
+        headers: &'a HeaderMap,
+        peer: &'a Peer,
+    ) -> Request<'a> {
+        Request {
+            scope,
+            registration_id,
+            query,
+            headers,
+            peer,
+        }
+    }
 }
 
 impl Shared {
@@ -582,13 +594,7 @@ async fn operation(
 ) -> Response {
     tokio::time::sleep(shared.options.latency).await;
     let path = format!("/{scope}/registrations/{registration_id}/operations/{operation_id}");
-    let request = Request {
-        scope: &scope,
-        registration_id: &registration_id,
-        query: &query,
-        headers: &headers,
-        peer: &peer,
-    };
+    let request = Request::new(&scope, &registration_id, &query, &headers, &peer);
     let response = operation_inner(&shared, &request, &operation_id);
     shared.record("GET", &path, response.status(), None, &peer);
     response
