@@ -760,3 +760,65 @@ fn the_demo_runs_an_x509_line_and_reuses_its_pki() {
     let manifest = std::fs::read_to_string(again["manifest"].as_str().unwrap()).unwrap();
     assert!(manifest.contains(&key_id), "{manifest}");
 }
+
+#[test]
+fn a_ca_chain_too_long_for_an_nvs_string_is_refused_at_load_and_fits_esp_secure_cert() {
+    use rcgen::{Issuer, KeyPair};
+    // Six CA certificates, root down to the signing CA: about 4,200 bytes of PEM, more than one
+    // NVS string holds (3,967 bytes).
+    let dir = tempfile::tempdir().unwrap();
+    let mut keys = vec![KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap()];
+    let mut params = vec![crate::x509::ca_params(
+        "Chain CA 0 with a long enough name for the test",
+    )];
+    let mut pems = vec![params[0].self_signed(&keys[0]).unwrap().pem()];
+    for level in 1..6 {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let p = crate::x509::ca_params(&format!(
+            "Chain CA {level} with a long enough name for the test"
+        ));
+        let issuer = Issuer::from_params(&params[level - 1], &keys[level - 1]);
+        pems.push(p.signed_by(&key, &issuer).unwrap().pem());
+        keys.push(key);
+        params.push(p);
+    }
+    let signing = dir.path().join("signing.pem");
+    std::fs::write(&signing, &pems[5]).unwrap();
+    let chain = dir.path().join("chain.pem");
+    let above: String = pems[..5].iter().rev().cloned().collect();
+    std::fs::write(&chain, &above).unwrap();
+    assert!(above.len() + pems[5].len() > 3_967, "{}", above.len());
+    let key = dir.path().join("signing.key");
+    crate::x509::write_private(&key, &keys[5].serialize_pem());
+
+    let pki = Pki::new();
+    let config = |layout| {
+        x509_config(&pki, layout, None)
+            .replace(
+                &pki.cert.display().to_string(),
+                &signing.display().to_string(),
+            )
+            .replace(
+                &pki.root.display().to_string(),
+                &chain.display().to_string(),
+            )
+            .replace(&pki.key.display().to_string(), &key.display().to_string())
+    };
+    let ws = workspace(&config(Layout::Nvs));
+    let sim = line(&ws, 1);
+    let run = provision(&ws, &sim, 0).expect(2);
+    let error = &run.json()["error"];
+    assert_eq!(error["code"], "station::config::credentials_do_not_fit");
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains("ca_chain"), "{message}");
+    assert!(error["hint"].as_str().unwrap().contains("[secure_cert]"));
+    let check = ws.station(&["check"]).expect(2).stdout;
+    assert!(check.contains("credentials_do_not_fit"), "{check}");
+
+    // The same chain in an esp_secure_cert partition fits, and the unit is provisioned.
+    std::fs::write(ws.path("station.toml"), config(Layout::SecureCert)).unwrap();
+    let report = provision(&ws, &sim, 0).expect(0).json();
+    let flash = flash_of(&ws, mac_of(&report));
+    let (_, _, flashed_chain) = flashed_credentials(&flash, Layout::SecureCert);
+    assert_eq!(flashed_chain.matches("BEGIN CERTIFICATE").count(), 6);
+}

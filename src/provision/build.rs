@@ -37,8 +37,9 @@ pub enum DeviceCredential {
     X509(Box<DeviceCredentials>),
 }
 
-/// Everything the station writes to one device.
-#[derive(Debug, Clone)]
+/// Everything the station writes to one device. `Debug` shows the images' sizes, never their
+/// bytes (they hold the device's key).
+#[derive(Clone)]
 pub struct DeviceImage {
     /// The device.
     pub mac: Mac,
@@ -58,14 +59,37 @@ pub struct DeviceImage {
     pub secure_cert: Option<SecureCertImage>,
 }
 
-/// An `esp_secure_cert` partition image and where it goes.
-#[derive(Debug, Clone)]
+/// An `esp_secure_cert` partition image and where it goes. `Debug` shows its size only.
+#[derive(Clone)]
 pub struct SecureCertImage {
     /// The partition's flash offset.
     pub offset: u32,
     /// The image, padded with `0xFF` to the partition's size (it holds the private key:
     /// zeroized when dropped).
     pub bytes: Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for DeviceImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceImage")
+            .field("mac", &self.mac)
+            .field("registration_id", &self.registration_id)
+            .field("credential", &self.credential)
+            .field("key_id", &self.key_id)
+            .field("secondary_key_id", &self.secondary_key_id)
+            .field("bytes", &self.bytes.len())
+            .field("secure_cert", &self.secure_cert)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for SecureCertImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecureCertImage")
+            .field("offset", &self.offset)
+            .field("bytes", &self.bytes.len())
+            .finish()
+    }
 }
 
 impl DeviceImage {
