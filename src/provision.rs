@@ -229,8 +229,8 @@ impl Station {
     }
 }
 
-/// Seconds spent in each stage of one attempt.
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+/// Seconds spent in each stage of one attempt, and what the flash stage had to do again.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct Timings {
     /// Reset, sync, chip detection, stub upload, flash detection, baud change.
     pub connect: f64,
@@ -248,6 +248,10 @@ pub struct Timings {
     pub record: f64,
     /// The final reset.
     pub reset: f64,
+    /// Every region written again from its start because the loader refused one of its
+    /// blocks as corrupted (empty on a clean write). A write that ran out of restarts fails
+    /// with `station::device::write_refused` instead.
+    pub flash_restarts: Vec<crate::device::Restart>,
 }
 
 /// The result of one unit, as shown to the operator and printed by `provision --json`.
@@ -519,7 +523,7 @@ pub async fn provision<D: Device>(
         unit,
         failure,
         reprovision: facts.reprovision,
-        timings: serde_json::to_value(timings).unwrap_or_default(),
+        timings: serde_json::to_value(&timings).unwrap_or_default(),
     };
     let recorded = station.store.record_attempt(&record).await?;
     timings.record = record_start.elapsed().as_secs_f64();
@@ -533,6 +537,10 @@ pub async fn provision<D: Device>(
             tracing::warn!(error = %e, "reset after provisioning failed");
         }
         timings.reset = reset_start.elapsed().as_secs_f64();
+    } else {
+        // A failed unit stays in the loader for a retry, but where the next session (or the
+        // line's probe) finds it: the ROM loader at 115200.
+        device.release().await;
     }
 
     let (stage, error_code, message, hint) = match &result {
@@ -705,11 +713,12 @@ async fn run_stages<D: Device, E: Fn(Stage)>(
     regions.push(nvs_region);
     let progress =
         events.map(|events| forward_progress(events.clone(), device.port().display().to_string()));
-    device
+    let written = device
         .write(regions.clone(), progress)
         .await
         .map_err(|e| fail(Stage::Flash, true)(e.into()))?;
     timings.flash = t.elapsed().as_secs_f64();
+    timings.flash_restarts = written.restarts;
 
     emit(Stage::Verify);
     let t = Instant::now();

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use super::*;
-use crate::device::DeviceError;
+use crate::device::{DeviceError, WriteReport};
 
 /// What the fake does at each stage.
 #[derive(Default)]
@@ -66,7 +66,7 @@ impl Device for FakeDevice {
         &mut self,
         regions: Vec<Region>,
         _progress: Option<ProgressSender>,
-    ) -> Result<(), DeviceError> {
+    ) -> Result<WriteReport, DeviceError> {
         if let Some(f) = self.script.write {
             return Err(f(&self.port));
         }
@@ -78,7 +78,7 @@ impl Device for FakeDevice {
         if self.script.corrupt_flash {
             self.flash[0x9000 + 100] ^= 0x01;
         }
-        Ok(())
+        Ok(WriteReport::default())
     }
 
     async fn md5(&mut self, offset: u32, len: u32) -> Result<[u8; 16], DeviceError> {
