@@ -60,9 +60,11 @@ const ESP32_EFUSE_WORD4: u32 = 0x3FF5_A010;
 /// rate: the stub's first frames then run that far off the host's rate, which a UART reads
 /// correctly within a few percent.
 pub(crate) const STUB_RATE_TOLERANCE: f64 = 0.02;
-/// How long to let both ends settle after a baud-rate change: the stub drains its reply for
-/// 10 ms before it switches (esptool's stub source), the ROM switches right after its reply.
-const BAUD_SETTLE: Duration = Duration::from_millis(20);
+/// How long to let both ends settle after a baud-rate change before the next request: the ROM
+/// switches once its reply is out; the stub waits 10 ms for its reply to drain before it
+/// switches (esptool's stub source), so it gets twice that.
+const ROM_BAUD_SETTLE: Duration = Duration::from_millis(10);
+const STUB_BAUD_SETTLE: Duration = Duration::from_millis(20);
 /// The per-command timeout when releasing a chip that may have stopped answering.
 const RELEASE_TIMEOUT: Duration = Duration::from_millis(300);
 /// How many times a region is written again from its start after the loader refuses a block.
@@ -82,6 +84,8 @@ pub(crate) struct Session {
     flash_size: u32,
     /// The ROM's rate was changed: (what it was asked for) / (the rate that gives).
     rom_scale: Option<f64>,
+    /// MAC and revision, when espflash already read them while starting the stub.
+    known: Option<(String, Option<(u32, u32)>)>,
 }
 
 /// How the ROM's crystal estimate compares with the crystal.
@@ -164,10 +168,16 @@ impl Session {
             after: settings.after,
             flash_size: 0,
             rom_scale,
+            known: None,
         };
         if settings.stub {
-            session.connection =
+            let (connection, found) =
                 super::stub::start(session.connection, chip, host_baud, info).map_err(fail)?;
+            session.connection = connection;
+            if let Some(found) = found {
+                session.flash_size = found.flash_size.size();
+                session.known = found.mac_address.map(|mac| (mac, found.revision));
+            }
             // The stub runs at the rate the ROM was asked for (or 115200): make it exact.
             let stub_rate =
                 rom_scale.map_or(CONNECT_BAUD, |scale| RomClock { scale }.request(target));
@@ -175,7 +185,9 @@ impl Session {
                 change_baud(&mut session.connection, target, host_baud, target).map_err(fail)?;
             }
         }
-        session.flash_size = session.attach_flash().map_err(fail)?;
+        if session.flash_size == 0 {
+            session.flash_size = session.attach_flash().map_err(fail)?;
+        }
         tracing::debug!(port = %port.display(), %chip, stub = settings.stub, baud = target, "connected");
         Ok(session)
     }
@@ -194,15 +206,20 @@ impl Session {
             during: Operation::Identifying,
             detail,
         };
-        let mac_text = self.chip.mac_address(&mut self.connection).map_err(fail)?;
+        let (mac_text, revision) = match self.known.take() {
+            Some(known) => known,
+            None => (
+                self.chip.mac_address(&mut self.connection).map_err(fail)?,
+                self.chip.revision(&mut self.connection).ok(),
+            ),
+        };
         let mac = mac_text
             .parse::<Mac>()
             .map_err(|_| protocol(format!("the chip reported MAC `{mac_text}`")))?;
-        let revision = self
-            .chip
-            .revision(&mut self.connection)
-            .map(|(major, minor)| format!("v{major}.{minor}"))
-            .unwrap_or_else(|_| "unknown".to_owned());
+        let revision = revision.map_or_else(
+            || "unknown".to_owned(),
+            |(major, minor)| format!("v{major}.{minor}"),
+        );
         Ok(DeviceIdentity {
             mac,
             chip: self.chip.to_string(),
@@ -552,7 +569,12 @@ fn change_baud(
         })
     })?;
     connection.set_baud(host)?;
-    std::thread::sleep(BAUD_SETTLE);
+    // The ROM takes no prior rate (0); the stub does.
+    std::thread::sleep(if prior == 0 {
+        ROM_BAUD_SETTLE
+    } else {
+        STUB_BAUD_SETTLE
+    });
     Ok(())
 }
 

@@ -23,7 +23,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use espflash::connection::{Connection, ResetAfterOperation, ResetBeforeOperation};
-use espflash::flasher::Flasher;
+use espflash::flasher::{DeviceInfo, Flasher};
 use espflash::target::Chip;
 use serialport::{SerialPort, TTYPort, UsbPortInfo};
 
@@ -37,13 +37,14 @@ const MEM_END: u8 = 0x06;
 const ROM_REFUSES_SECURITY_INFO: [u8; 12] = [1, GET_SECURITY_INFO, 4, 0, 0, 0, 0, 0, 1, 5, 0, 0];
 
 /// Uploads and starts espflash's stub on `chip` over `connection` (the ROM answering at
-/// `baud`) and returns a connection to the running stub over the same port.
+/// `baud`) and returns a connection to the running stub over the same port, with what
+/// espflash learnt on the way (flash size, revision) and the MAC, read while the relay runs.
 pub(crate) fn start(
     connection: Connection,
     chip: Chip,
     baud: u32,
     info: UsbPortInfo,
-) -> Result<Connection, espflash::Error> {
+) -> Result<(Connection, Option<DeviceInfo>), espflash::Error> {
     let serial = connection.into_serial();
     let (host_side, relay_side) = TTYPort::pair()?;
     let relay = Relay::start(&serial, relay_side, chip)?;
@@ -58,23 +59,30 @@ pub(crate) fn start(
     );
     let started = Flasher::try_connect(through, true, false, false, Some(chip), None);
     // The pseudo-terminal is done with either way; the real port carries on.
-    match started {
-        Ok(flasher) => drop(flasher.into_connection()),
+    let device = match started {
+        Ok(mut flasher) => {
+            // espflash attached and sized the flash and read the revision while connecting:
+            // asking it costs a few register reads, not a second flash detection.
+            let device = flasher.device_info().ok();
+            drop(flasher.into_connection());
+            device
+        }
         Err(failed) => {
             let (error, through) = *failed;
             drop(through);
             relay.stop();
             return Err(error);
         }
-    }
+    };
     relay.stop();
-    Ok(Connection::new(
+    let connection = Connection::new(
         serial,
         info,
         ResetAfterOperation::NoResetNoStub,
         ResetBeforeOperation::NoResetNoSync,
         baud,
-    ))
+    );
+    Ok((connection, device))
 }
 
 /// The two threads moving bytes between the pseudo-terminal and the real port.
