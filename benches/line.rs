@@ -3,7 +3,9 @@
 //! Each run is two processes, as on a line: `station sim devices` (the devices take turns on the
 //! ports; a simulated operator takes each unit off 0.2 s after the station leaves it idle and
 //! plugs the next in 0.1 s later) and `station run --json` on a batch of 100 at 921600 baud with
-//! the flasher stub, wire time charged. It prints wall time (daemon start to exit), units per
+//! the flasher stub. The simulator runs its default, realistic model: the recorded ESP32 ROM's
+//! behaviour, wire time, 1 ms of USB latency per reply, 45 ms per sector erase, 0.7 ms per page
+//! program. It prints wall time (daemon start to exit), units per
 //! minute, parallel efficiency (P-port throughput / (P x 1-port throughput)) and the daemon's
 //! peak resident memory (VmHWM).
 //!
@@ -221,7 +223,7 @@ fn main() {
     }
 
     println!(
-        "line: batch of {units} at 921600 baud, stub, wire time on, simulated operator swapping units"
+        "line: batch of {units} at 921600 baud, stub, ROM-faithful simulator (wire time, 1 ms USB latency, flash erase/program time), simulated operator swapping units"
     );
     println!(
         "{:>5} {:>9} {:>10} {:>11} {:>10} {:>13}",
