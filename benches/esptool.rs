@@ -24,44 +24,10 @@ use std::time::{Duration, Instant};
 use station::identity::Mac;
 use station::sim::{SimLine, SimOptions, SimTiming};
 
-const GROUP_KEY: &str =
-    "8isrFI1sGsIlvvFSSFRiMfCNzv21fjbE/+ah/lSh3lF8e2YG1Te7w1KpZhJFFXJrqYKi9yegxkqIChbqOS9Egw==";
+mod common;
+
 /// Every run's device has this MAC, so every tool writes the very same image.
 const MAC: Mac = Mac([0x24, 0x0a, 0xc4, 0x5e, 0x00, 0x01]);
-
-fn config(baud: u32, stub: bool) -> String {
-    format!(
-        r#"
-[station]
-id = "bench-st1"
-database = "station.db"
-
-[dps]
-id_scope = "0ne00BENCH0"
-group_key_file = "group.key"
-registration_id = "sensor-{{mac}}"
-
-[nvs]
-offset = 0x9000
-size = 0x6000
-namespace = "dps"
-
-[nvs.entries]
-id_scope = "{{id_scope}}"
-reg_id = "{{registration_id}}"
-device_key = "{{device_key}}"
-dps_host = "{{dps_host}}"
-
-[serial]
-ports = ["/dev/null"]
-baud = {baud}
-before = "no-reset"
-after = "no-reset"
-chip = "esp32"
-stub = {stub}
-"#
-    )
-}
 
 /// One way of writing the image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -101,13 +67,7 @@ struct Workspace {
 impl Workspace {
     fn new(baud: u32, stub: bool) -> Workspace {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let key = dir.path().join("group.key");
-        std::fs::write(&key, GROUP_KEY).expect("key");
-        {
-            use std::os::unix::fs::PermissionsExt as _;
-            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("mode");
-        }
-        std::fs::write(dir.path().join("station.toml"), config(baud, stub)).expect("config");
+        common::workspace(dir.path(), &common::config(r#"["/dev/null"]"#, baud, stub));
         let workspace = Workspace { dir };
         let opened = workspace
             .station()

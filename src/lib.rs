@@ -22,6 +22,7 @@ pub mod nvs;
 pub mod provision;
 pub mod report;
 pub mod sim;
+pub mod slip;
 pub mod store;
 
 pub use error::{Error, Result};

@@ -138,8 +138,11 @@ impl Relay {
                             for (raw, frame) in frames.feed(&buf[..n]) {
                                 let op = (frame.len() >= 8 && frame[0] == 0).then(|| frame[1]);
                                 if rom_in_charge && op == Some(GET_SECURITY_INFO) {
-                                    if write_to(&to_host, &slip(&ROM_REFUSES_SECURITY_INFO))
-                                        .is_err()
+                                    if write_to(
+                                        &to_host,
+                                        &crate::slip::encode(&ROM_REFUSES_SECURITY_INFO),
+                                    )
+                                    .is_err()
                                     {
                                         return;
                                     }
@@ -181,20 +184,6 @@ fn write_to(port: &Mutex<TTYPort>, bytes: &[u8]) -> std::io::Result<()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     port.write_all(bytes)?;
     port.flush()
-}
-
-/// SLIP-encodes a packet.
-fn slip(payload: &[u8]) -> Vec<u8> {
-    let mut out = vec![0xC0];
-    for &byte in payload {
-        match byte {
-            0xC0 => out.extend([0xDB, 0xDC]),
-            0xDB => out.extend([0xDB, 0xDD]),
-            other => out.push(other),
-        }
-    }
-    out.push(0xC0);
-    out
 }
 
 /// Splits what the host writes into SLIP frames, keeping each frame's raw bytes to forward.
@@ -255,8 +244,8 @@ mod tests {
     fn frames_are_split_with_their_raw_bytes() {
         let mut frames = Frames::default();
         let request = [0x00, 0x14, 0x00, 0x00, 0, 0, 0, 0];
-        let mut wire = slip(&request);
-        wire.extend(slip(&[
+        let mut wire = crate::slip::encode(&request);
+        wire.extend(crate::slip::encode(&[
             0x00, 0x0A, 0x04, 0x00, 0, 0, 0, 0, 0xC0, 0xDB, 0, 0,
         ]));
         let (first, second) = wire.split_at(5);
@@ -264,7 +253,7 @@ mod tests {
         got.extend(frames.feed(second));
         assert_eq!(got.len(), 2);
         assert_eq!(got[0].1, request);
-        assert_eq!(got[0].0, slip(&request));
+        assert_eq!(got[0].0, crate::slip::encode(&request));
         assert_eq!(
             got[1].1,
             [0x00, 0x0A, 0x04, 0x00, 0, 0, 0, 0, 0xC0, 0xDB, 0, 0]

@@ -37,7 +37,6 @@ mod flash;
 mod loader;
 mod port;
 mod rom;
-mod slip;
 mod stub;
 mod timing;
 
@@ -527,13 +526,13 @@ impl SimLine {
                 .filter(|f| f.device.is_none_or(|d| d == index))
                 .copied()
                 .collect();
-            let shared = Arc::new(port::Shared::new(
+            let shared = Arc::new(port::Shared::new(loader::Loader::new(
                 opts.chip,
                 mac,
                 opts.baud,
                 opts.timing,
                 opts.xtal_error_ppm,
-            ));
+            )));
             for (offset, bytes) in &opts.preload {
                 shared
                     .preload(*offset, bytes)

@@ -28,9 +28,8 @@ use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 
 use super::loader::{Loader, Mode, Output, is_flash_data};
-use super::timing::SimTiming;
-use super::{Fault, FaultKind, SimChip, SimState, Trigger, flash, slip};
-use crate::identity::Mac;
+use super::{Fault, FaultKind, SimState, Trigger, flash};
+use crate::slip;
 
 /// How often the serving thread looks at the stop flag while idle or pacing.
 const TICK: Duration = Duration::from_millis(20);
@@ -141,15 +140,9 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    pub(crate) fn new(
-        chip: SimChip,
-        mac: Mac,
-        baud: u32,
-        timing: SimTiming,
-        xtal_error_ppm: i32,
-    ) -> Self {
+    pub(crate) fn new(loader: Loader) -> Self {
         Shared {
-            loader: Mutex::new(Loader::new(chip, mac, baud, timing, xtal_error_ppm)),
+            loader: Mutex::new(loader),
             stats: Mutex::new(SimStats::default()),
             unplugged: AtomicBool::new(false),
             plugged: Mutex::new((PathBuf::new(), PathBuf::new())),

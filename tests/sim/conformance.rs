@@ -76,19 +76,6 @@ fn hex(text: &str) -> Vec<u8> {
     hex::decode(text).expect("hex in the recording")
 }
 
-fn slip(payload: &[u8]) -> Vec<u8> {
-    let mut out = vec![0xC0];
-    for &byte in payload {
-        match byte {
-            0xC0 => out.extend([0xDB, 0xDC]),
-            0xDB => out.extend([0xDB, 0xDD]),
-            other => out.push(other),
-        }
-    }
-    out.push(0xC0);
-    out
-}
-
 /// Reads reply frames: until `expected` have come and then `EXTRA_WAIT` of silence, or, when
 /// none are expected, `SILENT_WAIT`.
 fn replies(port: &mut serialport::TTYPort, expected: usize) -> Vec<Vec<u8>> {
@@ -164,7 +151,7 @@ fn replay_phase(phase: &Value) -> Vec<String> {
         let request = step["request_hex"].as_str().map(hex);
         let wire = match (step["wire_hex"].as_str(), &request) {
             (Some(raw), _) => hex(raw),
-            (None, Some(request)) => slip(request),
+            (None, Some(request)) => station::slip::encode(request),
             (None, None) => Vec::new(),
         };
         sim.port

@@ -1,9 +1,10 @@
 //! SLIP framing (RFC 1055) as the ESP serial loader uses it: every packet starts and ends with
-//! `0xC0`; inside a packet `0xC0` travels as `0xDB 0xDC` and `0xDB` as `0xDB 0xDD`.
+//! `0xC0`; inside a packet `0xC0` travels as `0xDB 0xDC` and `0xDB` as `0xDB 0xDD`. Shared by
+//! the device layer (which frames a few packets of its own) and the simulator.
 //!
 //! See <https://docs.espressif.com/projects/esptool/en/latest/esp32/advanced-topics/serial-protocol.html#low-level-protocol>.
 //!
-//! The decoder frames the way the ESP32 ROM does (`shared/rom/README.md`, "SLIP framing"): the
+//! [`Decoder`] frames the way the ESP32 ROM does (`shared/rom/README.md`, "SLIP framing"): the
 //! `0xC0` that closes a frame does not open the next one. Between frames the ROM waits for an
 //! opening `0xC0` and drops everything else, so after an unterminated frame the next frame's
 //! opening `0xC0` closes the garbage (which is then executed) and that next frame is lost.
@@ -23,7 +24,7 @@ const ESC_ESC: u8 = 0xDD;
 const MAX_FRAME: usize = 64 * 1024;
 
 /// Wraps `payload` in delimiters, escaping the bytes that need it.
-pub(crate) fn encode(payload: &[u8]) -> Vec<u8> {
+pub fn encode(payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + payload.len() / 32 + 2);
     out.push(END);
     for &byte in payload {
@@ -37,9 +38,10 @@ pub(crate) fn encode(payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// A streaming decoder: feed it whatever the port delivered, get back the complete frames.
+/// A streaming decoder with the ESP32 ROM's framing: feed it whatever the port delivered, get
+/// back the complete frames.
 #[derive(Debug, Default)]
-pub(crate) struct Decoder {
+pub struct Decoder {
     frame: Vec<u8>,
     /// An opening delimiter was seen and no closing one yet.
     in_frame: bool,
@@ -48,7 +50,7 @@ pub(crate) struct Decoder {
 
 impl Decoder {
     /// Consumes `bytes`, returning every frame completed by them.
-    pub(crate) fn feed(&mut self, bytes: &[u8]) -> Vec<Vec<u8>> {
+    pub fn feed(&mut self, bytes: &[u8]) -> Vec<Vec<u8>> {
         let mut frames = Vec::new();
         for &byte in bytes {
             if byte == END {
