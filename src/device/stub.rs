@@ -115,7 +115,13 @@ impl Relay {
                                 }
                                 Ok(_) => {}
                                 Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
-                                Err(_) => return,
+                                Err(_) => {
+                                    // The port is gone: stopping both threads closes the
+                                    // pseudo-terminal, so espflash fails at once instead of
+                                    // waiting for a reply.
+                                    stop.store(true, Ordering::SeqCst);
+                                    return;
+                                }
                             }
                         }
                     })?
