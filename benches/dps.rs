@@ -10,13 +10,14 @@ use std::path::Path;
 use std::time::Duration;
 
 use station::config::Config;
-use station::device::EspflashDevice;
-use station::dps::DpsStatus;
+use station::device::{EspflashDevice, SerialSettings};
 use station::error::Error;
 use station::keys::GroupKey;
-use station::provision::{self, Outcome, Request, Station};
+use station::provision::{self, Outcome, Request};
+use station::record::DpsStatus;
 use station::sim::dps::{DpsEmulator, EmulatorOptions};
 use station::sim::{SimLine, SimOptions};
+use station::station::Station;
 
 const GROUP_KEY: &str =
     "8isrFI1sGsIlvvFSSFRiMfCNzv21fjbE/+ah/lSh3lF8e2YG1Te7w1KpZhJFFXJrqYKi9yegxkqIChbqOS9Egw==";
@@ -65,7 +66,8 @@ async fn run(units: usize, dps: Option<&str>) -> Result<(f64, f64), Error> {
     })?;
     let (mut totals, mut stages) = (Vec::new(), Vec::new());
     for sim in line.devices() {
-        let mut device = EspflashDevice::new(sim.port(), station.config.serial.settings());
+        let mut device =
+            EspflashDevice::new(sim.port(), SerialSettings::from(&station.config.serial));
         let report = provision::provision(&mut device, &station, &request, None).await?;
         assert_eq!(report.outcome, Outcome::Provisioned, "{report:?}");
         if dps.is_some() {

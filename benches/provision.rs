@@ -20,10 +20,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use station::config::Config;
-use station::device::EspflashDevice;
+use station::device::{EspflashDevice, SerialSettings};
 use station::error::Error;
-use station::provision::{self, Outcome, Request, Station, Timings};
+use station::provision::{self, Outcome, Request, Timings};
 use station::sim::{SimLine, SimOptions, SimStats, SimTiming};
+use station::station::Station;
 
 const GROUP_KEY: &str =
     "8isrFI1sGsIlvvFSSFRiMfCNzv21fjbE/+ah/lSh3lF8e2YG1Te7w1KpZhJFFXJrqYKi9yegxkqIChbqOS9Egw==";
@@ -96,7 +97,8 @@ async fn run(
 
     let mut rows = Vec::new();
     for sim in line.devices() {
-        let mut device = EspflashDevice::new(sim.port(), station.config.serial.settings());
+        let mut device =
+            EspflashDevice::new(sim.port(), SerialSettings::from(&station.config.serial));
         let start = Instant::now();
         let report = provision::provision(&mut device, &station, &request, None).await?;
         let total = start.elapsed().as_secs_f64();

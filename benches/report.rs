@@ -248,5 +248,5 @@ fn mac_of(n: i64) -> String {
 /// A distinct time per number, one millisecond apart.
 fn time_of(n: i64) -> String {
     let at = time::macros::datetime!(2026-11-25 06:00 UTC) + time::Duration::milliseconds(n);
-    station::store::format_time(at)
+    station::clock::format_time(at)
 }

@@ -51,20 +51,9 @@ pub enum Error {
     #[diagnostic(transparent)]
     Sim(#[from] crate::sim::SimError),
     /// A file the station needs could not be read or written.
-    #[error("{action} {path}: {source}")]
-    #[diagnostic(
-        code(station::io),
-        help("Check that the path exists and that the station's user may read and write it.")
-    )]
-    Io {
-        /// What the station was doing (`reading`, `writing`, ...).
-        action: &'static str,
-        /// The file concerned.
-        path: String,
-        /// The operating system's error.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Io(#[from] crate::file::FileError),
     /// An input file or argument the station cannot use (a CSV row, a path).
     #[error("{what}: {problem}")]
     #[diagnostic(code(station::input::invalid), help("{fix}"))]
@@ -88,6 +77,33 @@ pub mod exit {
     pub const USAGE: u8 = 2;
 }
 
+impl From<crate::station::StationError> for Error {
+    /// The error of the part that failed.
+    fn from(error: crate::station::StationError) -> Self {
+        use crate::station::StationError;
+        match error {
+            StationError::Key(e) => Error::Key(e),
+            StationError::Store(e) => Error::Store(e),
+            StationError::Dps(e) => Error::Dps(e),
+            StationError::File(e) => Error::Io(e),
+        }
+    }
+}
+
+impl From<crate::provision::UnitError> for Error {
+    /// The error of the part that failed.
+    fn from(error: crate::provision::UnitError) -> Self {
+        use crate::provision::UnitError;
+        match error {
+            UnitError::Device(e) => Error::Device(e),
+            UnitError::Nvs(e) => Error::Nvs(e),
+            UnitError::Store(e) => Error::Store(e),
+            UnitError::Dps(e) => Error::Dps(e),
+            UnitError::Provision(e) => Error::Provision(e),
+        }
+    }
+}
+
 impl Error {
     /// Wraps an I/O error with the action and path it concerns.
     pub fn io(
@@ -95,11 +111,7 @@ impl Error {
         path: impl AsRef<std::path::Path>,
         source: std::io::Error,
     ) -> Self {
-        Error::Io {
-            action,
-            path: path.as_ref().display().to_string(),
-            source,
-        }
+        Error::Io(crate::file::FileError::new(action, path, source))
     }
 
     /// The stable code, e.g. `station::keys::world_readable`.

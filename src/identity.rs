@@ -88,24 +88,26 @@ impl FromStr for Mac {
         let bad = || IdentityError::BadMac {
             input: s.to_owned(),
         };
-        let trimmed = s.trim();
-        let digits: String = match trimmed.len() {
-            12 => trimmed.to_owned(),
+        let text = s.trim().as_bytes();
+        // Where each byte's two hex digits start.
+        let starts: [usize; 6] = match text.len() {
+            12 => [0, 2, 4, 6, 8, 10],
             17 => {
-                let separator = trimmed.as_bytes()[2];
-                if separator != b':' && separator != b'-' {
+                let separator = text[2];
+                let separated = [2, 5, 8, 11, 14].iter().all(|&at| text[at] == separator);
+                if !(separated && matches!(separator, b':' | b'-')) {
                     return Err(bad());
                 }
-                let groups: Vec<&str> = trimmed.split(separator as char).collect();
-                if groups.len() != 6 || groups.iter().any(|g| g.len() != 2) {
-                    return Err(bad());
-                }
-                groups.concat()
+                [0, 3, 6, 9, 12, 15]
             }
             _ => return Err(bad()),
         };
+        let digit = |c: u8| char::from(c).to_digit(16);
         let mut bytes = [0u8; 6];
-        hex::decode_to_slice(&digits, &mut bytes).map_err(|_| bad())?;
+        for (byte, at) in bytes.iter_mut().zip(starts) {
+            let (high, low) = digit(text[at]).zip(digit(text[at + 1])).ok_or_else(bad)?;
+            *byte = (high * 16 + low) as u8;
+        }
         Ok(Mac(bytes))
     }
 }
@@ -124,9 +126,24 @@ impl fmt::Debug for Mac {
     }
 }
 
+impl Mac {
+    /// The colon-separated form in a stack buffer (manifests write one per row).
+    fn text(&self) -> [u8; 17] {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [b':'; 17];
+        for (i, byte) in self.0.iter().enumerate() {
+            out[i * 3] = HEX[usize::from(byte >> 4)];
+            out[i * 3 + 1] = HEX[usize::from(byte & 0x0f)];
+        }
+        out
+    }
+}
+
 impl serde::Serialize for Mac {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
+        let text = self.text();
+        // Hex digits and colons only: always UTF-8.
+        serializer.serialize_str(std::str::from_utf8(&text).unwrap_or_default())
     }
 }
 
@@ -350,6 +367,10 @@ mod tests {
         }
         assert_eq!(expected.hex(), "240ac4123456");
         assert_eq!(expected.to_string(), "24:0a:c4:12:34:56");
+        assert_eq!(
+            serde_json::to_string(&expected).unwrap(),
+            "\"24:0a:c4:12:34:56\""
+        );
     }
 
     #[test]

@@ -22,6 +22,9 @@ use zeroize::{Zeroize, Zeroizing};
 
 use crate::identity::RegistrationId;
 
+/// The largest key file the station reads: a group key is under 100 bytes of base64.
+pub const KEY_FILE_LIMIT: u64 = 64 << 10;
+
 /// The shortest group key accepted, in decoded bytes. Azure issues 64-byte keys; anything under
 /// 16 bytes is a truncated paste, not a key.
 pub const MIN_KEY_BYTES: usize = 16;
@@ -191,6 +194,30 @@ impl KeyId {
     }
 }
 
+impl std::str::FromStr for KeyId {
+    type Err = BadKeyId;
+
+    /// Parses a fingerprint as recorded: `sha256:` and 16 lowercase hex digits.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let well_formed = s.strip_prefix("sha256:").is_some_and(|digits| {
+            digits.len() == 16
+                && digits
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        });
+        if well_formed {
+            Ok(KeyId(s.to_owned()))
+        } else {
+            Err(BadKeyId(s.to_owned()))
+        }
+    }
+}
+
+/// Text that is not a key fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a key id (`sha256:` and 16 lowercase hex digits)")]
+pub struct BadKeyId(String);
+
 impl fmt::Display for KeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -245,12 +272,17 @@ impl fmt::Debug for GroupKey {
 impl GroupKey {
     /// Reads and checks a group key file: owner-only permissions, one line of base64 that
     /// decodes to at least [`MIN_KEY_BYTES`], and none of the usual mix-ups.
+    ///
+    /// The file is opened once and the opened file checked (a regular file of at most
+    /// [`KEY_FILE_LIMIT`] bytes, its mode) before its contents are read.
     pub fn load(path: &Path) -> Result<Self, KeyError> {
-        check_permissions(path)?;
-        let raw = Zeroizing::new(std::fs::read(path).map_err(|source| KeyError::Unreadable {
+        let unreadable = |source| KeyError::Unreadable {
             path: path.to_owned(),
             source,
-        })?);
+        };
+        let opened = crate::file::open_regular(path, KEY_FILE_LIMIT).map_err(unreadable)?;
+        check_permissions(&opened.metadata, path)?;
+        let raw = Zeroizing::new(opened.read().map_err(unreadable)?);
         Self::from_text(&raw, path)
     }
 
@@ -354,12 +386,8 @@ fn describe_base64_error(error: &base64::DecodeError) -> String {
 }
 
 #[cfg(unix)]
-fn check_permissions(path: &Path) -> Result<(), KeyError> {
+fn check_permissions(metadata: &std::fs::Metadata, path: &Path) -> Result<(), KeyError> {
     use std::os::unix::fs::PermissionsExt as _;
-    let metadata = std::fs::metadata(path).map_err(|source| KeyError::Unreadable {
-        path: path.to_owned(),
-        source,
-    })?;
     let mode = metadata.permissions().mode() & 0o777;
     let who = match (mode & 0o070 != 0, mode & 0o007 != 0) {
         (false, false) => return Ok(()),
@@ -375,7 +403,7 @@ fn check_permissions(path: &Path) -> Result<(), KeyError> {
 }
 
 #[cfg(not(unix))]
-fn check_permissions(_path: &Path) -> Result<(), KeyError> {
+fn check_permissions(_metadata: &std::fs::Metadata, _path: &Path) -> Result<(), KeyError> {
     Ok(())
 }
 
@@ -416,6 +444,8 @@ mod tests {
         assert!(!AZURE_GROUP_KEY.contains(&id[7..]));
         let other = key(&BASE64.encode([7u8; 32])).unwrap();
         assert_ne!(other.id(), group.id());
+        assert_eq!(id.parse::<KeyId>().as_ref(), Ok(group.id()));
+        assert!("sha256:0011".parse::<KeyId>().is_err());
     }
 
     #[test]

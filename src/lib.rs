@@ -11,18 +11,25 @@
 //! [`provision`] orchestrates one unit through the pipeline of `DESIGN.md` section 1.
 
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod device;
 pub mod dps;
 pub mod error;
+pub mod file;
+pub mod flash;
 pub mod identity;
 pub mod keys;
 pub mod line;
 pub mod nvs;
+pub mod operator;
 pub mod provision;
+pub mod record;
 pub mod report;
 pub mod sim;
 pub mod slip;
+pub mod station;
 pub mod store;
+pub mod support;
 
 pub use error::{Error, Result};

@@ -18,7 +18,7 @@
 use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
@@ -26,11 +26,14 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::config::SerialConfig;
-use crate::device::{Device as _, EspflashDevice, FlashProgress};
+use crate::device::{Device as _, EspflashDevice, FlashProgress, SerialSettings};
 use crate::error::Error;
 use crate::identity::Mac;
-use crate::provision::{self, Event, Outcome, Request, Stage, Station, UnitReport};
-use crate::store::Batch;
+use crate::provision::{self, Event, Outcome, Request, UnitReport};
+use crate::record::Batch;
+use crate::record::Stage;
+use crate::station::Station;
+use crate::support::lock;
 
 /// How the daemon runs.
 #[derive(Debug, Clone)]
@@ -319,12 +322,6 @@ struct Context {
     poll: Duration,
 }
 
-fn lock(counts: &Mutex<Counts>) -> MutexGuard<'_, Counts> {
-    counts
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 impl Context {
     fn emit(&self, event: LineEvent) {
         let _ = self.events.send(event);
@@ -505,8 +502,9 @@ pub async fn run(
 }
 
 /// Retries the units DPS could not be asked about yet, in the background of the line.
+#[tracing::instrument(name = "line_dps_retry", skip_all)]
 async fn retry_pending(context: Arc<Context>) {
-    match crate::dps::retry_pending(&context.station, &context.request.operator).await {
+    match crate::provision::retry_pending(&context.station, &context.request.operator).await {
         Ok(summary) if summary.assigned + summary.failed > 0 => {
             context.emit(LineEvent::DpsRetried {
                 assigned: summary.assigned,
@@ -519,7 +517,9 @@ async fn retry_pending(context: Arc<Context>) {
     }
 }
 
-/// One port's task: provision each device that appears on it, once.
+/// One port's task: provision each device that appears on it, once. Everything it logs (probes
+/// included) carries the port; each unit's span adds its MAC and registration ID.
+#[tracing::instrument(name = "line_port", skip_all, fields(port = %port.display()))]
 async fn serve_port(context: Arc<Context>, port: PathBuf) {
     let name = port.display().to_string();
     let mut present = false;
@@ -571,7 +571,8 @@ async fn serve_port(context: Arc<Context>, port: PathBuf) {
             context.release();
             return;
         }
-        let mut device = EspflashDevice::new(&port, context.station.config.serial.settings());
+        let mut device =
+            EspflashDevice::new(&port, SerialSettings::from(&context.station.config.serial));
         let result = provision::provision(
             &mut device,
             &context.station,
@@ -587,7 +588,7 @@ async fn serve_port(context: Arc<Context>, port: PathBuf) {
                 context.emit(LineEvent::RecordFailed {
                     port: name.clone(),
                     message: error.to_string(),
-                    error_code: error.code(),
+                    error_code: crate::record::ErrorCode::of(&error).to_string(),
                 });
                 context.record_failed.send_replace(true);
                 return;
@@ -646,7 +647,7 @@ async fn new_device_on_same_node(context: &Context, port: &Path, last: &mut Last
 /// Reads the MAC of whatever answers on `port` through the ROM loader alone (no stub, a few
 /// seconds at most), then lets it go as `[serial] after` says.
 async fn probe(context: &Context, port: &Path) -> Option<Mac> {
-    let mut settings = context.station.config.serial.settings();
+    let mut settings = SerialSettings::from(&context.station.config.serial);
     settings.stub = false;
     settings.stage_timeout = Some(Duration::from_secs(3));
     let mut device = EspflashDevice::new(port, settings);
@@ -694,9 +695,9 @@ mod tests {
         SerialConfig {
             ports: ports.iter().map(|p| (*p).to_owned()).collect(),
             baud: 921_600,
-            before: crate::device::BeforeReset::NoReset,
-            after: crate::device::AfterReset::NoReset,
-            chip: espflash::target::Chip::Esp32,
+            before: crate::config::BeforeReset::NoReset,
+            after: crate::config::AfterReset::NoReset,
+            chip: crate::config::Chip::Esp32,
             stub: true,
             usb_ids: crate::config::DEFAULT_USB_IDS.to_vec(),
             max_parallel: 4,

@@ -124,13 +124,17 @@ fn provision(ws: &Workspace, sim: &SimLine, device: usize) -> Run {
     ws.station(&["--json", "provision", "--port", &port])
 }
 
-fn unit(ws: &Workspace, mac: &str) -> station::store::Unit {
+fn unit(ws: &Workspace, mac: &str) -> station::record::Unit {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let store = station::store::Store::open(&ws.path("station.db"))
             .await
             .unwrap();
-        let unit = store.unit_by_mac(mac).await.unwrap().unwrap();
+        let unit = store
+            .unit_by_mac(&mac.parse().unwrap())
+            .await
+            .unwrap()
+            .unwrap();
         store.close().await;
         unit
     })
@@ -255,7 +259,7 @@ fn wrong_group_key_fails_the_unit_at_stage_dps() {
     assert_eq!(
         (
             unit.state.as_str(),
-            unit.failed_stage.as_deref(),
+            unit.failed_stage.map(|s| s.as_str()),
             unit.dps_status.as_str()
         ),
         ("failed", Some("dps"), "failed")
@@ -301,7 +305,7 @@ fn emulator_down_leaves_the_unit_pending_until_dps_verify_pending_assigns_it() {
         "{report}"
     );
     let mac = report["mac"].as_str().unwrap().to_owned();
-    assert_eq!(unit(&ws, &mac).dps_status, "pending");
+    assert_eq!(unit(&ws, &mac).dps_status.as_str(), "pending");
 
     // Still down: the unit stays pending and nothing is recorded.
     let still = ws

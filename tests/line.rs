@@ -3,7 +3,7 @@
 
 use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -72,10 +72,20 @@ fn sim_with(
     .unwrap()
 }
 
+/// What a daemon has printed so far, and whether its stdout has closed (it exited).
+#[derive(Default)]
+struct Output {
+    lines: Vec<String>,
+    closed: bool,
+}
+
+/// Output shared with the thread reading it, which signals every line and the end.
+type Shared = Arc<(Mutex<Output>, Condvar)>;
+
 /// A running `station run`, its stdout collected line by line.
 struct Daemon {
     child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
+    output: Shared,
 }
 
 impl Daemon {
@@ -94,26 +104,49 @@ impl Daemon {
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&lines);
+        let output = Shared::default();
+        let sink = Arc::clone(&output);
         std::thread::spawn(move || {
+            let (lock, changed) = &*sink;
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
+                lock.lock().unwrap().lines.push(line);
+                changed.notify_all();
             }
+            lock.lock().unwrap().closed = true;
+            changed.notify_all();
         });
-        Daemon { child, lines }
+        Daemon { child, output }
     }
 
     fn lines(&self) -> Vec<String> {
-        self.lines.lock().unwrap().clone()
+        self.output.0.lock().unwrap().lines.clone()
+    }
+
+    /// Blocks until `done` holds for the output, woken by every new line; panics past the
+    /// deadline, or when the daemon exits first and `done` still does not hold.
+    fn wait_until(&self, what: &str, done: impl Fn(&Output) -> bool) {
+        let (lock, changed) = &*self.output;
+        let deadline = Instant::now() + DEADLINE;
+        let mut output = lock.lock().unwrap();
+        while !done(&output) {
+            assert!(
+                !output.closed,
+                "the daemon exited before {what}; output: {:#?}",
+                output.lines
+            );
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "timed out waiting for {what}; output: {:#?}",
+                output.lines
+            );
+            output = changed.wait_timeout(output, left).unwrap().0;
+        }
     }
 
     /// Every stdout line as a JSON event (each must parse).
     fn events(&self) -> Vec<Value> {
-        self.lines()
-            .iter()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-            .collect()
+        parse_events(&self.lines())
     }
 
     fn units(&self) -> Vec<Value> {
@@ -126,32 +159,25 @@ impl Daemon {
 
     /// Waits until `done` holds for the events so far.
     fn wait_for(&self, what: &str, done: impl Fn(&[Value]) -> bool) {
-        let start = Instant::now();
-        while !done(&self.events()) {
-            assert!(
-                start.elapsed() < DEADLINE,
-                "timed out waiting for {what}; events: {:#?}",
-                self.lines()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.wait_until(what, |output| done(&parse_events(&output.lines)));
     }
 
-    /// Waits for the daemon to exit; its exit code.
+    /// Waits for the daemon to exit, with every line it printed read; its exit code.
     fn wait(&mut self) -> i32 {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                // Let the reader thread take the last lines.
-                std::thread::sleep(Duration::from_millis(100));
-                return status.code().unwrap_or(-1);
-            }
-            if start.elapsed() > DEADLINE {
+        let (lock, changed) = &*self.output;
+        let deadline = Instant::now() + DEADLINE;
+        let mut output = lock.lock().unwrap();
+        while !output.closed {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
                 let _ = self.child.kill();
-                panic!("the daemon did not exit; output: {:#?}", self.lines());
+                panic!("the daemon did not exit; output: {:#?}", output.lines);
             }
-            std::thread::sleep(Duration::from_millis(50));
+            output = changed.wait_timeout(output, left).unwrap().0;
         }
+        drop(output);
+        // Its stdout is closed: it has exited (or is exiting).
+        self.child.wait().unwrap().code().unwrap_or(-1)
     }
 
     fn signal(&self, signal: nix::sys::signal::Signal) {
@@ -163,6 +189,24 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Every line as a JSON event (each must parse).
+fn parse_events(lines: &[String]) -> Vec<Value> {
+    lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+/// Polls `done` (a simulator's counters, which signal nothing) until it holds; panics past the
+/// deadline.
+fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -182,6 +226,23 @@ fn attempts(ws: &Workspace) -> Vec<(Option<String>, String)> {
                 .fetch_all(store.pool())
                 .await
                 .unwrap();
+        store.close().await;
+        rows
+    })
+}
+
+/// The stages the open (in-progress) attempts have reached, as recorded.
+fn open_attempt_stages(ws: &Workspace) -> Vec<String> {
+    let db = ws.path("station.db");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let store = station::store::Store::open(&db).await.unwrap();
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT stage FROM attempts WHERE outcome = 'in-progress' ORDER BY id",
+        )
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
         store.close().await;
         rows
     })
@@ -254,19 +315,21 @@ fn a_unit_left_plugged_in_is_not_reflashed_but_another_on_the_same_port_is() {
     let line = sim(&ws, 2, 1, false, false);
     let mut daemon = Daemon::start(&ws, true);
     daemon.wait_for("the first unit", |e| e.iter().any(|e| e["event"] == "unit"));
-    let first_blocks = line.devices()[0].stats().flash_blocks;
-    assert!(first_blocks > 0);
-    // Several probe intervals with the unit still plugged in.
-    std::thread::sleep(Duration::from_secs(2));
+    let first = line.devices()[0].stats();
+    assert!(first.flash_blocks > 0);
+    // The unit's session (and its final reset) is over once its report is out: from here on,
+    // only probes talk to it. Wait for them over several probe intervals (0.3 s) with the unit
+    // still plugged in.
+    let plugged = Instant::now();
+    wait_until("the daemon probing the unit left plugged in", || {
+        line.devices()[0].stats().frames_received > first.frames_received
+            && plugged.elapsed() >= Duration::from_millis(1200)
+    });
     assert_eq!(daemon.units().len(), 1, "{:#?}", daemon.lines());
     assert_eq!(
         line.devices()[0].stats().flash_blocks,
-        first_blocks,
+        first.flash_blocks,
         "probes read the MAC and write nothing"
-    );
-    assert!(
-        line.devices()[0].stats().frames_received > 0,
-        "the daemon probed the unit left plugged in"
     );
 
     assert!(line.replace(0));
@@ -342,6 +405,10 @@ fn after_kill_9_the_next_start_marks_open_attempts_interrupted() {
     daemon.wait_for("a unit flashing", |e| {
         e.iter()
             .any(|e| e["event"] == "stage" && e["stage"] == "flash")
+    });
+    // The stage is announced, then noted in the open attempt: kill once the record has it.
+    wait_until("the open attempt noted at stage flash", || {
+        open_attempt_stages(&ws) == ["flash"]
     });
     daemon.signal(nix::sys::signal::Signal::SIGKILL);
     daemon.wait();
@@ -569,13 +636,24 @@ fn on_a_terminal_the_daemon_draws_the_live_view() {
         let _ = master.read_to_end(&mut screen);
         String::from_utf8_lossy(&screen).into_owned()
     });
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        assert!(start.elapsed() < DEADLINE, "the daemon did not finish");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    // The reader ends when the daemon exits; a watchdog ends a daemon that hangs.
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let (finished, watched) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        let hung = watched.recv_timeout(DEADLINE).is_err();
+        if hung {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+        hung
+    });
     let screen = reader.join().unwrap();
+    let code = child.wait().unwrap().code();
+    let _ = finished.send(());
+    assert!(
+        !watchdog.join().unwrap(),
+        "the daemon did not finish: {screen}"
+    );
+    assert_eq!(code, Some(0));
     assert!(screen.contains("batch WO-1"), "{screen}");
     assert!(
         screen.contains("\u{1b}[32mPASS"),

@@ -183,7 +183,11 @@ fn unplug_mid_write_fails_at_flash_and_a_retry_on_a_healthy_device_succeeds() {
         let store = station::store::Store::open(&ws.path("station.db"))
             .await
             .unwrap();
-        let unit = store.unit_by_mac(&mac).await.unwrap().unwrap();
+        let unit = store
+            .unit_by_mac(&mac.parse().unwrap())
+            .await
+            .unwrap()
+            .unwrap();
         let attempts = store.attempts_of(unit.batch_id).await.unwrap();
         store.close().await;
         (unit, attempts)
@@ -191,7 +195,7 @@ fn unplug_mid_write_fails_at_flash_and_a_retry_on_a_healthy_device_succeeds() {
     assert_eq!(
         (
             unit.state.as_str(),
-            unit.failed_stage.as_deref(),
+            unit.failed_stage.map(|s| s.as_str()),
             unit.provisioned_at.as_deref()
         ),
         ("failed", Some("flash"), None)
@@ -199,8 +203,8 @@ fn unplug_mid_write_fails_at_flash_and_a_retry_on_a_healthy_device_succeeds() {
     assert_eq!(attempts.len(), 1);
     assert_eq!(
         (
-            attempts[0].stage.as_deref(),
-            attempts[0].error_code.as_deref()
+            attempts[0].stage.map(|s| s.as_str()),
+            attempts[0].error_code.as_ref().map(|c| c.as_str())
         ),
         (Some("flash"), Some("station::device::unplugged"))
     );
@@ -495,7 +499,7 @@ fn a_refused_block_is_written_again_and_recorded_with_the_attempt() {
             .await
             .unwrap();
         let unit = store
-            .unit_by_mac(report["mac"].as_str().unwrap())
+            .unit_by_mac(&report["mac"].as_str().unwrap().parse().unwrap())
             .await
             .unwrap()
             .unwrap();
@@ -508,4 +512,60 @@ fn a_refused_block_is_written_again_and_recorded_with_the_attempt() {
         timings["flash_restarts"],
         report["timings"]["flash_restarts"]
     );
+}
+
+/// The text without terminal colour sequences (`ESC [ ... m`).
+fn without_colours(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+// Issue 11: one grep of the logs follows a unit; stage timings are tracing events.
+#[test]
+fn a_units_log_lines_carry_its_port_mac_and_registration_id_and_each_stage_time() {
+    let ws = workspace(true);
+    let sim = line(&ws, 1, SimChip::Esp32, &[]);
+    let port = sim.devices()[0].port().to_str().unwrap().to_owned();
+    let run = ws
+        .station_logging("info", &["--json", "provision", "--port", &port])
+        .expect(0);
+    let mac = sim.devices()[0].mac();
+    let registration_id = format!("sensor-{}", mac.hex());
+    let logs = without_colours(&run.stderr);
+    let unit: Vec<&str> = logs.lines().filter(|l| l.contains("provision{")).collect();
+    for stage in [
+        "connect", "identify", "build", "flash", "verify", "record", "reset",
+    ] {
+        let line = unit
+            .iter()
+            .find(|l| l.contains("stage finished") && l.contains(&format!("stage=\"{stage}\"")))
+            .unwrap_or_else(|| panic!("no timing of {stage}:\n{logs}"));
+        assert!(line.contains("seconds="), "{line}");
+        assert!(line.contains(&format!("port={port}")), "{line}");
+    }
+    // From the identify stage's timing on, every line of the unit names it.
+    let named: Vec<&&str> = unit
+        .iter()
+        .skip_while(|l| !l.contains("stage=\"identify\""))
+        .collect();
+    assert!(named.len() >= 6, "{logs}");
+    for line in named {
+        assert!(
+            line.contains(&format!("mac={mac}"))
+                && line.contains(&format!("registration_id={registration_id}")),
+            "{line}"
+        );
+    }
 }

@@ -5,11 +5,13 @@
 use std::os::unix::fs::PermissionsExt as _;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use station::record::Batch;
 use station::store::audit::{GENESIS, entry_hash};
-use station::store::{AttemptRecord, Batch, Failure, Store, UnitFacts};
+use station::store::{AttemptRecord, Store};
 
-use crate::util::{GROUP_KEY, Run, Workspace, assert_absent, secret_forms, sim_config};
+use crate::util::{
+    GROUP_KEY, Run, Workspace, assert_absent, attempt_record, secret_forms, sim_config,
+};
 
 const STATION: &str = "line1-st1";
 
@@ -25,34 +27,13 @@ fn mac(n: usize) -> String {
 }
 
 fn record(batch: &Batch, mac: &str, port: &str, operator: &str, failed: bool) -> AttemptRecord {
-    AttemptRecord {
-        attempt_id: None,
-        batch: batch.clone(),
-        station_id: STATION.into(),
-        operator: operator.into(),
-        port: port.into(),
-        started_at: station::store::now(),
-        finished_at: station::store::now(),
-        unit: Some(UnitFacts {
-            mac: mac.to_owned(),
-            registration_id: format!("sensor-{}", mac.replace(':', "")),
-            chip: "esp32".into(),
-            revision: "v3.0".into(),
-            flash_size: 4 << 20,
-            key_id: "sha256:0011223344556677".into(),
-            secondary_key_id: None,
-            image_sha256: Some("ab".repeat(32)),
-            dps: None,
-        }),
-        failure: failed.then(|| Failure {
-            stage: "flash".into(),
-            code: "station::device::unplugged".into(),
-            message: "the device went away".into(),
-            wrote: true,
-        }),
-        reprovision: false,
-        timings: json!({}),
-    }
+    attempt_record(
+        batch,
+        mac,
+        port,
+        operator,
+        failed.then_some(("flash", "station::device::unplugged")),
+    )
 }
 
 /// A workspace whose database holds batch WO-1 with `units` provisioned units (the first one

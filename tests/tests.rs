@@ -4,6 +4,7 @@
 // Test helpers outside #[test] functions panic on purpose: a broken fixture is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod architecture;
 mod cli;
 mod dps;
 mod line;
@@ -11,4 +12,5 @@ mod nvs;
 mod provision;
 mod report;
 mod sim;
+mod snapshot;
 mod util;

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc::unbounded_channel;
 
-use super::image::PrivateFile;
+use super::image::{commit_private, create_private};
 use super::line::View;
 use super::unit::wait_for_shutdown;
 use super::{DemoArgs, OK, operator, print_json};
@@ -25,10 +25,10 @@ use crate::config::Config;
 use crate::error::{Error, Result, exit};
 use crate::keys::GroupKey;
 use crate::line::{self, LineOptions};
-use crate::provision::Station;
 use crate::report::ManifestFormat;
 use crate::sim::dps::{DpsEmulator, EmulatorOptions};
 use crate::sim::{SimLine, SimOptions};
+use crate::station::Station;
 use crate::store::ManifestFilter;
 
 /// The ID scope of the demo's enrollment group.
@@ -115,7 +115,7 @@ pub(super) async fn run(args: DemoArgs, json: bool) -> Result<u8> {
             .close_batch(Some(&stale.name), &operator(None), &station_id)
             .await?;
     }
-    let name = format!("demo-{}", crate::store::now().replace([':', '.'], "-"));
+    let name = format!("demo-{}", crate::clock::now().replace([':', '.'], "-"));
     let batch = station
         .store
         .open_batch(&name, args.count as i64, &operator(None), &station_id)
@@ -197,9 +197,15 @@ fn prepare_workspace(dir: &Path) -> Result<()> {
     }
     let key = dir.join("secrets/group.key");
     if !key.exists() {
-        let mut bytes = [0u8; 64];
-        getrandom(&mut bytes).map_err(|e| Error::io("reading", "/dev/urandom", e))?;
-        let text = base64::engine::general_purpose::STANDARD.encode(bytes);
+        let mut bytes = zeroize::Zeroizing::new([0u8; 64]);
+        getrandom::fill(bytes.as_mut_slice()).map_err(|e| {
+            Error::io(
+                "reading",
+                "the operating system's random source",
+                std::io::Error::other(e),
+            )
+        })?;
+        let text = zeroize::Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(bytes));
         super::image::write_private(&key, text.as_bytes())?;
     }
     Ok(())
@@ -214,16 +220,10 @@ fn write_config(dir: &Path, verify_url: &str) -> Result<()> {
     std::fs::write(&config, text).map_err(|e| Error::io("writing", &config, e))
 }
 
-/// Fills `bytes` from the operating system's random source.
-fn getrandom(bytes: &mut [u8]) -> std::io::Result<()> {
-    use std::io::Read as _;
-    std::fs::File::open("/dev/urandom")?.read_exact(bytes)
-}
-
 /// Writes the batch's QA manifest as CSV (audited as `manifest.exported`, like
 /// `station export manifest --batch NAME --out FILE`).
 async fn write_manifest(station: &Station, batch: &str, path: &Path) -> Result<()> {
-    let mut file = PrivateFile::create(path)?;
+    let mut file = create_private(path)?;
     station
         .store
         .export_manifest(
@@ -234,5 +234,5 @@ async fn write_manifest(station: &Station, batch: &str, path: &Path) -> Result<(
             &mut file,
         )
         .await?;
-    file.commit()
+    commit_private(file)
 }

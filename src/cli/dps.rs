@@ -5,19 +5,20 @@ use std::time::Duration;
 
 use super::{OK, SimDpsArgs, print_json};
 use crate::config::Config;
-use crate::dps::{self, DpsStatus, VerifyReport};
 use crate::error::{Error, Result, exit};
 use crate::identity::RegistrationId;
 use crate::keys::GroupKey;
-use crate::provision::Station;
+use crate::provision::{self, VerifyReport};
+use crate::record::DpsStatus;
 use crate::sim::dps::{DpsEmulator, EmulatorOptions};
+use crate::station::Station;
 
 /// `station dps verify --registration-id ID`: exit 0 when assigned, 1 otherwise.
 pub(super) async fn verify_one(config: Config, registration_id: &str, json: bool) -> Result<u8> {
     let registration_id = RegistrationId::new(registration_id)?;
     let station = Station::open(config).await?;
     let report =
-        dps::verify_registration(&station, &registration_id, &super::operator(None)).await?;
+        provision::verify_registration(&station, &registration_id, &super::operator(None)).await?;
     station.store.close().await;
     if json {
         print_json(&report);
@@ -34,7 +35,7 @@ pub(super) async fn verify_one(config: Config, registration_id: &str, json: bool
 /// `station dps verify --pending`: exit 0 unless a unit failed or stayed pending.
 pub(super) async fn verify_pending(config: Config, json: bool) -> Result<u8> {
     let station = Station::open(config).await?;
-    let summary = dps::retry_pending(&station, &super::operator(None)).await?;
+    let summary = provision::retry_pending(&station, &super::operator(None)).await?;
     station.store.close().await;
     if json {
         print_json(&summary);
@@ -61,7 +62,9 @@ pub(super) async fn verify_pending(config: Config, json: bool) -> Result<u8> {
 }
 
 fn print_verify(report: &VerifyReport) {
-    let mac = report.mac.as_deref().unwrap_or("(no unit recorded)");
+    let mac = report
+        .mac
+        .map_or_else(|| "(no unit recorded)".to_owned(), |m| m.to_string());
     println!(
         "{}  {mac}  dps {}",
         report.registration_id, report.dps_status
@@ -93,7 +96,7 @@ fn print_verify(report: &VerifyReport) {
         println!("  error: {error}");
         println!(
             "  code: {}",
-            report.error_code.as_deref().unwrap_or_default()
+            report.error_code.as_ref().map_or("", |c| c.as_str())
         );
         if let Some(hint) = &report.hint {
             println!("  hint: {hint}");

@@ -1,7 +1,6 @@
 //! `station key derive`, `station nvs build` and `station nvs inspect`.
 
 use std::collections::BTreeSet;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
@@ -9,6 +8,7 @@ use serde_json::json;
 use super::{NvsBuildArgs, OK, open_store, operator, print_json};
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::file::PrivateFile;
 use crate::identity::{Mac, RegistrationId};
 use crate::keys::GroupKeys;
 use crate::nvs;
@@ -194,77 +194,19 @@ fn read_mac_csv(path: &Path, config: &Config) -> Result<Vec<Mac>> {
 }
 
 /// Writes a file readable by its owner only, atomically (a reader never sees half an image).
-pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut file = PrivateFile::create(path)?;
-    file.write_all(bytes)
-        .map_err(|e| Error::io("writing", path, e))?;
-    file.commit()
+pub(super) fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    crate::file::write_private(path, bytes).map_err(|e| Error::io("writing", path, e))
 }
 
-/// A file being written readable by its owner only (mode 0600), under a temporary name in the
-/// destination's directory; [`PrivateFile::commit`] renames it into place, and dropping it
-/// uncommitted removes it, so a reader sees the old file or the whole new one, never half.
-pub(crate) struct PrivateFile {
-    temp: std::path::PathBuf,
-    path: std::path::PathBuf,
-    file: Option<std::fs::File>,
+/// Creates a [`PrivateFile`] for `path`.
+pub(super) fn create_private(path: &Path) -> Result<PrivateFile> {
+    PrivateFile::create(path).map_err(|e| Error::io("writing", path, e))
 }
 
-impl PrivateFile {
-    /// Creates the temporary file for `path`.
-    pub(crate) fn create(path: &Path) -> Result<PrivateFile> {
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let temp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let file = options
-            .open(&temp)
-            .map_err(|e| Error::io("writing", path, e))?;
-        Ok(PrivateFile {
-            temp,
-            path: path.to_owned(),
-            file: Some(file),
-        })
-    }
-
-    /// Flushes the data to disk and renames the file into place.
-    pub(crate) fn commit(mut self) -> Result<()> {
-        let file = self.file.take();
-        file.map_or(Ok(()), |f| f.sync_all())
-            .and_then(|()| std::fs::rename(&self.temp, &self.path))
-            .map_err(|e| Error::io("writing", &self.path, e))
-    }
-}
-
-impl std::io::Write for PrivateFile {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match &mut self.file {
-            Some(file) => file.write(buf),
-            None => Err(std::io::ErrorKind::BrokenPipe.into()),
-        }
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.file.as_mut().map_or(Ok(()), |f| f.flush())
-    }
-}
-
-impl Drop for PrivateFile {
-    fn drop(&mut self) {
-        // Uncommitted (an error on the way): leave no temporary file behind.
-        if self.file.is_some() {
-            let _ = std::fs::remove_file(&self.temp);
-        }
-    }
+/// Puts a [`PrivateFile`] in place.
+pub(super) fn commit_private(file: PrivateFile) -> Result<()> {
+    let path = file.path().to_owned();
+    file.commit().map_err(|e| Error::io("writing", path, e))
 }
 
 /// Whether an entry should be hidden unless `--show-secrets`: a key-like name, or a value
@@ -279,8 +221,12 @@ fn looks_secret(key: &str, value: &nvs::Value) -> bool {
     by_name || by_shape
 }
 
+/// The largest image `nvs inspect` reads: the largest flash an ESP32 module has.
+const INSPECT_LIMIT: u64 = 16 << 20;
+
 pub(super) fn nvs_inspect(file: &Path, show_secrets: bool, json: bool) -> Result<u8> {
-    let bytes = std::fs::read(file).map_err(|e| Error::io("reading", file, e))?;
+    let bytes = crate::file::read_regular(file, INSPECT_LIMIT)
+        .map_err(|e| Error::io("reading", file, e))?;
     let entries = nvs::parse(&bytes)?;
     let rows: Vec<serde_json::Value> = entries
         .iter()

@@ -15,10 +15,12 @@ use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use super::unit::{attempt_operator, wait_for_shutdown};
 use super::{OK, RunArgs};
 use crate::config::Config;
-use crate::dps::DpsStatus;
 use crate::error::{Result, exit};
 use crate::line::{self, LineEvent, LineOptions, StopReason, Tally, WaitReason};
-use crate::provision::{Outcome, Stage, Station, UnitReport};
+use crate::provision::{Outcome, UnitReport};
+use crate::record::DpsStatus;
+use crate::record::Stage;
+use crate::station::Station;
 use crate::store::StoreError;
 
 pub(super) async fn run(config: Config, args: RunArgs, json: bool) -> Result<u8> {

@@ -433,10 +433,9 @@ async fn open_store(config: &Config) -> Result<Store> {
     Ok(Store::open(&config.station.database).await?)
 }
 
-/// Who is responsible for an act: the flag, else `$STATION_OPERATOR`, else the login name.
+/// Who is responsible for an act outside a unit's attempt ([`crate::operator::resolve`]).
 fn operator(flag: Option<String>) -> String {
-    flag.filter(|s| !s.trim().is_empty())
-        .unwrap_or_else(crate::store::operator_from_env)
+    crate::operator::resolve(flag.as_deref(), None)
 }
 
 /// Prints a value as one JSON document on stdout.

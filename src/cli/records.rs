@@ -3,13 +3,14 @@
 use std::io::Write as _;
 use std::path::Path;
 
-use super::image::{PrivateFile, write_private};
+use super::image::{commit_private, create_private, write_private};
 use super::{AuditCommand, BatchCommand, ManifestArgs, OK, open_store, operator, print_json};
 use crate::config::Config;
 use crate::error::{Error, Result, exit};
 use crate::keys::GroupKeys;
+use crate::record::BatchStatus;
 use crate::report;
-use crate::store::{BatchStatus, ManifestFilter};
+use crate::store::ManifestFilter;
 
 pub(super) async fn batch(config: &Config, command: BatchCommand, json: bool) -> Result<u8> {
     let store = open_store(config).await?;
@@ -177,6 +178,17 @@ pub(super) async fn audit(config: &Config, command: AuditCommand, json: bool) ->
     Ok(code)
 }
 
+/// Parses a `--since`/`--until` bound ([`crate::clock::parse_time`]).
+fn parse_time_bound(flag: &str, text: &str) -> Result<time::OffsetDateTime> {
+    crate::clock::parse_time(text).ok_or_else(|| Error::BadInput {
+        what: format!("{flag} {:?}", text.trim()),
+        problem: "not a time the station understands".to_owned(),
+        fix: format!(
+            "Give {flag} as RFC 3339 with a zone, e.g. 2026-11-25T08:00:00Z or 2026-11-25T09:00:00+01:00, or as a date, 2026-11-25 (midnight UTC)."
+        ),
+    })
+}
+
 /// `station export manifest`.
 pub(super) async fn export_manifest(config: &Config, args: ManifestArgs, json: bool) -> Result<u8> {
     let filter = ManifestFilter {
@@ -184,12 +196,12 @@ pub(super) async fn export_manifest(config: &Config, args: ManifestArgs, json: b
         since: args
             .since
             .as_deref()
-            .map(|t| report::parse_time_bound("--since", t))
+            .map(|t| parse_time_bound("--since", t))
             .transpose()?,
         until: args
             .until
             .as_deref()
-            .map(|t| report::parse_time_bound("--until", t))
+            .map(|t| parse_time_bound("--until", t))
             .transpose()?,
     };
     let store = open_store(config).await?;
@@ -197,11 +209,11 @@ pub(super) async fn export_manifest(config: &Config, args: ManifestArgs, json: b
     let who = operator(None);
     let export = match &args.out {
         Some(path) => {
-            let mut file = PrivateFile::create(path)?;
+            let mut file = create_private(path)?;
             let export = store
                 .export_manifest(&filter, args.format, station_id, &who, &mut file)
                 .await?;
-            file.commit()?;
+            commit_private(file)?;
             export
         }
         None => {
@@ -243,25 +255,49 @@ struct Check {
     what: &'static str,
     ok: bool,
     detail: String,
+    /// A failure of the station's own setup (configuration, key file): exit code 2.
+    #[serde(skip)]
+    usage: bool,
+}
+
+impl Check {
+    /// A check that passed, or failed without being a setup error.
+    fn new(what: &'static str, ok: bool, detail: String) -> Check {
+        Check {
+            what,
+            ok,
+            detail,
+            usage: false,
+        }
+    }
+
+    /// A failed check: the error as the operator reads it.
+    fn failed(what: &'static str, error: Error) -> Check {
+        Check::new(what, false, super::render_error(&error))
+    }
+
+    /// A failed check of the station's own setup (exit code 2).
+    fn misconfigured(what: &'static str, error: Error) -> Check {
+        Check {
+            usage: true,
+            ..Check::failed(what, error)
+        }
+    }
 }
 
 pub(super) async fn check(config_path: &Path, json: bool) -> Result<u8> {
     let mut checks = Vec::new();
     let config = match Config::load(config_path) {
         Ok(config) => {
-            checks.push(Check {
-                what: "config",
-                ok: true,
-                detail: format!("{} is valid", config_path.display()),
-            });
+            checks.push(Check::new(
+                "config",
+                true,
+                format!("{} is valid", config_path.display()),
+            ));
             Some(config)
         }
         Err(e) => {
-            checks.push(Check {
-                what: "config",
-                ok: false,
-                detail: super::render_error(&e.into()),
-            });
+            checks.push(Check::misconfigured("config", e.into()));
             None
         }
     };
@@ -270,10 +306,10 @@ pub(super) async fn check(config_path: &Path, json: bool) -> Result<u8> {
             &config.dps.group_key_file,
             config.dps.secondary_group_key_file.as_deref(),
         ) {
-            Ok(keys) => checks.push(Check {
-                what: "group key",
-                ok: true,
-                detail: format!(
+            Ok(keys) => checks.push(Check::new(
+                "group key",
+                true,
+                format!(
                     "{} loaded (key id {}{})",
                     config.dps.group_key_file.display(),
                     keys.primary.id(),
@@ -282,21 +318,17 @@ pub(super) async fn check(config_path: &Path, json: bool) -> Result<u8> {
                         .map(|k| format!(", secondary {}", k.id()))
                         .unwrap_or_default()
                 ),
-            }),
-            Err(e) => checks.push(Check {
-                what: "group key",
-                ok: false,
-                detail: super::render_error(&e.into()),
-            }),
+            )),
+            Err(e) => checks.push(Check::misconfigured("group key", e.into())),
         }
         match crate::store::Store::open(&config.station.database).await {
             Ok(store) => {
                 let report = store.verify_audit().await?;
                 let open = store.open_batch_of(&config.station.id).await?;
-                checks.push(Check {
-                    what: "database",
-                    ok: report.first_break.is_none(),
-                    detail: format!(
+                checks.push(Check::new(
+                    "database",
+                    report.first_break.is_none(),
+                    format!(
                         "{}: audit chain {} ({} entries); {}",
                         config.station.database.display(),
                         if report.first_break.is_none() {
@@ -310,25 +342,21 @@ pub(super) async fn check(config_path: &Path, json: bool) -> Result<u8> {
                             |b| format!("open batch {}", b.name)
                         )
                     ),
-                });
+                ));
                 store.close().await;
             }
-            Err(e) => checks.push(Check {
-                what: "database",
-                ok: false,
-                detail: super::render_error(&e.into()),
-            }),
+            Err(e) => checks.push(Check::failed("database", e.into())),
         }
         let found: Vec<String> = crate::line::discover(&config.serial)
             .into_iter()
             .filter(|p| p.exists())
             .map(|p| p.display().to_string())
             .collect();
-        checks.push(Check {
-            what: "ports",
-            // No device plugged in is not a fault of the station: say so without failing.
-            ok: true,
-            detail: if found.is_empty() {
+        // No device plugged in is not a fault of the station: say so without failing.
+        checks.push(Check::new(
+            "ports",
+            true,
+            if found.is_empty() {
                 format!(
                     "none matches {:?} right now: plug a device in, or check [serial] ports",
                     config.serial.ports
@@ -336,7 +364,7 @@ pub(super) async fn check(config_path: &Path, json: bool) -> Result<u8> {
             } else {
                 format!("{} port(s): {}", found.len(), found.join(", "))
             },
-        });
+        ));
         checks.push(check_dps(config).await);
     }
     let all_ok = checks.iter().all(|c| c.ok);
@@ -354,7 +382,7 @@ pub(super) async fn check(config_path: &Path, json: bool) -> Result<u8> {
     }
     Ok(if all_ok {
         OK
-    } else if config.is_none() || checks.iter().any(|c| !c.ok && c.what == "group key") {
+    } else if checks.iter().any(|c| c.usage) {
         exit::USAGE
     } else {
         exit::FAILED
@@ -366,26 +394,44 @@ pub(super) async fn check(config_path: &Path, json: bool) -> Result<u8> {
 async fn check_dps(config: &Config) -> Check {
     let url = &config.dps.verify_url;
     if !config.dps.pre_verify {
-        return Check {
-            what: "dps",
-            ok: true,
-            detail: format!("not contacted: pre_verify is off (`station dps verify` calls {url})"),
-        };
+        return Check::new(
+            "dps",
+            true,
+            format!("not contacted: pre_verify is off (`station dps verify` calls {url})"),
+        );
     }
     let reached = match crate::dps::DpsClient::new(&config.dps) {
         Ok(client) => client.reachable().await,
         Err(e) => Err(e),
     };
     match reached {
-        Ok(status) => Check {
-            what: "dps",
-            ok: true,
-            detail: format!("{url} answers (HTTP {status}); pre_verify is on"),
-        },
-        Err(e) => Check {
-            what: "dps",
-            ok: false,
-            detail: super::render_error(&e.into()),
-        },
+        Ok(status) => Check::new(
+            "dps",
+            true,
+            format!("{url} answers (HTTP {status}); pre_verify is on"),
+        ),
+        Err(e) => Check::failed("dps", e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_bounds_accept_rfc3339_and_dates_and_explain_otherwise() {
+        let at = parse_time_bound("--since", "2026-11-25T09:00:00+01:00").unwrap();
+        assert_eq!(crate::clock::format_time(at), "2026-11-25T08:00:00.000Z");
+        let day = parse_time_bound("--until", "2026-11-25").unwrap();
+        assert_eq!(crate::clock::format_time(day), "2026-11-25T00:00:00.000Z");
+        for bad in ["yesterday", "2026-11-25T08:00:00", "25/11/2026", ""] {
+            let error = parse_time_bound("--since", bad).unwrap_err();
+            assert_eq!(error.code(), "station::input::invalid", "{bad}");
+            assert_eq!(error.exit_code(), crate::error::exit::USAGE);
+            assert!(
+                error.hint().unwrap().contains("2026-11-25T08:00:00Z"),
+                "{error}"
+            );
+        }
     }
 }

@@ -6,10 +6,11 @@ use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
 use super::{OK, ProvisionArgs, SimDevicesArgs, print_json};
 use crate::config::Config;
-use crate::device::{EspflashDevice, FlashProgress};
+use crate::device::{EspflashDevice, FlashProgress, SerialSettings};
 use crate::error::{Result, exit};
-use crate::provision::{self, Event, Outcome, Request, Station, UnitReport};
+use crate::provision::{self, Event, Outcome, Request, UnitReport};
 use crate::sim::{SimLine, SimOptions};
+use crate::station::Station;
 
 pub(super) async fn provision(config: Config, args: ProvisionArgs, json: bool) -> Result<u8> {
     let station = Station::open(config).await?;
@@ -30,7 +31,7 @@ pub(super) async fn provision(config: Config, args: ProvisionArgs, json: bool) -
         reprovision: args.reprovision,
         skip_provisioned: false,
     };
-    let mut device = EspflashDevice::new(&args.port, station.config.serial.settings());
+    let mut device = EspflashDevice::new(&args.port, SerialSettings::from(&station.config.serial));
     let (events, receiver) = unbounded_channel();
     let view = (!json).then(|| tokio::spawn(render_events(receiver)));
     let report = provision::provision(&mut device, &station, &request, Some(&events)).await;
@@ -52,13 +53,9 @@ pub(super) async fn provision(config: Config, args: ProvisionArgs, json: bool) -
     })
 }
 
-/// Who answers for an attempt: `$STATION_OPERATOR` (the person at the station now), else the
-/// operator who opened the batch.
-pub(super) fn attempt_operator(batch: &crate::store::Batch) -> String {
-    std::env::var("STATION_OPERATOR")
-        .ok()
-        .filter(|s| !s.trim().is_empty())
-        .unwrap_or_else(|| batch.operator.clone())
+/// Who answers for a unit's attempts in `batch` ([`crate::operator::resolve`]).
+pub(super) fn attempt_operator(batch: &crate::record::Batch) -> String {
+    crate::operator::resolve(None, Some(&batch.operator))
 }
 
 /// Renders pipeline events as they come, one line per stage, on stderr.
@@ -133,7 +130,7 @@ pub(super) fn print_report(report: &UnitReport) {
         }
     }
     match report.dps_status {
-        crate::dps::DpsStatus::NotRequested => {}
+        crate::record::DpsStatus::NotRequested => {}
         status => println!(
             "      dps: {status}{}{}",
             report
@@ -144,7 +141,7 @@ pub(super) fn print_report(report: &UnitReport) {
             report
                 .dps_error
                 .as_ref()
-                .filter(|_| status == crate::dps::DpsStatus::Pending)
+                .filter(|_| status == crate::record::DpsStatus::Pending)
                 .map(|e| format!(" ({e}); `station dps verify --pending` retries"))
                 .unwrap_or_default()
         ),

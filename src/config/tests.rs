@@ -1,4 +1,5 @@
 use super::*;
+use crate::nvs;
 
 const MINIMAL: &str = r#"[station]
 id = "line1-st1"

@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use super::error::{DeviceError, Operation};
+use crate::support::error_chain;
 
 /// Maps an espflash error to a stable [`DeviceError`].
 ///
@@ -86,17 +87,6 @@ pub(crate) fn classify(error: espflash::Error, port: &Path, during: Operation) -
             detail: chain.join(": "),
         },
     }
-}
-
-/// The messages of an error and its sources, outermost first.
-pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> Vec<String> {
-    let mut messages = Vec::new();
-    let mut current = Some(error);
-    while let Some(e) = current {
-        messages.push(e.to_string());
-        current = e.source();
-    }
-    messages
 }
 
 /// Finds `prefix<Command> command` in the chain: `Some(Some(name))` with a name, `Some(None)`

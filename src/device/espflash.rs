@@ -49,7 +49,10 @@ impl EspflashDevice {
             .ok_or_else(|| DeviceError::NotConnected {
                 port: self.port.clone(),
             })?;
+        // The blocking thread logs inside the caller's span (the unit's port, MAC, ...).
+        let span = tracing::Span::current();
         let task = tokio::task::spawn_blocking(move || {
+            let _unit = span.enter();
             let result = f(&mut session);
             (session, result)
         });
@@ -95,7 +98,11 @@ impl Device for EspflashDevice {
         self.flash_size = None;
         let port = self.port.clone();
         let settings = self.settings.clone();
-        let task = tokio::task::spawn_blocking(move || Session::connect(&port, &settings));
+        let span = tracing::Span::current();
+        let task = tokio::task::spawn_blocking(move || {
+            let _unit = span.enter();
+            Session::connect(&port, &settings)
+        });
         let session = self.join(Operation::Connecting, task).await??;
         self.flash_size = Some(session.flash_size());
         self.session = Some(session);
@@ -143,14 +150,22 @@ impl Device for EspflashDevice {
             })?;
         self.flash_size = None;
         // The session is over either way: the port closes when the task ends.
-        let task = tokio::task::spawn_blocking(move || session.reset());
+        let span = tracing::Span::current();
+        let task = tokio::task::spawn_blocking(move || {
+            let _unit = span.enter();
+            session.reset()
+        });
         self.join(Operation::Resetting, task).await?
     }
 
     async fn release(&mut self) {
         if let Some(session) = self.session.take() {
             self.flash_size = None;
-            let task = tokio::task::spawn_blocking(move || session.release());
+            let span = tracing::Span::current();
+            let task = tokio::task::spawn_blocking(move || {
+                let _unit = span.enter();
+                session.release()
+            });
             let _ = self.join(Operation::Resetting, task).await;
         }
     }

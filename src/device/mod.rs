@@ -14,6 +14,7 @@
 //! implementation. The module is split along its seams:
 //!
 //! - [`error`]: [`DeviceError`] and its stable codes;
+//! - `settings`: [`SerialSettings`], and `station.toml`'s plain types as espflash's;
 //! - `session`: the blocking protocol session (connect, identify, write, MD5, reset);
 //! - `stub`: starting espflash's flasher stub without its connect timeouts;
 //! - `plan`: what each region needs on the wire (pure);
@@ -25,12 +26,12 @@ pub mod error;
 mod espflash;
 mod plan;
 mod session;
+mod settings;
 mod stub;
 
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -38,63 +39,9 @@ pub use ::espflash::target::Chip;
 
 pub use self::error::{DeviceError, Operation};
 pub use self::espflash::EspflashDevice;
+pub use self::settings::SerialSettings;
+pub use crate::config::{AfterReset, BeforeReset};
 use crate::identity::Mac;
-
-/// How to get the chip into the ROM loader before connecting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum BeforeReset {
-    /// Pulse DTR/RTS through the board's auto-reset circuit (most dev boards).
-    #[default]
-    DefaultReset,
-    /// The USB-Serial-JTAG sequence of chips with native USB.
-    UsbReset,
-    /// Touch no line: the chip is already in download mode (and pseudo-terminals).
-    NoReset,
-}
-
-/// What to do with the chip once the unit is done.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum AfterReset {
-    /// Pulse RTS so the chip reboots into its new configuration.
-    #[default]
-    HardReset,
-    /// Touch no line and leave the chip in the ROM loader (the stub, if running, is left with
-    /// a soft reset).
-    NoReset,
-}
-
-/// How to talk to the device on a port.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SerialSettings {
-    /// The baud rate after connecting (the ROM loader is always reached at 115200).
-    pub baud: u32,
-    /// How to enter the ROM loader.
-    pub before: BeforeReset,
-    /// What to do after the unit.
-    pub after: AfterReset,
-    /// The chip the line expects; any other is refused before anything is written.
-    pub chip: Chip,
-    /// Whether to upload and use the flasher stub (compressed writes, faster MD5).
-    pub stub: bool,
-    /// An upper bound on any one stage; `None` relies on espflash's per-command timeouts.
-    /// When it fires the session is abandoned ([`DeviceError::Stalled`]).
-    pub stage_timeout: Option<Duration>,
-}
-
-impl Default for SerialSettings {
-    fn default() -> Self {
-        SerialSettings {
-            baud: 921_600,
-            before: BeforeReset::DefaultReset,
-            after: AfterReset::HardReset,
-            chip: Chip::Esp32,
-            stub: true,
-            stage_timeout: None,
-        }
-    }
-}
 
 /// What [`Device::identify`] reads from the chip.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

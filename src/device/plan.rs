@@ -15,8 +15,7 @@ use flate2::write::ZlibEncoder;
 
 use super::{DeviceError, Region};
 
-/// The flash erase unit; regions start on one.
-pub(crate) const SECTOR_SIZE: u32 = 4096;
+pub(crate) use crate::flash::SECTOR_SIZE;
 
 /// Checks regions before anything is sent: sector-aligned, inside the flash, not overlapping.
 pub(crate) fn check_regions(

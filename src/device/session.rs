@@ -284,7 +284,7 @@ impl Session {
             match self.send_region(plan, tail_erased, &compressed, block_size, progress) {
                 Ok(()) => break,
                 Err(SendError::Refused { block, error }) => {
-                    let reason = super::classify::error_chain(&error).join(": ");
+                    let reason = crate::support::error_chain_text(&error);
                     if restarts == MAX_RESTARTS {
                         return Err(DeviceError::WriteRefused {
                             port: self.port.clone(),

@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use super::retry::jitter;
 use super::*;
 use crate::config::Config;
 use crate::keys::GroupKey;
@@ -328,5 +329,124 @@ fn a_missing_ca_file_is_a_usage_error() {
     assert_eq!(
         crate::Error::from(error).exit_code(),
         crate::error::exit::USAGE
+    );
+}
+
+/// A response recorded from Azure's documentation (`fixtures/README.md`).
+fn recorded(name: &str) -> serde_json::Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/dps")
+        .join(name);
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// The JSON with every leaf replaced by null: the field names and their nesting.
+fn shape(value: &serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(map) => {
+            serde_json::Value::Object(map.iter().map(|(k, v)| (k.clone(), shape(v))).collect())
+        }
+        _ => serde_json::Value::Null,
+    }
+}
+
+#[test]
+fn answers_recorded_from_azure_fill_every_field_of_the_client_types() {
+    let assigning = recorded("register-202-assigning.json");
+    let parsed: OperationStatus = serde_json::from_value(assigning.clone()).unwrap();
+    assert_eq!(parsed.status, "assigning");
+    assert!(parsed.operation_id.starts_with("5.316aac5bdc130deb."));
+    assert!(parsed.registration_state.is_none());
+    // Serde drops fields it does not know: what comes back out is only what was understood.
+    assert_eq!(serde_json::to_value(&parsed).unwrap(), assigning);
+
+    let assigned = recorded("operation-200-assigned.json");
+    let parsed: OperationStatus = serde_json::from_value(assigned.clone()).unwrap();
+    let state = parsed.registration_state.clone().unwrap();
+    assert_eq!(
+        (
+            state.registration_id.as_str(),
+            state.status.as_str(),
+            state.assigned_hub.as_deref(),
+            state.device_id.as_deref(),
+            state.substatus.as_deref(),
+        ),
+        (
+            "my-symkey-device",
+            "assigned",
+            Some("MyExampleHub.azure-devices.net"),
+            Some("my-symkey-device"),
+            Some("initialAssignment"),
+        )
+    );
+    assert!(state.created_date_time_utc.is_some() && state.last_updated_date_time_utc.is_some());
+    assert!(state.etag.is_some());
+    assert_eq!(serde_json::to_value(&parsed).unwrap(), assigned);
+
+    let error = recorded("error-401-unauthorized.json");
+    let parsed: ServiceError = serde_json::from_value(error.clone()).unwrap();
+    assert_eq!(
+        (parsed.error_code, parsed.message.as_str()),
+        (Some(401002), "Unauthorized")
+    );
+    assert!(parsed.tracking_id.is_some() && parsed.timestamp_utc.is_some());
+    assert_eq!(serde_json::to_value(&parsed).unwrap(), error);
+
+    // A misnamed field is an error, not an empty value.
+    let misnamed = serde_json::json!({ "operationID": "x", "status": "assigning" });
+    assert!(serde_json::from_value::<OperationStatus>(misnamed).is_err());
+}
+
+#[tokio::test]
+async fn the_emulator_answers_with_the_field_names_azure_uses() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let sim = emulator(|o| o.assign_delay = Duration::from_millis(300)).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let token = SasToken::new(SCOPE, &id(), &key_for(GROUP_KEY), now + 600).header();
+    let (status, body) = raw_register(sim.url(), &token).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(
+        shape(&body),
+        shape(&recorded("register-202-assigning.json"))
+    );
+
+    let operation = body["operationId"].as_str().unwrap().to_owned();
+    let url = format!(
+        "{}/{SCOPE}/registrations/sensor-240ac4123456/operations/{}?api-version=2021-10-01",
+        sim.url(),
+        sas::encode(&operation)
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let assigned = loop {
+        let response = reqwest::Client::new()
+            .get(&url)
+            .header("authorization", &token)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let body: serde_json::Value = response.json().await.unwrap();
+        if status == 200 {
+            break body;
+        }
+        assert_eq!(status, 202, "{body}");
+        assert!(std::time::Instant::now() < deadline, "never assigned");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(assigned["status"], "assigned");
+    assert_eq!(
+        shape(&assigned),
+        shape(&recorded("operation-200-assigned.json"))
+    );
+
+    let wrong = SasToken::new(SCOPE, &id(), &key_for(OTHER_KEY), now + 600).header();
+    let (status, body) = raw_register(sim.url(), &wrong).await;
+    assert_eq!(status, 401);
+    assert_eq!(
+        shape(&body),
+        shape(&recorded("error-401-unauthorized.json"))
     );
 }

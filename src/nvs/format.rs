@@ -2,7 +2,7 @@
 //! type codes, and the CRC-32 that guards page headers, entry headers and entry data.
 
 /// Bytes in a page: one flash sector.
-pub const PAGE_SIZE: usize = 4096;
+pub const PAGE_SIZE: usize = crate::flash::SECTOR_SIZE as usize;
 /// Entries (32-byte slots) in a page after its 32-byte header and 32-byte state bitmap.
 pub const ENTRIES_PER_PAGE: usize = 126;
 /// Bytes in an entry.

@@ -4,8 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
+use md5::{Digest as _, Md5};
+
 use super::*;
-use crate::device::{DeviceError, WriteReport};
+use crate::config::Config;
+use crate::device::{DeviceError, ProgressSender, Region, WriteReport};
 
 /// What the fake does at each stage.
 #[derive(Default)]
@@ -182,11 +185,11 @@ async fn a_good_unit_is_written_verified_recorded_and_reset() {
     );
     let unit = station
         .store
-        .unit_by_mac("24:0a:c4:00:00:01")
+        .unit_by_mac(&"24:0a:c4:00:00:01".parse().unwrap())
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(unit.state, "provisioned");
+    assert_eq!(unit.state, crate::record::UnitState::Provisioned);
     assert_eq!(unit.image_sha256, report.image_sha256);
 }
 
@@ -216,12 +219,12 @@ async fn a_verify_mismatch_is_not_provisioned() {
     );
     let unit = station
         .store
-        .unit_by_mac("24:0a:c4:00:00:02")
+        .unit_by_mac(&"24:0a:c4:00:00:02".parse().unwrap())
         .await
         .unwrap()
         .unwrap();
     assert_eq!(
-        (unit.state.as_str(), unit.failed_stage.as_deref()),
+        (unit.state.as_str(), unit.failed_stage.map(Stage::as_str)),
         ("failed", Some("verify"))
     );
 }
@@ -279,7 +282,10 @@ async fn failures_are_attributed_to_their_stage() {
     let attempts = station.store.attempts_of(batch.id).await.unwrap();
     assert_eq!(attempts.len(), 3);
     assert_eq!(attempts[0].mac, None);
-    assert_eq!(attempts[2].mac.as_deref(), Some("24:0a:c4:00:01:02"));
+    assert_eq!(
+        attempts[2].mac.map(|m| m.to_string()).as_deref(),
+        Some("24:0a:c4:00:01:02")
+    );
 }
 
 #[tokio::test]

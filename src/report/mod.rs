@@ -1,7 +1,6 @@
 //! QA manifests and audit exports: rendering only, over [`std::io::Write`].
 //!
-//! The store selects the rows ([`crate::store::Store::manifest`],
-//! [`crate::store::Store::audit_entries_of`]); this module turns them into the formats people
+//! The store selects the rows (typed, [`crate::record`]); this module turns them into the formats people
 //! and tools read: manifest CSV (RFC 4180, header row always present) and JSON (an array of
 //! objects, one per line), audit JSON lines, CSV and a terminal table. The manifest's columns are
 //! [`MANIFEST_COLUMNS`], in that order, stable across releases (README "QA manifests and
@@ -12,8 +11,7 @@ use std::io::{self, Write};
 
 use sha2::{Digest as _, Sha256};
 
-use crate::error::Error;
-use crate::store::{AuditEntry, ManifestRow};
+use crate::record::{AuditEntry, ManifestRow};
 
 /// The manifest's columns, in order: the CSV header and the JSON keys.
 pub const MANIFEST_COLUMNS: [&str; 16] = [
@@ -212,30 +210,6 @@ fn details_pairs(details: &str) -> String {
         let _ = write!(out, "{name}={value}");
     }
     out
-}
-
-/// Parses a `--since`/`--until` bound: RFC 3339 with a zone (`2026-11-25T08:00:00Z`,
-/// `2026-11-25T09:00:00+01:00`) or a date (`2026-11-25`, midnight UTC).
-pub fn parse_time_bound(flag: &str, text: &str) -> Result<time::OffsetDateTime, Error> {
-    let text = text.trim();
-    if let Ok(at) =
-        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-    {
-        return Ok(at);
-    }
-    if let Ok(date) = time::Date::parse(
-        text,
-        time::macros::format_description!("[year]-[month]-[day]"),
-    ) {
-        return Ok(date.midnight().assume_utc());
-    }
-    Err(Error::BadInput {
-        what: format!("{flag} {text:?}"),
-        problem: "not a time the station understands".to_owned(),
-        fix: format!(
-            "Give {flag} as RFC 3339 with a zone, e.g. 2026-11-25T08:00:00Z or 2026-11-25T09:00:00+01:00, or as a date, 2026-11-25 (midnight UTC)."
-        ),
-    })
 }
 
 /// A writer that passes bytes through while counting them and hashing them with SHA-256, so an

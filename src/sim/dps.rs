@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -31,13 +31,12 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
-use serde_json::json;
 
 use super::SimError;
 use crate::dps::sas::{self, SasToken};
-use crate::dps::{OperationStatus, RegistrationState};
 use crate::identity::RegistrationId;
 use crate::keys::GroupKey;
+use crate::support::lock;
 
 /// DPS's error code for a refused SAS token.
 pub const UNAUTHORIZED: i64 = 401002;
@@ -105,6 +104,69 @@ pub struct RequestLog {
     pub payload: Option<serde_json::Value>,
 }
 
+/// The emulator's own wire types: what it sends, field by field as DPS names them. They are
+/// not the client's ([`crate::dps::OperationStatus`] and friends), so a name misspelt on either
+/// side shows up against the other and against the answers recorded from Azure's
+/// documentation (`fixtures/dps/`).
+mod wire {
+    use serde::Serialize;
+
+    /// `RegistrationOperationStatus`.
+    #[derive(Debug, Clone, Serialize)]
+    #[serde(rename_all = "camelCase")]
+    pub(super) struct OperationStatus {
+        pub(super) operation_id: String,
+        pub(super) status: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub(super) registration_state: Option<super::RegistrationState>,
+    }
+
+    /// `ProvisioningServiceErrorDetails`.
+    #[derive(Debug, Clone, Serialize)]
+    #[serde(rename_all = "camelCase")]
+    pub(super) struct ServiceError {
+        pub(super) error_code: i64,
+        pub(super) tracking_id: String,
+        pub(super) message: String,
+        pub(super) timestamp_utc: String,
+    }
+}
+
+/// A registration as the emulator holds it: DPS's `DeviceRegistrationResult`, serialized as DPS
+/// sends it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistrationState {
+    /// The registration ID.
+    pub registration_id: String,
+    /// When the registration was first created.
+    pub created_date_time_utc: String,
+    /// The IoT hub the device is assigned to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub assigned_hub: Option<String>,
+    /// The device ID in that hub.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    /// `assigned` or `disabled`.
+    pub status: String,
+    /// `initialAssignment` or `reprovisionedToInitialAssignment`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub substatus: Option<String>,
+    /// When the registration last changed.
+    pub last_updated_date_time_utc: String,
+    /// The registration's entity tag.
+    pub etag: String,
+    /// DPS's error code, when not assigned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<i64>,
+    /// DPS's error message, when not assigned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_message: Option<String>,
+    /// The device's `payload`, echoed as a custom allocation function that returns it would.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload: Option<serde_json::Value>,
+}
+
 struct Registration {
     operation_id: String,
     assign_at: Instant,
@@ -119,13 +181,6 @@ struct Shared {
     counter: AtomicU64,
     registrations: Mutex<HashMap<String, Registration>>,
     log: Mutex<Vec<RequestLog>>,
-}
-
-/// Locks a mutex, carrying on if a handler panicked while holding it.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Shared {
@@ -157,12 +212,12 @@ impl Shared {
 
     /// DPS's error body.
     fn error(&self, status: StatusCode, code: i64, message: &str) -> Response {
-        let body = json!({
-            "errorCode": code,
-            "trackingId": format!("sim-{:08x}", self.next()),
-            "message": message,
-            "timestampUtc": crate::store::now(),
-        });
+        let body = wire::ServiceError {
+            error_code: code,
+            tracking_id: format!("sim-{:08x}", self.next()),
+            message: message.to_owned(),
+            timestamp_utc: crate::clock::now(),
+        };
         let mut response = (status, axum::Json(body)).into_response();
         if status == StatusCode::TOO_MANY_REQUESTS {
             response.headers_mut().insert(
@@ -261,14 +316,14 @@ impl Shared {
     }
 
     /// The operation status of a registration now.
-    fn status(&self, registration: &Registration) -> OperationStatus {
+    fn status(&self, registration: &Registration) -> wire::OperationStatus {
         let done = !self.options.stall && Instant::now() >= registration.assign_at;
         let status = if done {
             registration.state.status.clone()
         } else {
             "assigning".to_owned()
         };
-        OperationStatus {
+        wire::OperationStatus {
             operation_id: registration.operation_id.clone(),
             status,
             registration_state: done.then(|| registration.state.clone()),
@@ -326,20 +381,20 @@ fn register_inner(
         );
     }
     let options = &shared.options;
-    let now = crate::store::now();
+    let now = crate::clock::now();
     let operation_id = format!("5:sim-{:012x}", shared.next());
     let etag = format!("\"{:08x}-0000-0000-0000-000000000000\"", shared.next());
     let mut registrations = lock(&shared.registrations);
     let previous = registrations.get(id.as_str()).map(|r| r.state.clone());
     let mut state = RegistrationState {
         registration_id: id.to_string(),
-        created_date_time_utc: Some(now.clone()),
+        created_date_time_utc: now.clone(),
         assigned_hub: Some(options.hub.clone()),
         device_id: Some(id.to_string()),
         status: "assigned".to_owned(),
         substatus: Some("initialAssignment".to_owned()),
-        last_updated_date_time_utc: Some(now),
-        etag: Some(etag),
+        last_updated_date_time_utc: now,
+        etag,
         error_code: None,
         error_message: None,
         payload: body.get("payload").cloned(),
@@ -425,7 +480,11 @@ fn operation_inner(
     }
 }
 
-fn with_retry_after(code: StatusCode, status: &OperationStatus, retry_after: u64) -> Response {
+fn with_retry_after(
+    code: StatusCode,
+    status: &wire::OperationStatus,
+    retry_after: u64,
+) -> Response {
     let mut response = (code, axum::Json(status)).into_response();
     if status.status == "assigning" {
         response

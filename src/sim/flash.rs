@@ -9,7 +9,7 @@ use md5::{Digest, Md5};
 /// The simulated flash size: 4 MiB, what the JEDEC ID in [`super::chip::FLASH_ID`] announces.
 pub(crate) const FLASH_SIZE: usize = 4 * 1024 * 1024;
 /// The erase unit.
-pub(crate) const SECTOR_SIZE: u32 = 4096;
+pub(crate) use crate::flash::SECTOR_SIZE;
 
 /// A flash access outside the chip.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,25 +80,13 @@ impl Flash {
     }
 }
 
-/// Writes a flash image to `path` atomically: a temporary file in the same directory is written
-/// and renamed over the old image, so a reader sees the old or the new image, never half. No
-/// fsync: the image is a view for tests and operators, not data that must survive a crash.
+/// Writes a flash image to `path` atomically (a reader sees the old or the new image, never
+/// half) and readable by its owner only: it holds the device's key. No fsync: the image is a
+/// view for tests and operators, not data that must survive a crash.
 pub(crate) fn write_snapshot(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut file = std::fs::File::create(&temp)?;
-        file.write_all(bytes)?;
-        std::fs::rename(&temp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&temp);
-    }
-    result
+    let mut file = crate::file::PrivateFile::create(path)?;
+    file.write_all(bytes)?;
+    file.commit_unsynced()
 }
 
 #[cfg(test)]

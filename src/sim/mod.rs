@@ -45,11 +45,12 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::identity::Mac;
+use crate::support::lock;
 
 pub use port::SimStats;
 pub use timing::SimTiming;
@@ -645,13 +646,6 @@ impl Drop for SimLine {
             let _ = std::fs::remove_file(link);
         }
     }
-}
-
-/// Locks `mutex`, accepting a poisoned lock: the queue stays usable if a port thread died.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Opens a pseudo-terminal for a device and points the port's link at it.

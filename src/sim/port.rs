@@ -21,7 +21,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::fcntl::OFlag;
@@ -30,6 +30,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 use super::loader::{Loader, Mode, Output, is_flash_data};
 use super::{Fault, FaultKind, SimState, Trigger, flash};
 use crate::slip;
+use crate::support::lock;
 
 /// How often the serving thread looks at the stop flag while idle or pacing.
 const TICK: Duration = Duration::from_millis(20);
@@ -129,14 +130,6 @@ pub(crate) struct Shared {
     unplugged: AtomicBool,
     /// The port path hosts open and the pseudo-terminal, once the device is plugged in.
     plugged: Mutex<(PathBuf, PathBuf)>,
-}
-
-/// Locks `mutex`, accepting a lock poisoned by a panicking holder: the simulator's state stays
-/// usable for inspection even if a serving thread died.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Shared {

@@ -10,30 +10,77 @@
 
 use sha2::{Digest as _, Sha256};
 
+use crate::record::AuditEntry;
+
 /// The `prev_hash` of the first entry.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// One audit entry as stored.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, sqlx::FromRow)]
-pub struct AuditEntry {
-    /// Position in the chain, from 1, without gaps.
-    pub seq: i64,
+/// An entry to append, before the chain gives it a place.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEntry {
     /// When (RFC 3339 UTC).
     pub at: String,
-    /// Which station wrote it.
+    /// Which station writes it.
     pub station_id: String,
-    /// Who was responsible.
+    /// Who is responsible.
     pub operator: String,
-    /// What happened (`batch.open`, `unit.provisioned`, ...).
+    /// What happened.
     pub action: String,
-    /// To what (a batch name, a MAC).
+    /// To what.
     pub subject: String,
-    /// JSON object with the particulars (sorted keys).
-    pub details: String,
-    /// The previous entry's hash.
-    pub prev_hash: String,
-    /// This entry's hash.
-    pub hash: String,
+    /// The particulars.
+    pub details: serde_json::Value,
+}
+
+impl NewEntry {
+    /// An entry stamped `at` (the time of the transaction it belongs to).
+    pub fn at(
+        at: &str,
+        station_id: &str,
+        operator: &str,
+        action: &str,
+        subject: &str,
+        details: serde_json::Value,
+    ) -> NewEntry {
+        NewEntry {
+            at: at.to_owned(),
+            station_id: station_id.to_owned(),
+            operator: operator.to_owned(),
+            action: action.to_owned(),
+            subject: subject.to_owned(),
+            details,
+        }
+    }
+
+    /// The entry as it follows `head` (the last entry's seq and hash, `None` for an empty log):
+    /// the next seq, linked to the head's hash, with its own hash. Every backend appends what
+    /// this returns, so the encoding is the same whatever stores it.
+    pub fn chained_after(&self, head: Option<(i64, String)>) -> AuditEntry {
+        let (seq, prev_hash) = head.map_or((1, GENESIS.to_owned()), |(seq, hash)| (seq + 1, hash));
+        // serde_json's default map is ordered by key, which makes `details` canonical.
+        let details = self.details.to_string();
+        let hash = entry_hash(
+            seq,
+            &self.at,
+            &self.station_id,
+            &self.operator,
+            &self.action,
+            &self.subject,
+            &details,
+            &prev_hash,
+        );
+        AuditEntry {
+            seq,
+            at: self.at.clone(),
+            station_id: self.station_id.clone(),
+            operator: self.operator.clone(),
+            action: self.action.clone(),
+            subject: self.subject.clone(),
+            details,
+            prev_hash,
+            hash,
+        }
+    }
 }
 
 /// The hash of an entry with these fields.
@@ -79,20 +126,24 @@ fn write_canonical(out: &mut Vec<u8>, seq: i64, fields: [&str; 7]) {
     let _ = serde_json::to_writer(out, &tuple);
 }
 
-impl AuditEntry {
-    /// The hash this entry's fields produce (compare with [`AuditEntry::hash`]).
-    pub fn computed_hash(&self) -> String {
-        entry_hash(
-            self.seq,
-            &self.at,
-            &self.station_id,
-            &self.operator,
-            &self.action,
-            &self.subject,
-            &self.details,
-            &self.prev_hash,
-        )
-    }
+/// The hashed text fields of an entry after its seq, in canonical order.
+fn hashed_fields(entry: &AuditEntry) -> [&str; 7] {
+    [
+        &entry.at,
+        &entry.station_id,
+        &entry.operator,
+        &entry.action,
+        &entry.subject,
+        &entry.details,
+        &entry.prev_hash,
+    ]
+}
+
+/// The hash an entry's fields produce (compare with [`AuditEntry::hash`]).
+pub fn computed_hash(entry: &AuditEntry) -> String {
+    let mut canonical = Vec::with_capacity(256);
+    write_canonical(&mut canonical, entry.seq, hashed_fields(entry));
+    hex::encode(Sha256::digest(&canonical))
 }
 
 /// Where and how a chain is broken.
@@ -240,19 +291,7 @@ impl ChainWalker {
 fn contents_intact<E: std::borrow::Borrow<AuditEntry> + Sync>(run: &[E]) -> Vec<bool> {
     parallel_check(run, |e, buffer| {
         let e = e.borrow();
-        write_canonical(
-            buffer,
-            e.seq,
-            [
-                &e.at,
-                &e.station_id,
-                &e.operator,
-                &e.action,
-                &e.subject,
-                &e.details,
-                &e.prev_hash,
-            ],
-        );
+        write_canonical(buffer, e.seq, hashed_fields(e));
         hex_eq(&Sha256::digest(&*buffer), &e.hash)
     })
 }
@@ -353,7 +392,7 @@ mod tests {
                 prev_hash,
                 hash: String::new(),
             };
-            entry.hash = entry.computed_hash();
+            entry.hash = computed_hash(&entry);
             out.push(entry);
         }
         out
@@ -385,32 +424,52 @@ mod tests {
         for edit in edits {
             let mut entry = base.clone();
             edit(&mut entry);
-            assert_ne!(entry.computed_hash(), base.hash);
+            assert_ne!(computed_hash(&entry), base.hash);
         }
     }
 
+    // Issue 11: golden hashes, computed outside the station (Python's hashlib over the canonical
+    // text written out by hand below), so a change to the encoding cannot go unnoticed.
     #[test]
-    fn canonical_encoding_is_the_json_array_of_the_fields() {
-        let e = chain(1).remove(0);
-        let value = serde_json::json!([
-            e.seq,
-            e.at,
-            e.station_id,
-            e.operator,
-            e.action,
-            e.subject,
-            e.details,
-            e.prev_hash
-        ]);
-        let expected = hex::encode(Sha256::digest(value.to_string().as_bytes()));
-        assert_eq!(e.hash, expected);
-        // Quotes, backslashes and non-ASCII are escaped the same way too.
-        let odd = entry_hash(7, "t", "st\\1", "Zoë \"Z\"", "a", "s\n", "{}", GENESIS);
-        let value = serde_json::json!([7, "t", "st\\1", "Zoë \"Z\"", "a", "s\n", "{}", GENESIS]);
-        assert_eq!(
-            odd,
-            hex::encode(Sha256::digest(value.to_string().as_bytes()))
-        );
+    fn canonical_encoding_and_hashes_are_pinned() {
+        let cases: [(AuditEntry, &str, &str); 3] = [
+            (
+                chain(1).remove(0),
+                r#"[1,"2026-11-25T10:00:01.000Z","st1","ana","unit.provisioned","24:0a:c4:00:00:01","{\"key_id\":\"sha256:0011223344556677\"}","0000000000000000000000000000000000000000000000000000000000000000"]"#,
+                "e630c3c993570008f9cfc5fb83a9f7511c72a7e20c552084c3acf1123c45b23b",
+            ),
+            (
+                entry(7, "st\\1", "Zoë \"Z\"", "s\n"),
+                r#"[7,"t","st\\1","Zoë \"Z\"","a","s\n","{}","0000000000000000000000000000000000000000000000000000000000000000"]"#,
+                "adf9947ee48229a9701fd7a0ea906890f187bf7c1130b2258654a973845150f7",
+            ),
+            (
+                entry(8, "a/b", "esc\u{1b} tab\t cr\r", "\u{2028}"),
+                "[8,\"t\",\"a/b\",\"esc\\u001b tab\\t cr\\r\",\"a\",\"\u{2028}\",\"{}\",\"0000000000000000000000000000000000000000000000000000000000000000\"]",
+                "3095e5c18e2fdd2c14dc347c0d65a4b0bf0c88d2484450aff893ecc2025aed6f",
+            ),
+        ];
+        for (entry, canonical, hash) in cases {
+            let mut written = Vec::new();
+            write_canonical(&mut written, entry.seq, hashed_fields(&entry));
+            assert_eq!(String::from_utf8(written).unwrap(), canonical);
+            assert_eq!(computed_hash(&entry), hash, "{canonical}");
+        }
+    }
+
+    /// An entry with odd text in its station, operator and subject.
+    fn entry(seq: i64, station_id: &str, operator: &str, subject: &str) -> AuditEntry {
+        AuditEntry {
+            seq,
+            at: "t".into(),
+            station_id: station_id.into(),
+            operator: operator.into(),
+            action: "a".into(),
+            subject: subject.into(),
+            details: "{}".into(),
+            prev_hash: GENESIS.into(),
+            hash: String::new(),
+        }
     }
 
     #[test]
@@ -422,7 +481,7 @@ mod tests {
             let mut next = last.clone();
             next.seq += 1;
             next.prev_hash = last.hash.clone();
-            next.hash = next.computed_hash();
+            next.hash = computed_hash(&next);
             entries.push(next);
         }
         let whole = verify_chain(&entries);
@@ -455,7 +514,7 @@ mod tests {
         let mut shifted = base.clone();
         shifted.station_id = "st1a".into();
         shifted.operator = "na".into();
-        assert_ne!(shifted.computed_hash(), base.hash);
+        assert_ne!(computed_hash(&shifted), base.hash);
     }
 
     #[test]
@@ -483,7 +542,7 @@ mod tests {
         entries.remove(2);
         for (i, entry) in entries.iter_mut().enumerate() {
             entry.seq = i as i64 + 1;
-            entry.hash = entry.computed_hash();
+            entry.hash = computed_hash(entry);
         }
         let broken = verify_chain(&entries).first_break.unwrap();
         assert_eq!(broken.seq, 3);

@@ -1,12 +1,17 @@
-//! The rows of a QA manifest, read in one statement so that a manifest taken while the line is
-//! recording is a consistent snapshot (SQLite WAL readers see whole transactions only).
+//! The QA manifest's selection and its audited export. The rows are read in one statement, so
+//! that a manifest taken while the line is recording is a consistent snapshot (a unit appears
+//! with its attempt and audit entry or not at all).
 
 use std::io::Write;
 
 use serde_json::json;
 
-use super::{Store, StoreError, append_audit_tx, format_time, now};
-use crate::error::Error;
+use super::audit::NewEntry;
+use super::backend::Backend as _;
+use super::{Store, StoreError};
+use crate::clock::{format_time, now};
+use crate::file::FileError;
+use crate::record::ManifestRow;
 use crate::report::{self, ManifestFormat};
 
 /// Which units a manifest lists: the provisioned units, optionally of one batch and provisioned
@@ -40,43 +45,15 @@ impl ManifestFilter {
     }
 }
 
-/// One row of a QA manifest: one provisioned unit. The fields, in this order, are the manifest's
-/// columns (README "QA manifests and audit"); they are stable across releases. No key is here:
-/// only the group key's fingerprint.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
-pub struct ManifestRow {
-    /// The batch the unit was last provisioned in.
-    pub batch: String,
-    /// `24:0a:c4:12:34:56`.
-    pub mac: String,
-    /// The DPS registration ID flashed into the unit.
-    pub registration_id: String,
-    /// Chip (`esp32`).
-    pub chip: String,
-    /// Chip revision (`v3.0`).
-    pub chip_revision: String,
-    /// Flash size in bytes.
-    pub flash_size: i64,
-    /// SHA-256 of the NVS image written, lowercase hex.
-    pub nvs_sha256: Option<String>,
-    /// Fingerprint of the group key the device key was derived from.
-    pub group_key_id: String,
-    /// When the unit was verified and recorded provisioned (RFC 3339, UTC).
-    pub provisioned_at: Option<String>,
-    /// Who answered for the unit's last successful attempt.
-    pub operator: Option<String>,
-    /// The station that wrote it.
-    pub station_id: String,
-    /// The port of the last successful attempt.
-    pub port: Option<String>,
-    /// Attempts recorded for this MAC, whatever their outcome, in any batch.
-    pub attempts: i64,
-    /// `not-requested` | `pending` | `assigned` | `failed`.
-    pub dps_status: String,
-    /// The IoT hub DPS assigned, once assigned.
-    pub assigned_hub: Option<String>,
-    /// The device ID DPS assigned, once assigned.
-    pub device_id: Option<String>,
+/// A filter resolved for a backend: the batch by row id, the times as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ManifestQuery {
+    /// The batch's row id.
+    pub(crate) batch_id: Option<i64>,
+    /// Provisioned at or after (stored form).
+    pub(crate) since: Option<String>,
+    /// Provisioned before (stored form).
+    pub(crate) until: Option<String>,
 }
 
 /// What an export wrote.
@@ -92,24 +69,6 @@ pub struct ManifestExport {
     pub audit_seq: i64,
 }
 
-/// Operator and port come from the unit's last successful attempt; attempts are counted per MAC
-/// without looking at outcomes, so attempts still running or interrupted count too.
-const MANIFEST_SQL: &str = "\
-SELECT b.name AS batch, u.mac, u.registration_id, u.chip, u.revision AS chip_revision, \
-       u.flash_size, u.image_sha256 AS nvs_sha256, u.key_id AS group_key_id, u.provisioned_at, \
-       a.operator, u.station_id, a.port, \
-       (SELECT COUNT(*) FROM attempts c WHERE c.mac = u.mac) AS attempts, \
-       u.dps_status, u.assigned_hub, u.device_id \
-FROM units u \
-JOIN batches b ON b.id = u.batch_id \
-LEFT JOIN attempts a ON a.id = (SELECT MAX(s.id) FROM attempts s \
-                                WHERE s.unit_id = u.id AND s.outcome = 'provisioned') \
-WHERE u.state = 'provisioned' \
-  AND (?1 IS NULL OR u.batch_id = ?1) \
-  AND (?2 IS NULL OR u.provisioned_at >= ?2) \
-  AND (?3 IS NULL OR u.provisioned_at < ?3) \
-ORDER BY u.provisioned_at, u.mac";
-
 impl Store {
     /// The manifest rows the filter selects, oldest provisioning first. A named batch that does
     /// not exist is an error ([`StoreError::NoSuchBatch`]); an empty selection is not.
@@ -118,12 +77,12 @@ impl Store {
             Some(name) => Some(self.batch(name).await?.id),
             None => None,
         };
-        Ok(sqlx::query_as(MANIFEST_SQL)
-            .bind(batch_id)
-            .bind(filter.since.map(format_time))
-            .bind(filter.until.map(format_time))
-            .fetch_all(self.pool())
-            .await?)
+        let query = ManifestQuery {
+            batch_id,
+            since: filter.since.map(format_time),
+            until: filter.until.map(format_time),
+        };
+        on_backend!(self, db => db.manifest(&query).await)
     }
 
     /// Writes the manifest the filter selects to `out` and records the export in the audit log
@@ -137,11 +96,11 @@ impl Store {
         station_id: &str,
         operator: &str,
         out: &mut W,
-    ) -> Result<ManifestExport, Error> {
+    ) -> Result<ManifestExport, StoreError> {
         let rows = self.manifest(filter).await?;
         let mut hashing = report::HashingWriter::new(out);
         report::write_manifest(&rows, format, &mut hashing)
-            .map_err(|e| Error::io("writing", "the manifest", e))?;
+            .map_err(|e| FileError::new("writing", "the manifest", e))?;
         let (bytes, sha256) = hashing.finish();
         let mut details = filter.to_json();
         details["format"] = json!(format.as_str());
@@ -149,18 +108,15 @@ impl Store {
         details["bytes"] = json!(bytes);
         details["sha256"] = json!(sha256);
         let subject = filter.batch.as_deref().unwrap_or("all batches");
-        let mut tx = self.begin_write().await?;
-        let audit_seq = append_audit_tx(
-            &mut tx,
+        let entry = NewEntry::at(
             &now(),
             station_id,
             operator,
             "manifest.exported",
             subject,
             details,
-        )
-        .await?;
-        tx.commit().await.map_err(StoreError::from)?;
+        );
+        let audit_seq = on_backend!(self, db => db.append_audit(&entry).await)?;
         Ok(ManifestExport {
             rows: rows.len(),
             bytes,

@@ -3,93 +3,69 @@
 //! recorded, so that a station started a thousand times with the same setup adds nothing.
 
 use serde_json::json;
-use sha2::{Digest as _, Sha256};
 
-use super::{Store, StoreError, append_audit_tx, now};
-use crate::config::Config;
-use crate::keys::GroupKeys;
+use super::audit::NewEntry;
+use crate::keys::KeyId;
 
-/// Who answers for an act when no one is named: `$STATION_OPERATOR`, else the login name, else
-/// `unknown`.
-pub fn operator_from_env() -> String {
-    ["STATION_OPERATOR", "USER"]
-        .iter()
-        .filter_map(|name| std::env::var(name).ok())
-        .find(|value| !value.trim().is_empty())
-        .unwrap_or_else(|| "unknown".to_owned())
+/// A station starting work, as [`super::Store::record_station_open`] records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StationOpen {
+    /// The station.
+    pub station_id: String,
+    /// Who started it.
+    pub operator: String,
+    /// The configuration file (as shown) and the SHA-256 of its bytes; `None` for a
+    /// configuration that was not read from a file (tests build one from text).
+    pub config: Option<(String, String)>,
+    /// The primary group key's fingerprint.
+    pub key_id: KeyId,
+    /// The secondary group key's fingerprint, if one is configured.
+    pub secondary_key_id: Option<KeyId>,
 }
 
-impl Store {
-    /// Records that a station opened with this configuration and these keys: `config.changed`
-    /// (subject: the file, details: its SHA-256) when the file's SHA-256 differs from the last one
-    /// recorded for the station, and `key.loaded` (subject: the primary key id) when the key ids
-    /// differ from the last ones recorded. Returns how many entries it appended.
-    ///
-    /// A configuration that was not read from a file (tests build one from text) records no
-    /// `config.changed`.
-    pub async fn record_station_open(
+/// The actions whose last entry for the station decides what is recorded.
+pub(crate) const CONFIG_CHANGED: &str = "config.changed";
+/// See [`CONFIG_CHANGED`].
+pub(crate) const KEY_LOADED: &str = "key.loaded";
+
+impl StationOpen {
+    /// The entries to append at `at`, given the details of the station's last `config.changed`
+    /// and `key.loaded` entries: `config.changed` when the file's SHA-256 differs from the last
+    /// one recorded, `key.loaded` when the key ids differ from the last ones recorded.
+    pub(crate) fn entries(
         &self,
-        config: &Config,
-        keys: &GroupKeys,
-    ) -> Result<usize, StoreError> {
-        let station_id = &config.station.id;
-        let config_sha256 = std::fs::read(&config.path)
-            .ok()
-            .map(|bytes| hex::encode(Sha256::digest(bytes)));
-        let key_details = json!({
-            "key_id": keys.primary.id().to_string(),
-            "secondary_key_id": keys.secondary.as_ref().map(|k| k.id().to_string()),
-        });
-        let operator = operator_from_env();
-        let mut tx = self.begin_write().await?;
-        let at = now();
-        let mut appended = 0;
-        if let Some(sha256) = config_sha256 {
-            let last: Option<Option<String>> = sqlx::query_scalar(
-                "SELECT json_extract(details, '$.sha256') FROM audit_log \
-                 WHERE action = 'config.changed' AND station_id = ? ORDER BY seq DESC LIMIT 1",
-            )
-            .bind(station_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if last.flatten().as_deref() != Some(sha256.as_str()) {
-                let path = config.path.display().to_string();
-                append_audit_tx(
-                    &mut tx,
-                    &at,
-                    station_id,
-                    &operator,
-                    "config.changed",
-                    &path,
-                    json!({ "sha256": sha256 }),
-                )
-                .await?;
-                appended += 1;
+        at: &str,
+        last_config: Option<&str>,
+        last_keys: Option<&str>,
+    ) -> Vec<NewEntry> {
+        let parse = |details: Option<&str>| {
+            details.and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        };
+        let mut entries = Vec::new();
+        if let Some((path, sha256)) = &self.config {
+            let last = parse(last_config);
+            if last.as_ref().and_then(|d| d["sha256"].as_str()) != Some(sha256.as_str()) {
+                entries.push(self.entry(at, CONFIG_CHANGED, path, json!({ "sha256": sha256 })));
             }
         }
-        let last_keys: Option<String> = sqlx::query_scalar(
-            "SELECT details FROM audit_log \
-             WHERE action = 'key.loaded' AND station_id = ? ORDER BY seq DESC LIMIT 1",
-        )
-        .bind(station_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let last_keys = last_keys.and_then(|d| serde_json::from_str::<serde_json::Value>(&d).ok());
-        if last_keys.as_ref() != Some(&key_details) {
-            let subject = keys.primary.id().to_string();
-            append_audit_tx(
-                &mut tx,
-                &at,
-                station_id,
-                &operator,
-                "key.loaded",
-                &subject,
-                key_details,
-            )
-            .await?;
-            appended += 1;
+        let key_details = json!({
+            "key_id": self.key_id,
+            "secondary_key_id": self.secondary_key_id,
+        });
+        if parse(last_keys).as_ref() != Some(&key_details) {
+            entries.push(self.entry(at, KEY_LOADED, self.key_id.as_str(), key_details));
         }
-        tx.commit().await?;
-        Ok(appended)
+        entries
+    }
+
+    fn entry(&self, at: &str, action: &str, subject: &str, details: serde_json::Value) -> NewEntry {
+        NewEntry::at(
+            at,
+            &self.station_id,
+            &self.operator,
+            action,
+            subject,
+            details,
+        )
     }
 }

@@ -46,8 +46,14 @@ impl Workspace {
     }
 
     /// Runs `station` with this workspace's configuration (from another working directory, to
-    /// prove paths resolve against the configuration file).
+    /// prove paths resolve against the configuration file), tracing everything to stderr.
     pub fn station(&self, args: &[&str]) -> Run {
+        self.station_logging("trace", args)
+    }
+
+    /// The same with `STATION_LOG` set to `filter` (`off`: stderr holds only what the operator
+    /// sees).
+    pub fn station_logging(&self, filter: &str, args: &[&str]) -> Run {
         let output = Command::new(env!("CARGO_BIN_EXE_station"))
             .arg("--config")
             .arg(self.path("station.toml"))
@@ -55,7 +61,7 @@ impl Workspace {
             .current_dir(std::env::temp_dir())
             .env_remove("STATION_CONFIG")
             .env("STATION_OPERATOR", "tester")
-            .env("STATION_LOG", "trace")
+            .env("STATION_LOG", filter)
             .output()
             .unwrap();
         Run::from(output)
@@ -144,5 +150,45 @@ pub fn sim_config(stub: bool) -> String {
         config
     } else {
         config.replace("stub = true", "stub = false")
+    }
+}
+
+/// A finished attempt of `batch` on the station `line1-st1`, as the line records one: the unit
+/// `mac` (registration ID `sensor-<12 hex>`), failed at `(stage, code)` with its flash touched,
+/// or provisioned.
+pub fn attempt_record(
+    batch: &station::record::Batch,
+    mac: &str,
+    port: &str,
+    operator: &str,
+    failure: Option<(&str, &str)>,
+) -> station::store::AttemptRecord {
+    station::store::AttemptRecord {
+        attempt_id: None,
+        batch: batch.clone(),
+        station_id: "line1-st1".into(),
+        operator: operator.into(),
+        port: port.into(),
+        started_at: station::clock::now(),
+        finished_at: station::clock::now(),
+        unit: Some(station::store::UnitFacts {
+            mac: mac.parse().unwrap(),
+            registration_id: format!("sensor-{}", mac.replace(':', "")).parse().unwrap(),
+            chip: "esp32".into(),
+            revision: "v3.0".into(),
+            flash_size: 4 << 20,
+            key_id: "sha256:0011223344556677".parse().unwrap(),
+            secondary_key_id: None,
+            image_sha256: Some("ab".repeat(32)),
+            dps: None,
+        }),
+        failure: failure.map(|(stage, code)| station::store::Failure {
+            stage: stage.parse().unwrap(),
+            code: code.parse().unwrap(),
+            message: "the device went away".into(),
+            wrote: true,
+        }),
+        reprovision: false,
+        timings: serde_json::json!({}),
     }
 }

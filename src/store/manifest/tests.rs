@@ -3,8 +3,10 @@
 use serde_json::json;
 
 use super::*;
+use crate::clock::now;
+use crate::record::Batch;
 use crate::store::tests::{facts, temp_store};
-use crate::store::{AttemptRecord, Batch, Failure};
+use crate::store::{AttemptRecord, Failure};
 
 fn attempt(
     batch: &Batch,
@@ -23,8 +25,8 @@ fn attempt(
         finished_at: now(),
         unit: Some(facts(mac)),
         failure: fail.map(|wrote| Failure {
-            stage: "flash".into(),
-            code: "station::device::flash".into(),
+            stage: crate::record::Stage::Flash,
+            code: "station::device::flash".parse().unwrap(),
             message: "unplugged".into(),
             wrote,
         }),
@@ -86,7 +88,7 @@ async fn manifest_lists_provisioned_units_with_their_last_successful_attempt() {
         .manifest(&ManifestFilter::batch("WO-1"))
         .await
         .unwrap();
-    let macs: Vec<&str> = rows.iter().map(|r| r.mac.as_str()).collect();
+    let macs: Vec<String> = rows.iter().map(|r| r.mac.to_string()).collect();
     assert_eq!(macs, [a, c]);
     let first = &rows[0];
     assert_eq!(
@@ -98,9 +100,9 @@ async fn manifest_lists_provisioned_units_with_their_last_successful_attempt() {
         (Some("bo"), Some("/dev/ttyUSB1"), 3)
     );
     assert_eq!(first.batch, "WO-1");
-    assert_eq!(first.group_key_id, "sha256:0011223344556677");
+    assert_eq!(first.group_key_id.as_str(), "sha256:0011223344556677");
     assert_eq!(first.chip_revision, "v3.0");
-    assert_eq!(first.dps_status, "not-requested");
+    assert_eq!(first.dps_status.as_str(), "not-requested");
     assert_eq!(rows[1].attempts, 1);
 
     // Re-provisioned into another batch: the unit moves, its attempts keep counting.
@@ -120,7 +122,7 @@ async fn manifest_lists_provisioned_units_with_their_last_successful_attempt() {
         .unwrap();
     assert_eq!(
         (
-            wo2_rows[0].mac.as_str(),
+            wo2_rows[0].mac.to_string().as_str(),
             wo2_rows[0].operator.as_deref(),
             wo2_rows[0].attempts
         ),
@@ -161,7 +163,7 @@ async fn manifest_time_window_includes_since_and_excludes_until() {
         record.finished_at = (*at).to_owned();
         store.record_attempt(&record).await.unwrap();
     }
-    let parse = |t: &str| crate::report::parse_time_bound("--since", t).unwrap();
+    let parse = |t: &str| crate::clock::parse_time(t).unwrap();
     let window = ManifestFilter {
         batch: None,
         since: Some(parse("2026-11-25T09:00:00Z")),
@@ -250,67 +252,4 @@ async fn export_records_filter_format_count_and_digest_of_the_bytes() {
             .unwrap_err(),
         StoreError::NoSuchBatch { .. }
     ));
-}
-
-#[tokio::test]
-async fn station_open_records_config_and_keys_only_when_they_change() {
-    use std::os::unix::fs::PermissionsExt as _;
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("group.key");
-    let write_key = |text: &str| {
-        std::fs::write(&key, text).unwrap();
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    };
-    write_key(
-        "8isrFI1sGsIlvvFSSFRiMfCNzv21fjbE/+ah/lSh3lF8e2YG1Te7w1KpZhJFFXJrqYKi9yegxkqIChbqOS9Egw==",
-    );
-    let config_path = dir.path().join("station.toml");
-    let text = "[station]\nid = \"st1\"\ndatabase = \"station.db\"\n[dps]\nid_scope = \"0ne00ABCDEF\"\n\
-                group_key_file = \"group.key\"\nregistration_id = \"sensor-{mac}\"\n[nvs]\nnamespace = \"dps\"\n\
-                [nvs.entries]\nreg_id = \"{registration_id}\"\n";
-    std::fs::write(&config_path, text).unwrap();
-    let load = || {
-        let config = crate::config::Config::load(&config_path).unwrap();
-        let keys = crate::keys::GroupKeys::load(&config.dps.group_key_file, None).unwrap();
-        (config, keys)
-    };
-    let (config, keys) = load();
-    let store = Store::open(&config.station.database).await.unwrap();
-    assert_eq!(store.record_station_open(&config, &keys).await.unwrap(), 2);
-    assert_eq!(store.record_station_open(&config, &keys).await.unwrap(), 0);
-
-    // An edited configuration is recorded by its new SHA-256; the same keys are not again.
-    std::fs::write(&config_path, format!("{text}# tuned\n")).unwrap();
-    let (config, keys) = load();
-    assert_eq!(store.record_station_open(&config, &keys).await.unwrap(), 1);
-    // A rotated group key is recorded by its key id, never by value.
-    write_key(
-        "IPqyrydADngU4vWjT+oEIm80S8CoXkpEvDM85GB0fYWGc4H7tGK8KOmswJEwP2ePs+ydTBSkPM4lgZwZKs/YQw==",
-    );
-    let (config, keys) = load();
-    assert_eq!(store.record_station_open(&config, &keys).await.unwrap(), 1);
-
-    let entries = store.audit_entries().await.unwrap();
-    let actions: Vec<&str> = entries.iter().map(|e| e.action.as_str()).collect();
-    assert_eq!(
-        actions,
-        [
-            "config.changed",
-            "key.loaded",
-            "config.changed",
-            "key.loaded"
-        ]
-    );
-    use sha2::Digest as _;
-    let sha = hex::encode(sha2::Sha256::digest(std::fs::read(&config_path).unwrap()));
-    let details: serde_json::Value = serde_json::from_str(&entries[2].details).unwrap();
-    assert_eq!(details["sha256"], sha.as_str());
-    assert_eq!(entries[3].subject, keys.primary.id().to_string());
-    assert_ne!(entries[1].subject, entries[3].subject);
-    assert!(
-        entries
-            .iter()
-            .all(|e| !e.details.contains("IPqyrydADngU4vWj"))
-    );
-    assert!(store.verify_audit().await.unwrap().first_break.is_none());
 }

@@ -1,594 +1,24 @@
-//! `station.toml`: the station's configuration (DESIGN.md section 4, README "station.toml reference").
-//!
-//! The file is parsed into raw serde types with `deny_unknown_fields` and [`Spanned`] positions,
-//! then validated into [`Config`], whose fields downstream code can trust: a parsed
-//! registration-ID template, NVS keys of at most 15 bytes, 4 KiB-aligned offsets, entry templates
-//! with known placeholders, and an NVS image that fits `[nvs].size` for every device. Every error
-//! names the file, the line and the fix. Relative paths resolve against the directory holding
-//! the file, so a station can be started from any working directory.
-//!
-//! Which file: `--config PATH` beats the `STATION_CONFIG` environment variable, which beats
-//! `./station.toml`.
+//! From [`super::raw`] to [`super::Config`]: every value checked, every path resolved against
+//! the file's directory, and the image proven to fit for every device. Errors name the line.
 
-use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use espflash::target::Chip;
-use indexmap::IndexMap;
-use serde::Deserialize;
 use toml::Spanned;
 
-use crate::device::SerialSettings;
-pub use crate::device::{AfterReset, BeforeReset};
-use crate::identity::{IdentityError, RegistrationIdTemplate, Token, tokenize};
+use super::error::{ConfigError, Location};
+use super::raw::{RawConfig, RawDps, RawEntryValue, RawFirmware, RawNvs, RawSerial, RawStation};
+use super::types::*;
+use super::{
+    DEFAULT_API_VERSION, DEFAULT_DPS_ENDPOINT, DEFAULT_VERIFY_TIMEOUT, MAX_VERIFY_TIMEOUT,
+};
+use crate::flash::SECTOR_SIZE;
+use crate::identity::RegistrationIdTemplate;
 use crate::keys::DEVICE_KEY_LEN;
-use crate::nvs;
+use crate::nvs::{self, MAX_KEY_LEN as NVS_KEY_MAX, MIN_PARTITION_SIZE};
 
-/// The longest NVS key or namespace name ESP-IDF accepts, in bytes (15 plus a NUL in a 16-byte field).
-pub const NVS_KEY_MAX: usize = 15;
-/// Flash is erased and written in 4 KiB sectors.
-pub const SECTOR: u32 = 0x1000;
-/// The smallest NVS partition ESP-IDF's generator accepts.
-pub const NVS_MIN_SIZE: u32 = 0x3000;
-
-/// Where in which file something was written: `station.toml:12`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Location {
-    /// The configuration file.
-    pub path: PathBuf,
-    /// 1-based line.
-    pub line: usize,
-}
-
-impl fmt::Display for Location {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.path.display(), self.line)
-    }
-}
-
-/// Errors loading `station.toml`.
-#[derive(Debug, thiserror::Error, miette::Diagnostic)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// The file cannot be read.
-    #[error("cannot read configuration {path}: {source}")]
-    #[diagnostic(
-        code(station::config::unreadable),
-        help(
-            "Pass --config PATH or set STATION_CONFIG; the default is ./station.toml. The repository's station.toml is a commented example, and `station demo` runs without one."
-        )
-    )]
-    Unreadable {
-        /// The file.
-        path: PathBuf,
-        /// The operating system's error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A key the station does not know.
-    #[error("{at}: {message}")]
-    #[diagnostic(
-        code(station::config::unknown_key),
-        help(
-            "Remove the key or correct its spelling; README.md's station.toml reference lists the keys of every section."
-        )
-    )]
-    UnknownKey {
-        /// Where.
-        at: Location,
-        /// The parser's message, naming the key and the ones expected.
-        message: String,
-    },
-    /// A required key is missing.
-    #[error("{at}: {message}")]
-    #[diagnostic(
-        code(station::config::missing_key),
-        help(
-            "Add the key; README.md's station.toml reference shows each section with its required keys."
-        )
-    )]
-    MissingKey {
-        /// Where (the table that lacks it).
-        at: Location,
-        /// The parser's message, naming the key.
-        message: String,
-    },
-    /// Not valid TOML, or a value of the wrong type.
-    #[error("{at}: {message}")]
-    #[diagnostic(
-        code(station::config::syntax),
-        help("Fix the TOML at that line; strings need quotes, numbers may be written as 0x9000.")
-    )]
-    Syntax {
-        /// Where.
-        at: Location,
-        /// The parser's message.
-        message: String,
-    },
-    /// A template with a placeholder the station does not know or a malformed brace.
-    #[error("{at}: {key}: {problem}")]
-    #[diagnostic(
-        code(station::config::bad_template),
-        help(
-            "Entry values may use {{id_scope}}, {{registration_id}}, {{device_key}}, {{secondary_device_key}}, {{dps_host}}, {{mac}} and {{station_id}}; write a literal brace nowhere."
-        )
-    )]
-    BadTemplate {
-        /// Where.
-        at: Location,
-        /// The key holding the template.
-        key: String,
-        /// What is wrong.
-        problem: String,
-    },
-    /// The registration-ID template can yield an invalid DPS registration ID.
-    #[error("{at}: [dps] registration_id: {source}")]
-    #[diagnostic(
-        code(station::config::bad_registration_id),
-        help(
-            "Use {{mac}} and only lowercase letters, digits and - . _ : around it, at most 128 characters in all, ending in a letter, digit or -; e.g. \"sensor-{{mac}}\"."
-        )
-    )]
-    BadRegistrationId {
-        /// Where.
-        at: Location,
-        /// The rule broken.
-        #[source]
-        source: IdentityError,
-    },
-    /// An NVS key or namespace longer than 15 bytes.
-    #[error("{at}: NVS {what} `{name}` is {len} bytes long; ESP-IDF allows at most {NVS_KEY_MAX}")]
-    #[diagnostic(
-        code(station::config::nvs_key_too_long),
-        help(
-            "Shorten it to 15 bytes or fewer, and change the firmware's nvs_get_str() call to the same name."
-        )
-    )]
-    NvsKeyTooLong {
-        /// Where.
-        at: Location,
-        /// `key` or `namespace`.
-        what: &'static str,
-        /// The name.
-        name: String,
-        /// Its length in bytes.
-        len: usize,
-    },
-    /// An offset or size that is not a multiple of the 4 KiB flash sector.
-    #[error("{at}: {key} = {value:#x} is not a multiple of 4 KiB (0x1000)")]
-    #[diagnostic(
-        code(station::config::misaligned),
-        help(
-            "Flash is erased in 4 KiB sectors; use the offset and size of the partition in your partition table (e.g. offset = 0x9000, size = 0x6000)."
-        )
-    )]
-    Misaligned {
-        /// Where.
-        at: Location,
-        /// The key.
-        key: String,
-        /// The value found.
-        value: u32,
-    },
-    /// The device's NVS image cannot fit `[nvs].size`.
-    #[error("{at}: the NVS image does not fit [nvs] size = {size:#x}: {detail}")]
-    #[diagnostic(
-        code(station::config::does_not_fit),
-        help(
-            "Raise [nvs] size (and the partition in the firmware's partition table) or store fewer or shorter values."
-        )
-    )]
-    DoesNotFit {
-        /// Where `[nvs].size` is set.
-        at: Location,
-        /// The partition size.
-        size: u32,
-        /// Which entry fails and by how many bytes.
-        detail: String,
-    },
-    /// A value outside what the station accepts.
-    #[error("{at}: {key}: {problem}")]
-    #[diagnostic(code(station::config::bad_value), help("{fix}"))]
-    BadValue {
-        /// Where.
-        at: Location,
-        /// The key.
-        key: String,
-        /// What is wrong.
-        problem: String,
-        /// How to fix it.
-        fix: String,
-    },
-    /// A file named by the configuration cannot be read.
-    #[error("{at}: {key}: cannot read {path}: {source}")]
-    #[diagnostic(
-        code(station::config::file_unreadable),
-        help(
-            "Relative paths resolve against the directory holding station.toml; check the path and its permissions."
-        )
-    )]
-    FileUnreadable {
-        /// Where.
-        at: Location,
-        /// The key naming the file.
-        key: String,
-        /// The resolved path.
-        path: PathBuf,
-        /// The operating system's error.
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-/// The validated configuration.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// The file it was loaded from.
-    pub path: PathBuf,
-    /// `[station]`.
-    pub station: StationConfig,
-    /// `[dps]`.
-    pub dps: DpsConfig,
-    /// `[nvs]`.
-    pub nvs: NvsConfig,
-    /// `[serial]`.
-    pub serial: SerialConfig,
-    /// `[[firmware]]`: images flashed in the same session, before the NVS image.
-    pub firmware: Vec<FirmwareImage>,
-}
-
-/// `[station]`.
-#[derive(Debug, Clone)]
-pub struct StationConfig {
-    /// Stamped on every record and audit entry.
-    pub id: String,
-    /// The SQLite file (resolved).
-    pub database: PathBuf,
-}
-
-/// `[dps]`.
-#[derive(Debug, Clone)]
-pub struct DpsConfig {
-    /// The DPS ID scope.
-    pub id_scope: String,
-    /// The DPS host written into every device.
-    pub endpoint: String,
-    /// Where the station calls DPS itself; `https://{endpoint}` unless set.
-    pub verify_url: String,
-    /// The primary group key file (resolved).
-    pub group_key_file: PathBuf,
-    /// The secondary group key file (resolved), if any.
-    pub secondary_group_key_file: Option<PathBuf>,
-    /// The registration-ID template.
-    pub registration_id: RegistrationIdTemplate,
-    /// Whether to pre-verify each unit against DPS.
-    pub pre_verify: bool,
-    /// The DPS device REST API version.
-    pub api_version: String,
-    /// An extra trust root for the station's own DPS calls (resolved).
-    pub ca_file: Option<PathBuf>,
-    /// The longest one unit's DPS pre-verification may take, retries and polling included.
-    pub verify_timeout: std::time::Duration,
-    /// `[dps.payload]`: JSON sent with every registration, for custom allocation policies.
-    pub payload: Option<serde_json::Value>,
-}
-
-/// `[nvs]`.
-#[derive(Debug, Clone)]
-pub struct NvsConfig {
-    /// Flash offset of the NVS partition.
-    pub offset: u32,
-    /// Size of the NVS partition.
-    pub size: u32,
-    /// The namespace holding the entries.
-    pub namespace: String,
-    /// The entries, in file order (which is image order).
-    pub entries: Vec<NvsEntry>,
-}
-
-/// One `[nvs.entries]` line.
-#[derive(Debug, Clone)]
-pub struct NvsEntry {
-    /// The NVS key (at most 15 bytes).
-    pub key: String,
-    /// What it holds.
-    pub value: EntryValue,
-}
-
-/// The value of an NVS entry.
-#[derive(Debug, Clone)]
-pub enum EntryValue {
-    /// A string with placeholders, rendered per device.
-    Template(ValueTemplate),
-    /// A file's contents (e.g. a root CA PEM), the same for every device.
-    File {
-        /// The resolved path.
-        path: PathBuf,
-        /// Its contents, read at load time.
-        contents: String,
-    },
-}
-
-/// A placeholder of an entry template.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Field {
-    /// `{id_scope}`.
-    IdScope,
-    /// `{registration_id}`.
-    RegistrationId,
-    /// `{device_key}`: derived from the primary group key.
-    DeviceKey,
-    /// `{secondary_device_key}`: derived from the secondary group key.
-    SecondaryDeviceKey,
-    /// `{dps_host}`: `[dps].endpoint`.
-    DpsHost,
-    /// `{mac}`: 12 lowercase hex digits.
-    Mac,
-    /// `{station_id}`.
-    StationId,
-}
-
-impl Field {
-    fn parse(name: &str) -> Option<Field> {
-        Some(match name {
-            "id_scope" => Field::IdScope,
-            "registration_id" => Field::RegistrationId,
-            "device_key" => Field::DeviceKey,
-            "secondary_device_key" => Field::SecondaryDeviceKey,
-            "dps_host" => Field::DpsHost,
-            "mac" => Field::Mac,
-            "station_id" => Field::StationId,
-            _ => return None,
-        })
-    }
-}
-
-/// A parsed entry template such as `{registration_id}` or `HostName={dps_host}`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ValueTemplate {
-    pieces: Vec<ValuePiece>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum ValuePiece {
-    Text(String),
-    Field(Field),
-}
-
-/// The per-device values an entry template draws on.
-#[derive(Debug, Clone, Copy)]
-pub struct TemplateValues<'a> {
-    /// `{id_scope}`.
-    pub id_scope: &'a str,
-    /// `{registration_id}`.
-    pub registration_id: &'a str,
-    /// `{device_key}`.
-    pub device_key: &'a str,
-    /// `{secondary_device_key}` (empty when no secondary key is configured; load-time
-    /// validation refuses templates that use it then).
-    pub secondary_device_key: &'a str,
-    /// `{dps_host}`.
-    pub dps_host: &'a str,
-    /// `{mac}`.
-    pub mac: &'a str,
-    /// `{station_id}`.
-    pub station_id: &'a str,
-}
-
-impl ValueTemplate {
-    fn parse(template: &str) -> Result<Self, String> {
-        let mut pieces = Vec::new();
-        for token in tokenize(template)? {
-            pieces.push(match token {
-                Token::Text(text) => ValuePiece::Text(text.to_owned()),
-                Token::Placeholder(name) => ValuePiece::Field(
-                    Field::parse(name)
-                        .ok_or_else(|| format!("unknown placeholder `{{{name}}}`"))?,
-                ),
-            });
-        }
-        Ok(ValueTemplate { pieces })
-    }
-
-    /// Whether the template uses `field`.
-    pub fn uses(&self, field: Field) -> bool {
-        self.pieces.contains(&ValuePiece::Field(field))
-    }
-
-    /// The value for one device.
-    pub fn render(&self, values: &TemplateValues<'_>) -> String {
-        let mut out = String::new();
-        for piece in &self.pieces {
-            out.push_str(match piece {
-                ValuePiece::Text(text) => text,
-                ValuePiece::Field(Field::IdScope) => values.id_scope,
-                ValuePiece::Field(Field::RegistrationId) => values.registration_id,
-                ValuePiece::Field(Field::DeviceKey) => values.device_key,
-                ValuePiece::Field(Field::SecondaryDeviceKey) => values.secondary_device_key,
-                ValuePiece::Field(Field::DpsHost) => values.dps_host,
-                ValuePiece::Field(Field::Mac) => values.mac,
-                ValuePiece::Field(Field::StationId) => values.station_id,
-            });
-        }
-        out
-    }
-}
-
-/// `[serial]`.
-#[derive(Debug, Clone)]
-pub struct SerialConfig {
-    /// `auto` or paths/globs.
-    pub ports: Vec<String>,
-    /// The baud rate after connecting.
-    pub baud: u32,
-    /// The reset before connecting.
-    pub before: BeforeReset,
-    /// The reset after the unit.
-    pub after: AfterReset,
-    /// The chip the line expects.
-    pub chip: Chip,
-    /// Whether to run the flasher stub.
-    pub stub: bool,
-    /// The USB bridges `auto` takes, as (vendor ID, product ID).
-    pub usb_ids: Vec<(u16, u16)>,
-    /// How many units the line daemon works on at once.
-    pub max_parallel: usize,
-    /// How often the daemon asks a finished unit still on its port for its MAC, to notice a
-    /// different device on a port that never goes away (a test jig); `None`: never.
-    pub probe_interval: Option<std::time::Duration>,
-}
-
-/// The USB-serial bridges found on ESP32 boards and programming jigs, as (vendor, product):
-/// Silicon Labs CP210x, WCH CH340/CH9102/CH343, FTDI FT232R/FT2232/FT232H/FT-X, and Espressif's
-/// own USB-Serial/JTAG and USB-OTG CDC.
-pub const DEFAULT_USB_IDS: [(u16, u16); 10] = [
-    (0x10c4, 0xea60),
-    (0x1a86, 0x7523),
-    (0x1a86, 0x55d4),
-    (0x1a86, 0x55d3),
-    (0x0403, 0x6001),
-    (0x0403, 0x6010),
-    (0x0403, 0x6014),
-    (0x0403, 0x6015),
-    (0x303a, 0x1001),
-    (0x303a, 0x0002),
-];
-
-/// The default of `[serial] max_parallel`.
-pub const DEFAULT_MAX_PARALLEL: usize = 16;
-
-/// The default of `[serial] probe_interval`, in seconds.
-pub const DEFAULT_PROBE_INTERVAL: f64 = 2.0;
-
-impl SerialConfig {
-    /// The settings the device layer needs for one port.
-    pub fn settings(&self) -> SerialSettings {
-        SerialSettings {
-            baud: self.baud,
-            before: self.before,
-            after: self.after,
-            chip: self.chip,
-            stub: self.stub,
-            stage_timeout: None,
-        }
-    }
-}
-
-/// One `[[firmware]]` image.
-#[derive(Debug, Clone)]
-pub struct FirmwareImage {
-    /// Flash offset.
-    pub offset: u32,
-    /// The resolved file.
-    pub file: PathBuf,
-    /// Its size in bytes (checked at load time against the NVS region).
-    pub size: u64,
-}
-
-// ---- raw, as written ------------------------------------------------------------------------
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    station: Spanned<RawStation>,
-    dps: Spanned<RawDps>,
-    nvs: Spanned<RawNvs>,
-    serial: Option<Spanned<RawSerial>>,
-    #[serde(default)]
-    firmware: Vec<Spanned<RawFirmware>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawStation {
-    id: Spanned<String>,
-    database: Option<Spanned<String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDps {
-    id_scope: Spanned<String>,
-    endpoint: Option<Spanned<String>>,
-    verify_url: Option<Spanned<String>>,
-    group_key_file: Spanned<String>,
-    secondary_group_key_file: Option<Spanned<String>>,
-    registration_id: Spanned<String>,
-    #[serde(default)]
-    pre_verify: bool,
-    api_version: Option<Spanned<String>>,
-    ca_file: Option<Spanned<String>>,
-    verify_timeout: Option<Spanned<u64>>,
-    payload: Option<Spanned<toml::Table>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawNvs {
-    offset: Option<Spanned<u32>>,
-    size: Option<Spanned<u32>>,
-    namespace: Spanned<String>,
-    entries: Spanned<IndexMap<Spanned<String>, Spanned<RawEntryValue>>>,
-}
-
-enum RawEntryValue {
-    Template(String),
-    File(String),
-}
-
-impl<'de> Deserialize<'de> for RawEntryValue {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = RawEntryValue;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(r#"a string template or { file = "path" }"#)
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawEntryValue, E> {
-                Ok(RawEntryValue::Template(v.to_owned()))
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<RawEntryValue, A::Error> {
-                let mut file = None;
-                while let Some(key) = map.next_key::<String>()? {
-                    if key != "file" {
-                        return Err(serde::de::Error::unknown_field(&key, &["file"]));
-                    }
-                    file = Some(map.next_value::<String>()?);
-                }
-                file.map(RawEntryValue::File)
-                    .ok_or_else(|| serde::de::Error::missing_field("file"))
-            }
-        }
-        deserializer.deserialize_any(Visitor)
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSerial {
-    ports: Option<Spanned<Vec<String>>>,
-    baud: Option<Spanned<u32>>,
-    #[serde(default)]
-    before: BeforeReset,
-    #[serde(default)]
-    after: AfterReset,
-    chip: Option<Chip>,
-    stub: Option<bool>,
-    usb_ids: Option<Spanned<Vec<String>>>,
-    max_parallel: Option<Spanned<i64>>,
-    probe_interval: Option<Spanned<f64>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFirmware {
-    offset: Spanned<u32>,
-    file: Spanned<String>,
-}
+/// The smallest NVS partition, as `[nvs] size` is written.
+const NVS_MIN_SIZE: u32 = MIN_PARTITION_SIZE as u32;
 
 /// Parses `10c4:ea60`.
 fn parse_usb_id(text: &str) -> Option<(u16, u16)> {
@@ -600,8 +30,6 @@ fn parse_usb_id(text: &str) -> Option<(u16, u16)> {
     };
     Some((hex(vendor)?, hex(product)?))
 }
-
-// ---- loading --------------------------------------------------------------------------------
 
 /// Converts `[dps.payload]` to the JSON DPS receives; TOML dates have no JSON form.
 fn toml_to_json(value: toml::Value) -> Result<serde_json::Value, String> {
@@ -629,34 +57,14 @@ fn toml_to_json(value: toml::Value) -> Result<serde_json::Value, String> {
     })
 }
 
-/// The DPS global device endpoint.
-pub const DEFAULT_DPS_ENDPOINT: &str = "global.azure-devices-provisioning.net";
-/// The DPS device REST API version used unless configured.
-pub const DEFAULT_API_VERSION: &str = "2021-10-01";
-/// `[dps] verify_timeout` unless configured, in seconds.
-pub const DEFAULT_VERIFY_TIMEOUT: u64 = 30;
-/// The largest `[dps] verify_timeout` accepted, in seconds.
-pub const MAX_VERIFY_TIMEOUT: u64 = 600;
-
-impl Config {
-    /// Reads and validates a configuration file.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Unreadable {
-            path: path.to_owned(),
-            source,
-        })?;
-        Config::parse(&text, path)
-    }
-
-    /// Validates configuration text as if read from `path` (used for errors and for resolving
-    /// relative paths).
-    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let ctx = Ctx { text, path };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ctx.toml_error(&e))?;
-        ctx.validate(raw)
-    }
+/// Parses and validates configuration text read from `path`.
+pub(super) fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let ctx = Ctx { text, path };
+    let raw: RawConfig = toml::from_str(text).map_err(|e| ctx.toml_error(&e))?;
+    ctx.validate(raw)
 }
 
+/// The text being validated and its file, for locations and relative paths.
 struct Ctx<'a> {
     text: &'a str,
     path: &'a Path,
@@ -850,7 +258,7 @@ impl Ctx<'_> {
 
     fn aligned(&self, value: &Spanned<u32>, key: &str) -> Result<u32, ConfigError> {
         let v = *value.get_ref();
-        if !v.is_multiple_of(SECTOR) {
+        if !v.is_multiple_of(SECTOR_SIZE) {
             return Err(ConfigError::Misaligned {
                 at: self.at(value.span()),
                 key: key.to_owned(),
@@ -925,13 +333,14 @@ impl Ctx<'_> {
                 }
                 RawEntryValue::File(file) => {
                     let path = self.resolve(file);
-                    let bytes =
-                        std::fs::read(&path).map_err(|source| ConfigError::FileUnreadable {
+                    let bytes = crate::file::read_regular(&path, super::ENTRY_FILE_LIMIT).map_err(
+                        |source| ConfigError::FileUnreadable {
                             at: self.at(value.span()),
                             key: format!("[nvs.entries] {name}"),
                             path: path.clone(),
                             source,
-                        })?;
+                        },
+                    )?;
                     let contents = String::from_utf8(bytes).map_err(|_| {
                         self.bad_value(
                             value.span(),
@@ -1147,23 +556,3 @@ impl Ctx<'_> {
         })
     }
 }
-
-impl NvsConfig {
-    /// The entries of one device's image, in order.
-    pub fn render(&self, values: &TemplateValues<'_>) -> Vec<nvs::Entry> {
-        self.entries
-            .iter()
-            .map(|entry| nvs::Entry {
-                namespace: self.namespace.clone(),
-                key: entry.key.clone(),
-                value: nvs::Value::Str(match &entry.value {
-                    EntryValue::Template(template) => template.render(values),
-                    EntryValue::File { contents, .. } => contents.clone(),
-                }),
-            })
-            .collect()
-    }
-}
-
-#[cfg(test)]
-mod tests;

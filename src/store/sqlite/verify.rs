@@ -9,9 +9,12 @@
 //! words the verdict.
 
 use sqlx::Row as _;
+use sqlx::SqlitePool;
 
-use super::audit::{self, ChainReport, ChainWalker};
-use super::{AuditEntry, Store, StoreError};
+use super::super::StoreError;
+use super::super::audit::{self, ChainReport, ChainWalker};
+use super::Tx;
+use crate::record::AuditEntry;
 
 /// Entries per range: a few MB per query.
 const RANGE: i64 = 16_384;
@@ -46,68 +49,62 @@ struct Packed {
     fields: Vec<(Vec<u8>, String)>,
 }
 
-impl Store {
-    /// Re-walks the audit chain, and checks that every attempt's audit entry is still there (a
-    /// chain cut short at its end is otherwise consistent).
-    ///
-    /// Everything is read in one read transaction, a snapshot: the line keeps recording meanwhile
-    /// (WAL), and entries it appends are left for the next verify. Memory stays bounded by the
-    /// range size, not by the length of the log.
-    pub async fn verify_audit(&self) -> Result<ChainReport, StoreError> {
-        let mut tx = self.pool().begin().await?;
-        let (first, last): (Option<i64>, Option<i64>) =
-            sqlx::query_as("SELECT MIN(seq), MAX(seq) FROM audit_log")
-                .fetch_one(&mut *tx)
-                .await?;
-        let mut walker = ChainWalker::new();
-        if let (Some(first), Some(last)) = (first, last) {
-            let mut low = first;
-            while low <= last && !walker.is_broken() {
-                let high = low.saturating_add(RANGE - 1).min(last);
-                let before = walker.clone();
-                let packed = fetch_packed(&mut tx, low, high).await?;
-                if !walk_fast(&mut walker, &packed) {
-                    walker = before;
-                    let entries: Vec<AuditEntry> = sqlx::query_as(
-                        "SELECT * FROM audit_log WHERE seq BETWEEN ? AND ? ORDER BY seq",
-                    )
-                    .bind(low)
-                    .bind(high)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                    walker.walk(&entries);
-                }
-                low = high.saturating_add(1);
-            }
-        }
-        let mut report = walker.report();
-        if report.first_break.is_none() {
-            let orphan: Option<(i64, i64)> = sqlx::query_as(
-                "SELECT a.id, a.audit_seq FROM attempts a LEFT JOIN audit_log l ON l.seq = a.audit_seq \
-                 WHERE a.audit_seq IS NOT NULL AND l.seq IS NULL ORDER BY a.audit_seq LIMIT 1",
-            )
-            .fetch_optional(&mut *tx)
+/// Re-walks the audit chain, and checks that every attempt's audit entry is still there (a
+/// chain cut short at its end is otherwise consistent).
+///
+/// Everything is read in one read transaction, a snapshot: the line keeps recording meanwhile
+/// (WAL), and entries it appends are left for the next verify. Memory stays bounded by the
+/// range size, not by the length of the log.
+pub(super) async fn verify_audit(pool: &SqlitePool) -> Result<ChainReport, StoreError> {
+    let mut tx = pool.begin().await?;
+    let (first, last): (Option<i64>, Option<i64>) =
+        sqlx::query_as("SELECT MIN(seq), MAX(seq) FROM audit_log")
+            .fetch_one(&mut *tx)
             .await?;
-            if let Some((attempt, seq)) = orphan {
-                report.first_break = Some(audit::Break {
-                    seq,
-                    problem: format!(
-                        "attempt {attempt} refers to audit entry {seq}, which is missing (the log was cut short)"
-                    ),
-                });
+    let mut walker = ChainWalker::new();
+    if let (Some(first), Some(last)) = (first, last) {
+        let mut low = first;
+        while low <= last && !walker.is_broken() {
+            let high = low.saturating_add(RANGE - 1).min(last);
+            let before = walker.clone();
+            let packed = fetch_packed(&mut tx, low, high).await?;
+            if !walk_fast(&mut walker, &packed) {
+                walker = before;
+                let entries: Vec<AuditEntry> = sqlx::query_as(
+                    "SELECT * FROM audit_log WHERE seq BETWEEN ? AND ? ORDER BY seq",
+                )
+                .bind(low)
+                .bind(high)
+                .fetch_all(&mut *tx)
+                .await?;
+                walker.walk(&entries);
             }
+            low = high.saturating_add(1);
         }
-        tx.commit().await?;
-        Ok(report)
     }
+    let mut report = walker.report();
+    if report.first_break.is_none() {
+        let orphan: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT a.id, a.audit_seq FROM attempts a LEFT JOIN audit_log l ON l.seq = a.audit_seq \
+             WHERE a.audit_seq IS NOT NULL AND l.seq IS NULL ORDER BY a.audit_seq LIMIT 1",
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some((attempt, seq)) = orphan {
+            report.first_break = Some(audit::Break {
+                seq,
+                problem: format!(
+                    "attempt {attempt} refers to audit entry {seq}, which is missing (the log was cut short)"
+                ),
+            });
+        }
+    }
+    tx.commit().await?;
+    Ok(report)
 }
 
 /// One range, packed by SQLite.
-async fn fetch_packed(
-    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
-    low: i64,
-    high: i64,
-) -> Result<Packed, StoreError> {
+async fn fetch_packed(tx: &mut Tx, low: i64, high: i64) -> Result<Packed, StoreError> {
     let row = sqlx::query(sqlx::AssertSqlSafe(fast_range_sql()))
         .bind(low)
         .bind(high)
@@ -194,7 +191,9 @@ mod tests {
     #[tokio::test]
     async fn packed_ranges_carry_any_text_exactly() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("station.db")).await.unwrap();
+        let store = crate::store::Store::open(&dir.path().join("station.db"))
+            .await
+            .unwrap();
         let odd = [
             "plain",
             "quote \" backslash \\ slash / comma , colon : 12:34",

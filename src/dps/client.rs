@@ -1,0 +1,318 @@
+//! The HTTP client: register, then poll the operation until DPS answers for good.
+
+use std::time::{Duration, Instant};
+
+use tracing::instrument;
+
+use super::DpsError;
+use super::retry::{RetryPolicy, jitter};
+use super::sas::{self, SasToken};
+use super::wire::{OperationStatus, RegistrationState, ServiceError};
+use crate::config::DpsConfig;
+use crate::identity::RegistrationId;
+use crate::keys::DeviceKey;
+use crate::support::error_chain_text;
+
+/// How long a registration token the station makes stays valid.
+const TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
+/// The longest a single HTTP request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest `[dps] ca_file` the station reads (a PEM bundle of a few roots is kilobytes).
+const CA_FILE_LIMIT: u64 = 1 << 20;
+/// The longest the station waits to open a connection to DPS.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The station's DPS client: one HTTP connection pool, built once per station run.
+#[derive(Debug, Clone)]
+pub struct DpsClient {
+    http: reqwest::Client,
+    base: String,
+    id_scope: String,
+    api_version: String,
+    payload: Option<serde_json::Value>,
+    policy: RetryPolicy,
+}
+
+/// What one answer means for the flow.
+enum Answer {
+    /// An operation status (200 or 202), with the server's `Retry-After`.
+    Status(Box<OperationStatus>, Option<Duration>),
+    /// Retry after backing off: 429 or 5xx.
+    Retry {
+        status: u16,
+        retry_after: Option<Duration>,
+    },
+}
+
+impl DpsClient {
+    /// Builds the client for `[dps]`: rustls with the platform's roots plus `ca_file`.
+    pub fn new(config: &DpsConfig) -> Result<DpsClient, DpsError> {
+        // reqwest is built without a default crypto provider: use ring's (the first call wins;
+        // a later one reports that one is installed, which is fine).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .user_agent(concat!("station/", env!("CARGO_PKG_VERSION")))
+            // DPS answers directly; a redirect would carry the token elsewhere.
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(path) = &config.ca_file {
+            let pem =
+                crate::file::read_regular(path, CA_FILE_LIMIT).map_err(|e| DpsError::Client {
+                    problem: format!("cannot read [dps] ca_file {}: {e}", path.display()),
+                })?;
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| DpsError::Client {
+                    problem: format!("[dps] ca_file {} is not PEM: {e}", path.display()),
+                })?;
+            if certs.is_empty() {
+                return Err(DpsError::Client {
+                    problem: format!("[dps] ca_file {} holds no certificate", path.display()),
+                });
+            }
+            builder = builder.tls_certs_merge(certs);
+        }
+        let http = builder.build().map_err(|e| DpsError::Client {
+            problem: e.to_string(),
+        })?;
+        Ok(DpsClient {
+            http,
+            base: config.verify_url.trim_end_matches('/').to_owned(),
+            id_scope: config.id_scope.clone(),
+            api_version: config.api_version.clone(),
+            payload: config.payload.clone(),
+            policy: RetryPolicy::new(config.verify_timeout),
+        })
+    }
+
+    /// The base URL the station calls.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// The same client with another retry policy (tests and benches shorten the budget).
+    pub fn with_policy(mut self, policy: RetryPolicy) -> DpsClient {
+        self.policy = policy;
+        self
+    }
+
+    fn url(&self, registration_id: &RegistrationId, tail: &str) -> String {
+        format!(
+            "{}/{}/registrations/{}/{tail}?api-version={}",
+            self.base,
+            sas::encode(&self.id_scope),
+            sas::encode(registration_id.as_str()),
+            sas::encode(&self.api_version)
+        )
+    }
+
+    /// Registers `registration_id` with DPS and polls the operation until DPS assigns it,
+    /// refuses it or the time allowed runs out.
+    #[instrument(skip_all, fields(registration_id = %registration_id))]
+    pub async fn register(
+        &self,
+        registration_id: &RegistrationId,
+        device_key: &DeviceKey,
+    ) -> Result<RegistrationState, DpsError> {
+        let start = Instant::now();
+        let deadline = start + self.policy.budget;
+        let timeout = || DpsError::Timeout {
+            registration_id: registration_id.to_string(),
+            seconds: self.policy.budget.as_secs_f64(),
+        };
+        let expiry = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .saturating_add(TOKEN_LIFETIME)
+            .as_secs();
+        let token = SasToken::new(&self.id_scope, registration_id, device_key, expiry).header();
+        let mut body = serde_json::json!({ "registrationId": registration_id.as_str() });
+        if let Some(payload) = &self.payload {
+            body["payload"] = payload.clone();
+        }
+
+        let mut retries = 0u32;
+        let mut operation: Option<String> = None;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(timeout());
+            }
+            let request = match &operation {
+                None => self
+                    .http
+                    .put(self.url(registration_id, "register"))
+                    .json(&body),
+                Some(id) => self
+                    .http
+                    .get(self.url(registration_id, &format!("operations/{}", sas::encode(id)))),
+            };
+            let request = request
+                .header(reqwest::header::AUTHORIZATION, &token)
+                .header(reqwest::header::ACCEPT, "application/json")
+                .timeout(remaining.min(REQUEST_TIMEOUT));
+            let answer = match request.send().await {
+                Ok(response) => self.answer(registration_id, response).await?,
+                Err(e) if e.is_timeout() => return Err(timeout()),
+                Err(e) => {
+                    return Err(DpsError::Unreachable {
+                        url: self.base.clone(),
+                        detail: error_chain_text(&e),
+                    });
+                }
+            };
+            let wait = match answer {
+                Answer::Retry {
+                    status,
+                    retry_after,
+                } => {
+                    let wait = self.policy.backoff(retries, retry_after, jitter());
+                    retries += 1;
+                    tracing::debug!(http.status = status, retry = retries, wait = ?wait, "DPS asks to retry");
+                    if Instant::now() + wait >= deadline {
+                        return Err(if status == 429 {
+                            DpsError::Throttled {
+                                registration_id: registration_id.to_string(),
+                                seconds: start.elapsed().as_secs_f64(),
+                            }
+                        } else {
+                            DpsError::ServerError {
+                                registration_id: registration_id.to_string(),
+                                status,
+                            }
+                        });
+                    }
+                    wait
+                }
+                Answer::Status(status, retry_after) => {
+                    let state = status.registration_state.clone().unwrap_or_default();
+                    let message = || {
+                        state
+                            .error_message
+                            .clone()
+                            .unwrap_or_else(|| format!("registration status {}", status.status))
+                    };
+                    match status.status.as_str() {
+                        "assigned" => {
+                            tracing::info!(hub = ?state.assigned_hub, substatus = ?state.substatus, "DPS assigned the device");
+                            return Ok(state);
+                        }
+                        "failed" => {
+                            return Err(DpsError::RegistrationFailed {
+                                registration_id: registration_id.to_string(),
+                                error_code: state.error_code,
+                                message: message(),
+                            });
+                        }
+                        "disabled" => {
+                            return Err(DpsError::Disabled {
+                                registration_id: registration_id.to_string(),
+                                error_code: state.error_code,
+                                message: message(),
+                            });
+                        }
+                        "assigning" | "unassigned" => {}
+                        other => {
+                            return Err(DpsError::Protocol {
+                                url: self.base.clone(),
+                                problem: format!("unknown operation status `{other}`"),
+                            });
+                        }
+                    }
+                    if status.operation_id.is_empty() {
+                        return Err(DpsError::Protocol {
+                            url: self.base.clone(),
+                            problem: "an operation without operationId".to_owned(),
+                        });
+                    }
+                    operation = Some(status.operation_id.clone());
+                    self.policy.poll(retry_after)
+                }
+            };
+            if Instant::now() + wait >= deadline {
+                return Err(timeout());
+            }
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Classifies one HTTP answer.
+    async fn answer(
+        &self,
+        registration_id: &RegistrationId,
+        response: reqwest::Response,
+    ) -> Result<Answer, DpsError> {
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        tracing::debug!(http.status = status, retry_after = ?retry_after, "DPS answered");
+        if status == 429 || (500..600).contains(&status) {
+            return Ok(Answer::Retry {
+                status,
+                retry_after,
+            });
+        }
+        let text = response.text().await.map_err(|e| {
+            if e.is_timeout() {
+                DpsError::Timeout {
+                    registration_id: registration_id.to_string(),
+                    seconds: self.policy.budget.as_secs_f64(),
+                }
+            } else {
+                DpsError::Unreachable {
+                    url: self.base.clone(),
+                    detail: error_chain_text(&e),
+                }
+            }
+        })?;
+        if status == 200 || status == 202 {
+            let parsed: OperationStatus =
+                serde_json::from_str(&text).map_err(|e| DpsError::Protocol {
+                    url: self.base.clone(),
+                    problem: format!(
+                        "HTTP {status} with a body that is not an operation status: {e}"
+                    ),
+                })?;
+            return Ok(Answer::Status(Box::new(parsed), retry_after));
+        }
+        let details: ServiceError = serde_json::from_str(&text).unwrap_or_else(|_| ServiceError {
+            message: text.chars().take(200).collect(),
+            ..ServiceError::default()
+        });
+        let registration_id = registration_id.to_string();
+        Err(if status == 401 {
+            DpsError::Unauthorized {
+                registration_id,
+                error_code: details.error_code,
+                message: details.message,
+            }
+        } else {
+            DpsError::Rejected {
+                registration_id,
+                status,
+                error_code: details.error_code,
+                message: details.message,
+            }
+        })
+    }
+
+    /// Whether DPS answers at the base URL: any HTTP answer counts (`station check`).
+    pub async fn reachable(&self) -> Result<u16, DpsError> {
+        match self
+            .http
+            .get(format!("{}/", self.base))
+            .timeout(REQUEST_TIMEOUT)
+            .send()
+            .await
+        {
+            Ok(response) => Ok(response.status().as_u16()),
+            Err(e) => Err(DpsError::Unreachable {
+                url: self.base.clone(),
+                detail: error_chain_text(&e),
+            }),
+        }
+    }
+}

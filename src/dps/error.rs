@@ -1,0 +1,191 @@
+//! Errors of DPS pre-verification: each names the unit and carries DPS's own error code and
+//! text, never a key or a token.
+
+/// Errors of DPS pre-verification. Messages carry DPS's own error code and text, never a key or
+/// a token.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+#[non_exhaustive]
+pub enum DpsError {
+    /// DPS refused the registration's SAS token (HTTP 401).
+    #[error("DPS refused the credentials of {registration_id} (HTTP 401{}): {message}", code_suffix(*error_code))]
+    #[diagnostic(
+        code(station::dps::unauthorized),
+        help(
+            "The group key or ID scope in station.toml does not match the enrollment group: compare [dps] id_scope with the DPS overview page and group_key_file with the group's Primary Key (DPS > Manage enrollments), and check the station's clock (tokens carry an expiry)."
+        )
+    )]
+    Unauthorized {
+        /// The unit.
+        registration_id: String,
+        /// DPS's numeric error code (401002: unauthorized).
+        error_code: Option<i64>,
+        /// DPS's message.
+        message: String,
+    },
+    /// The enrollment (group) is disabled.
+    #[error("DPS reports the enrollment of {registration_id} as disabled{}: {message}", code_suffix(*error_code))]
+    #[diagnostic(
+        code(station::dps::disabled),
+        help(
+            "The enrollment group (or this device's registration) is disabled in DPS. Ask whoever owns the DPS instance to enable it (DPS > Manage enrollments), then run `station dps verify --registration-id ID` for the unit."
+        )
+    )]
+    Disabled {
+        /// The unit.
+        registration_id: String,
+        /// DPS's error code, if any.
+        error_code: Option<i64>,
+        /// DPS's message.
+        message: String,
+    },
+    /// DPS accepted the credentials but could not assign the device.
+    #[error("DPS could not assign {registration_id}{}: {message}", code_suffix(*error_code))]
+    #[diagnostic(
+        code(station::dps::registration_failed),
+        help(
+            "The credentials are good but DPS found no hub for the device: check the enrollment group's allocation policy and linked hubs, and [dps.payload] if a custom allocation function reads it."
+        )
+    )]
+    RegistrationFailed {
+        /// The unit.
+        registration_id: String,
+        /// DPS's error code.
+        error_code: Option<i64>,
+        /// DPS's message.
+        message: String,
+    },
+    /// DPS rejected the request for another reason (HTTP 400, 404, ...).
+    #[error("DPS rejected the registration of {registration_id} with HTTP {status}{}: {message}", code_suffix(*error_code))]
+    #[diagnostic(
+        code(station::dps::rejected),
+        help(
+            "Check [dps] verify_url, id_scope and api_version in station.toml; `station check` contacts DPS and shows its answer."
+        )
+    )]
+    Rejected {
+        /// The unit.
+        registration_id: String,
+        /// The HTTP status.
+        status: u16,
+        /// DPS's error code.
+        error_code: Option<i64>,
+        /// DPS's message.
+        message: String,
+    },
+    /// DPS kept throttling (HTTP 429) until the time allowed ran out.
+    #[error("DPS throttled the registration of {registration_id} for {seconds:.1} s (HTTP 429)")]
+    #[diagnostic(
+        code(station::dps::throttled),
+        help(
+            "The unit is recorded pending; `station dps verify --pending` retries it later. If this persists, the DPS instance is over its registration rate: spread the line's load or raise the DPS tier."
+        )
+    )]
+    Throttled {
+        /// The unit.
+        registration_id: String,
+        /// How long the station tried.
+        seconds: f64,
+    },
+    /// DPS kept failing with 5xx until the time allowed ran out.
+    #[error("DPS answered HTTP {status} for {registration_id} until the time allowed ran out")]
+    #[diagnostic(
+        code(station::dps::server_error),
+        help(
+            "The unit is recorded pending; `station dps verify --pending` retries it later. Check the Azure status page if it persists."
+        )
+    )]
+    ServerError {
+        /// The unit.
+        registration_id: String,
+        /// The last HTTP status.
+        status: u16,
+    },
+    /// DPS could not be reached.
+    #[error("cannot reach DPS at {url}: {detail}")]
+    #[diagnostic(
+        code(station::dps::unreachable),
+        help(
+            "The unit is recorded pending; `station dps verify --pending` retries it once the network is back. Check the station's network, proxy and [dps] verify_url."
+        )
+    )]
+    Unreachable {
+        /// The base URL.
+        url: String,
+        /// What failed (DNS, connection refused, TLS).
+        detail: String,
+    },
+    /// No final answer within `[dps] verify_timeout`.
+    #[error("DPS gave no final answer for {registration_id} within {seconds:.1} s")]
+    #[diagnostic(
+        code(station::dps::timeout),
+        help(
+            "The unit is recorded pending; `station dps verify --pending` retries it later. Raise [dps] verify_timeout if DPS is merely slow from this site."
+        )
+    )]
+    Timeout {
+        /// The unit.
+        registration_id: String,
+        /// The time allowed.
+        seconds: f64,
+    },
+    /// DPS answered something that is not the device REST API.
+    #[error("unexpected answer from DPS at {url}: {problem}")]
+    #[diagnostic(
+        code(station::dps::protocol),
+        help(
+            "[dps] verify_url must point at DPS (or `station sim dps`), not a proxy page or another service; `station check` shows what answers there."
+        )
+    )]
+    Protocol {
+        /// The URL called.
+        url: String,
+        /// What was wrong.
+        problem: String,
+    },
+    /// The HTTP client cannot be set up (a bad `[dps] ca_file`).
+    #[error("cannot set up the DPS client: {problem}")]
+    #[diagnostic(
+        code(station::dps::client),
+        help(
+            "[dps] ca_file must name a readable PEM certificate (relative paths resolve next to station.toml); leave it out for Azure's public endpoint."
+        )
+    )]
+    Client {
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+fn code_suffix(code: Option<i64>) -> String {
+    code.map(|c| format!(", DPS error {c}")).unwrap_or_default()
+}
+
+impl DpsError {
+    /// True when the outcome is unknown rather than negative (unreachable, timed out,
+    /// throttled, server errors): the unit is recorded `pending` and retried later.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            DpsError::Throttled { .. }
+                | DpsError::ServerError { .. }
+                | DpsError::Unreachable { .. }
+                | DpsError::Timeout { .. }
+        )
+    }
+
+    /// True for a bad configuration rather than a DPS answer (exit code 2).
+    pub fn is_usage_error(&self) -> bool {
+        matches!(self, DpsError::Client { .. })
+    }
+
+    /// DPS's own numeric error code, when it gave one.
+    pub fn dps_error_code(&self) -> Option<i64> {
+        match self {
+            DpsError::Unauthorized { error_code, .. }
+            | DpsError::Disabled { error_code, .. }
+            | DpsError::RegistrationFailed { error_code, .. }
+            | DpsError::Rejected { error_code, .. } => *error_code,
+            _ => None,
+        }
+    }
+}

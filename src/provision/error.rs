@@ -1,0 +1,97 @@
+//! The pipeline's errors: its own refusals ([`ProvisionError`]) and [`UnitError`], any error a
+//! unit's stage can end with. Both keep the code and hint of the part that failed.
+
+use crate::device::DeviceError;
+use crate::dps::DpsError;
+use crate::identity::Mac;
+use crate::nvs::NvsError;
+use crate::store::StoreError;
+
+/// Errors the pipeline itself raises (the device, store and NVS layers have their own).
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+#[non_exhaustive]
+pub enum ProvisionError {
+    /// The MAC was provisioned in another batch and `--reprovision` was not given.
+    #[error("{mac} was already provisioned in batch `{batch}` at {at}; nothing was written")]
+    #[diagnostic(
+        code(station::provision::already_provisioned),
+        help(
+            "If this unit really must be provisioned again (a rework, a returned unit), run `station provision --reprovision`; it is audited."
+        )
+    )]
+    AlreadyProvisioned {
+        /// The device.
+        mac: Mac,
+        /// The batch it was provisioned in.
+        batch: String,
+        /// When.
+        at: String,
+    },
+    /// The chip's flash is too small for the configured regions.
+    #[error(
+        "{mac} has {flash_size} bytes of flash but the images end at {needed:#x}; nothing was written"
+    )]
+    #[diagnostic(
+        code(station::provision::flash_too_small),
+        help(
+            "Check that this unit's module matches the batch, and [nvs] offset/size and [[firmware]] against its flash size."
+        )
+    )]
+    FlashTooSmall {
+        /// The device.
+        mac: Mac,
+        /// Its flash size in bytes.
+        flash_size: u32,
+        /// Where the last region ends.
+        needed: u32,
+    },
+    /// The flash read back differs from what was written.
+    #[error(
+        "verify failed on {mac}: MD5 of {len} bytes at {offset:#x} is {found}, expected {expected}"
+    )]
+    #[diagnostic(
+        code(station::provision::verify_mismatch),
+        help(
+            "The unit is NOT provisioned. Provision it again; if it fails again, the flash chip or its power may be faulty: set the unit aside."
+        )
+    )]
+    VerifyMismatch {
+        /// The device.
+        mac: Mac,
+        /// The region's offset.
+        offset: u32,
+        /// The region's length.
+        len: usize,
+        /// MD5 of the image.
+        expected: String,
+        /// MD5 the chip computed.
+        found: String,
+    },
+}
+
+/// Any error a unit's stage can end with; recorded with the attempt by its code, message and
+/// hint, which are those of the part that failed.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+#[non_exhaustive]
+pub enum UnitError {
+    /// The device failed or refused.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Device(#[from] DeviceError),
+    /// The image could not be built.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Nvs(#[from] NvsError),
+    /// The database failed.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Store(#[from] StoreError),
+    /// DPS refused the unit, or its client cannot be set up.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Dps(#[from] DpsError),
+    /// The pipeline refused the unit.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Provision(#[from] ProvisionError),
+}

@@ -1,0 +1,103 @@
+//! Stages `connect` and `identify`: reach the ROM loader, read the chip's identity, and refuse
+//! before anything is written a chip of the wrong model, a flash too small for the regions, or a
+//! unit provisioned in another batch (unless re-provisioning was asked for).
+
+use std::time::Instant;
+
+use super::{Event, Failed, ProvisionError, Run, fail};
+use crate::device::{Device, DeviceError};
+use crate::identity::Mac;
+use crate::record::{Stage, UnitState};
+
+impl<D: Device> Run<'_, D> {
+    /// Connects and identifies the device; its MAC, or `None` when the unit is already
+    /// provisioned in this batch and is to be left alone.
+    pub(super) async fn identify(&mut self) -> Result<Option<Mac>, Failed> {
+        self.emit(Stage::Connect);
+        let t = Instant::now();
+        let connected = self.device.connect().await;
+        self.timings.connect = self.finished(Stage::Connect.as_str(), t);
+        // A chip of the wrong model is refused by the chip check, which belongs to identify.
+        connected.map_err(|e| {
+            let stage = if matches!(e, DeviceError::WrongChip { .. }) {
+                Stage::Identify
+            } else {
+                Stage::Connect
+            };
+            fail(stage, false)(e)
+        })?;
+
+        self.emit(Stage::Identify);
+        let t = Instant::now();
+        let identity = self
+            .device
+            .identify()
+            .await
+            .map_err(fail(Stage::Identify, false))?;
+        let mac = identity.mac;
+        let registration_id = self.station.config.dps.registration_id.render(&mac);
+        let span = tracing::Span::current();
+        span.record("mac", tracing::field::display(mac));
+        span.record("registration_id", tracing::field::display(&registration_id));
+        self.timings.identify = self.finished(Stage::Identify.as_str(), t);
+        self.send(Event::Identified {
+            port: self.port.clone(),
+            mac,
+            registration_id: registration_id.clone(),
+        });
+        let flash_size = identity.flash_size;
+        self.facts.identified = Some((identity, registration_id));
+
+        let config = &self.station.config;
+        let regions_end = self
+            .station
+            .firmware
+            .iter()
+            .map(|r| r.offset + r.data.len() as u32)
+            .chain(std::iter::once(config.nvs.offset + config.nvs.size))
+            .max()
+            .unwrap_or(0);
+        if regions_end > flash_size {
+            return Err(fail(Stage::Identify, false)(
+                ProvisionError::FlashTooSmall {
+                    mac,
+                    flash_size,
+                    needed: regions_end,
+                },
+            ));
+        }
+        let existing = self
+            .station
+            .store
+            .unit_by_mac(&mac)
+            .await
+            .map_err(fail(Stage::Identify, false))?;
+        let batch_id = self.request.batch.id;
+        let provisioned = existing.filter(|u| u.state == UnitState::Provisioned);
+        match provisioned {
+            Some(unit) if unit.batch_id == batch_id && self.request.skip_provisioned => {
+                self.facts.skipped = Some(unit.provisioned_at.unwrap_or_default());
+                return Ok(None);
+            }
+            Some(unit) if unit.batch_id != batch_id && !self.request.reprovision => {
+                let batch = self
+                    .station
+                    .store
+                    .batch_by_id(unit.batch_id)
+                    .await
+                    .map_or_else(|_| format!("#{}", unit.batch_id), |b| b.name);
+                return Err(fail(Stage::Identify, false)(
+                    ProvisionError::AlreadyProvisioned {
+                        mac,
+                        batch,
+                        at: unit.provisioned_at.unwrap_or_default(),
+                    },
+                ));
+            }
+            // Only moving a provisioned unit out of another batch counts as a re-provision.
+            Some(unit) if unit.batch_id != batch_id => self.facts.reprovision = true,
+            _ => {}
+        }
+        Ok(Some(mac))
+    }
+}

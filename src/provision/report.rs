@@ -1,0 +1,122 @@
+//! What the pipeline reports: the events while a unit runs and the report of a finished unit
+//! (what the operator sees, what `provision --json` prints and the line's `unit` event carries).
+
+use crate::device::FlashProgress;
+use crate::identity::{Mac, RegistrationId};
+use crate::keys::KeyId;
+use crate::record::{DpsStatus, Stage};
+
+/// Seconds spent in each stage of one attempt, and what the flash stage had to do again.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Timings {
+    /// Reset, sync, chip detection, stub upload, flash detection, baud change.
+    pub connect: f64,
+    /// MAC, revision, flash size.
+    pub identify: f64,
+    /// Registration ID, key derivation and NVS image.
+    pub build: f64,
+    /// Writing every region.
+    pub flash: f64,
+    /// MD5 of every region.
+    pub verify: f64,
+    /// DPS pre-verification.
+    pub dps: f64,
+    /// The database transaction.
+    pub record: f64,
+    /// The final reset.
+    pub reset: f64,
+    /// Every region written again from its start because the loader refused one of its
+    /// blocks as corrupted (empty on a clean write). A write that ran out of restarts fails
+    /// with `station::device::write_refused` instead.
+    pub flash_restarts: Vec<crate::device::Restart>,
+}
+
+/// The result of one unit, as shown to the operator and printed by `provision --json`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct UnitReport {
+    /// The port.
+    pub port: String,
+    /// The batch.
+    pub batch: String,
+    /// The MAC, once read.
+    pub mac: Option<Mac>,
+    /// The registration ID, once formed.
+    pub registration_id: Option<RegistrationId>,
+    /// `provisioned` or `failed`.
+    pub outcome: Outcome,
+    /// The stage that failed.
+    pub stage: Option<Stage>,
+    /// The stable error code of the failure.
+    pub error_code: Option<String>,
+    /// The failure in words.
+    pub message: Option<String>,
+    /// What the operator should do.
+    pub hint: Option<String>,
+    /// Wall time of the attempt.
+    pub seconds: f64,
+    /// Per stage.
+    pub timings: Timings,
+    /// Chip, once identified.
+    pub chip: Option<String>,
+    /// SHA-256 of the NVS image, once built.
+    pub image_sha256: Option<String>,
+    /// Fingerprint of the group key used.
+    pub key_id: Option<KeyId>,
+    /// Whether this was an audited re-provision of a unit from another batch.
+    pub reprovision: bool,
+    /// The attempt's row.
+    pub attempt_id: i64,
+    /// DPS pre-verification status.
+    pub dps_status: DpsStatus,
+    /// The IoT hub DPS assigned the unit to.
+    pub assigned_hub: Option<String>,
+    /// The device ID DPS assigned.
+    pub device_id: Option<String>,
+    /// DPS's substatus (`initialAssignment`, `reprovisionedToInitialAssignment`, ...).
+    pub dps_substatus: Option<String>,
+    /// Why DPS did not assign the unit (`code: message`).
+    pub dps_error: Option<String>,
+    /// A problem after the unit was recorded (a failed final reset).
+    pub warning: Option<String>,
+}
+
+/// Pass or fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Flashed, verified and recorded.
+    Provisioned,
+    /// Failed at `stage`; recorded as such.
+    Failed,
+    /// Already provisioned in this batch and left alone (the line daemon only); nothing was
+    /// written and no attempt recorded.
+    Skipped,
+}
+
+/// What the pipeline reports while it runs; the terminal view and logs render these.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A stage starts on a port.
+    Stage {
+        /// The port.
+        port: String,
+        /// The stage.
+        stage: Stage,
+    },
+    /// Flash progress on a port.
+    Flash {
+        /// The port.
+        port: String,
+        /// The progress.
+        progress: FlashProgress,
+    },
+    /// The device on a port was identified.
+    Identified {
+        /// The port.
+        port: String,
+        /// Its MAC.
+        mac: Mac,
+        /// Its registration ID.
+        registration_id: RegistrationId,
+    },
+}
