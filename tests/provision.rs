@@ -36,6 +36,25 @@ fn dump(sim: &SimLine, device: usize) -> Vec<u8> {
     std::fs::read(sim.devices()[device].flash_file().unwrap()).unwrap()
 }
 
+/// Asserts that device `device`'s NVS partition holds exactly the image `nvs build` makes
+/// for `mac`.
+fn assert_nvs_built_for(ws: &Workspace, sim: &SimLine, device: usize, mac: &str) {
+    let expected = ws.path("expected.bin");
+    ws.station(&[
+        "nvs",
+        "build",
+        "--mac",
+        mac,
+        "--out",
+        expected.to_str().unwrap(),
+    ])
+    .expect(0);
+    assert_eq!(
+        nvs_region(&dump(sim, device)),
+        std::fs::read(&expected).unwrap().as_slice()
+    );
+}
+
 fn nvs_region(flash: &[u8]) -> &[u8] {
     &flash[0x9000..0x9000 + 0x6000]
 }
@@ -141,20 +160,7 @@ fn rom_only_mode_provisions_and_verifies_too() {
     let sim = line(&ws, 1, SimChip::Esp32, &[]);
     let mac = sim.devices()[0].mac();
     provision(&ws, &sim, 0, &[]).expect(0);
-    let expected = ws.path("expected.bin");
-    ws.station(&[
-        "nvs",
-        "build",
-        "--mac",
-        &mac.hex(),
-        "--out",
-        expected.to_str().unwrap(),
-    ])
-    .expect(0);
-    assert_eq!(
-        nvs_region(&dump(&sim, 0)),
-        std::fs::read(&expected).unwrap().as_slice()
-    );
+    assert_nvs_built_for(&ws, &sim, 0, &mac.hex());
 }
 
 #[test]
@@ -479,20 +485,7 @@ fn a_refused_block_is_written_again_and_recorded_with_the_attempt() {
             .contains("FlashDeflData"),
         "{report}"
     );
-    let expected = ws.path("expected.bin");
-    ws.station(&[
-        "nvs",
-        "build",
-        "--mac",
-        report["mac"].as_str().unwrap(),
-        "--out",
-        expected.to_str().unwrap(),
-    ])
-    .expect(0);
-    assert_eq!(
-        nvs_region(&dump(&sim, 0)),
-        std::fs::read(&expected).unwrap().as_slice()
-    );
+    assert_nvs_built_for(&ws, &sim, 0, report["mac"].as_str().unwrap());
     let rt = tokio::runtime::Runtime::new().unwrap();
     let attempts = rt.block_on(async {
         let store = station::store::Store::open(&ws.path("station.db"))
