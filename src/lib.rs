@@ -29,6 +29,7 @@ pub mod record;
 pub mod report;
 pub mod secure_cert;
 pub mod sim;
+pub mod slip;
 pub mod station;
 pub mod store;
 pub mod support;

@@ -367,7 +367,7 @@ pub struct SimDevicesArgs {
     /// The first device's MAC; the others count up from it (default: distinct per run).
     #[arg(long)]
     pub base_mac: Option<crate::identity::Mac>,
-    /// Inject a fault: [DEVICE:]unplug|corrupt|silent@bytes|frame|block=N (repeatable).
+    /// Inject a fault: [DEVICE:]unplug|corrupt|noise|silent@bytes|frame|block=N (repeatable).
     #[arg(long = "fault", value_name = "SPEC")]
     pub faults: Vec<crate::sim::Fault>,
     /// How many ports (default: one per device); the other devices wait for a free port.
@@ -380,6 +380,31 @@ pub struct SimDevicesArgs {
     /// Seconds a port stays empty between two devices.
     #[arg(long, value_name = "SECONDS", default_value_t = 0.3)]
     pub swap_gap: f64,
+    /// Milliseconds each reply takes to reach the host after it left the chip: the USB-serial
+    /// bridge's latency timer (CP210x, CH34x about 1; FTDI parts default to 16).
+    #[arg(long, value_name = "MS", default_value_t = 1.0)]
+    pub usb_latency_ms: f64,
+    /// Milliseconds to erase one 4 KiB flash sector.
+    #[arg(long, value_name = "MS", default_value_t = 45.0)]
+    pub sector_erase_ms: f64,
+    /// Milliseconds to erase one 64 KiB flash block.
+    #[arg(long, value_name = "MS", default_value_t = 150.0)]
+    pub block_erase_ms: f64,
+    /// Milliseconds to program one 256-byte flash page.
+    #[arg(long, value_name = "MS", default_value_t = 0.7)]
+    pub page_program_ms: f64,
+    /// Charge no time at all: no wire time, USB latency or flash work (for fast tests).
+    #[arg(long)]
+    pub instant: bool,
+    /// How far the ROM's estimate of its 40 MHz crystal is off, in parts per million (hosts
+    /// must correct the baud rates they ask the ROM for).
+    #[arg(
+        long,
+        value_name = "PPM",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
+    pub xtal_error_ppm: i32,
 }
 
 /// `station demo`.
