@@ -669,3 +669,56 @@ fn x509_credentials_must_fit_their_storage() {
     parse(MINIMAL).unwrap().check_x509_fit(&huge).unwrap();
     assert_eq!(MAX_CERT_DAYS, crate::x509::MAX_CERT_DAYS);
 }
+
+#[test]
+fn checked_in_example_switched_to_x509_parses() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("station.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut switched = String::new();
+    let mut in_secure_cert = false;
+    for line in text.lines() {
+        let uncommented = line.strip_prefix("# ").unwrap_or(line);
+        let line = if line.starts_with("# [secure_cert]") {
+            in_secure_cert = true;
+            uncommented.to_owned()
+        } else if in_secure_cert && line.starts_with("# ") && uncommented.contains(" = ") {
+            uncommented.to_owned()
+        } else if [
+            "attestation",
+            "ca_cert_file",
+            "ca_chain_file",
+            "ca_key_file",
+            "ca_key_passphrase_file",
+            "cert_days",
+            "key_type",
+        ]
+        .iter()
+        .any(|key| uncommented.starts_with(&format!("{key} = ")))
+        {
+            uncommented.replace("\"symmetric-key\"", "\"x509\"")
+        } else if line.starts_with("group_key_file") || line.starts_with("device_key = ") {
+            format!("# {line}")
+        } else if line == "offset = 0x9000" {
+            "offset = 0x10000".to_owned()
+        } else {
+            if line.is_empty() {
+                in_secure_cert = false;
+            }
+            line.to_owned()
+        };
+        switched.push_str(&line);
+        switched.push('\n');
+    }
+    let config = Config::parse(&switched, &path).unwrap_or_else(|e| panic!("{e}\n{switched}"));
+    let x509 = config.dps.attestation.x509().unwrap();
+    assert_eq!(x509.cert_days, 3650);
+    assert_eq!(x509.key_type, DeviceKeyType::EcdsaP256);
+    assert!(x509.ca_chain_file.is_some() && x509.ca_key_passphrase_file.is_some());
+    assert_eq!(
+        x509.storage,
+        CredentialStorage::SecureCert(SecureCertConfig {
+            offset: 0xD000,
+            size: 0x2000
+        })
+    );
+}
