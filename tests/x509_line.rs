@@ -209,53 +209,24 @@ fn assert_flashed_credentials_verify(
         &pki.root,
         &[&dir.path().join("chain.pem")],
     );
-    let serial = run(
-        openssl,
-        dir.path(),
-        &["x509", "-in", "device.pem", "-noout", "-serial"],
+    // What openssl prints of the flashed certificate, one field at a time.
+    let field = |args: &[&str]| {
+        let mut all = vec!["x509", "-in", "device.pem", "-noout"];
+        all.extend(args);
+        run(openssl, dir.path(), &all).trim().to_owned()
+    };
+    let reported = |name: &str| report["certificate"][name].as_str().unwrap().to_owned();
+    assert_eq!(
+        field(&["-serial"]),
+        format!("serial={}", reported("serial"))
     );
     assert_eq!(
-        serial.trim(),
-        format!(
-            "serial={}",
-            report["certificate"]["serial"].as_str().unwrap()
-        )
-    );
-    let subject = run(
-        openssl,
-        dir.path(),
-        &[
-            "x509",
-            "-in",
-            "device.pem",
-            "-noout",
-            "-subject",
-            "-nameopt",
-            "RFC2253",
-        ],
-    );
-    assert_eq!(
-        subject.trim(),
+        field(&["-subject", "-nameopt", "RFC2253"]),
         format!("subject=CN={}", report["registration_id"].as_str().unwrap())
     );
-    let fingerprint = run(
-        openssl,
-        dir.path(),
-        &[
-            "x509",
-            "-in",
-            "device.pem",
-            "-noout",
-            "-fingerprint",
-            "-sha256",
-        ],
-    );
     assert_eq!(
-        fingerprint.trim().replace(':', ""),
-        format!(
-            "sha256 Fingerprint={}",
-            report["certificate"]["thumbprint"].as_str().unwrap()
-        ),
+        field(&["-fingerprint", "-sha256"]).replace(':', ""),
+        format!("sha256 Fingerprint={}", reported("thumbprint")),
         "the thumbprint is openssl's SHA-256 fingerprint without colons"
     );
 }
