@@ -21,39 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
-const GROUP_KEY: &str =
-    "8isrFI1sGsIlvvFSSFRiMfCNzv21fjbE/+ah/lSh3lF8e2YG1Te7w1KpZhJFFXJrqYKi9yegxkqIChbqOS9Egw==";
-
-const CONFIG: &str = r#"
-[station]
-id = "STATION"
-DATABASE
-
-[dps]
-id_scope = "0ne00BENCH0"
-group_key_file = "group.key"
-registration_id = "sensor-{mac}"
-
-[nvs]
-offset = 0x9000
-size = 0x6000
-namespace = "dps"
-
-[nvs.entries]
-id_scope = "{id_scope}"
-reg_id = "{registration_id}"
-device_key = "{device_key}"
-dps_host = "{dps_host}"
-
-[serial]
-ports = ["ports/ttySIM*"]
-baud = 921600
-before = "no-reset"
-after = "no-reset"
-chip = "esp32"
-stub = true
-max_parallel = 16
-"#;
+mod common;
 
 fn station() -> Command {
     Command::new(env!("CARGO_BIN_EXE_station"))
@@ -123,20 +91,14 @@ impl Drop for Cluster {
     }
 }
 
-/// One station's workspace.
+/// One station's workspace: the benches' configuration with this station ID and database.
 fn workspace(root: &Path, station_id: &str, database: &str) -> PathBuf {
     let dir = root.join(station_id);
     std::fs::create_dir_all(&dir).expect("workspace");
-    let key = dir.join("group.key");
-    std::fs::write(&key, GROUP_KEY).expect("key");
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("mode");
-    let config = CONFIG
-        .replace("STATION", station_id)
-        .replace("DATABASE", database);
-    let path = dir.join("station.toml");
-    std::fs::write(&path, config).expect("config");
-    path
+    let config = common::config(r#"["ports/ttySIM*"]"#, 921_600, true)
+        .replace("id = \"bench-st1\"", &format!("id = \"{station_id}\""))
+        .replace("database = \"station.db\"", database);
+    common::workspace(&dir, &config)
 }
 
 fn run_station(config: &Path, args: &[&str]) -> std::process::Output {

@@ -99,24 +99,25 @@ pub fn open_regular(path: &Path, limit: u64) -> io::Result<Opened> {
     })
 }
 
-impl Opened {
-    /// Who besides its owner may read the opened file: `Some(("group" | "others" | "group
-    /// and others", mode))`, or `None` for mode 0600 or stricter. Secret files (group keys, the
-    /// database password) must answer `None`.
-    pub fn readable_by(&self) -> Option<(&'static str, u32)> {
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt as _;
-            let mode = self.metadata.permissions().mode() & 0o777;
-            let who = match (mode & 0o070 != 0, mode & 0o007 != 0) {
-                (false, false) => return None,
-                (true, false) => "group",
-                (false, true) => "others",
-                (true, true) => "group and others",
-            };
-            Some((who, mode))
-        }
-        #[cfg(not(unix))]
+/// Who besides its owner may read a file: `Some(("group" | "others" | "group and others",
+/// mode))`, or `None` for mode 0600 or stricter. Secret files (group keys, CA keys, the database
+/// password) must answer `None`; check the metadata of the opened file ([`Opened::metadata`]).
+pub fn readable_by(metadata: &Metadata) -> Option<(&'static str, u32)> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = metadata.permissions().mode() & 0o777;
+        let who = match (mode & 0o070 != 0, mode & 0o007 != 0) {
+            (false, false) => return None,
+            (true, false) => "group",
+            (false, true) => "others",
+            (true, true) => "group and others",
+        };
+        Some((who, mode))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = metadata;
         None
     }
 }

@@ -183,7 +183,9 @@ impl fmt::Display for Secret {
 pub struct KeyId(String);
 
 impl KeyId {
-    fn of(key: &[u8]) -> Self {
+    /// The fingerprint of `bytes`: a key's, or (for X.509 attestation) the signing CA
+    /// certificate's DER.
+    pub(crate) fn of(key: &[u8]) -> Self {
         let digest = Sha256::digest(key);
         KeyId(format!("sha256:{}", hex::encode(&digest[..8])))
     }
@@ -281,7 +283,7 @@ impl GroupKey {
             source,
         };
         let opened = crate::file::open_regular(path, KEY_FILE_LIMIT).map_err(unreadable)?;
-        check_permissions(&opened, path)?;
+        check_permissions(&opened.metadata, path)?;
         let raw = Zeroizing::new(opened.read().map_err(unreadable)?);
         Self::from_text(&raw, path)
     }
@@ -385,8 +387,10 @@ fn describe_base64_error(error: &base64::DecodeError) -> String {
     }
 }
 
-fn check_permissions(opened: &crate::file::Opened, path: &Path) -> Result<(), KeyError> {
-    match opened.readable_by() {
+/// Refuses a secret file that group or others may read (`KeyError::Exposed`); also used for the
+/// X.509 CA key file.
+pub(crate) fn check_permissions(metadata: &std::fs::Metadata, path: &Path) -> Result<(), KeyError> {
+    match crate::file::readable_by(metadata) {
         None => Ok(()),
         Some((who, mode)) => Err(KeyError::Exposed {
             path: path.display().to_string(),

@@ -6,10 +6,11 @@
 --     psql "postgres://OWNER@db.factory.local/station" -f deploy/postgres/roles.sql
 --
 -- It makes two group roles without login and grants them what they need, nothing more:
---   station  reads everything; inserts batches, units, attempts and audit entries; updates the
---            rows a line must update (a batch's closing, a unit's state and DPS outcome, an
---            attempt's progress); deletes only attempts that turned out to be none (a unit seen
---            again). It cannot UPDATE, DELETE or TRUNCATE the audit log, nor change the schema.
+--   station  reads everything; inserts batches, units, attempts, certificates (X.509) and audit
+--            entries; updates the rows a line must update (a batch's closing, a unit's state
+--            and DPS outcome, an attempt's progress); deletes only attempts that turned out to
+--            be none (a unit seen again). It cannot UPDATE, DELETE or TRUNCATE the audit log,
+--            nor change the schema.
 --   auditor  reads everything, writes nothing.
 -- Then give each station and each auditor a login of its own, e.g.:
 --
@@ -27,12 +28,14 @@ BEGIN
 END
 $$;
 
-REVOKE ALL ON batches, units, attempts, audit_log, _sqlx_migrations FROM station, auditor;
+REVOKE ALL ON batches, units, attempts, certificates, audit_log, _sqlx_migrations
+    FROM station, auditor;
 
 GRANT USAGE ON SCHEMA public TO station, auditor;
-GRANT SELECT ON batches, units, attempts, audit_log, _sqlx_migrations TO station, auditor;
+GRANT SELECT ON batches, units, attempts, certificates, audit_log, _sqlx_migrations
+    TO station, auditor;
 
-GRANT INSERT ON batches, units, attempts, audit_log TO station;
+GRANT INSERT ON batches, units, attempts, certificates, audit_log TO station;
 GRANT UPDATE (closed_at, closed_by) ON batches TO station;
 GRANT UPDATE ON units, attempts TO station;
 GRANT DELETE ON attempts TO station;

@@ -1,6 +1,7 @@
 -- The station's records on a PostgreSQL server that several stations share (issue 15): the same
 -- model as the SQLite schema (DESIGN.md section 5; migrations/sqlite/, all of it up to
--- 20261201000000), with one audit chain per station. Forward-only: never edit once landed.
+-- 20261201000000, X.509 certificates included), with one audit chain per station.
+-- Forward-only: never edit once landed.
 -- Times are RFC 3339 UTC text with milliseconds, as on SQLite, so they sort as text and the
 -- audit hash covers exactly the stored characters.
 
@@ -41,7 +42,12 @@ CREATE TABLE units (
     device_id         TEXT,
     dps_error         TEXT,
     updated_at        TEXT    NOT NULL,
-    dps_substatus     TEXT
+    dps_substatus     TEXT,
+    attestation       TEXT    NOT NULL DEFAULT 'symmetric-key'
+                      CHECK (attestation IN ('symmetric-key', 'x509')),
+    cert_serial       TEXT,                  -- X.509: the certificate the last write put on it
+    cert_thumbprint   TEXT,
+    cert_not_after    TEXT
 );
 CREATE INDEX units_batch ON units (batch_id, state);
 CREATE INDEX units_dps_pending ON units (dps_status) WHERE dps_status = 'pending';
@@ -74,6 +80,27 @@ CREATE INDEX attempts_batch ON attempts (batch_id);
 CREATE INDEX attempts_mac ON attempts (mac, outcome);
 CREATE INDEX attempts_open ON attempts (station_id) WHERE outcome = 'in-progress';
 CREATE INDEX attempts_in_progress ON attempts (batch_id) WHERE outcome = 'in-progress';
+
+-- Every certificate the stations issued (X.509 attestation), so that a unit provisioned again
+-- keeps the history of what it held. Private keys are never stored.
+CREATE TABLE certificates (
+    id               BIGINT  GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    unit_id          BIGINT  NOT NULL REFERENCES units (id),
+    attempt_id       BIGINT  NOT NULL REFERENCES attempts (id),
+    mac              TEXT    NOT NULL,
+    registration_id  TEXT    NOT NULL,   -- the certificate's subject CN
+    serial           TEXT    NOT NULL,   -- uppercase hex
+    thumbprint       TEXT    NOT NULL UNIQUE,   -- SHA-256 of the DER, uppercase hex
+    not_before       TEXT    NOT NULL,
+    not_after        TEXT    NOT NULL,
+    key_type         TEXT    NOT NULL,
+    ca_thumbprint    TEXT    NOT NULL,   -- the signing CA's SHA-256 thumbprint
+    station_id       TEXT    NOT NULL,
+    issued_at        TEXT    NOT NULL,
+    UNIQUE (ca_thumbprint, serial)
+);
+CREATE INDEX certificates_unit ON certificates (unit_id);
+CREATE INDEX certificates_mac ON certificates (mac);
 
 -- Append-only, hash-chained audit log: one chain per station (`seq` counts within the station),
 -- so stations append without waiting for each other. `hash` = SHA-256 over the canonical

@@ -158,11 +158,13 @@ pub enum KeyCommand {
 pub enum NvsCommand {
     /// Write the exact NVS image(s) the station would flash (audited; files are mode 0600).
     Build(NvsBuildArgs),
-    /// Decode an NVS image: namespaces, keys, types and values; secrets redacted by default.
+    /// Decode an NVS image (namespaces, keys, types and values) or an esp_secure_cert image
+    /// (entries, certificates, the private key); secrets redacted by default.
     Inspect {
-        /// The image file.
+        /// The image file: an NVS partition, or an esp_secure_cert partition (recognised by its
+        /// TLV magic).
         file: PathBuf,
-        /// Show device keys and other secret-looking values.
+        /// Show device keys, private keys and other secret-looking values.
         #[arg(long)]
         show_secrets: bool,
     },
@@ -296,9 +298,21 @@ pub struct SimDpsArgs {
     /// The ID scope to accept.
     #[arg(long)]
     pub id_scope: String,
-    /// The enrollment group key (base64, mode 0600) to check SAS tokens against.
+    /// The enrollment group's attestation: symmetric-key (check SAS tokens against
+    /// --group-key-file) or x509 (check client certificates against --ca-file, over HTTPS).
+    #[arg(long, value_enum, default_value = "symmetric-key")]
+    pub attestation: AttestationKind,
+    /// symmetric-key: the enrollment group key (base64, mode 0600) to check SAS tokens against.
     #[arg(long, value_name = "FILE")]
-    pub group_key_file: PathBuf,
+    pub group_key_file: Option<PathBuf>,
+    /// x509: the CA certificate(s) the enrollment group trusts (PEM), as registered and
+    /// verified in DPS; device certificates must chain to one of them.
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Serve HTTPS with a server certificate kept in DIR (made there on first use: ca.pem,
+    /// server.pem, server.key); point [dps] ca_file at DIR/ca.pem. Required with x509.
+    #[arg(long, value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
     /// The TCP port on 127.0.0.1 (default: any free port).
     #[arg(long)]
     pub port: Option<u16>,
@@ -328,6 +342,26 @@ pub struct SimDpsArgs {
     pub stall: bool,
 }
 
+/// An enrollment group's attestation kind, on the command line (`station sim dps`, `station
+/// demo`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttestationKind {
+    /// Devices present SAS tokens made from keys derived from the group key.
+    SymmetricKey,
+    /// Devices present client certificates chained to the group's CA.
+    X509,
+}
+
+impl AttestationKind {
+    /// The spelling on the command line and in `[dps] attestation`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttestationKind::SymmetricKey => "symmetric-key",
+            AttestationKind::X509 => "x509",
+        }
+    }
+}
+
 /// `station sim devices`.
 #[derive(Debug, Args)]
 pub struct SimDevicesArgs {
@@ -349,7 +383,7 @@ pub struct SimDevicesArgs {
     /// The first device's MAC; the others count up from it (default: distinct per run).
     #[arg(long)]
     pub base_mac: Option<crate::identity::Mac>,
-    /// Inject a fault: [DEVICE:]unplug|corrupt|silent@bytes|frame|block=N (repeatable).
+    /// Inject a fault: [DEVICE:]unplug|corrupt|noise|silent@bytes|frame|block=N (repeatable).
     #[arg(long = "fault", value_name = "SPEC")]
     pub faults: Vec<crate::sim::Fault>,
     /// How many ports (default: one per device); the other devices wait for a free port.
@@ -362,6 +396,31 @@ pub struct SimDevicesArgs {
     /// Seconds a port stays empty between two devices.
     #[arg(long, value_name = "SECONDS", default_value_t = 0.3)]
     pub swap_gap: f64,
+    /// Milliseconds each reply takes to reach the host after it left the chip: the USB-serial
+    /// bridge's latency timer (CP210x, CH34x about 1; FTDI parts default to 16).
+    #[arg(long, value_name = "MS", default_value_t = 1.0)]
+    pub usb_latency_ms: f64,
+    /// Milliseconds to erase one 4 KiB flash sector.
+    #[arg(long, value_name = "MS", default_value_t = 45.0)]
+    pub sector_erase_ms: f64,
+    /// Milliseconds to erase one 64 KiB flash block.
+    #[arg(long, value_name = "MS", default_value_t = 150.0)]
+    pub block_erase_ms: f64,
+    /// Milliseconds to program one 256-byte flash page.
+    #[arg(long, value_name = "MS", default_value_t = 0.7)]
+    pub page_program_ms: f64,
+    /// Charge no time at all: no wire time, USB latency or flash work (for fast tests).
+    #[arg(long)]
+    pub instant: bool,
+    /// How far the ROM's estimate of its 40 MHz crystal is off, in parts per million (hosts
+    /// must correct the baud rates they ask the ROM for).
+    #[arg(
+        long,
+        value_name = "PPM",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
+    pub xtal_error_ppm: i32,
 }
 
 /// `station demo`.
@@ -377,6 +436,11 @@ pub struct DemoArgs {
     /// (default: a new directory under the system's temporary directory).
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
+    /// The attestation the demo's line and DPS emulator use: symmetric-key (a group key), or
+    /// x509 (a demo CA issues each unit a certificate, flashed in an esp_secure_cert
+    /// partition and pre-verified over TLS client authentication).
+    #[arg(long, value_enum, default_value = "symmetric-key")]
+    pub attestation: AttestationKind,
 }
 
 /// Runs a parsed command line; returns the process exit code.

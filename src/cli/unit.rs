@@ -155,7 +155,12 @@ pub(super) fn print_report(report: &UnitReport) {
                 .dps_error
                 .as_ref()
                 .filter(|_| status == crate::record::DpsStatus::Pending)
-                .map(|e| format!(" ({e}); `station dps verify --pending` retries"))
+                .map(|e| if report.certificate.is_some() {
+                    // Only the device holds an X.509 unit's key now: the station cannot retry.
+                    format!(" ({e}); the device registers itself when it first connects, or provision it again to check it here")
+                } else {
+                    format!(" ({e}); `station dps verify --pending` retries")
+                })
                 .unwrap_or_default()
         ),
     }
@@ -173,7 +178,16 @@ pub(super) async fn sim_devices(args: SimDevicesArgs) -> Result<u8> {
         chip: args.chip,
         base_mac: args.base_mac,
         faults: args.faults,
-        wire_time: true,
+        wire_time: !args.instant,
+        timing: crate::sim::SimTiming {
+            usb_latency: milliseconds(args.usb_latency_ms, "--usb-latency-ms")?,
+            sector_erase: milliseconds(args.sector_erase_ms, "--sector-erase-ms")?,
+            block_erase: milliseconds(args.block_erase_ms, "--block-erase-ms")?,
+            page_program: milliseconds(args.page_program_ms, "--page-program-ms")?,
+            ..crate::sim::SimTiming::default()
+        },
+        xtal_error_ppm: args.xtal_error_ppm,
+        preload: Vec::new(),
         ports: args.ports,
         leave_after_idle: seconds(args.leave_after_idle, "--leave-after-idle")?,
         swap_gap: seconds(Some(args.swap_gap), "--swap-gap")?.unwrap_or_default(),
@@ -214,6 +228,17 @@ pub(super) async fn sim_devices(args: SimDevicesArgs) -> Result<u8> {
     wait_for_shutdown().await;
     drop(line);
     Ok(OK)
+}
+
+/// A non-negative number of milliseconds from the command line.
+fn milliseconds(value: f64, flag: &str) -> Result<std::time::Duration> {
+    std::time::Duration::try_from_secs_f64(value / 1000.0).map_err(|_| {
+        crate::error::Error::BadInput {
+            what: flag.to_owned(),
+            problem: format!("`{value}` is not a number of milliseconds"),
+            fix: "Give a non-negative number of milliseconds, e.g. 0.7.".to_owned(),
+        }
+    })
 }
 
 /// A non-negative number of seconds from the command line.

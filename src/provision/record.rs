@@ -1,5 +1,6 @@
 //! Stage `record` and the end of an attempt: the unit, the attempt and its audit entry in one
-//! transaction, then the final reset of a provisioned unit, and the [`UnitReport`].
+//! transaction, then the final reset of a provisioned unit (a failed one is released), and the
+//! [`UnitReport`].
 
 use std::time::Instant;
 
@@ -33,9 +34,11 @@ impl<D: Device> Run<'_, D> {
                 chip: identity.chip.clone(),
                 revision: identity.revision.clone(),
                 flash_size: i64::from(identity.flash_size),
-                key_id: station.keys.primary.id().clone(),
-                secondary_key_id: station.keys.secondary.as_ref().map(|k| k.id().clone()),
+                attestation: station.attestor.kind(),
+                key_id: station.attestor.key_id(),
+                secondary_key_id: station.attestor.secondary_key_id(),
                 image_sha256: self.facts.image_sha256.clone(),
+                certificate: self.facts.certificate.clone(),
                 dps: self.facts.dps.clone(),
                 seen_provisioning: self.facts.seen_provisioning,
             });
@@ -50,7 +53,7 @@ impl<D: Device> Run<'_, D> {
             unit,
             failure,
             reprovision: self.facts.reprovision,
-            timings: serde_json::to_value(self.timings).unwrap_or_default(),
+            timings: serde_json::to_value(&self.timings).unwrap_or_default(),
         };
         let recorded = self.record_holding(&record).await?;
         self.timings.record = self.finished(Stage::Record.as_str(), t);
@@ -64,6 +67,10 @@ impl<D: Device> Run<'_, D> {
                 tracing::warn!(error = %e, "reset after provisioning failed");
             }
             self.timings.reset = self.finished("reset", t);
+        } else {
+            // A failed unit stays in the loader for a retry, but where the next session (or
+            // the line's probe) finds it: the ROM loader at 115200.
+            self.device.release().await;
         }
 
         let mut report = self.report(recorded.attempt_id);
@@ -137,10 +144,11 @@ impl<D: Device> Run<'_, D> {
             message: None,
             hint: None,
             seconds: self.start.elapsed().as_secs_f64(),
-            timings: self.timings,
+            timings: self.timings.clone(),
             chip: identified.map(|(identity, _)| identity.chip.clone()),
             image_sha256: self.facts.image_sha256.clone(),
-            key_id: Some(self.station.keys.primary.id().clone()),
+            key_id: Some(self.station.attestor.key_id()),
+            certificate: self.facts.certificate.clone(),
             reprovision: self.facts.reprovision,
             attempt_id,
             dps_status: dps.map_or(DpsStatus::NotRequested, |d| d.status),

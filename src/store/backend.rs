@@ -24,8 +24,8 @@ use super::{ManifestQuery, StoreError};
 use crate::identity::{Mac, RegistrationId};
 use crate::keys::KeyId;
 use crate::record::{
-    Attempt, AttemptOutcome, AuditEntry, Batch, ErrorCode, FailureCount, ManifestRow, Stage,
-    StationCount, Unit, UnitDps, UnitState,
+    Attempt, AttemptOutcome, Attestation, AuditEntry, Batch, CertificateRow, ErrorCode,
+    FailureCount, IssuedCertificate, ManifestRow, Stage, StationCount, Unit, UnitDps, UnitState,
 };
 
 /// A database: a pool that opens transactions.
@@ -79,12 +79,16 @@ pub(super) struct UnitWrite<'a> {
     pub(super) revision: &'a str,
     /// Flash size.
     pub(super) flash_size: i64,
-    /// Group key fingerprint.
+    /// How it proves its identity to DPS.
+    pub(super) attestation: Attestation,
+    /// The fingerprint of the station secret behind its credential.
     pub(super) key_id: &'a KeyId,
     /// Secondary group key fingerprint.
     pub(super) secondary_key_id: Option<&'a KeyId>,
     /// SHA-256 of the image.
     pub(super) image_sha256: Option<&'a str>,
+    /// X.509: the certificate this write put on it.
+    pub(super) certificate: Option<&'a IssuedCertificate>,
     /// The state it takes.
     pub(super) state: UnitState,
     /// The failed stage, when failed.
@@ -93,6 +97,25 @@ pub(super) struct UnitWrite<'a> {
     pub(super) provisioned_at: Option<&'a str>,
     /// The time of the change.
     pub(super) at: &'a str,
+}
+
+/// A certificate an attempt issued, as its unit's history keeps it.
+#[derive(Debug, Clone)]
+pub(super) struct NewCertificate<'a> {
+    /// The unit's row.
+    pub(super) unit_id: i64,
+    /// The attempt's row.
+    pub(super) attempt_id: i64,
+    /// The unit's MAC.
+    pub(super) mac: Mac,
+    /// Its registration ID (the certificate's subject CN).
+    pub(super) registration_id: &'a RegistrationId,
+    /// The certificate.
+    pub(super) certificate: &'a IssuedCertificate,
+    /// The station that issued it.
+    pub(super) station_id: &'a str,
+    /// When the attempt was recorded.
+    pub(super) issued_at: &'a str,
 }
 
 /// How an attempt's row ends.
@@ -250,6 +273,10 @@ pub(super) trait Tx: Send {
     ) -> Result<Option<i64>, StoreError>;
     /// The row id of the unit with this MAC.
     async fn unit_id(&mut self, mac: Mac) -> Result<Option<i64>, StoreError>;
+    /// Keeps a certificate an attempt issued in its unit's history.
+    async fn insert_certificate(&mut self, row: &NewCertificate<'_>) -> Result<(), StoreError>;
+    /// Every certificate issued for the unit with this MAC, oldest first.
+    async fn certificates_of(&mut self, mac: Mac) -> Result<Vec<CertificateRow>, StoreError>;
     /// Writes a unit's DPS outcome and returns the row.
     async fn set_dps(&mut self, unit_id: i64, dps: &UnitDps, at: &str) -> Result<Unit, StoreError>;
 

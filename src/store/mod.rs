@@ -54,7 +54,7 @@ pub use audit::ChainReport;
 pub(crate) use manifest::ManifestQuery;
 pub use manifest::{ManifestExport, ManifestFilter};
 pub use migration::MigrationState;
-pub use session::StationOpen;
+pub use session::{CaOpen, StationOpen};
 
 use crate::config::Database;
 use crate::identity::{Mac, RegistrationId};
@@ -526,6 +526,15 @@ impl Store {
     /// Provisioned units whose DPS status is pending, oldest change first.
     pub async fn pending_dps_units(&self) -> Result<Vec<Unit>, StoreError> {
         on_backend!(self, db => ops::pending_dps_units(db).await)
+    }
+
+    /// Every X.509 certificate issued for the unit with this MAC, oldest first: the history a
+    /// unit provisioned again keeps.
+    pub async fn certificates_of(
+        &self,
+        mac: &Mac,
+    ) -> Result<Vec<crate::record::CertificateRow>, StoreError> {
+        on_backend!(self, db => ops::certificates_of(db, *mac).await)
     }
 
     /// Attempts of a batch, oldest first.

@@ -9,7 +9,7 @@ use super::attempt::{
     dps_verified_entry,
 };
 use super::audit::{self, ChainReport, ChainWalker, NewEntry};
-use super::backend::{AttemptEnd, Backend, BatchCounts, Tx, UnitWrite};
+use super::backend::{AttemptEnd, Backend, BatchCounts, NewCertificate, Tx, UnitWrite};
 use super::session::{CONFIG_CHANGED, KEY_LOADED, StationOpen};
 use super::{ManifestQuery, StoreError};
 use crate::clock::{format_time, now, parse_time};
@@ -386,9 +386,11 @@ pub(super) async fn record_attempt<B: Backend>(
                         chip: &facts.chip,
                         revision: &facts.revision,
                         flash_size: facts.flash_size,
+                        attestation: facts.attestation,
                         key_id: &facts.key_id,
                         secondary_key_id: facts.secondary_key_id.as_ref(),
                         image_sha256: facts.image_sha256.as_deref(),
+                        certificate: facts.certificate.as_ref(),
                         state,
                         failed_stage,
                         provisioned_at: provisioned_at.as_deref(),
@@ -417,6 +419,22 @@ pub(super) async fn record_attempt<B: Backend>(
                 .await?
         }
     };
+    // The certificate an attempt issued joins its unit's history, whatever became of the
+    // attempt: it was issued (and may sit on a device).
+    if let (Some(unit), Some(facts)) = (&unit, &record.unit)
+        && let Some(certificate) = &facts.certificate
+    {
+        tx.insert_certificate(&NewCertificate {
+            unit_id: unit.id,
+            attempt_id,
+            mac: facts.mac,
+            registration_id: &facts.registration_id,
+            certificate,
+            station_id: &record.station_id,
+            issued_at: &record.finished_at,
+        })
+        .await?;
+    }
     let failure = record.failure.as_ref();
     let timings = record.timings.to_string();
     tx.finish_attempt(
@@ -620,6 +638,13 @@ pub(super) async fn unit_by_registration_id<B: Backend>(
 
 pub(super) async fn pending_dps_units<B: Backend>(db: &B) -> Result<Vec<Unit>, StoreError> {
     read!(db, |tx| tx.pending_dps_units().await?)
+}
+
+pub(super) async fn certificates_of<B: Backend>(
+    db: &B,
+    mac: Mac,
+) -> Result<Vec<crate::record::CertificateRow>, StoreError> {
+    read!(db, |tx| tx.certificates_of(mac).await?)
 }
 
 pub(super) async fn units_of<B: Backend>(db: &B, batch_id: i64) -> Result<Vec<Unit>, StoreError> {

@@ -220,6 +220,10 @@ macro_rules! common_queries {
                 .bind(unit.failed_stage)
                 .bind(unit.provisioned_at)
                 .bind(unit.at)
+                .bind(unit.attestation)
+                .bind(unit.certificate.map(|c| &c.serial))
+                .bind(unit.certificate.map(|c| &c.thumbprint))
+                .bind(unit.certificate.map(|c| &c.not_after))
                 .fetch_one(&mut *self.0)
                 .await?)
         }
@@ -245,6 +249,42 @@ macro_rules! common_queries {
             Ok(sqlx::query_scalar("SELECT id FROM units WHERE mac = $1")
                 .bind(mac)
                 .fetch_optional(&mut *self.0)
+                .await?)
+        }
+
+        async fn insert_certificate(
+            &mut self,
+            row: &$crate::store::backend::NewCertificate<'_>,
+        ) -> Result<(), $crate::store::StoreError> {
+            sqlx::query(
+                "INSERT INTO certificates (unit_id, attempt_id, mac, registration_id, serial, thumbprint, \
+                 not_before, not_after, key_type, ca_thumbprint, station_id, issued_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            )
+            .bind(row.unit_id)
+            .bind(row.attempt_id)
+            .bind(row.mac)
+            .bind(row.registration_id)
+            .bind(&row.certificate.serial)
+            .bind(&row.certificate.thumbprint)
+            .bind(&row.certificate.not_before)
+            .bind(&row.certificate.not_after)
+            .bind(&row.certificate.key_type)
+            .bind(&row.certificate.ca_thumbprint)
+            .bind(row.station_id)
+            .bind(row.issued_at)
+            .execute(&mut *self.0)
+            .await?;
+            Ok(())
+        }
+
+        async fn certificates_of(
+            &mut self,
+            mac: $crate::identity::Mac,
+        ) -> Result<Vec<$crate::record::CertificateRow>, $crate::store::StoreError> {
+            Ok(sqlx::query_as("SELECT * FROM certificates WHERE mac = $1 ORDER BY id")
+                .bind(mac)
+                .fetch_all(&mut *self.0)
                 .await?)
         }
 
@@ -448,11 +488,14 @@ macro_rules! common_queries {
 pub(super) use common_queries;
 
 /// Inserts or updates a unit. A re-flash keeps the unit's DPS outcome only if the identity it
-/// was registered with (registration ID and group key) is unchanged.
+/// was registered with (registration ID and group key, or for X.509 the signing CA) is
+/// unchanged. The certificate columns describe what the last write put on the device, as
+/// `image_sha256` does.
 pub(super) const UPSERT_UNIT: &str = "\
 INSERT INTO units (mac, registration_id, batch_id, station_id, chip, revision, flash_size, key_id, \
-                   secondary_key_id, image_sha256, state, failed_stage, provisioned_at, updated_at) \
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+                   secondary_key_id, image_sha256, state, failed_stage, provisioned_at, updated_at, \
+                   attestation, cert_serial, cert_thumbprint, cert_not_after) \
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
 ON CONFLICT (mac) DO UPDATE SET \
   dps_status = CASE WHEN units.registration_id = excluded.registration_id AND units.key_id = excluded.key_id THEN units.dps_status ELSE 'not-requested' END, \
   assigned_hub = CASE WHEN units.registration_id = excluded.registration_id AND units.key_id = excluded.key_id THEN units.assigned_hub END, \
@@ -465,7 +508,9 @@ ON CONFLICT (mac) DO UPDATE SET \
   secondary_key_id = excluded.secondary_key_id, image_sha256 = excluded.image_sha256, \
   state = excluded.state, failed_stage = excluded.failed_stage, \
   provisioned_at = COALESCE(excluded.provisioned_at, units.provisioned_at), \
-  updated_at = excluded.updated_at \
+  updated_at = excluded.updated_at, attestation = excluded.attestation, \
+  cert_serial = excluded.cert_serial, cert_thumbprint = excluded.cert_thumbprint, \
+  cert_not_after = excluded.cert_not_after \
 RETURNING *";
 
 /// The manifest: operator and port come from the unit's last successful attempt; attempts are
@@ -476,7 +521,8 @@ SELECT b.name AS batch, u.mac, u.registration_id, u.chip, u.revision AS chip_rev
        u.flash_size, u.image_sha256 AS nvs_sha256, u.key_id AS group_key_id, u.provisioned_at, \
        a.operator, u.station_id, a.port, \
        (SELECT COUNT(*) FROM attempts c WHERE c.mac = u.mac) AS attempts, \
-       u.dps_status, u.assigned_hub, u.device_id \
+       u.dps_status, u.assigned_hub, u.device_id, \
+       u.attestation, u.cert_serial, u.cert_thumbprint, u.cert_not_after \
 FROM units u \
 JOIN batches b ON b.id = u.batch_id \
 LEFT JOIN attempts a ON a.id = (SELECT MAX(s.id) FROM attempts s \

@@ -167,9 +167,11 @@ pub(super) fn facts(mac: &str) -> UnitFacts {
         chip: "esp32".into(),
         revision: "v3.0".into(),
         flash_size: 4 << 20,
+        attestation: crate::record::Attestation::SymmetricKey,
         key_id: "sha256:0011223344556677".parse().unwrap(),
         secondary_key_id: None,
         image_sha256: Some("ab".repeat(32)),
+        certificate: None,
         dps: None,
         seen_provisioning: None,
     }
@@ -220,7 +222,10 @@ async fn sqlite_open_sets_wal_and_foreign_keys_and_migrates() {
         .fetch_all(pool)
         .await
         .unwrap();
-    assert_eq!(tables, ["attempts", "audit_log", "batches", "units"]);
+    assert_eq!(
+        tables,
+        ["attempts", "audit_log", "batches", "certificates", "units"]
+    );
 }
 
 // Issue 15: the SQLite migrations moved to migrations/sqlite/; a file made before (this dump of
@@ -249,7 +254,7 @@ async fn sqlite_file_made_before_the_migrations_moved_still_opens() {
     let before = Store::inspect(&database).await.unwrap().unwrap();
     let info = before.describe().await.unwrap();
     assert_eq!((info.backend, info.migrations.applied), ("sqlite", 4));
-    assert_eq!(info.migrations.pending, [20261201000000]);
+    assert_eq!(info.migrations.pending, [20261126000000, 20261201000000]);
     assert!(info.migrations.unknown.is_empty() && info.migrations.damaged.is_empty());
     before.close().await;
 

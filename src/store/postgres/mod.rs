@@ -104,7 +104,7 @@ fn read_password(path: &Path) -> Result<Zeroizing<String>, StoreError> {
     };
     let opened = crate::file::open_regular(path, PASSWORD_FILE_LIMIT)
         .map_err(|e| refused(format!("cannot read it: {e}")))?;
-    if let Some((who, mode)) = opened.readable_by() {
+    if let Some((who, mode)) = crate::file::readable_by(&opened.metadata) {
         return Err(refused(format!(
             "it is readable by {who} (mode {mode:04o})"
         )));
