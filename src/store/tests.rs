@@ -137,6 +137,7 @@ on_both_backends!(
     claims_hold_slots_until_their_attempt_ends_or_lapses,
     batch_status_counts_each_station,
     every_stations_chain_is_verified_or_one,
+    a_unit_keeps_the_history_of_its_certificates,
 );
 
 /// Sets up the unit facts of `record` as the pipeline's identify would: the attempt that last
@@ -1067,4 +1068,45 @@ async fn every_stations_chain_is_verified_or_one(db: TestDb) {
     assert!(err.is_usage_error());
     let combined = db.verify_audit().await.unwrap();
     assert_eq!((combined.entries, combined.first_break), (6, None));
+}
+
+fn certificate(serial: &str) -> crate::record::IssuedCertificate {
+    crate::record::IssuedCertificate {
+        serial: serial.into(),
+        thumbprint: format!("{serial:0>64}"),
+        not_before: "2026-11-25T00:00:00.000Z".into(),
+        not_after: "2027-11-25T00:00:00.000Z".into(),
+        key_type: "ecdsa-p256".into(),
+        ca_thumbprint: "C".repeat(64),
+    }
+}
+
+// Issue 17 on both backends: the certificates a unit held, and the columns of its last.
+async fn a_unit_keeps_the_history_of_its_certificates(db: TestDb) {
+    let batch = db.open_batch("WO-X", 5, "ana", "st1").await.unwrap();
+    let mac = "24:0a:c4:00:17:01";
+    for serial in ["0A01", "0A02"] {
+        let mut x509 = attempt(&batch, Some(mac), None);
+        let unit = x509.unit.as_mut().unwrap();
+        unit.attestation = crate::record::Attestation::X509;
+        unit.certificate = Some(certificate(serial));
+        record(&db, x509).await;
+    }
+    let history = db.certificates_of(&mac.parse().unwrap()).await.unwrap();
+    let serials: Vec<&str> = history.iter().map(|c| c.serial.as_str()).collect();
+    assert_eq!(serials, ["0A01", "0A02"]);
+    assert_eq!(history[1].station_id, "st1");
+    let rows = db.manifest(&ManifestFilter::batch("WO-X")).await.unwrap();
+    assert_eq!(
+        (
+            rows[0].attestation,
+            rows[0].cert_serial.as_deref(),
+            rows[0].cert_not_after.as_deref()
+        ),
+        (
+            crate::record::Attestation::X509,
+            Some("0A02"),
+            Some("2027-11-25T00:00:00.000Z")
+        )
+    );
 }
