@@ -453,9 +453,9 @@ impl Context {
         let provisioned = self
             .station
             .store
-            .batch_status(self.request.batch.clone())
+            .batch_room(self.request.batch.id, &self.station.config.station.id)
             .await
-            .map(|s| s.provisioned)
+            .map(|room| room.provisioned)
             .ok();
         let tally = {
             let mut counts = lock(&self.counts);

@@ -289,14 +289,17 @@ pub(super) trait Tx: Send {
     /// Opens an attempt's row, in progress, stamped with process `pid`.
     async fn insert_attempt(&mut self, start: &AttemptStart, pid: i64) -> Result<i64, StoreError>;
     /// Notes the stage an open attempt reached (and its MAC), and extends its claim on a slot,
-    /// if it holds one, to `claim_until`.
+    /// if it holds one that still lasts at `now`, to `claim_until` (a lapsed one is dropped).
     async fn note_stage(
         &mut self,
         id: i64,
         stage: Stage,
         mac: Option<Mac>,
+        now: &str,
         claim_until: &str,
     ) -> Result<(), StoreError>;
+    /// Whether the attempt is in progress and holds a claim lasting past `now`.
+    async fn holds_claim(&mut self, id: i64, now: &str) -> Result<bool, StoreError>;
     /// Makes an open attempt hold a slot of its batch until `until`.
     async fn claim(&mut self, id: i64, until: &str) -> Result<(), StoreError>;
     /// Deletes an attempt still in progress.

@@ -284,7 +284,8 @@ pub(super) async fn attempt_reached<B: Backend>(
     mac: Option<Mac>,
 ) -> Result<(), StoreError> {
     let mut tx = db.write().await?;
-    tx.note_stage(attempt_id, stage, mac, &lease_end()).await?;
+    tx.note_stage(attempt_id, stage, mac, &now(), &lease_end())
+        .await?;
     tx.commit().await
 }
 
@@ -351,7 +352,9 @@ pub(super) async fn record_attempt<B: Backend>(
                 }),
                 None => None,
             };
-        } else if record.takes_slot(existing.as_ref()) {
+        } else if record.takes_slot(existing.as_ref()) && !holds_claim(&mut tx, record).await? {
+            // Without a claim of its own (a lapsed one, or none asked for), the unit is counted
+            // against the batch here; an attempt holding a live claim has its slot already.
             tx.lock_batch(record.batch.id).await?;
             if tx.provisioned_in(record.batch.id).await? >= record.batch.target {
                 conflict = Some(Conflict::BatchFull {
@@ -460,6 +463,14 @@ pub(super) async fn record_attempt<B: Backend>(
         audit_seq,
         conflict,
     })
+}
+
+/// Whether the attempt being recorded holds a live claim on a slot of its batch.
+async fn holds_claim<T: Tx>(tx: &mut T, record: &AttemptRecord) -> Result<bool, StoreError> {
+    match record.attempt_id {
+        Some(id) => tx.holds_claim(id, &now()).await,
+        None => Ok(false),
+    }
 }
 
 /// Whether the process that opened an attempt still runs. A row without a process, or with

@@ -353,20 +353,38 @@ macro_rules! common_queries {
             id: i64,
             stage: $crate::record::Stage,
             mac: Option<$crate::identity::Mac>,
+            now: &str,
             claim_until: &str,
         ) -> Result<(), $crate::store::StoreError> {
+            // A claim that lapsed is given up, not renewed: its slot may be another's by now.
             sqlx::query(
                 "UPDATE attempts SET stage = $1, mac = COALESCE($2, mac), \
-                 claim_until = CASE WHEN claim_until IS NULL THEN NULL ELSE $3 END \
-                 WHERE id = $4 AND outcome = 'in-progress'",
+                 claim_until = CASE WHEN claim_until > $3 THEN $4 END \
+                 WHERE id = $5 AND outcome = 'in-progress'",
             )
             .bind(stage)
             .bind(mac)
+            .bind(now)
             .bind(claim_until)
             .bind(id)
             .execute(&mut *self.0)
             .await?;
             Ok(())
+        }
+
+        async fn holds_claim(
+            &mut self,
+            id: i64,
+            now: &str,
+        ) -> Result<bool, $crate::store::StoreError> {
+            let held: Option<i64> = sqlx::query_scalar(
+                "SELECT id FROM attempts WHERE id = $1 AND outcome = 'in-progress' AND claim_until > $2",
+            )
+            .bind(id)
+            .bind(now)
+            .fetch_optional(&mut *self.0)
+            .await?;
+            Ok(held.is_some())
         }
 
         async fn claim(&mut self, id: i64, until: &str) -> Result<(), $crate::store::StoreError> {
