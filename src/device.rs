@@ -563,8 +563,8 @@ impl Device for EspflashDevice {
                 let mac_text = info
                     .mac_address
                     .ok_or_else(|| protocol("the chip did not report a MAC".to_owned()))?;
-                let mac = mac_text
-                    .parse::<Mac>()
+                // Whether the address is usable is the pipeline's question (stage identify).
+                let mac = Mac::parse_any(&mac_text)
                     .map_err(|_| protocol(format!("the chip reported MAC `{mac_text}`")))?;
                 Ok(DeviceIdentity {
                     mac,

@@ -100,6 +100,7 @@ impl From<crate::provision::UnitError> for Error {
             UnitError::Store(e) => Error::Store(e),
             UnitError::Dps(e) => Error::Dps(e),
             UnitError::Provision(e) => Error::Provision(e),
+            UnitError::Identity(e) => Error::Identity(e),
         }
     }
 }

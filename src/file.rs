@@ -68,6 +68,14 @@ impl Opened {
     }
 }
 
+impl Opened {
+    /// The opened file itself, for a caller that reads it in pieces (never more than the limit
+    /// it was opened with: wrap it in [`std::io::Read::take`]).
+    pub fn into_file(self) -> File {
+        self.file
+    }
+}
+
 /// Opens a named file that must be a regular file of at most `limit` bytes.
 ///
 /// The path is opened once, without blocking (a FIFO with no writer would otherwise hang the

@@ -423,7 +423,7 @@ fn nvs_build_from_csv_is_all_or_nothing() {
     assert_eq!(error_code(&run), "station::input::invalid");
     assert!(
         run.stderr
-            .contains("bad.csv:3: `24:0a:c4:00:00:zz` is not a MAC address"),
+            .contains("bad.csv:3: `24:0a:c4:00:00:zz` is not a usable MAC address"),
         "{}",
         run.stderr
     );

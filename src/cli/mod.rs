@@ -17,6 +17,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::Config;
 use crate::error::{Error, Result, exit};
 use crate::store::Store;
+use crate::support::bounded;
 
 /// Provisioning station for ESP32 factory lines: reads each chip's MAC, derives its Azure DPS
 /// device key from the enrollment-group key, flashes an ESP-IDF NVS image and records the unit
@@ -330,8 +331,9 @@ pub struct SimDevicesArgs {
     /// The link's baud rate at power-up (wire time is charged at the current rate).
     #[arg(long, default_value_t = 115_200)]
     pub baud: u32,
-    /// The first device's MAC; the others count up from it (default: distinct per run).
-    #[arg(long)]
+    /// The first device's MAC; the others count up from it (default: distinct per run). Any
+    /// address is taken, so that a chip with blank eFuses (00:00:00:00:00:00) can be imitated.
+    #[arg(long, value_parser = crate::identity::Mac::parse_any)]
     pub base_mac: Option<crate::identity::Mac>,
     /// Inject a fault: [DEVICE:]unplug|corrupt|silent@bytes|frame|block=N (repeatable).
     #[arg(long = "fault", value_name = "SPEC")]
@@ -423,7 +425,11 @@ fn print_json(value: &impl serde::Serialize) {
 
 /// Renders an error for the terminal: message, code and hint.
 pub fn render_error(error: &Error) -> String {
-    let mut out = format!("error: {error}\n  code: {}", error.code());
+    let mut out = format!(
+        "error: {}\n  code: {}",
+        bounded(&error.to_string()),
+        error.code()
+    );
     if let Some(hint) = error.hint() {
         out.push_str(&format!("\n  hint: {hint}"));
     }
@@ -433,7 +439,7 @@ pub fn render_error(error: &Error) -> String {
 /// The error as a JSON object, for `--json` callers.
 pub fn error_json(error: &Error) -> serde_json::Value {
     serde_json::json!({
-        "error": { "code": error.code(), "message": error.to_string(), "hint": error.hint(), "exit_code": error.exit_code() }
+        "error": { "code": error.code(), "message": bounded(&error.to_string()), "hint": error.hint(), "exit_code": error.exit_code() }
     })
 }
 

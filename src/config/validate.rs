@@ -12,13 +12,17 @@ use super::types::*;
 use super::{
     DEFAULT_API_VERSION, DEFAULT_DPS_ENDPOINT, DEFAULT_VERIFY_TIMEOUT, MAX_VERIFY_TIMEOUT,
 };
-use crate::flash::SECTOR_SIZE;
+use crate::flash::{MAX_FLASH_SIZE, SECTOR_SIZE, region_end};
 use crate::identity::RegistrationIdTemplate;
 use crate::keys::DEVICE_KEY_LEN;
 use crate::nvs::{self, MAX_KEY_LEN as NVS_KEY_MAX, MIN_PARTITION_SIZE};
+use crate::support::shown;
 
 /// The smallest NVS partition, as `[nvs] size` is written.
 const NVS_MIN_SIZE: u32 = MIN_PARTITION_SIZE as u32;
+
+/// The longest `[serial] probe_interval`: a unit left on its port is noticed within the hour.
+const MAX_PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Parses `10c4:ea60`.
 fn parse_usb_id(text: &str) -> Option<(u16, u16)> {
@@ -143,7 +147,7 @@ impl Ctx<'_> {
             return Err(self.bad_value(
                 raw.id.span(),
                 "[station] id",
-                format!("{id:?} is not a usable station id"),
+                format!("{:?} is not a usable station id", shown(id)),
                 "Use 1 to 64 characters without spaces, e.g. \"line1-st1\"; it is stamped on every record.",
             ));
         }
@@ -162,7 +166,7 @@ impl Ctx<'_> {
             return Err(self.bad_value(
                 raw.id_scope.span(),
                 "[dps] id_scope",
-                format!("{id_scope:?} is not a DPS ID scope"),
+                format!("{:?} is not a DPS ID scope", shown(id_scope)),
                 "Copy the ID Scope from the DPS overview page in the Azure portal (it looks like 0ne00ABCDEF).",
             ));
         }
@@ -178,7 +182,7 @@ impl Ctx<'_> {
                     return Err(self.bad_value(
                         endpoint.span(),
                         "[dps] endpoint",
-                        format!("{host:?} is not a host name"),
+                        format!("{:?} is not a host name", shown(host)),
                         "Write the DPS host alone, without https:// or a path, e.g. \"global.azure-devices-provisioning.net\".",
                     ));
                 }
@@ -193,7 +197,7 @@ impl Ctx<'_> {
                     return Err(self.bad_value(
                         url.span(),
                         "[dps] verify_url",
-                        format!("{text:?} is not an http(s) URL"),
+                        format!("{:?} is not an http(s) URL", shown(text)),
                         "Write a URL such as \"http://127.0.0.1:8443\" (a local DPS emulator) or leave it out to use https://{endpoint}.",
                     ));
                 }
@@ -304,6 +308,24 @@ impl Ctx<'_> {
                 "[nvs] size",
                 format!("{size:#x} is below ESP-IDF's minimum NVS partition of 3 pages ({NVS_MIN_SIZE:#x})"),
                 "Use at least 0x3000, matching the NVS partition in the firmware's partition table.",
+            ));
+        }
+        if region_end(offset, u64::from(size)).is_none() {
+            // Name the key that is out of range: the size alone, or the offset it starts at.
+            let (span, key) = match (&raw.size, &raw.offset) {
+                (Some(s), _) if *s.get_ref() > MAX_FLASH_SIZE => (s.span(), "[nvs] size"),
+                (_, Some(o)) => (o.span(), "[nvs] offset"),
+                (Some(s), None) => (s.span(), "[nvs] size"),
+                (None, None) => (raw.namespace.span(), "[nvs]"),
+            };
+            return Err(self.bad_value(
+                span,
+                key,
+                format!(
+                    "the partition at offset {offset:#x} of size {size:#x} ends beyond the {} MiB flash an ESP32 module has at most",
+                    MAX_FLASH_SIZE >> 20
+                ),
+                "Copy offset and size of the nvs partition from the firmware's partition table (e.g. offset = 0x9000, size = 0x6000); both are far below 16 MiB.",
             ));
         }
         let namespace = self.nvs_name(&raw.namespace, "namespace")?;
@@ -430,7 +452,7 @@ impl Ctx<'_> {
                         self.bad_value(
                             span.clone(),
                             "[serial] usb_ids",
-                            format!("`{id}` is not a USB vendor:product pair"),
+                            format!("`{}` is not a USB vendor:product pair", shown(id)),
                             "Write each as four hex digits, a colon and four hex digits, e.g. \"10c4:ea60\" (lsusb shows them).",
                         )
                     })?
@@ -456,12 +478,18 @@ impl Ctx<'_> {
             Some(s) => Some(
                 std::time::Duration::try_from_secs_f64(*s.get_ref())
                     .ok()
-                    .filter(|d| *d >= std::time::Duration::from_millis(100))
+                    .filter(|d| {
+                        (std::time::Duration::from_millis(100)..=MAX_PROBE_INTERVAL).contains(d)
+                    })
                     .ok_or_else(|| {
                         self.bad_value(
                             s.span(),
                             "[serial] probe_interval",
-                            format!("{} is not 0 or at least 0.1 seconds", s.get_ref()),
+                            format!(
+                                "{} is not 0 or 0.1 to {} seconds",
+                                s.get_ref(),
+                                MAX_PROBE_INTERVAL.as_secs()
+                            ),
                             "Give seconds between MAC probes of a finished unit left on its port (2 is usual), or 0 to rely on the port disappearing.",
                         )
                     })?,
@@ -491,15 +519,37 @@ impl Ctx<'_> {
             let item = item.into_inner();
             let offset = self.aligned(&item.offset, "[[firmware]] offset")?;
             let file = self.resolve(item.file.get_ref());
-            let size = std::fs::metadata(&file)
+            // Opened and checked here (a regular file no larger than any flash), read when a
+            // station opens.
+            let size = crate::file::open_regular(&file, u64::from(MAX_FLASH_SIZE))
                 .map_err(|source| ConfigError::FileUnreadable {
                     at: self.at(item.file.span()),
                     key: "[[firmware]] file".to_owned(),
                     path: file.clone(),
                     source,
                 })?
+                .metadata
                 .len();
-            let end = u64::from(offset) + size;
+            if size == 0 {
+                return Err(self.bad_value(
+                    item.file.span(),
+                    "[[firmware]] file",
+                    format!("{} is empty", file.display()),
+                    "Name the built image (e.g. build/app.bin); an empty file would erase the region and write nothing.",
+                ));
+            }
+            let Some(end) = region_end(offset, size).map(u64::from) else {
+                return Err(self.bad_value(
+                    item.offset.span(),
+                    "[[firmware]] offset",
+                    format!(
+                        "{} ({size} bytes) at {offset:#x} ends beyond the {} MiB flash an ESP32 module has at most",
+                        file.display(),
+                        MAX_FLASH_SIZE >> 20
+                    ),
+                    "Copy the offset from the firmware's partition table (e.g. 0x10000 for the app).",
+                ));
+            };
             let overlaps = |start: u32, len: u64| {
                 u64::from(offset) < u64::from(start) + len && u64::from(start) < end
             };
