@@ -23,6 +23,7 @@ pub mod keys;
 pub mod line;
 pub mod nvs;
 pub mod operator;
+pub mod process;
 pub mod provision;
 pub mod record;
 pub mod report;

@@ -70,12 +70,20 @@ chip = "esp32"
 stub = true
 "#;
 
+/// The most devices a demo runs (a batch of 10,000 takes about an hour on 4 ports).
+const DEMO_MAX_DEVICES: usize = 10_000;
+/// The most ports a demo opens.
+const DEMO_MAX_PORTS: usize = 64;
+
 pub(super) async fn run(args: DemoArgs, json: bool) -> Result<u8> {
-    if args.count == 0 || args.ports == 0 {
+    if !(1..=DEMO_MAX_DEVICES).contains(&args.count) || !(1..=DEMO_MAX_PORTS).contains(&args.ports)
+    {
         return Err(Error::BadInput {
             what: "--count/--ports".to_owned(),
-            problem: "the demo needs at least one device and one port".to_owned(),
-            fix: "Give --count and --ports of 1 or more, e.g. --count 10 --ports 4.".to_owned(),
+            problem: format!(
+                "the demo runs 1 to {DEMO_MAX_DEVICES} devices on 1 to {DEMO_MAX_PORTS} ports"
+            ),
+            fix: "Give --count and --ports in that range, e.g. --count 10 --ports 4.".to_owned(),
         });
     }
     let dir = match &args.dir {

@@ -11,6 +11,7 @@ mod records;
 mod unit;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -90,14 +91,14 @@ pub struct RunArgs {
     pub batch: Option<String>,
     /// Seconds units in flight may take to finish after SIGINT/SIGTERM before they are
     /// recorded interrupted.
-    #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
-    pub drain: f64,
+    #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = seconds)]
+    pub drain: Duration,
     /// Log one plain line per event even on a terminal (no live view).
     #[arg(long)]
     pub plain: bool,
     /// Seconds between retries of units DPS could not be reached for (`pre_verify` on).
-    #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
-    pub dps_retry: f64,
+    #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = positive_seconds)]
+    pub dps_retry: Duration,
 }
 
 /// `station provision`.
@@ -294,11 +295,11 @@ pub struct SimDpsArgs {
     #[arg(long = "fail-5xx", value_name = "N", default_value_t = 0)]
     pub fail_5xx: u32,
     /// Delay every answer by this many seconds (e.g. 0.3).
-    #[arg(long, value_name = "SECONDS", default_value_t = 0.0)]
-    pub latency: f64,
+    #[arg(long, value_name = "SECONDS", default_value = "0", value_parser = seconds)]
+    pub latency: Duration,
     /// Seconds a registration stays `assigning`.
-    #[arg(long, value_name = "SECONDS", default_value_t = 0.2)]
-    pub assign_delay: f64,
+    #[arg(long, value_name = "SECONDS", default_value = "0.2", value_parser = seconds)]
+    pub assign_delay: Duration,
     /// The Retry-After seconds sent with a 429.
     #[arg(long, value_name = "SECONDS", default_value_t = 1)]
     pub retry_after: u64,
@@ -343,11 +344,11 @@ pub struct SimDevicesArgs {
     pub ports: Option<usize>,
     /// Act as the line operator: take a device off its port once the host has talked to it and
     /// left it idle this many seconds, then plug in the next waiting device.
-    #[arg(long, value_name = "SECONDS")]
-    pub leave_after_idle: Option<f64>,
+    #[arg(long, value_name = "SECONDS", value_parser = seconds)]
+    pub leave_after_idle: Option<Duration>,
     /// Seconds a port stays empty between two devices.
-    #[arg(long, value_name = "SECONDS", default_value_t = 0.3)]
-    pub swap_gap: f64,
+    #[arg(long, value_name = "SECONDS", default_value = "0.3", value_parser = seconds)]
+    pub swap_gap: Duration,
 }
 
 /// `station demo`.
@@ -363,6 +364,35 @@ pub struct DemoArgs {
     /// (default: a new directory under the system's temporary directory).
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
+}
+
+/// The longest time a command-line flag takes, in seconds (a day).
+const MAX_SECONDS: f64 = 86_400.0;
+
+/// Seconds from the command line: a number from 0 to a day (`0.5`, `60`).
+fn seconds(text: &str) -> std::result::Result<Duration, String> {
+    let value: f64 = text.trim().parse().map_err(|_| {
+        format!(
+            "`{}` is not a number of seconds",
+            crate::support::shown(text)
+        )
+    })?;
+    if !(value.is_finite() && (0.0..=MAX_SECONDS).contains(&value)) {
+        return Err(format!(
+            "{} is not between 0 and {MAX_SECONDS} seconds",
+            crate::support::shown(text.trim())
+        ));
+    }
+    Ok(Duration::from_secs_f64(value))
+}
+
+/// Seconds from the command line, more than 0.
+fn positive_seconds(text: &str) -> std::result::Result<Duration, String> {
+    let duration = seconds(text)?;
+    if duration.is_zero() {
+        return Err("it must be more than 0 seconds".to_owned());
+    }
+    Ok(duration)
 }
 
 /// Runs a parsed command line; returns the process exit code.
@@ -421,6 +451,60 @@ fn print_json(value: &impl serde::Serialize) {
         Ok(text) => println!("{text}"),
         Err(e) => eprintln!("error: cannot encode output as JSON: {e}"),
     }
+}
+
+/// The code of every command-line usage error (an unknown flag, a missing or malformed value).
+pub const USAGE_CODE: &str = "station::cli::usage";
+
+/// Reports an argument the parser refused as every other error is reported (`error:`,
+/// `code: station::cli::usage`, `hint:`; with `--json` also the JSON error object on stdout)
+/// and returns the exit code: 2, or 0 for `--help` and `--version`, which are printed as they
+/// are.
+pub fn usage_error(error: &clap::Error) -> u8 {
+    use clap::error::ErrorKind;
+    if matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+    ) {
+        let _ = error.print();
+        return OK;
+    }
+    let text = error.render().to_string();
+    let (message, rest) = if error.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        // `station nvs`: the parser shows the group's help; say what is missing above it.
+        eprint!("{text}");
+        ("a command is missing".to_owned(), "")
+    } else {
+        let (first, rest) = text.split_once('\n').unwrap_or((text.as_str(), ""));
+        (
+            bounded(first.trim().trim_start_matches("error:").trim()),
+            rest,
+        )
+    };
+    // The parser's usage line and tip, as one sentence-like hint.
+    let detail: Vec<&str> = rest
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with("For more information"))
+        .collect();
+    let mut hint = bounded(&detail.join(" "));
+    if !hint.is_empty() {
+        hint.push_str(". ");
+    }
+    hint.push_str(
+        "Run `station --help` (or `station COMMAND --help`) for the commands and their flags.",
+    );
+    eprintln!("error: {message}\n  code: {USAGE_CODE}\n  hint: {hint}");
+    let json = std::env::args_os().skip(1).any(|arg| arg == "--json");
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "error": { "code": USAGE_CODE, "message": message, "hint": hint, "exit_code": exit::USAGE }
+            })
+        );
+    }
+    exit::USAGE
 }
 
 /// Renders an error for the terminal: message, code and hint.

@@ -321,8 +321,16 @@ pub(super) async fn check(config_path: &Path, json: bool) -> Result<u8> {
             )),
             Err(e) => checks.push(Check::misconfigured("group key", e.into())),
         }
-        match crate::store::Store::open(&config.station.database).await {
-            Ok(store) => {
+        match crate::store::Store::open_existing(&config.station.database).await {
+            Ok(None) => checks.push(Check::new(
+                "database",
+                true,
+                format!(
+                    "{} does not exist yet: the first command that records (batch open, provision, run) creates it",
+                    config.station.database.display()
+                ),
+            )),
+            Ok(Some(store)) => {
                 let report = store.verify_audit().await?;
                 let open = store.open_batch_of(&config.station.id).await?;
                 checks.push(Check::new(

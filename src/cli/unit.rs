@@ -162,8 +162,8 @@ pub(super) async fn sim_devices(args: SimDevicesArgs) -> Result<u8> {
         faults: args.faults,
         wire_time: true,
         ports: args.ports,
-        leave_after_idle: seconds(args.leave_after_idle, "--leave-after-idle")?,
-        swap_gap: seconds(Some(args.swap_gap), "--swap-gap")?.unwrap_or_default(),
+        leave_after_idle: args.leave_after_idle,
+        swap_gap: args.swap_gap,
     })?;
     let mut stdout = std::io::stdout();
     for port in line.ports() {
@@ -201,19 +201,6 @@ pub(super) async fn sim_devices(args: SimDevicesArgs) -> Result<u8> {
     wait_for_shutdown().await;
     drop(line);
     Ok(OK)
-}
-
-/// A non-negative number of seconds from the command line.
-fn seconds(value: Option<f64>, flag: &str) -> Result<Option<std::time::Duration>> {
-    value
-        .map(|s| {
-            std::time::Duration::try_from_secs_f64(s).map_err(|_| crate::error::Error::BadInput {
-                what: flag.to_owned(),
-                problem: format!("`{s}` is not a number of seconds"),
-                fix: "Give a non-negative number of seconds, e.g. 0.5.".to_owned(),
-            })
-        })
-        .transpose()
 }
 
 /// Waits for SIGINT or SIGTERM.

@@ -167,7 +167,12 @@ impl DpsClient {
                 } => {
                     let wait = self.policy.backoff(retries, retry_after, jitter());
                     retries += 1;
-                    tracing::debug!(http.status = status, retry = retries, wait = ?wait, "DPS asks to retry");
+                    tracing::debug!(
+                        http.status = status,
+                        retry = retries,
+                        wait_seconds = wait.as_secs_f64(),
+                        "DPS asks to retry"
+                    );
                     if Instant::now() + wait >= deadline {
                         return Err(if status == 429 {
                             DpsError::Throttled {
@@ -193,7 +198,11 @@ impl DpsClient {
                     };
                     match status.status.as_str() {
                         "assigned" => {
-                            tracing::info!(hub = ?state.assigned_hub, substatus = ?state.substatus, "DPS assigned the device");
+                            tracing::info!(
+                                hub = state.assigned_hub.as_deref(),
+                                substatus = state.substatus.as_deref(),
+                                "DPS assigned the device"
+                            );
                             return Ok(state);
                         }
                         "failed" => {
@@ -248,7 +257,11 @@ impl DpsClient {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        tracing::debug!(http.status = status, retry_after = ?retry_after, "DPS answered");
+        tracing::debug!(
+            http.status = status,
+            retry_after_seconds = retry_after.map(|d| d.as_secs()),
+            "DPS answered"
+        );
         if status == 429 || (500..600).contains(&status) {
             return Ok(Answer::Retry {
                 status,

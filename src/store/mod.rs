@@ -193,6 +193,22 @@ impl Store {
         })
     }
 
+    /// Opens and migrates the database file if it exists; `None` when it does not (nothing is
+    /// created: `station check` looks without touching).
+    pub async fn open_existing(path: &Path) -> Result<Option<Store>, StoreError> {
+        match std::fs::metadata(path) {
+            Ok(_) => Ok(Some(Store {
+                db: Db::Sqlite(sqlite::Sqlite::open_existing(path).await?),
+                path: path.to_owned(),
+            })),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::Open {
+                path: path.to_owned(),
+                source: sqlx::Error::Io(e),
+            }),
+        }
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
