@@ -242,6 +242,47 @@ impl Write for PrivateFile {
     }
 }
 
+/// Writes `bytes` to a new file at `path`, atomically and with mode 0600, failing if anything
+/// exists there already (a key must never be replaced by another): the temporary file is
+/// linked into place, which fails on an existing name.
+pub fn write_private_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut file = PrivateFile::create(path)?;
+    file.write_all(bytes)?;
+    file.temp.as_file().sync_all()?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_owned();
+    file.temp.persist_noclobber(path).map_err(|e| e.error)?;
+    let _ = File::open(dir).and_then(|d| d.sync_all());
+    Ok(())
+}
+
+/// Opens a file for appending only, creating it with mode 0600 when missing. A symlink at
+/// `path` is not followed (`O_NOFOLLOW`), and anything but a regular file is refused, so an
+/// append-only log cannot be redirected into another file.
+pub fn open_append(path: &Path) -> io::Result<File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.append(true).create(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options
+            .mode(0o600)
+            .custom_flags((nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK).bits());
+    }
+    let file = options.open(path)?;
+    let metadata = file.metadata()?;
+    if !metadata.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("it is {}, not a regular file", kind_of(&metadata)),
+        ));
+    }
+    Ok(file)
+}
+
 /// Writes `bytes` to `path` as a [`PrivateFile`]: atomically, mode 0600.
 pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut file = PrivateFile::create(path)?;

@@ -434,26 +434,37 @@ fn describe_base64_error(error: &base64::DecodeError) -> String {
     }
 }
 
+/// Who besides the owner may read a key file (`group`, `others` or `group and others`) and its
+/// permission bits; `None` when only the owner may. The one rule for every key the station
+/// holds.
 #[cfg(unix)]
-fn check_permissions(metadata: &std::fs::Metadata, path: &Path) -> Result<(), KeyError> {
+pub fn exposure(metadata: &std::fs::Metadata) -> Option<(&'static str, u32)> {
     use std::os::unix::fs::PermissionsExt as _;
     let mode = metadata.permissions().mode() & 0o777;
     let who = match (mode & 0o070 != 0, mode & 0o007 != 0) {
-        (false, false) => return Ok(()),
+        (false, false) => return None,
         (true, false) => "group",
         (false, true) => "others",
         (true, true) => "group and others",
     };
-    Err(KeyError::Exposed {
-        path: path.display().to_string(),
-        who,
-        mode,
-    })
+    Some((who, mode))
 }
 
+/// Who besides the owner may read a key file: nobody, where permission bits do not exist.
 #[cfg(not(unix))]
-fn check_permissions(_metadata: &std::fs::Metadata, _path: &Path) -> Result<(), KeyError> {
-    Ok(())
+pub fn exposure(_metadata: &std::fs::Metadata) -> Option<(&'static str, u32)> {
+    None
+}
+
+fn check_permissions(metadata: &std::fs::Metadata, path: &Path) -> Result<(), KeyError> {
+    match exposure(metadata) {
+        None => Ok(()),
+        Some((who, mode)) => Err(KeyError::Exposed {
+            path: path.display().to_string(),
+            who,
+            mode,
+        }),
+    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,8 @@
 //! or the database; [`device`], [`sim`] and [`store`] are the I/O shells around them, and
 //! [`provision`] orchestrates one unit through the pipeline of `DESIGN.md` section 1.
 
+pub mod certificate;
+pub mod checkpoint;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -5,6 +5,7 @@
 //! client when `[dps] pre_verify` is on, opens the database and records in the audit log the
 //! configuration and keys the station runs with (only when they changed since it last did).
 
+use crate::checkpoint::{Anchor, CheckpointError, CheckpointLog};
 use crate::config::Config;
 use crate::device::Region;
 use crate::dps::{DpsClient, DpsError};
@@ -13,7 +14,9 @@ use crate::keys::{GroupKeys, KeyError};
 use crate::store::{StationOpen, Store, StoreError};
 
 /// The largest `[[firmware]]` image the station reads: the largest flash an ESP32 module has.
-const FIRMWARE_LIMIT: u64 = 16 << 20;
+const FIRMWARE_LIMIT: u64 = crate::flash::MAX_FLASH_SIZE as u64;
+/// The largest `station.toml` hashed for the audit log (as large as the station reads).
+const CONFIG_LIMIT: u64 = 1 << 20;
 
 /// Why a station could not start: every error is the one of the part that failed.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
@@ -71,7 +74,11 @@ impl Station {
         } else {
             None
         };
-        let store = Store::open(&config.station.database).await?;
+        let store = Store::open(&config.station.database)
+            .await?
+            .with_anchor(std::sync::Arc::new(
+                anchor_for(&config).map_err(StoreError::from)?,
+            ));
         let operator = crate::operator::resolve(None, None);
         store
             .record_station_open(&station_open(&config, &keys, &operator))
@@ -95,17 +102,31 @@ impl Station {
     }
 }
 
+/// What anchors this station's audit chain ([`crate::checkpoint`]): its signing key (made on
+/// first use), its checkpoint file and the system log, as `[audit]` says.
+pub fn anchor_for(config: &Config) -> Result<Anchor, CheckpointError> {
+    Anchor::open(
+        &config.audit.signing_key_file,
+        &config.station.id,
+        CheckpointLog::new(&config.audit.checkpoint_file),
+        config.audit.syslog.clone(),
+        config.audit.checkpoint_every,
+    )
+}
+
 /// What the audit log records of a station opening with `config` (its file hashed as it is now)
 /// and `keys`. A configuration that was not read from a file (tests build one from text)
 /// records no `config.changed`.
 fn station_open(config: &Config, keys: &GroupKeys, operator: &str) -> StationOpen {
     use sha2::{Digest as _, Sha256};
-    let config_file = std::fs::read(&config.path).ok().map(|bytes| {
-        (
-            config.path.display().to_string(),
-            hex::encode(Sha256::digest(bytes)),
-        )
-    });
+    let config_file = crate::file::read_regular(&config.path, CONFIG_LIMIT)
+        .ok()
+        .map(|bytes| {
+            (
+                config.path.display().to_string(),
+                hex::encode(Sha256::digest(bytes)),
+            )
+        });
     StationOpen {
         station_id: config.station.id.clone(),
         operator: operator.to_owned(),

@@ -232,7 +232,7 @@ fn write_config(dir: &Path, verify_url: &str) -> Result<()> {
 /// `station export manifest --batch NAME --out FILE`).
 async fn write_manifest(station: &Station, batch: &str, path: &Path) -> Result<()> {
     let mut file = create_private(path)?;
-    station
+    let export = station
         .store
         .export_manifest(
             &ManifestFilter::batch(batch),
@@ -242,5 +242,13 @@ async fn write_manifest(station: &Station, batch: &str, path: &Path) -> Result<(
             &mut file,
         )
         .await?;
-    commit_private(file)
+    commit_private(file)?;
+    if let Some(checkpoint) = &export.checkpoint {
+        super::write_checkpoint_sidecar(
+            path,
+            checkpoint,
+            super::records::manifest_summary(path, &export),
+        )?;
+    }
+    Ok(())
 }

@@ -23,6 +23,11 @@ use crate::station::Station;
 use crate::store::StoreError;
 
 pub(super) async fn run(config: Config, args: RunArgs, json: bool) -> Result<u8> {
+    // Said before the live view takes the terminal; stderr, so --json output stays one stream.
+    for warning in &config.warnings {
+        eprintln!("warning: {warning}");
+        tracing::warn!(warning = warning.as_str(), "configuration warning");
+    }
     let station = Arc::new(Station::open(config).await?);
     let batch = station
         .store

@@ -238,13 +238,22 @@ pub enum AuditCommand {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
-    /// Re-walk the hash chain; exit 0 with the count verified, or exit 1 naming the first entry
-    /// that does not match.
+    /// Re-walk the hash chain and hold it against the station's signed checkpoints; exit 0
+    /// with the count verified, or exit 1 naming the first entry that does not match, or the
+    /// checkpoint that shows the log cut short or rewritten.
     Verify {
-        /// A head hash recorded at an earlier review: also check that this entry is still in
-        /// the chain.
+        /// A head hash recorded at an earlier review (16 to 64 hex digits, any case): also
+        /// check that this entry is still in the chain.
         #[arg(long, value_name = "HASH")]
         head: Option<String>,
+        /// Checkpoint files to hold the chain against (repeatable; default: the station's
+        /// [audit] checkpoint_file).
+        #[arg(long, value_name = "FILE")]
+        checkpoints: Vec<PathBuf>,
+        /// The station public key to trust (`ed25519:...`, or a file holding it; default: the
+        /// station's own signing key).
+        #[arg(long, value_name = "KEY")]
+        public_key: Option<String>,
     },
 }
 
@@ -436,8 +445,39 @@ fn load_config(path: &Path) -> Result<Config> {
     Ok(Config::load(path)?)
 }
 
+/// Opens the database for a command that records: its chain is anchored by the station's
+/// signed checkpoints ([`crate::station::anchor_for`]).
 async fn open_store(config: &Config) -> Result<Store> {
+    let anchor = crate::station::anchor_for(config).map_err(crate::store::StoreError::from)?;
+    Ok(Store::open(&config.station.database)
+        .await?
+        .with_anchor(std::sync::Arc::new(anchor)))
+}
+
+/// Opens the database for a command that only reads (no key is made, no checkpoint written).
+async fn open_store_to_read(config: &Config) -> Result<Store> {
     Ok(Store::open(&config.station.database).await?)
+}
+
+/// Writes the checkpoint an export embedded beside the file it went to: `FILE.checkpoint.json`
+/// (mode 0600, atomically). CSV and JSON manifests keep their exact shape (QA tools parse
+/// them), so the checkpoint travels beside them.
+fn write_checkpoint_sidecar(
+    out: &Path,
+    checkpoint: &crate::checkpoint::Checkpoint,
+    export: serde_json::Value,
+) -> Result<PathBuf> {
+    let mut name = out.as_os_str().to_owned();
+    name.push(".checkpoint.json");
+    let path = PathBuf::from(name);
+    let text = serde_json::to_string_pretty(&serde_json::json!({
+        "export": export,
+        "checkpoint": checkpoint,
+    }))
+    .unwrap_or_default();
+    crate::file::write_private(&path, format!("{text}\n").as_bytes())
+        .map_err(|e| Error::io("writing", &path, e))?;
+    Ok(path)
 }
 
 /// Who is responsible for an act outside a unit's attempt ([`crate::operator::resolve`]).

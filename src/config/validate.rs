@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use toml::Spanned;
 
 use super::error::{ConfigError, Location};
-use super::raw::{RawConfig, RawDps, RawEntryValue, RawFirmware, RawNvs, RawSerial, RawStation};
+use super::raw::{
+    RawAudit, RawConfig, RawDps, RawEntryValue, RawFirmware, RawNvs, RawSerial, RawStation,
+};
 use super::types::*;
 use super::{
     DEFAULT_API_VERSION, DEFAULT_DPS_ENDPOINT, DEFAULT_VERIFY_TIMEOUT, MAX_VERIFY_TIMEOUT,
@@ -23,6 +25,26 @@ const NVS_MIN_SIZE: u32 = MIN_PARTITION_SIZE as u32;
 
 /// The longest `[serial] probe_interval`: a unit left on its port is noticed within the hour.
 const MAX_PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// The largest `[audit] checkpoint_every`.
+const MAX_CHECKPOINT_EVERY: i64 = 100_000;
+
+/// How close to its expiry a device's root CA gets a warning, in days.
+const EXPIRY_WARNING_DAYS: i64 = 90;
+
+/// Now, in Unix seconds (certificates are checked against the station's clock).
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// Whether an `[nvs.entries]` file is a certificate to check: its key names one (`root_ca`,
+/// `ca_cert`, `server_cert`) or its text holds a PEM block.
+fn is_certificate(key: &str, contents: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    key.contains("cert")
+        || key.split(['_', '-', '.']).any(|part| part == "ca")
+        || contents.contains("-----BEGIN")
+}
 
 /// Parses `10c4:ea60`.
 fn parse_usb_id(text: &str) -> Option<(u16, u16)> {
@@ -128,6 +150,14 @@ impl Ctx<'_> {
         let size_span = raw_nvs.size.as_ref().map_or(nvs_span, Spanned::span);
         let nvs = self.nvs(raw_nvs, &dps)?;
         let firmware = self.firmware(raw.firmware, &nvs)?;
+        let audit = self.audit(raw.audit, &dps)?;
+        let mut warnings = self.certificate_warnings(&nvs);
+        if audit.checkpoint_file.parent() == station.database.parent() {
+            warnings.push(format!(
+                "[audit] checkpoint_file {} is in the database's directory: whoever can rewrite the database there can also remove its checkpoints; keep them elsewhere (the default is beside the group key)",
+                audit.checkpoint_file.display()
+            ));
+        }
         let config = Config {
             path: self.path.to_owned(),
             station,
@@ -135,6 +165,8 @@ impl Ctx<'_> {
             nvs,
             serial,
             firmware,
+            audit,
+            warnings,
         };
         self.check_fit(&config, size_span)?;
         Ok(config)
@@ -260,6 +292,58 @@ impl Ctx<'_> {
         })
     }
 
+    fn audit(
+        &self,
+        raw: Option<Spanned<RawAudit>>,
+        dps: &DpsConfig,
+    ) -> Result<AuditConfig, ConfigError> {
+        let raw = raw.map(Spanned::into_inner);
+        let (key_file, checkpoint_file, every, syslog) = match raw {
+            None => (None, None, None, None),
+            Some(raw) => (
+                raw.signing_key_file,
+                raw.checkpoint_file,
+                raw.checkpoint_every,
+                raw.syslog,
+            ),
+        };
+        // Beside the group key: the directory the station's secrets live in, and not the
+        // database's.
+        let secrets = dps
+            .group_key_file
+            .parent()
+            .unwrap_or(Path::new(""))
+            .to_owned();
+        let checkpoint_every = match every {
+            None => DEFAULT_CHECKPOINT_EVERY,
+            Some(n) if (1..=MAX_CHECKPOINT_EVERY).contains(n.get_ref()) => n.into_inner(),
+            Some(n) => {
+                return Err(self.bad_value(
+                    n.span(),
+                    "[audit] checkpoint_every",
+                    format!("{} is outside 1 to {MAX_CHECKPOINT_EVERY}", n.get_ref()),
+                    "Give how many audit entries may pass between two checkpoints; 100 is usual (a checkpoint is also written at every batch close and export).",
+                ));
+            }
+        };
+        Ok(AuditConfig {
+            signing_key_file: key_file.map_or_else(
+                || secrets.join("station-signing.key"),
+                |f| self.resolve(f.get_ref()),
+            ),
+            checkpoint_file: checkpoint_file.map_or_else(
+                || secrets.join("checkpoints.jsonl"),
+                |f| self.resolve(f.get_ref()),
+            ),
+            checkpoint_every,
+            syslog: match syslog {
+                None => Some(PathBuf::from("/dev/log")),
+                Some(s) if s.get_ref().is_empty() => None,
+                Some(s) => Some(self.resolve(s.get_ref())),
+            },
+        })
+    }
+
     fn aligned(&self, value: &Spanned<u32>, key: &str) -> Result<u32, ConfigError> {
         let v = *value.get_ref();
         if !v.is_multiple_of(SECTOR_SIZE) {
@@ -363,14 +447,32 @@ impl Ctx<'_> {
                             source,
                         },
                     )?;
+                    let key = format!("[nvs.entries] {name}");
                     let contents = String::from_utf8(bytes).map_err(|_| {
                         self.bad_value(
                             value.span(),
-                            &format!("[nvs.entries] {name}"),
+                            &key,
                             format!("{} is not UTF-8 text", path.display()),
                             "Entries are stored as strings; give a PEM (text) file, not DER.",
                         )
                     })?;
+                    if is_certificate(&name, &contents) {
+                        crate::certificate::check_bundle(&contents, now()).map_err(|problem| {
+                            ConfigError::BadCertificate {
+                                at: self.at(value.span()),
+                                key: key.clone(),
+                                path: path.clone(),
+                                problem: Box::new(problem),
+                            }
+                        })?;
+                    } else if contents.trim().is_empty() {
+                        return Err(self.bad_value(
+                            value.span(),
+                            &key,
+                            format!("{} is empty", path.display()),
+                            "Name the file whose contents the firmware expects under this key; an empty value is surely a mistake.",
+                        ));
+                    }
                     EntryValue::File { path, contents }
                 }
             };
@@ -582,6 +684,34 @@ impl Ctx<'_> {
             images.push(FirmwareImage { offset, file, size });
         }
         Ok(images)
+    }
+
+    /// A warning for each certificate of an `[nvs.entries]` file that expires within
+    /// [`EXPIRY_WARNING_DAYS`] (already checked valid at load).
+    fn certificate_warnings(&self, nvs: &NvsConfig) -> Vec<String> {
+        let now = now();
+        let mut warnings = Vec::new();
+        for entry in &nvs.entries {
+            let EntryValue::File { path, contents } = &entry.value else {
+                continue;
+            };
+            if !is_certificate(&entry.key, contents) {
+                continue;
+            }
+            let Ok(bundle) = crate::certificate::check_bundle(contents, now) else {
+                continue;
+            };
+            for certificate in bundle.expiring_within(now, EXPIRY_WARNING_DAYS * 86_400) {
+                warnings.push(format!(
+                    "[nvs.entries] {}: {}: the certificate {} expires on {}, within {EXPIRY_WARNING_DAYS} days: devices flashed with it will stop trusting their servers then; replace it with its successor",
+                    entry.key,
+                    path.display(),
+                    certificate.subject,
+                    certificate.expiry_date()
+                ));
+            }
+        }
+        warnings
     }
 
     /// Builds the image a device would get, with values of the exact lengths every device's

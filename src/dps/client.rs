@@ -153,12 +153,7 @@ impl DpsClient {
             let answer = match request.send().await {
                 Ok(response) => self.answer(registration_id, response).await?,
                 Err(e) if e.is_timeout() => return Err(timeout()),
-                Err(e) => {
-                    return Err(DpsError::Unreachable {
-                        url: self.base.clone(),
-                        detail: error_chain_text(&e),
-                    });
-                }
+                Err(e) => return Err(DpsError::no_answer(&self.base, &e)),
             };
             let wait = match answer {
                 Answer::Retry {
@@ -322,10 +317,7 @@ impl DpsClient {
             .await
         {
             Ok(response) => Ok(response.status().as_u16()),
-            Err(e) => Err(DpsError::Unreachable {
-                url: self.base.clone(),
-                detail: error_chain_text(&e),
-            }),
+            Err(e) => Err(DpsError::no_answer(&self.base, &e)),
         }
     }
 }

@@ -502,10 +502,34 @@ impl Backend for Sqlite {
         .await?)
     }
 
-    async fn audit_hash_position(&self, hash: &str) -> Result<Option<i64>, StoreError> {
+    async fn audit_hash_prefix(&self, prefix: &str) -> Result<Vec<i64>, StoreError> {
+        // Hashes are lowercase hex: every hash starting with `prefix` sorts between it and
+        // `prefix` followed by `g`, a range the hash column's unique index answers.
+        Ok(sqlx::query_scalar(
+            "SELECT seq FROM audit_log WHERE hash >= ?1 AND hash < ?1 || 'g' ORDER BY seq LIMIT 2",
+        )
+        .bind(prefix)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    // One SQLite file holds one chain, whichever stations write to it.
+    async fn audit_head(&self, _station_id: &str) -> Result<Option<(i64, String)>, StoreError> {
         Ok(
-            sqlx::query_scalar("SELECT seq FROM audit_log WHERE hash = ?")
-                .bind(hash)
+            sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn audit_hash_at(
+        &self,
+        _station_id: &str,
+        seq: i64,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT hash FROM audit_log WHERE seq = ?")
+                .bind(seq)
                 .fetch_optional(&self.pool)
                 .await?,
         )
