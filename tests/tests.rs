@@ -7,6 +7,7 @@
 mod architecture;
 mod cli;
 mod dps;
+mod harden;
 mod line;
 mod nvs;
 mod provision;

@@ -394,7 +394,10 @@ impl MacCsv {
                 .map_err(|e| csv_error(&self.path, e.position().map_or(0, |p| p.line()), e))?;
             let line = record.position().map_or(0, |p| p.line());
             let text = record.get(self.mac_col).unwrap_or_default();
-            let mac: Mac = text.parse().map_err(|e| csv_error(&self.path, line, e))?;
+            let mac: Mac = text.parse().map_err(|source| Error::BadMacAt {
+                at: format!("{}:{line}", self.path.display()),
+                source,
+            })?;
             let given = self.id_col.and_then(|i| record.get(i)).map(str::to_owned);
             Ok((line, mac, given))
         }))

@@ -120,13 +120,15 @@ pub struct ProvisionArgs {
 pub enum BatchCommand {
     /// Open a work order; a station works one batch at a time.
     Open {
-        /// A unique name, e.g. the work-order number.
+        /// A unique name, e.g. the work-order number (1 to 128 characters, no control
+        /// characters).
+        #[arg(value_parser = label)]
         name: String,
         /// How many units the batch should provision.
         #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
         target: i64,
         /// Who is responsible (default: $STATION_OPERATOR, else the login name).
-        #[arg(long, value_name = "ID")]
+        #[arg(long, value_name = "ID", value_parser = label)]
         operator: Option<String>,
     },
     /// Close a batch (default: the open one).
@@ -373,6 +375,24 @@ pub struct DemoArgs {
     /// (default: a new directory under the system's temporary directory).
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
+}
+
+/// The longest name or label taken from the command line (a batch, an operator).
+const MAX_LABEL: usize = 128;
+
+/// A name from the command line that goes into records: 1 to 128 characters, no control
+/// characters (a pasted file or a terminal escape is no batch name).
+fn label(text: &str) -> std::result::Result<String, String> {
+    let count = text.chars().count();
+    if count == 0 || count > MAX_LABEL {
+        return Err(format!(
+            "it is {count} characters long; give 1 to {MAX_LABEL}"
+        ));
+    }
+    if text.chars().any(char::is_control) {
+        return Err("it holds control characters (a line break, a tab, an escape)".to_owned());
+    }
+    Ok(text.to_owned())
 }
 
 /// The longest time a command-line flag takes, in seconds (a day).
