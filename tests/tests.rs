@@ -4,6 +4,7 @@
 // Test helpers outside #[test] functions panic on purpose: a broken fixture is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod anchor;
 mod architecture;
 mod cli;
 mod dps;
