@@ -609,4 +609,92 @@ mod tests {
             "{error}"
         );
     }
+
+    // Issue 13: the reader on arbitrary bytes: never a panic, and never more out than in (so
+    // memory stays bounded by the image, whatever lengths its entries claim).
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::super::format::{
+            ENTRY_SIZE, ENTRY_WRITTEN, entry_header_crc, entry_offset,
+        };
+        use super::super::super::{Entry, PAGE_SIZE, Value, build};
+        use super::super::parse;
+
+        fn decoded_bytes(entries: &[Entry]) -> usize {
+            entries
+                .iter()
+                .map(|e| {
+                    e.key.len()
+                        + e.namespace.len()
+                        + match &e.value {
+                            Value::Str(s) => s.len(),
+                            Value::Blob(b) => b.len(),
+                            _ => 8,
+                        }
+                })
+                .sum()
+        }
+
+        fn image() -> Vec<u8> {
+            build(
+                &[
+                    Entry::new("dps", "reg_id", Value::Str("sensor-240ac4000001".into())),
+                    Entry::new(
+                        "dps",
+                        "blob",
+                        Value::Blob((0..5000).map(|i| i as u8).collect()),
+                    ),
+                    Entry::new("app", "n", Value::U32(7)),
+                ],
+                0x5000,
+            )
+            .expect("builds")
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..3 * PAGE_SIZE + 7)) {
+                if let Ok(entries) = parse(&bytes) {
+                    prop_assert!(decoded_bytes(&entries) <= bytes.len());
+                }
+            }
+
+            #[test]
+            fn arbitrary_pages_never_panic(pages in proptest::collection::vec(
+                proptest::collection::vec(any::<u8>(), PAGE_SIZE..=PAGE_SIZE), 3..5)) {
+                let bytes: Vec<u8> = pages.concat();
+                if let Ok(entries) = parse(&bytes) {
+                    prop_assert!(decoded_bytes(&entries) <= bytes.len());
+                }
+            }
+
+            // Entries overwritten with arbitrary bytes under a valid header CRC reach past the
+            // CRC checks into spans, sizes, chunk counts and namespaces.
+            #[test]
+            fn resealed_arbitrary_entries_never_panic(
+                edits in proptest::collection::vec(
+                    (0usize..4, 0usize..16, proptest::collection::vec(any::<u8>(), ENTRY_SIZE..=ENTRY_SIZE)),
+                    1..6,
+                )
+            ) {
+                let mut bytes = image();
+                for (page, slot, entry) in edits {
+                    // Marked written in the page's bitmap, so the reader takes it.
+                    let bit = page * PAGE_SIZE + 32 + slot / 4;
+                    let shift = (slot % 4) * 2;
+                    bytes[bit] = (bytes[bit] & !(0b11 << shift)) | (ENTRY_WRITTEN << shift);
+                    let at = entry_offset(page, slot);
+                    bytes[at..at + ENTRY_SIZE].copy_from_slice(&entry);
+                    let crc = entry_header_crc(&bytes[at..at + ENTRY_SIZE]);
+                    bytes[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
+                }
+                if let Ok(entries) = parse(&bytes) {
+                    prop_assert!(decoded_bytes(&entries) <= bytes.len());
+                }
+            }
+        }
+    }
 }
