@@ -3,7 +3,9 @@
 //! Each run is two processes, as on a line: `station sim devices` (the devices take turns on the
 //! ports; a simulated operator takes each unit off 0.2 s after the station leaves it idle and
 //! plugs the next in 0.1 s later) and `station run --json` on a batch of 100 at 921600 baud with
-//! the flasher stub, wire time charged. It prints wall time (daemon start to exit), units per
+//! the flasher stub. The simulator runs its default, realistic model: the recorded ESP32 ROM's
+//! behaviour, wire time, 1 ms of USB latency per reply, 45 ms per sector erase, 0.7 ms per page
+//! program. It prints wall time (daemon start to exit), units per
 //! minute, parallel efficiency (P-port throughput / (P x 1-port throughput)) and the daemon's
 //! peak resident memory (VmHWM).
 //!
@@ -14,39 +16,7 @@ use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const GROUP_KEY: &str =
-    "8isrFI1sGsIlvvFSSFRiMfCNzv21fjbE/+ah/lSh3lF8e2YG1Te7w1KpZhJFFXJrqYKi9yegxkqIChbqOS9Egw==";
-
-const CONFIG: &str = r#"
-[station]
-id = "bench-st1"
-database = "station.db"
-
-[dps]
-id_scope = "0ne00BENCH0"
-group_key_file = "group.key"
-registration_id = "sensor-{mac}"
-
-[nvs]
-offset = 0x9000
-size = 0x6000
-namespace = "dps"
-
-[nvs.entries]
-id_scope = "{id_scope}"
-reg_id = "{registration_id}"
-device_key = "{device_key}"
-dps_host = "{dps_host}"
-
-[serial]
-ports = ["ports/ttySIM*"]
-baud = 921600
-before = "no-reset"
-after = "no-reset"
-chip = "esp32"
-stub = true
-max_parallel = 16
-"#;
+mod common;
 
 struct Sample {
     ports: usize,
@@ -71,15 +41,11 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
 fn run(ports: usize, units: usize, dps_latency: Option<f64>) -> Sample {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let root = dir.path();
+    let mut config_text = common::config(r#"["ports/ttySIM*"]"#, 921_600, true);
+    let config = common::workspace(root, &config_text);
     let key = root.join("group.key");
-    std::fs::write(&key, GROUP_KEY).expect("key");
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("mode");
-    }
     // With a DPS latency, every unit is pre-verified against `station sim dps` on loopback.
     let mut emulator = None;
-    let mut config_text = CONFIG.to_owned();
     if let Some(latency) = dps_latency {
         let mut child = station()
             .args([
@@ -107,9 +73,8 @@ fn run(ports: usize, units: usize, dps_latency: Option<f64>) -> Sample {
             ),
         );
         emulator = Some(child);
+        std::fs::write(&config, &config_text).expect("config");
     }
-    std::fs::write(root.join("station.toml"), &config_text).expect("config");
-    let config = root.join("station.toml");
     let opened = station()
         .arg("--config")
         .arg(&config)
@@ -221,7 +186,7 @@ fn main() {
     }
 
     println!(
-        "line: batch of {units} at 921600 baud, stub, wire time on, simulated operator swapping units"
+        "line: batch of {units} at 921600 baud, stub, ROM-faithful simulator (wire time, 1 ms USB latency, flash erase/program time), simulated operator swapping units"
     );
     println!(
         "{:>5} {:>9} {:>10} {:>11} {:>10} {:>13}",

@@ -1,88 +1,53 @@
-//! Seconds per unit through the whole pipeline (connect, identify, build, flash, verify, record)
-//! against simulated ESP32s with wire time on at 921600 baud, through the real espflash code path
-//! and a real SQLite file, next to the wire-time floor of the bytes actually moved.
+//! Seconds per unit through the whole pipeline (connect, identify, build, flash, verify, record,
+//! reset) against the ROM-faithful simulator with realistic time (wire time at the current
+//! rate, the USB bridge's latency on every reply, 45 ms per 4 KiB sector erase, 0.7 ms per
+//! 256-byte page program), through the real device code path and a real SQLite file.
 //!
-//! Run: `cargo bench --bench provision` (`-- --units N` to change the sample, default 15).
+//! Run: `cargo bench --bench provision` (`-- --units N`, default 15; `-- --latency MS`,
+//! default 1).
 //!
-//! Two floors are printed. The naive one charges every byte at 921600 baud (92,160 bytes/s), as
-//! if the link ran at full speed from the first SYNC. The link-rate floor charges the connect
-//! stage at 115200 baud, the rate the ROM loader listens at until espflash's CHANGE_BAUDRATE at
-//! the end of connect (the stub upload happens before it), and the other stages at 921600.
+//! Each case runs on fresh units twice: with erased flash (a factory-fresh module) and with
+//! the NVS partition full of old data (a unit that already ran firmware, so every sector has to
+//! be erased). Next to the median it prints where the time goes on the simulated link, summed
+//! over the unit: the wire time of every byte at the rate it went (the floor the link's speed
+//! sets), the chip's own work (erase, program, hash), one USB latency per reply, and what
+//! remains: the host's own time (espflash's and the station's waits, SQLite, scheduling).
+//! The stub overlaps its flash work with the wire, so for it the parts add up to more than
+//! the whole.
 
 use std::path::Path;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use station::config::Config;
-use station::device::{
-    Device, DeviceIdentity, EspflashDevice, ProgressSender, Region, SerialSettings,
-};
+use station::device::{EspflashDevice, SerialSettings};
 use station::error::Error;
-use station::provision::{self, Outcome, Request};
-use station::sim::{SimLine, SimOptions, SimStats};
+use station::provision::{self, Outcome, Request, Timings};
+use station::sim::{SimLine, SimOptions, SimStats, SimTiming};
 use station::station::Station;
 
 const GROUP_KEY: &str =
     "8isrFI1sGsIlvvFSSFRiMfCNzv21fjbE/+ah/lSh3lF8e2YG1Te7w1KpZhJFFXJrqYKi9yegxkqIChbqOS9Egw==";
 
-/// Wraps a device to count the bytes each stage moves over the simulated link.
-struct Measured<'a, D> {
-    inner: D,
-    sim: &'a station::sim::SimDevice,
-    bytes: [u64; 5],
+/// One unit: total seconds, per-stage seconds, the link's accounting.
+struct Row {
+    total: f64,
+    timings: Timings,
+    stats: SimStats,
 }
-
-impl<D: Device> Measured<'_, D> {
-    fn moved(stats: SimStats) -> u64 {
-        stats.bytes_received + stats.bytes_sent
-    }
-
-    async fn count<T>(&mut self, slot: usize, f: impl AsyncFnOnce(&mut D) -> T) -> T {
-        let before = Self::moved(self.sim.stats());
-        let out = f(&mut self.inner).await;
-        self.bytes[slot] += Self::moved(self.sim.stats()) - before;
-        out
-    }
-}
-
-impl<D: Device> Device for Measured<'_, D> {
-    fn port(&self) -> &Path {
-        self.inner.port()
-    }
-    async fn connect(&mut self) -> Result<(), station::device::DeviceError> {
-        self.count(0, async |d| d.connect().await).await
-    }
-    async fn identify(&mut self) -> Result<DeviceIdentity, station::device::DeviceError> {
-        self.count(1, async |d| d.identify().await).await
-    }
-    async fn write(
-        &mut self,
-        regions: Vec<Region>,
-        progress: Option<ProgressSender>,
-    ) -> Result<(), station::device::DeviceError> {
-        self.count(2, async |d| d.write(regions, progress).await)
-            .await
-    }
-    async fn md5(
-        &mut self,
-        offset: u32,
-        len: u32,
-    ) -> Result<[u8; 16], station::device::DeviceError> {
-        self.count(3, async |d| d.md5(offset, len).await).await
-    }
-    async fn reset(&mut self) -> Result<(), station::device::DeviceError> {
-        self.count(4, async |d| d.reset().await).await
-    }
-}
-
-/// One unit: total seconds, per-stage seconds, bytes per device call.
-type Row = (f64, provision::Timings, [u64; 5]);
 
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
 }
 
-async fn run(units: usize, stub: bool) -> Result<(), Error> {
+async fn run(
+    units: usize,
+    stub: bool,
+    baud: u32,
+    latency: Duration,
+    old_data: bool,
+) -> Result<(), Error> {
     let dir = tempfile::tempdir().map_err(|e| Error::io("creating", "temp dir", e))?;
     let key = dir.path().join("group.key");
     std::fs::write(&key, GROUP_KEY).map_err(|e| Error::io("writing", &key, e))?;
@@ -93,12 +58,13 @@ async fn run(units: usize, stub: bool) -> Result<(), Error> {
         .replace("secrets/group.key", "group.key")
         .replace("before = \"default-reset\"", "before = \"no-reset\"")
         .replace("after = \"hard-reset\"", "after = \"no-reset\"")
+        .replace("baud = 921600", &format!("baud = {baud}"))
         .replace(
             "stub = true",
             if stub { "stub = true" } else { "stub = false" },
         );
     let config = Config::parse(&text, &dir.path().join("station.toml"))?;
-    let baud = config.serial.baud;
+    let (offset, size) = (config.nvs.offset, config.nvs.size);
     let station = Station::open(config).await?;
     let batch = station
         .store
@@ -110,56 +76,66 @@ async fn run(units: usize, stub: bool) -> Result<(), Error> {
         reprovision: false,
         skip_provisioned: false,
     };
+    // Old data: an NVS partition a firmware filled with entries, no sector erased.
+    let preload = if old_data {
+        let old: Vec<u8> = (0..size)
+            .map(|i| (i.wrapping_mul(31) % 251) as u8)
+            .collect();
+        vec![(offset, Arc::<[u8]>::from(old))]
+    } else {
+        Vec::new()
+    };
     let line = SimLine::start(SimOptions {
         count: units,
+        timing: SimTiming {
+            usb_latency: latency,
+            ..SimTiming::default()
+        },
+        preload,
         ..SimOptions::default()
     })?;
 
-    let mut rows: Vec<Row> = Vec::new();
+    let mut rows = Vec::new();
     for sim in line.devices() {
-        let mut device = Measured {
-            inner: EspflashDevice::new(sim.port(), SerialSettings::from(&station.config.serial)),
-            sim,
-            bytes: [0; 5],
-        };
+        let mut device =
+            EspflashDevice::new(sim.port(), SerialSettings::from(&station.config.serial));
         let start = Instant::now();
         let report = provision::provision(&mut device, &station, &request, None).await?;
         let total = start.elapsed().as_secs_f64();
         assert_eq!(report.outcome, Outcome::Provisioned, "{report:?}");
-        rows.push((total, report.timings, device.bytes));
+        rows.push(Row {
+            total,
+            timings: report.timings,
+            stats: sim.stats(),
+        });
     }
 
-    let fast = f64::from(baud) / 10.0;
-    let slow = 115_200.0 / 10.0;
     let med = |f: &dyn Fn(&Row) -> f64| median(rows.iter().map(f).collect());
-    let bytes = rows[0].2;
-    let all: u64 = bytes.iter().sum();
-    let naive_floor = all as f64 / fast;
-    let link_floor = bytes[0] as f64 / slow + bytes[1..].iter().sum::<u64>() as f64 / fast;
-    let total = med(&|r| r.0);
+    let total = med(&|r| r.total);
+    let wire = med(&|r| r.stats.wire_time.as_secs_f64());
+    let work = med(&|r| r.stats.work_time.as_secs_f64());
+    let waits = med(&|r| r.stats.turnarounds as f64 * latency.as_secs_f64());
+    let bytes = med(&|r| (r.stats.bytes_received + r.stats.bytes_sent) as f64);
+    let replies = med(&|r| r.stats.turnarounds as f64);
     println!(
-        "provision ({} mode, {baud} baud, {}-byte NVS image, wire time on): {units} units",
+        "{:>4} {:>7} {:>8} {:>7.3} | {:>6.3} {:>6.3} {:>6.4} {:>6.3} {:>6.3} {:>6.3} {:>6.3} | {:>6.0} {:>4.0} {:>6.3} {:>6.3} {:>6.3} {:>6.3}",
         if stub { "stub" } else { "ROM" },
-        station.config.nvs.size
-    );
-    println!("  median per unit  {total:.3} s");
-    println!(
-        "    connect {:.3}  identify {:.3}  build {:.4}  flash {:.3}  verify {:.3}  record {:.3}  reset {:.3}",
-        med(&|r| r.1.connect),
-        med(&|r| r.1.identify),
-        med(&|r| r.1.build),
-        med(&|r| r.1.flash),
-        med(&|r| r.1.verify),
-        med(&|r| r.1.record),
-        med(&|r| r.1.reset)
-    );
-    println!(
-        "  bytes on the wire per unit  {all} (connect {}, identify {}, flash {}, verify {}, reset {})",
-        bytes[0], bytes[1], bytes[2], bytes[3], bytes[4]
-    );
-    println!(
-        "  floor: naive {naive_floor:.3} s (all bytes at {baud}); link-rate {link_floor:.3} s (connect at 115200); total / link-rate floor = {:.2}",
-        total / link_floor
+        baud,
+        if old_data { "old data" } else { "erased" },
+        total,
+        med(&|r| r.timings.connect),
+        med(&|r| r.timings.identify),
+        med(&|r| r.timings.build),
+        med(&|r| r.timings.flash),
+        med(&|r| r.timings.verify),
+        med(&|r| r.timings.record),
+        med(&|r| r.timings.reset),
+        bytes,
+        replies,
+        wire,
+        work,
+        waits,
+        total - wire - work - waits,
     );
     drop(line);
     station.store.close().await;
@@ -168,14 +144,48 @@ async fn run(units: usize, stub: bool) -> Result<(), Error> {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), miette::Report> {
-    let mut args = std::env::args().skip(1);
-    let mut units = 15;
-    while let Some(arg) = args.next() {
-        if arg == "--units" {
-            units = args.next().and_then(|n| n.parse().ok()).unwrap_or(units);
+    let args: Vec<String> = std::env::args().collect();
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    let units = value("--units").map_or(15, |u| u as usize);
+    let latency = Duration::from_secs_f64(value("--latency").unwrap_or(1.0) / 1000.0);
+    println!(
+        "provision per unit, median of {units} units; 24 KiB NVS image; ROM-faithful simulator: wire time, USB latency {:?}, sector erase 45 ms, page program 0.7 ms",
+        latency
+    );
+    println!(
+        "{:>4} {:>7} {:>8} {:>7} | {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} | {:>6} {:>4} {:>6} {:>6} {:>6} {:>6}",
+        "mode",
+        "baud",
+        "flash",
+        "total s",
+        "conn",
+        "ident",
+        "build",
+        "flash",
+        "verify",
+        "record",
+        "reset",
+        "bytes",
+        "reps",
+        "wire",
+        "work",
+        "usb",
+        "host"
+    );
+    for (stub, baud) in [
+        (false, 115_200),
+        (true, 921_600),
+        (false, 921_600),
+        (true, 115_200),
+    ] {
+        for old_data in [false, true] {
+            run(units, stub, baud, latency, old_data).await?;
         }
     }
-    run(units, true).await?;
-    run(units, false).await?;
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! Times one unit's device stages against a simulated ESP32 with wire time on: connect,
+//! Times one unit's device stages against a simulated ESP32 with realistic time on: connect,
 //! identify, write, MD5, reset, with the bytes each stage moved over the link.
 //!
 //! `cargo run --release --example unit_timing -- [BAUD] [IMAGE_BYTES] [rom]`
@@ -34,7 +34,7 @@ async fn main() -> miette::Result<()> {
     );
     let image = nvs_like(len);
     println!(
-        "one unit, {} mode, {baud} baud, {len}-byte image, wire time on",
+        "one unit, {} mode, {baud} baud, {len}-byte image, realistic time (wire, USB latency, flash)",
         if stub { "stub" } else { "ROM" }
     );
     println!(

@@ -30,6 +30,7 @@ pub mod provision;
 pub mod record;
 pub mod report;
 pub mod sim;
+pub mod slip;
 pub mod station;
 pub mod store;
 pub mod support;

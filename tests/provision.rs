@@ -36,6 +36,25 @@ fn dump(sim: &SimLine, device: usize) -> Vec<u8> {
     std::fs::read(sim.devices()[device].flash_file().unwrap()).unwrap()
 }
 
+/// Asserts that device `device`'s NVS partition holds exactly the image `nvs build` makes
+/// for `mac`.
+fn assert_nvs_built_for(ws: &Workspace, sim: &SimLine, device: usize, mac: &str) {
+    let expected = ws.path("expected.bin");
+    ws.station(&[
+        "nvs",
+        "build",
+        "--mac",
+        mac,
+        "--out",
+        expected.to_str().unwrap(),
+    ])
+    .expect(0);
+    assert_eq!(
+        nvs_region(&dump(sim, device)),
+        std::fs::read(&expected).unwrap().as_slice()
+    );
+}
+
 fn nvs_region(flash: &[u8]) -> &[u8] {
     &flash[0x9000..0x9000 + 0x6000]
 }
@@ -141,20 +160,7 @@ fn rom_only_mode_provisions_and_verifies_too() {
     let sim = line(&ws, 1, SimChip::Esp32, &[]);
     let mac = sim.devices()[0].mac();
     provision(&ws, &sim, 0, &[]).expect(0);
-    let expected = ws.path("expected.bin");
-    ws.station(&[
-        "nvs",
-        "build",
-        "--mac",
-        &mac.hex(),
-        "--out",
-        expected.to_str().unwrap(),
-    ])
-    .expect(0);
-    assert_eq!(
-        nvs_region(&dump(&sim, 0)),
-        std::fs::read(&expected).unwrap().as_slice()
-    );
+    assert_nvs_built_for(&ws, &sim, 0, &mac.hex());
 }
 
 #[test]
@@ -456,6 +462,49 @@ fn keys_reach_only_the_device_even_with_trace_logs() {
             crate::util::assert_absent(&bytes, &device_forms, file);
         }
     }
+}
+
+/// Line noise corrupts the NVS region's data block: the ROM refuses it and has used up its
+/// sequence number, so the region is written again from a new FLASH_DEFL_BEGIN; the unit is
+/// provisioned only because its MD5 then matched, and the restart is kept in the attempt's
+/// timings (issue 12, item 4).
+#[test]
+fn a_refused_block_is_written_again_and_recorded_with_the_attempt() {
+    let ws = workspace(false);
+    let sim = line(&ws, 1, SimChip::Esp32, &["noise@block=1"]);
+    let report = provision(&ws, &sim, 0, &[]).expect(0).json();
+    assert_eq!(report["outcome"], "provisioned", "{report}");
+    let restarts = report["timings"]["flash_restarts"].as_array().unwrap();
+    assert_eq!(restarts.len(), 1, "{report}");
+    assert_eq!(restarts[0]["offset"], 0x9000);
+    assert_eq!(restarts[0]["block"], 0);
+    assert!(
+        restarts[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("FlashDeflData"),
+        "{report}"
+    );
+    assert_nvs_built_for(&ws, &sim, 0, report["mac"].as_str().unwrap());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let attempts = rt.block_on(async {
+        let store = station::store::Store::open(&ws.path("station.db"))
+            .await
+            .unwrap();
+        let unit = store
+            .unit_by_mac(&report["mac"].as_str().unwrap().parse().unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        let attempts = store.attempts_of(unit.batch_id).await.unwrap();
+        store.close().await;
+        attempts
+    });
+    let timings: serde_json::Value = serde_json::from_str(&attempts[0].timings).unwrap();
+    assert_eq!(
+        timings["flash_restarts"],
+        report["timings"]["flash_restarts"]
+    );
 }
 
 /// The text without terminal colour sequences (`ESC [ ... m`).

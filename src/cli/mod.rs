@@ -347,7 +347,7 @@ pub struct SimDevicesArgs {
     /// address is taken, so that a chip with blank eFuses (00:00:00:00:00:00) can be imitated.
     #[arg(long, value_parser = crate::identity::Mac::parse_any)]
     pub base_mac: Option<crate::identity::Mac>,
-    /// Inject a fault: [DEVICE:]unplug|corrupt|silent@bytes|frame|block=N (repeatable).
+    /// Inject a fault: [DEVICE:]unplug|corrupt|noise|silent@bytes|frame|block=N (repeatable).
     #[arg(long = "fault", value_name = "SPEC")]
     pub faults: Vec<crate::sim::Fault>,
     /// How many ports (default: one per device); the other devices wait for a free port.
@@ -360,6 +360,31 @@ pub struct SimDevicesArgs {
     /// Seconds a port stays empty between two devices.
     #[arg(long, value_name = "SECONDS", default_value = "0.3", value_parser = seconds)]
     pub swap_gap: Duration,
+    /// Milliseconds each reply takes to reach the host after it left the chip: the USB-serial
+    /// bridge's latency timer (CP210x, CH34x about 1; FTDI parts default to 16).
+    #[arg(long, value_name = "MS", default_value = "1.0", value_parser = milliseconds)]
+    pub usb_latency_ms: Duration,
+    /// Milliseconds to erase one 4 KiB flash sector.
+    #[arg(long, value_name = "MS", default_value = "45.0", value_parser = milliseconds)]
+    pub sector_erase_ms: Duration,
+    /// Milliseconds to erase one 64 KiB flash block.
+    #[arg(long, value_name = "MS", default_value = "150.0", value_parser = milliseconds)]
+    pub block_erase_ms: Duration,
+    /// Milliseconds to program one 256-byte flash page.
+    #[arg(long, value_name = "MS", default_value = "0.7", value_parser = milliseconds)]
+    pub page_program_ms: Duration,
+    /// Charge no time at all: no wire time, USB latency or flash work (for fast tests).
+    #[arg(long)]
+    pub instant: bool,
+    /// How far the ROM's estimate of its 40 MHz crystal is off, in parts per million (hosts
+    /// must correct the baud rates they ask the ROM for).
+    #[arg(
+        long,
+        value_name = "PPM",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
+    pub xtal_error_ppm: i32,
 }
 
 /// `station demo`.
@@ -413,6 +438,23 @@ fn seconds(text: &str) -> std::result::Result<Duration, String> {
         ));
     }
     Ok(Duration::from_secs_f64(value))
+}
+
+/// Milliseconds from the command line: a number from 0 to a minute (`0.7`, `45`).
+fn milliseconds(text: &str) -> std::result::Result<Duration, String> {
+    let value: f64 = text.trim().parse().map_err(|_| {
+        format!(
+            "`{}` is not a number of milliseconds",
+            crate::support::shown(text)
+        )
+    })?;
+    if !(value.is_finite() && (0.0..=60_000.0).contains(&value)) {
+        return Err(format!(
+            "{} is not between 0 and 60000 milliseconds",
+            crate::support::shown(text.trim())
+        ));
+    }
+    Ok(Duration::from_secs_f64(value / 1000.0))
 }
 
 /// Seconds from the command line, more than 0.

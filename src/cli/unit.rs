@@ -160,7 +160,16 @@ pub(super) async fn sim_devices(args: SimDevicesArgs) -> Result<u8> {
         chip: args.chip,
         base_mac: args.base_mac,
         faults: args.faults,
-        wire_time: true,
+        wire_time: !args.instant,
+        timing: crate::sim::SimTiming {
+            usb_latency: args.usb_latency_ms,
+            sector_erase: args.sector_erase_ms,
+            block_erase: args.block_erase_ms,
+            page_program: args.page_program_ms,
+            ..crate::sim::SimTiming::default()
+        },
+        xtal_error_ppm: args.xtal_error_ppm,
+        preload: Vec::new(),
         ports: args.ports,
         leave_after_idle: args.leave_after_idle,
         swap_gap: args.swap_gap,

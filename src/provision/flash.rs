@@ -23,11 +23,13 @@ impl<D: Device> Run<'_, D> {
         let progress = self
             .events
             .map(|events| forward_progress(events.clone(), self.port.clone()));
-        self.device
+        let written = self
+            .device
             .write(regions.clone(), progress)
             .await
             .map_err(fail(Stage::Flash, true))?;
         self.timings.flash = self.finished(Stage::Flash.as_str(), t);
+        self.timings.flash_restarts = written.restarts;
 
         self.emit(Stage::Verify);
         let t = Instant::now();

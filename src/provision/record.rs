@@ -1,5 +1,6 @@
 //! Stage `record` and the end of an attempt: the unit, the attempt and its audit entry in one
-//! transaction, then the final reset of a provisioned unit, and the [`UnitReport`].
+//! transaction, then the final reset of a provisioned unit (a failed one is released), and the
+//! [`UnitReport`].
 
 use std::time::Instant;
 
@@ -51,7 +52,7 @@ impl<D: Device> Run<'_, D> {
             unit,
             failure,
             reprovision: self.facts.reprovision,
-            timings: serde_json::to_value(self.timings).unwrap_or_default(),
+            timings: serde_json::to_value(&self.timings).unwrap_or_default(),
         };
         let recorded = station.store.record_attempt(&record).await?;
         self.timings.record = self.finished(Stage::Record.as_str(), t);
@@ -65,6 +66,10 @@ impl<D: Device> Run<'_, D> {
                 tracing::warn!(error = %e, "reset after provisioning failed");
             }
             self.timings.reset = self.finished("reset", t);
+        } else {
+            // A failed unit stays in the loader for a retry, but where the next session (or
+            // the line's probe) finds it: the ROM loader at 115200.
+            self.device.release().await;
         }
 
         let mut report = self.report(recorded.attempt_id);
@@ -121,7 +126,7 @@ impl<D: Device> Run<'_, D> {
             message: None,
             hint: None,
             seconds: self.start.elapsed().as_secs_f64(),
-            timings: self.timings,
+            timings: self.timings.clone(),
             chip: identified.map(|(identity, _)| identity.chip.clone()),
             image_sha256: self.facts.image_sha256.clone(),
             key_id: Some(self.station.keys.primary.id().clone()),

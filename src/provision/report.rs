@@ -6,8 +6,8 @@ use crate::identity::{Mac, RegistrationId};
 use crate::keys::KeyId;
 use crate::record::{DpsStatus, Stage};
 
-/// Seconds spent in each stage of one attempt.
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+/// Seconds spent in each stage of one attempt, and what the flash stage had to do again.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct Timings {
     /// Reset, sync, chip detection, stub upload, flash detection, baud change.
     pub connect: f64,
@@ -25,6 +25,10 @@ pub struct Timings {
     pub record: f64,
     /// The final reset.
     pub reset: f64,
+    /// Every region written again from its start because the loader refused one of its
+    /// blocks as corrupted (empty on a clean write). A write that ran out of restarts fails
+    /// with `station::device::write_refused` instead.
+    pub flash_restarts: Vec<crate::device::Restart>,
 }
 
 /// The result of one unit, as shown to the operator and printed by `provision --json`.

@@ -8,7 +8,7 @@ use md5::{Digest as _, Md5};
 
 use super::*;
 use crate::config::Config;
-use crate::device::{DeviceError, ProgressSender, Region};
+use crate::device::{DeviceError, ProgressSender, Region, WriteReport};
 
 /// What the fake does at each stage.
 #[derive(Default)]
@@ -69,7 +69,7 @@ impl Device for FakeDevice {
         &mut self,
         regions: Vec<Region>,
         _progress: Option<ProgressSender>,
-    ) -> Result<(), DeviceError> {
+    ) -> Result<WriteReport, DeviceError> {
         if let Some(f) = self.script.write {
             return Err(f(&self.port));
         }
@@ -81,7 +81,7 @@ impl Device for FakeDevice {
         if self.script.corrupt_flash {
             self.flash[0x9000 + 100] ^= 0x01;
         }
-        Ok(())
+        Ok(WriteReport::default())
     }
 
     async fn md5(&mut self, offset: u32, len: u32) -> Result<[u8; 16], DeviceError> {

@@ -31,16 +31,21 @@ const GPIO_STRAP: u32 = 0x3FF4_4038;
 
 /// EFUSE_BLK0_RDATA3: package version 1 (ESP32-D0WD) in bits 9..12, CHIP_VER_REV1 in bit 15.
 const EFUSE_WORD3: u32 = (1 << 9) | (1 << 15);
-/// EFUSE_BLK0_RDATA4: CK8M_FREQ in bits 0..8. With the RTC calibration value below, esptool's
-/// estimate of the ROM's crystal (`cali * 15625 * ck8m / 40`) comes to exactly 40 MHz.
+/// EFUSE_BLK0_RDATA4: CK8M_FREQ in bits 0..8. With the RTC calibration value below, the ROM's
+/// estimate of its crystal (`cali * 15625 * ck8m / 40`, as esptool recomputes it) comes to
+/// exactly 40 MHz.
 const EFUSE_WORD4: u32 = 50;
-const RTC_CALI_VALUE: u32 = 2048 << 7;
+/// The RTC calibration count (bits 7..32 of RTC_CALI) that gives the 40 MHz estimate.
+const RTC_CALI_COUNT: u64 = 2048;
 /// EFUSE_BLK0_RDATA5: CHIP_VER_REV2 in bit 20; wafer minor version (bits 24..26) stays 0.
 const EFUSE_WORD5: u32 = 1 << 20;
 /// APB_CTL_DATE with bit 31 set: together with the two eFuse bits this reads as revision v3.0.
 const APB_CTL_DATE_VALUE: u32 = 0x9604_2000;
 /// GPIO strapping as latched in UART download mode (`boot:0x3`).
 const STRAP_DOWNLOAD_BOOT: u32 = 0x03;
+
+/// SPI1 USER2 after the ESP32 ROM's flash set-up (command bit length field 4), as recorded.
+const ESP32_ROM_SPI_USER2: u32 = 0x4000_0000;
 
 /// SPI_CMD bit that starts a user-defined transaction and stays set while it runs.
 const SPI_CMD_USR: u32 = 1 << 18;
@@ -83,11 +88,14 @@ impl SpiLayout {
     }
 }
 
-/// The register file of one simulated chip.
+/// The register file of one simulated chip, and the RAM behind it (what WRITE_REG and MEM_DATA
+/// store, READ_REG reads back).
 #[derive(Debug)]
 pub(crate) struct Registers {
     chip: SimChip,
     mac: Mac,
+    /// The RTC calibration value; off the 40 MHz count when the ROM's crystal estimate drifts.
+    rtc_cali: u32,
     written: HashMap<u32, u32>,
     spi: SpiLayout,
     /// Reads of SPI_CMD that still report the transaction busy; hosts poll until it clears.
@@ -95,13 +103,25 @@ pub(crate) struct Registers {
 }
 
 impl Registers {
-    /// The registers of `chip` at power-up, with `mac` burned into eFuse.
-    pub(crate) fn new(chip: SimChip, mac: Mac) -> Self {
+    /// The registers of `chip` at power-up, with `mac` burned into eFuse and the ROM's crystal
+    /// estimate off the true 40 MHz by `xtal_error_ppm` parts per million (its 8 MHz RC
+    /// oscillator, which the estimate is calibrated against, drifts).
+    pub(crate) fn new(chip: SimChip, mac: Mac, xtal_error_ppm: i32) -> Self {
+        let count = RTC_CALI_COUNT
+            * u64::try_from(1_000_000 + i64::from(xtal_error_ppm)).unwrap_or(0)
+            / 1_000_000;
+        let spi = SpiLayout::of(chip);
+        let mut written = HashMap::new();
+        if chip == SimChip::Esp32 {
+            // SPI1's USER2 as the recorded ROM leaves it after its own flash set-up.
+            written.insert(spi.base + spi.usr2, ESP32_ROM_SPI_USER2);
+        }
         Registers {
             chip,
             mac,
-            written: HashMap::new(),
-            spi: SpiLayout::of(chip),
+            rtc_cali: u32::try_from(count << 7).unwrap_or(u32::MAX),
+            written,
+            spi,
             spi_busy_reads: 0,
         }
     }
@@ -128,8 +148,33 @@ impl Registers {
         }
     }
 
-    /// Reads a register; `baud` is the UART's current rate (the divider register follows it).
+    /// The crystal frequency the ROM believes in, from its calibration registers (what it
+    /// computes UART dividers with). Exactly 40 MHz unless the simulation says it drifts.
+    pub(crate) fn rom_xtal_estimate(&self) -> u32 {
+        let cali = u64::from((self.rtc_cali >> 7) & 0x01FF_FFFF);
+        let ck8m = u64::from(EFUSE_WORD4 & 0xFF);
+        u32::try_from(cali * 15_625 * ck8m / 40).unwrap_or(u32::MAX)
+    }
+
+    /// The crystal the board really carries.
+    pub(crate) fn xtal(&self) -> u32 {
+        XTAL_HZ
+    }
+
+    /// Reads the 32 bits at `addr`; an unaligned address reads the bytes from there on, across
+    /// two words, as the ROM's load does. `baud` is the UART's current rate (the divider
+    /// register follows it).
     pub(crate) fn read(&mut self, addr: u32, baud: u32) -> u32 {
+        let shift = addr % 4;
+        if shift == 0 {
+            return self.read_word(addr, baud);
+        }
+        let low = u64::from(self.read_word(addr - shift, baud));
+        let high = u64::from(self.read_word(addr - shift + 4, baud));
+        (((high << 32) | low) >> (8 * shift)) as u32
+    }
+
+    fn read_word(&mut self, addr: u32, baud: u32) -> u32 {
         if addr == CHIP_DETECT_MAGIC_REG {
             return self.magic();
         }
@@ -147,7 +192,7 @@ impl Registers {
                 }
                 APB_CTL_DATE => return APB_CTL_DATE_VALUE,
                 UART0_CLKDIV => return XTAL_HZ / baud.max(1),
-                RTC_CALI_CFG1 => return RTC_CALI_VALUE,
+                RTC_CALI_CFG1 => return self.rtc_cali,
                 GPIO_STRAP => return STRAP_DOWNLOAD_BOOT,
                 _ => {}
             }
@@ -162,6 +207,18 @@ impl Registers {
         self.written.insert(addr, new);
         if addr == self.spi.base && new & SPI_CMD_USR != 0 {
             self.run_spi_command();
+        }
+    }
+
+    /// Stores `bytes` at `addr` (RAM written by MEM_DATA).
+    pub(crate) fn write_bytes(&mut self, addr: u32, bytes: &[u8]) {
+        for (i, &byte) in bytes.iter().enumerate() {
+            let at = addr.wrapping_add(i as u32);
+            let word = at & !3;
+            let shift = 8 * (at % 4);
+            let old = self.written.get(&word).copied().unwrap_or(0);
+            self.written
+                .insert(word, (old & !(0xFF << shift)) | (u32::from(byte) << shift));
         }
     }
 
@@ -231,7 +288,7 @@ mod tests {
     use super::*;
 
     fn esp32() -> Registers {
-        Registers::new(SimChip::Esp32, Mac([0x24, 0x0a, 0xc4, 0x12, 0x34, 0x56]))
+        Registers::new(SimChip::Esp32, Mac([0x24, 0x0a, 0xc4, 0x12, 0x34, 0x56]), 0)
     }
 
     #[test]
@@ -272,6 +329,28 @@ mod tests {
         assert_eq!(regs.read(base, 115_200) & SPI_CMD_USR, 0);
         assert_eq!(regs.read(base + 0x80, 115_200), FLASH_ID);
         assert_eq!((FLASH_ID >> 16) as u8, 0x16, "capacity code of 4 MiB");
+    }
+
+    #[test]
+    fn unaligned_reads_take_bytes_from_two_words() {
+        let mut regs = esp32();
+        // The recorded ROM: 0x3FF5A003 reads 0x12345600 on the unit 24:0a:c4:12:34:56.
+        assert_eq!(regs.read(EFUSE_BLK0_RDATA + 3, 115_200), 0x1234_5600);
+        regs.write_bytes(0x3FFB_0001, &[0x11, 0x22, 0x33, 0x44]);
+        assert_eq!(regs.read(0x3FFB_0000, 115_200), 0x3322_1100);
+        assert_eq!(regs.read(0x3FFB_0001, 115_200), 0x4433_2211);
+    }
+
+    #[test]
+    fn the_rom_crystal_estimate_follows_the_calibration_registers() {
+        let mut exact = esp32();
+        assert_eq!(exact.rom_xtal_estimate(), 40_000_000);
+        let cali = (exact.read(RTC_CALI_CFG1, 115_200) >> 7) & 0x01FF_FFFF;
+        let ck8m = exact.read(EFUSE_BLK0_RDATA + 16, 115_200) & 0xFF;
+        assert_eq!(u64::from(cali) * 15_625 * u64::from(ck8m) / 40, 40_000_000);
+        let drifted = Registers::new(SimChip::Esp32, Mac([0; 6]), 30_000);
+        let ratio = f64::from(drifted.rom_xtal_estimate()) / 41_200_000.0;
+        assert!((ratio - 1.0).abs() < 1e-3, "{ratio}");
     }
 
     #[test]

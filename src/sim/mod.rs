@@ -3,32 +3,42 @@
 //! Each [`SimDevice`] is a pseudo-terminal whose far end speaks the ESP32 serial-loader protocol
 //! (<https://docs.espressif.com/projects/esptool/en/latest/esp32/advanced-topics/serial-protocol.html>):
 //! SLIP framing, the ROM loader's commands (SYNC, READ_REG/WRITE_REG, SPI_ATTACH,
-//! SPI_SET_PARAMS, CHANGE_BAUDRATE, MEM_*, FLASH_*, FLASH_DEFL_*, SPI_FLASH_MD5) and, once a
-//! stub has been uploaded and started, the flasher stub's
+//! SPI_SET_PARAMS, CHANGE_BAUDRATE, MEM_*, FLASH_*, FLASH_DEFL_*, SPI_FLASH_MD5,
+//! READ_FLASH_SLOW) and, once a stub has been uploaded and started, the flasher stub's
 //! (<https://docs.espressif.com/projects/esptool/en/latest/esp32/esptool/flasher-stub.html>).
-//! The real espflash library and Espressif's esptool both work against it: it answers the eFuse,
-//! chip-detect, UART-divider and SPI-flash registers they read, with its own MAC per device.
+//! The ROM side follows a byte-level recording of Espressif's ESP32 ROM loader
+//! (`fixtures/rom/esp32-rom-trace.json`), quirks included: unsupported commands re-send the
+//! previous reply, bad checksums use up sequence numbers, stale status bytes (see
+//! the `rom` module). The real espflash library and Espressif's esptool both work against it: it answers
+//! the eFuse, chip-detect, UART-divider and SPI-flash registers they read, with its own MAC per
+//! device.
 //!
 //! Each device has 4 MiB of flash, erased at start, that [`SimDevice::flash`] returns and that
-//! with [`SimOptions::flash_dir`] is kept on disk as `<mac>.bin` after every completed write. The
-//! link models wire time (10 bits per byte at the current baud, both ways) and can inject
-//! [`Fault`]s: an unplug, a garbled reply, silence; [`SimChip`] makes a device claim to be
+//! with [`SimOptions::flash_dir`] is kept on disk as `<mac>.bin` after every completed write.
+//! Time is charged as on real hardware ([`SimTiming`]): wire time at the current baud (10 bits
+//! per byte, both ways), the USB-serial bridge's latency on every reply, sector erase and page
+//! program times where the ROM and the stub spend them. A host whose port runs at another rate
+//! than the chip's UART reads and writes garbage. The link can inject [`Fault`]s: an unplug, a
+//! garbled reply, line noise on a request, silence; [`SimChip`] makes a device claim to be
 //! another chip model.
 //!
 //! [`dps::DpsEmulator`] is the other half of a simulated line: a loopback emulator of the Azure
 //! DPS device REST API that checks SAS tokens against the group key as DPS does.
 //!
-//! What the serial simulator does not model: DTR/RTS (a pseudo-terminal has no modem lines, so hosts must use
-//! "no reset" before and after), flash timing (erase and write are instant), secure boot and
-//! flash encryption, and firmware: once the ROM loader is left (FLASH_END in ROM mode,
-//! RUN_USER_CODE in the stub) the device stays silent until the simulation restarts.
+//! What the serial simulator does not model: DTR/RTS (a pseudo-terminal has no modem lines, so
+//! hosts must use "no reset" before and after), the ROM's baud-rate detection (it listens at
+//! [`SimOptions::baud`] after power-up and reset), secure boot and flash encryption, and
+//! firmware: once the ROM loader is left (FLASH_END in ROM mode, RUN_USER_CODE in the stub) the
+//! device stays silent until the simulation restarts.
 
 mod chip;
 pub mod dps;
 mod flash;
 mod loader;
 mod port;
-mod slip;
+mod rom;
+mod stub;
+mod timing;
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -43,6 +53,7 @@ use crate::identity::Mac;
 use crate::support::lock;
 
 pub use port::SimStats;
+pub use timing::SimTiming;
 
 /// Espressif's OUI, the first half of every default simulated MAC.
 const ESPRESSIF_OUI: [u8; 3] = [0x24, 0x0a, 0xc4];
@@ -97,7 +108,7 @@ pub enum SimError {
     #[diagnostic(
         code(station::sim::bad_fault),
         help(
-            "Write [DEVICE:]KIND@TRIGGER=N with KIND unplug, corrupt or silent and TRIGGER bytes, frame or block, e.g. `unplug@bytes=40000` or `1:silent@block=2`."
+            "Write [DEVICE:]KIND@TRIGGER=N with KIND unplug, corrupt, noise or silent and TRIGGER bytes, frame or block, e.g. `unplug@bytes=40000`, `noise@block=2` or `1:silent@block=2`."
         )
     )]
     BadFault {
@@ -196,6 +207,9 @@ pub enum FaultKind {
     CorruptReply,
     /// The device stops answering from the triggering frame on, but stays connected.
     Silent,
+    /// Line noise flips a byte of the triggering request on its way to the chip (the first
+    /// payload byte of a data block), so its checksum no longer matches. Fires once.
+    Noise,
 }
 
 /// When a [`Fault`] fires; counts start at power-up and include every host session.
@@ -249,7 +263,8 @@ impl FromStr for Fault {
             "unplug" => FaultKind::Unplug,
             "corrupt" => FaultKind::CorruptReply,
             "silent" => FaultKind::Silent,
-            _ => return Err(bad("the kind must be unplug, corrupt or silent")),
+            "noise" => FaultKind::Noise,
+            _ => return Err(bad("the kind must be unplug, corrupt, noise or silent")),
         };
         let (counter, n) = trigger
             .split_once('=')
@@ -304,9 +319,19 @@ pub struct SimOptions {
     pub base_mac: Option<Mac>,
     /// Faults to inject.
     pub faults: Vec<Fault>,
-    /// Whether to charge wire time (10 bits per byte at the current baud). Off makes unit tests
-    /// fast; on makes a session take as long as it would on a real UART.
+    /// Whether to charge time at all: wire time (10 bits per byte at the current baud), the USB
+    /// latency and the flash work of [`SimOptions::timing`]. Off makes unit tests fast; on
+    /// makes a session take as long as it would on real hardware.
     pub wire_time: bool,
+    /// The hardware's time figures, charged when [`SimOptions::wire_time`] is on.
+    pub timing: SimTiming,
+    /// How far, in parts per million, the ROM's estimate of its crystal is off the true
+    /// 40 MHz (its calibration registers say so; a host must correct the baud rates it asks the
+    /// ROM for). 0 by default.
+    pub xtal_error_ppm: i32,
+    /// Bytes every device's flash holds at power-up, at their offsets (a unit that already ran
+    /// firmware); the rest is erased.
+    pub preload: Vec<(u32, Arc<[u8]>)>,
     /// How many ports (`ttySIM0` ...); `None`: one per device. With fewer ports than devices
     /// the rest wait their turn, and a device is plugged into a port when the one before it
     /// is taken off (by [`SimOptions::leave_after_idle`] or [`SimLine::replace`]).
@@ -329,6 +354,9 @@ impl Default for SimOptions {
             base_mac: None,
             faults: Vec::new(),
             wire_time: true,
+            timing: SimTiming::default(),
+            xtal_error_ppm: 0,
+            preload: Vec::new(),
             ports: None,
             leave_after_idle: None,
             swap_gap: Duration::from_millis(300),
@@ -433,6 +461,7 @@ struct SlotContext {
     queue: Arc<Mutex<VecDeque<Plan>>>,
     stop: Arc<AtomicBool>,
     wire_time: bool,
+    usb_latency: Duration,
     baud: u32,
     leave_after_idle: Option<Duration>,
     swap_gap: Duration,
@@ -511,7 +540,23 @@ impl SimLine {
                 .filter(|f| f.device.is_none_or(|d| d == index))
                 .copied()
                 .collect();
-            let shared = Arc::new(port::Shared::new(opts.chip, mac, opts.baud));
+            let shared = Arc::new(port::Shared::new(loader::Loader::new(
+                opts.chip,
+                mac,
+                opts.baud,
+                opts.timing,
+                opts.xtal_error_ppm,
+            )));
+            for (offset, bytes) in &opts.preload {
+                shared
+                    .preload(*offset, bytes)
+                    .map_err(|()| SimError::BadOptions {
+                        reason: format!(
+                            "{} preloaded bytes at {offset:#x} do not fit in the 4 MiB flash",
+                            bytes.len()
+                        ),
+                    })?;
+            }
             if let Some(file) = &flash_file {
                 shared.snapshot(file).map_err(|source| SimError::File {
                     action: "write",
@@ -535,6 +580,7 @@ impl SimLine {
             queue: Arc::new(Mutex::new(VecDeque::new())),
             stop: Arc::new(AtomicBool::new(false)),
             wire_time: opts.wire_time,
+            usb_latency: opts.timing.usb_latency,
             baud: opts.baud,
             leave_after_idle: opts.leave_after_idle,
             swap_gap: opts.swap_gap,
@@ -556,7 +602,7 @@ impl SimLine {
             let plan = plans.pop_front().ok_or_else(|| SimError::BadOptions {
                 reason: "more ports than devices".to_owned(),
             })?;
-            let pty = plug(&plan, link.as_deref())?;
+            let pty = plug(&plan, link.as_deref(), opts.baud)?;
             line.slots.push(Slot {
                 port: link.clone().unwrap_or_else(|| pty.path().to_owned()),
                 link,
@@ -616,8 +662,8 @@ impl Drop for SimLine {
 }
 
 /// Opens a pseudo-terminal for a device and points the port's link at it.
-fn plug(plan: &Plan, link: Option<&Path>) -> Result<port::Pty, SimError> {
-    let pty = port::Pty::open().map_err(|source| SimError::Pty { source })?;
+fn plug(plan: &Plan, link: Option<&Path>, baud: u32) -> Result<port::Pty, SimError> {
+    let pty = port::Pty::open(baud).map_err(|source| SimError::Pty { source })?;
     let pts = pty.path().to_owned();
     if let Some(link) = link {
         replace_symlink(&pts, link)?;
@@ -642,7 +688,7 @@ fn serve_port(
             shared: Arc::clone(&shared),
             faults: plan.faults,
             wire_time: context.wire_time,
-            baud: context.baud,
+            usb_latency: context.usb_latency,
             flash_file: plan.flash_file,
             link: link.clone(),
             stop: Arc::clone(&context.stop),
@@ -672,7 +718,7 @@ fn serve_port(
         let Some(next) = lock(&context.queue).pop_front() else {
             return;
         };
-        pty = match plug(&next, link.as_deref()) {
+        pty = match plug(&next, link.as_deref(), context.baud) {
             Ok(pty) => pty,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot plug the next simulated device");
@@ -744,6 +790,10 @@ mod tests {
                 kind: FaultKind::Silent,
                 at: Trigger::FlashBlock(2)
             }
+        );
+        assert_eq!(
+            "noise@block=3".parse::<Fault>().unwrap().kind,
+            FaultKind::Noise
         );
         for bad in [
             "unplug",

@@ -1,11 +1,21 @@
 //! The I/O shell of a simulated device: a pseudo-terminal pair, a thread that serves its master
-//! side through the [`Loader`], wire-time pacing and fault injection.
+//! side through the [`Loader`], the link's clock and fault injection.
+//!
+//! The clock: bytes from the host arrive over the wire at the chip's baud rate (10 bits per
+//! byte); a request is handled once all of it has arrived and the chip has finished its
+//! previous work; the work the loader reports ([`Output::Work`]: erasing, programming,
+//! hashing) delays what follows it; a reply leaves the UART after its wire time and reaches the
+//! host after the USB-serial bridge's latency. The serving thread never sleeps through
+//! anything: it keeps two queues (requests received, packets on their way) and acts on each
+//! when its time comes. If the host's port runs at another rate than the chip's UART (read from
+//! the terminal's settings), bytes come out as garbage both ways, as on a real UART.
 //!
 //! The simulator keeps its own handle on the slave side, set to raw mode, so the terminal exists
 //! and keeps its settings while no host has it open (reads on a master whose slave is closed
 //! fail with EIO on Linux). An unplug closes both ends: the host's open descriptor is hung up and
 //! its next read or write fails, as when a USB-serial adapter disappears.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
@@ -16,11 +26,10 @@ use std::time::{Duration, Instant};
 
 use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
-use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
 
 use super::loader::{Loader, Mode, Output, is_flash_data};
-use super::{Fault, FaultKind, SimChip, SimState, Trigger, flash, slip};
-use crate::identity::Mac;
+use super::{Fault, FaultKind, SimState, Trigger, flash};
+use crate::slip;
 use crate::support::lock;
 
 /// How often the serving thread looks at the stop flag while idle or pacing.
@@ -41,20 +50,33 @@ pub struct SimStats {
     pub frames_sent: u64,
     /// Flash data blocks (FLASH_DATA and FLASH_DEFL_DATA) received.
     pub flash_blocks: u64,
+    /// Baud-rate changes the ROM loader carried out (CHANGE_BAUDRATE).
+    pub rom_baud_changes: u64,
+    /// Baud-rate changes the flasher stub carried out (CHANGE_BAUDRATE).
+    pub stub_baud_changes: u64,
+    /// The wire time of every byte received and sent, at the rate it went at: the floor the
+    /// link's speed sets.
+    pub wire_time: Duration,
+    /// The chip's own work: erasing, programming, hashing.
+    pub work_time: Duration,
+    /// Requests the chip answered: each costs the host one wait for the USB bridge.
+    pub turnarounds: u64,
 }
 
 /// A pseudo-terminal pair: the master the simulator serves, and its own slave handle.
 #[derive(Debug)]
 pub(crate) struct Pty {
     master: File,
-    _slave: OwnedFd,
+    /// Keeps the terminal and its settings alive while no host has it open; also where the
+    /// host's baud rate is read.
+    slave: OwnedFd,
     path: PathBuf,
 }
 
 impl Pty {
     /// Opens a new pair with the slave in raw mode. Both descriptors are close-on-exec so that
     /// child processes (esptool in tests) do not keep the terminal alive after an unplug.
-    pub(crate) fn open() -> std::io::Result<Pty> {
+    pub(crate) fn open(baud: u32) -> std::io::Result<Pty> {
         let flags = OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
         let master = nix::pty::posix_openpt(flags)?;
         nix::pty::grantpt(&master)?;
@@ -65,12 +87,14 @@ impl Pty {
             OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
             nix::sys::stat::Mode::empty(),
         )?;
-        let mut termios = tcgetattr(&slave)?;
-        cfmakeraw(&mut termios);
-        tcsetattr(&slave, SetArg::TCSANOW, &termios)?;
+        // Raw, and at the chip's power-up rate until a host sets its own.
+        let mut termios = rustix::termios::tcgetattr(&slave)?;
+        termios.make_raw();
+        termios.set_speed(baud)?;
+        rustix::termios::tcsetattr(&slave, rustix::termios::OptionalActions::Now, &termios)?;
         Ok(Pty {
             master: File::from(OwnedFd::from(master)),
-            _slave: slave,
+            slave,
             path,
         })
     }
@@ -109,9 +133,9 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(chip: SimChip, mac: Mac, baud: u32) -> Self {
+    pub(crate) fn new(loader: Loader) -> Self {
         Shared {
-            loader: Mutex::new(Loader::new(chip, mac, baud)),
+            loader: Mutex::new(loader),
             stats: Mutex::new(SimStats::default()),
             unplugged: AtomicBool::new(false),
             plugged: Mutex::new((PathBuf::new(), PathBuf::new())),
@@ -131,6 +155,11 @@ impl Shared {
     /// Marks the device as pulled from its port.
     pub(crate) fn unplug(&self) {
         self.unplugged.store(true, Ordering::SeqCst);
+    }
+
+    /// Writes `bytes` into the flash before the device powers up.
+    pub(crate) fn preload(&self, offset: u32, bytes: &[u8]) -> Result<(), ()> {
+        lock(&self.loader).preload(offset, bytes)
     }
 
     pub(crate) fn flash(&self) -> Vec<u8> {
@@ -165,15 +194,16 @@ pub(crate) struct Serve {
     pub(crate) pty: Pty,
     pub(crate) shared: Arc<Shared>,
     pub(crate) faults: Vec<Fault>,
+    /// Whether time is charged at all (wire, USB latency, flash work); off for fast tests.
     pub(crate) wire_time: bool,
-    pub(crate) baud: u32,
+    pub(crate) usb_latency: Duration,
     pub(crate) flash_file: Option<PathBuf>,
     pub(crate) link: Option<PathBuf>,
     pub(crate) stop: Arc<AtomicBool>,
     /// The simulated operator: once the host has talked to the device and then left it idle
     /// this long, the device is taken off its port.
     pub(crate) leave_after_idle: Option<Duration>,
-    /// Set to take the device off its port now (see [`super::SimLine::swap`]).
+    /// Set to take the device off its port now (see [`super::SimLine::replace`]).
     pub(crate) pull: Arc<AtomicBool>,
 }
 
@@ -194,30 +224,45 @@ struct Fired {
     unplug: bool,
     silent: bool,
     corrupt: bool,
+    noise: bool,
 }
 
-/// Serving-loop state that is not shared.
+/// Serving-loop state that is not shared: the link's clock.
 #[derive(Debug)]
 struct Link {
-    /// The baud rate wire time is charged at.
+    /// The rate the chip's UART runs at.
     baud: u32,
-    /// When the last byte received so far has finished arriving over the simulated wire.
+    /// When the last byte received so far has finished arriving over the wire.
     rx_done: Instant,
-    /// When the last byte sent so far has finished leaving over the simulated wire.
+    /// When the last byte sent so far has finished leaving over the wire.
     tx_done: Instant,
+    /// When the chip is done with its current work and takes the next request.
+    chip_free: Instant,
+    /// Frames received, with the time their last byte arrived.
+    inbox: VecDeque<(Instant, Vec<u8>)>,
+    /// SLIP-encoded packets for the host, with the time they reach it and the rate they were
+    /// sent at.
+    outbox: VecDeque<(Instant, Vec<u8>, u32)>,
     silent: bool,
     corrupt_next_reply: bool,
     fired: Vec<bool>,
 }
+
+/// How far apart the host's and the chip's baud rates may be before bytes come out wrong:
+/// a UART samples each bit mid-way, so over a 10-bit frame a few percent is the limit.
+const BAUD_TOLERANCE: f64 = 0.03;
 
 impl Serve {
     /// Serves the device until the line stops, an unplug fault fires or the operator pulls it.
     pub(crate) fn run(mut self) -> Ended {
         let now = Instant::now();
         let mut link = Link {
-            baud: self.baud,
+            baud: lock(&self.shared.loader).baud(),
             rx_done: now,
             tx_done: now,
+            chip_free: now,
+            inbox: VecDeque::new(),
+            outbox: VecDeque::new(),
             silent: false,
             corrupt_next_reply: false,
             fired: vec![false; self.faults.len()],
@@ -229,8 +274,22 @@ impl Serve {
             if self.pull.swap(false, Ordering::SeqCst) {
                 return Ended::Pulled;
             }
-            if !self.pty.readable(TICK) {
-                if let (Some(idle), Some(last)) = (self.leave_after_idle, last_traffic)
+            self.deliver(&mut link);
+            self.process_ready(&mut link);
+            let now = Instant::now();
+            let next_event = [
+                link.outbox.front().map(|(due, _, _)| *due),
+                link.inbox
+                    .front()
+                    .map(|(ready, _)| (*ready).max(link.chip_free)),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let wait = next_event.map_or(TICK, |at| at.saturating_duration_since(now).min(TICK));
+            if !self.pty.readable(wait) {
+                let busy = !link.inbox.is_empty() || !link.outbox.is_empty();
+                if let (Some(idle), Some(last), false) = (self.leave_after_idle, last_traffic, busy)
                     && last.elapsed() >= idle
                 {
                     return Ended::Pulled;
@@ -242,6 +301,7 @@ impl Serve {
                 Ok(0) => continue,
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                 Err(_) => {
                     std::thread::sleep(TICK);
                     continue;
@@ -250,51 +310,49 @@ impl Serve {
             let received = {
                 let mut stats = lock(&self.shared.stats);
                 stats.bytes_received += n as u64;
+                stats.wire_time += wire(n, link.baud);
                 stats.bytes_received
             };
             let fired = self.check_faults(&mut link, |t| match t {
                 Trigger::RxBytes(limit) => received >= limit,
                 _ => false,
             });
-            if self.apply(&mut link, fired) {
+            if self.apply(&mut link, &fired) {
                 return Ended::Unplugged;
             }
-            if self.wire_time {
-                link.rx_done = link.rx_done.max(Instant::now()) + wire(n, link.baud);
-            }
-            for frame in decoder.feed(&buf[..n]) {
+            let arrived = Instant::now();
+            link.rx_done = if self.wire_time {
+                link.rx_done.max(arrived) + wire(n, link.baud)
+            } else {
+                arrived
+            };
+            for mut frame in decoder.feed(&buf[..n]) {
+                let block = is_flash_data(&frame);
                 let (frames, blocks) = {
                     let mut stats = lock(&self.shared.stats);
                     stats.frames_received += 1;
-                    if is_flash_data(&frame) {
+                    if block {
                         stats.flash_blocks += 1;
                     }
                     (stats.frames_received, stats.flash_blocks)
                 };
-                let block = is_flash_data(&frame);
                 let fired = self.check_faults(&mut link, |t| match t {
                     Trigger::Frame(k) => frames == k,
                     Trigger::FlashBlock(k) => block && blocks == k,
                     Trigger::RxBytes(_) => false,
                 });
-                if self.apply(&mut link, fired) {
+                if self.apply(&mut link, &fired) {
                     return Ended::Unplugged;
                 }
-                if link.silent {
+                if fired.noise {
+                    garble(&mut frame);
+                }
+                if link.silent || !self.rates_agree(link.baud) {
+                    // Nothing answers, or the chip's UART, at another rate than the host's,
+                    // reads garbage.
                     continue;
                 }
-                if self.wire_time && !self.pace(link.rx_done) {
-                    return Ended::Stopped;
-                }
-                let outputs = lock(&self.shared.loader).handle(&frame);
-                for output in outputs {
-                    match output {
-                        Output::Send(packet) => self.send(&mut link, packet),
-                        Output::SetBaud(baud) => link.baud = baud,
-                        Output::Commit => self.commit(),
-                    }
-                }
-                last_traffic = Some(Instant::now());
+                link.inbox.push_back((link.rx_done, frame));
             }
         }
         Ended::Stopped
@@ -302,6 +360,126 @@ impl Serve {
 
     fn stopped(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
+    }
+
+    /// Whether the host's port runs at (nearly) the chip's rate. The host's setting is read
+    /// from the terminal both sides share.
+    fn rates_agree(&self, chip_baud: u32) -> bool {
+        match rustix::termios::tcgetattr(&self.pty.slave) {
+            Ok(termios) => {
+                let host = f64::from(termios.output_speed().max(1));
+                (host / f64::from(chip_baud.max(1)) - 1.0).abs() <= BAUD_TOLERANCE
+            }
+            Err(_) => true,
+        }
+    }
+
+    /// Hands the chip every request whose bytes have all arrived, once it is free.
+    fn process_ready(&mut self, link: &mut Link) {
+        loop {
+            let now = Instant::now();
+            let Some((ready, _)) = link.inbox.front() else {
+                return;
+            };
+            let start = (*ready).max(link.chip_free);
+            if start > now {
+                return;
+            }
+            let Some((_, frame)) = link.inbox.pop_front() else {
+                return;
+            };
+            let (mode, outputs) = {
+                let mut loader = lock(&self.shared.loader);
+                (loader.mode(), loader.handle(&frame))
+            };
+            let baud_change = frame.get(1) == Some(&super::loader::op::CHANGE_BAUDRATE);
+            if outputs.iter().any(|o| matches!(o, Output::Send(_))) {
+                lock(&self.shared.stats).turnarounds += 1;
+            }
+            // The chip's own clock: work and replies follow one another from `start`.
+            let mut at = start;
+            for output in outputs {
+                match output {
+                    Output::Work(time) => {
+                        lock(&self.shared.stats).work_time += time;
+                        if self.wire_time {
+                            at += time;
+                        }
+                    }
+                    Output::Send(packet) => self.queue(link, at, packet),
+                    Output::SetBaud(baud) => {
+                        link.baud = baud;
+                        if baud_change {
+                            let mut stats = lock(&self.shared.stats);
+                            match mode {
+                                Mode::Stub => stats.stub_baud_changes += 1,
+                                _ => stats.rom_baud_changes += 1,
+                            }
+                        }
+                    }
+                    Output::Commit => self.commit(),
+                }
+            }
+            link.chip_free = at;
+        }
+    }
+
+    /// Queues a packet the chip starts sending at `at`: it leaves the UART after its wire time
+    /// at the current rate and reaches the host after the bridge's latency.
+    fn queue(&self, link: &mut Link, at: Instant, mut packet: Vec<u8>) {
+        if std::mem::take(&mut link.corrupt_next_reply) {
+            // Line noise in the header: the host sees a frame that answers nothing it asked.
+            for byte in packet.iter_mut().take(2) {
+                *byte ^= 0xFF;
+            }
+        }
+        let bytes = slip::encode(&packet);
+        lock(&self.shared.stats).wire_time += wire(bytes.len(), link.baud);
+        let due = if self.wire_time {
+            link.tx_done = link.tx_done.max(at) + wire(bytes.len(), link.baud);
+            link.tx_done + self.usb_latency
+        } else {
+            at
+        };
+        link.outbox.push_back((due, bytes, link.baud));
+    }
+
+    /// Writes to the terminal what has reached the host by now.
+    fn deliver(&mut self, link: &mut Link) {
+        while link
+            .outbox
+            .front()
+            .is_some_and(|(due, _, _)| *due <= Instant::now())
+        {
+            let Some((_, mut bytes, baud)) = link.outbox.pop_front() else {
+                return;
+            };
+            if !self.rates_agree(baud) {
+                // The host's UART, at another rate, reads garbage: never a frame delimiter.
+                bytes.fill(0xFF);
+            }
+            self.write_all(&bytes);
+            let mut stats = lock(&self.shared.stats);
+            stats.bytes_sent += bytes.len() as u64;
+            stats.frames_sent += 1;
+        }
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) {
+        let mut rest = bytes;
+        while !rest.is_empty() && !self.stopped() {
+            match self.pty.master.write(rest) {
+                Ok(n) => rest = &rest[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.pty.writable(TICK);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::warn!(port = %self.pty.path.display(), error = %e, "simulated device cannot send");
+                    return;
+                }
+            }
+        }
     }
 
     /// Fires the faults whose trigger `hit` matches, once each.
@@ -317,13 +495,14 @@ impl Serve {
                 FaultKind::Unplug => fired.unplug = true,
                 FaultKind::Silent => fired.silent = true,
                 FaultKind::CorruptReply => fired.corrupt = true,
+                FaultKind::Noise => fired.noise = true,
             }
         }
         fired
     }
 
     /// Applies fired faults; `true` when the device was unplugged and the thread must end.
-    fn apply(&self, link: &mut Link, fired: Fired) -> bool {
+    fn apply(&self, link: &mut Link, fired: &Fired) -> bool {
         if fired.unplug {
             self.shared.unplug();
             if let Some(link) = &self.link {
@@ -336,60 +515,26 @@ impl Serve {
         false
     }
 
-    /// Sleeps until `deadline`, waking to check the stop flag; `false` if the line stopped.
-    fn pace(&self, deadline: Instant) -> bool {
-        loop {
-            if self.stopped() {
-                return false;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return true;
-            }
-            std::thread::sleep((deadline - now).min(TICK));
-        }
-    }
-
-    /// SLIP-encodes and sends a packet, after the wire time it takes at the current baud.
-    fn send(&mut self, link: &mut Link, mut packet: Vec<u8>) {
-        if std::mem::take(&mut link.corrupt_next_reply) {
-            // Line noise in the header: the host sees a frame that answers nothing it asked.
-            for byte in packet.iter_mut().take(2) {
-                *byte ^= 0xFF;
-            }
-        }
-        let bytes = slip::encode(&packet);
-        if self.wire_time {
-            link.tx_done = link.tx_done.max(Instant::now()) + wire(bytes.len(), link.baud);
-            if !self.pace(link.tx_done) {
-                return;
-            }
-        }
-        let mut rest = &bytes[..];
-        while !rest.is_empty() && !self.stopped() {
-            match self.pty.master.write(rest) {
-                Ok(n) => rest = &rest[n..],
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    self.pty.writable(TICK);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    tracing::warn!(port = %self.pty.path.display(), error = %e, "simulated device cannot send");
-                    return;
-                }
-            }
-        }
-        let mut stats = lock(&self.shared.stats);
-        stats.bytes_sent += bytes.len() as u64;
-        stats.frames_sent += 1;
-    }
-
     fn commit(&self) {
         if let Some(path) = &self.flash_file
             && let Err(e) = self.shared.snapshot(path)
         {
-            tracing::warn!(path = %path.display(), error = %e, "cannot write the simulated flash image");
+            tracing::warn!(path = %path.display(), error = %e, "simulated device cannot write its flash image");
         }
+    }
+}
+
+/// Flips one byte of a request as line noise would: the first byte of a data block's payload,
+/// else the last byte.
+fn garble(frame: &mut [u8]) {
+    const PAYLOAD: usize = 8 + 16;
+    let at = if frame.len() > PAYLOAD {
+        PAYLOAD
+    } else {
+        frame.len().saturating_sub(1)
+    };
+    if let Some(byte) = frame.get_mut(at) {
+        *byte ^= 0x5A;
     }
 }
 

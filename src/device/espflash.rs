@@ -1,0 +1,172 @@
+//! [`EspflashDevice`]: the async shell around the blocking session. espflash is blocking, so
+//! every stage runs inside [`tokio::task::spawn_blocking`] with the session moved into the task
+//! and back, bounded by [`SerialSettings::stage_timeout`] if one is set.
+
+use std::path::{Path, PathBuf};
+
+use super::plan::check_regions;
+use super::session::Session;
+use super::{
+    Device, DeviceError, DeviceIdentity, Operation, ProgressSender, Region, SerialSettings,
+    WriteReport,
+};
+
+/// A [`Device`] driven over espflash's connection (see the module documentation of
+/// [`crate::device`]).
+#[derive(Debug)]
+pub struct EspflashDevice {
+    port: PathBuf,
+    settings: SerialSettings,
+    session: Option<Session>,
+    flash_size: Option<u32>,
+}
+
+impl EspflashDevice {
+    /// A device on `port`; nothing is opened until [`Device::connect`].
+    pub fn new(port: impl Into<PathBuf>, settings: SerialSettings) -> Self {
+        EspflashDevice {
+            port: port.into(),
+            settings,
+            session: None,
+            flash_size: None,
+        }
+    }
+
+    /// The settings it was made with.
+    pub fn settings(&self) -> &SerialSettings {
+        &self.settings
+    }
+
+    /// Runs `f` on the session in a blocking task, then puts the session back.
+    async fn with_session<T, F>(&mut self, during: Operation, f: F) -> Result<T, DeviceError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Session) -> Result<T, DeviceError> + Send + 'static,
+    {
+        let mut session = self
+            .session
+            .take()
+            .ok_or_else(|| DeviceError::NotConnected {
+                port: self.port.clone(),
+            })?;
+        // The blocking thread logs inside the caller's span (the unit's port, MAC, ...).
+        let span = tracing::Span::current();
+        let task = tokio::task::spawn_blocking(move || {
+            let _unit = span.enter();
+            let result = f(&mut session);
+            (session, result)
+        });
+        let (session, result) = self.join(during, task).await?;
+        self.session = Some(session);
+        result
+    }
+
+    /// Awaits a blocking task, bounded by the stage timeout if one is set.
+    async fn join<T>(
+        &self,
+        during: Operation,
+        task: tokio::task::JoinHandle<T>,
+    ) -> Result<T, DeviceError> {
+        let joined = match self.settings.stage_timeout {
+            Some(limit) => {
+                tokio::time::timeout(limit, task)
+                    .await
+                    .map_err(|_| DeviceError::Stalled {
+                        port: self.port.clone(),
+                        during,
+                        limit,
+                    })?
+            }
+            None => task.await,
+        };
+        joined.map_err(|e| DeviceError::Espflash {
+            port: self.port.clone(),
+            during,
+            detail: format!("the blocking task failed: {e}"),
+        })
+    }
+}
+
+impl Device for EspflashDevice {
+    fn port(&self) -> &Path {
+        &self.port
+    }
+
+    async fn connect(&mut self) -> Result<(), DeviceError> {
+        // A second connect starts a fresh session.
+        self.session = None;
+        self.flash_size = None;
+        let port = self.port.clone();
+        let settings = self.settings.clone();
+        let span = tracing::Span::current();
+        let task = tokio::task::spawn_blocking(move || {
+            let _unit = span.enter();
+            Session::connect(&port, &settings)
+        });
+        let session = self.join(Operation::Connecting, task).await??;
+        self.flash_size = Some(session.flash_size());
+        self.session = Some(session);
+        Ok(())
+    }
+
+    async fn identify(&mut self) -> Result<DeviceIdentity, DeviceError> {
+        self.with_session(Operation::Identifying, Session::identify)
+            .await
+    }
+
+    async fn write(
+        &mut self,
+        regions: Vec<Region>,
+        progress: Option<ProgressSender>,
+    ) -> Result<WriteReport, DeviceError> {
+        check_regions(&regions, self.flash_size)?;
+        if regions.is_empty() {
+            return Ok(WriteReport::default());
+        }
+        self.with_session(Operation::Writing, move |session| {
+            session.write(&regions, &mut |event| {
+                if let Some(sender) = &progress {
+                    // A receiver that went away only means nobody watches the progress.
+                    let _ = sender.send(event);
+                }
+            })
+        })
+        .await
+    }
+
+    async fn md5(&mut self, offset: u32, len: u32) -> Result<[u8; 16], DeviceError> {
+        self.with_session(Operation::Verifying, move |session| {
+            session.md5(offset, len)
+        })
+        .await
+    }
+
+    async fn reset(&mut self) -> Result<(), DeviceError> {
+        let session = self
+            .session
+            .take()
+            .ok_or_else(|| DeviceError::NotConnected {
+                port: self.port.clone(),
+            })?;
+        self.flash_size = None;
+        // The session is over either way: the port closes when the task ends.
+        let span = tracing::Span::current();
+        let task = tokio::task::spawn_blocking(move || {
+            let _unit = span.enter();
+            session.reset()
+        });
+        self.join(Operation::Resetting, task).await?
+    }
+
+    async fn release(&mut self) {
+        if let Some(session) = self.session.take() {
+            self.flash_size = None;
+            let span = tracing::Span::current();
+            let task = tokio::task::spawn_blocking(move || {
+                let _unit = span.enter();
+                session.release()
+            });
+            let _ = self.join(Operation::Resetting, task).await;
+        }
+    }
+}
