@@ -144,6 +144,13 @@ fn kind_of(metadata: &Metadata) -> &'static str {
     }
 }
 
+/// The directory a file is in (`.` for a bare name).
+fn directory_of(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
 /// Refuses a write target that exists and is not a regular file; the target itself is looked at,
 /// not what a symlink there points to.
 fn check_target(path: &Path) -> io::Result<()> {
@@ -174,10 +181,7 @@ impl PrivateFile {
     /// file.
     pub fn create(path: &Path) -> io::Result<PrivateFile> {
         check_target(path)?;
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
+        let dir = directory_of(path);
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -220,12 +224,7 @@ impl PrivateFile {
     fn persist(self) -> io::Result<PathBuf> {
         // Checked again: the target may have been replaced while the file was written.
         check_target(&self.path)?;
-        let dir = self
-            .path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."))
-            .to_owned();
+        let dir = directory_of(&self.path).to_owned();
         // On failure the error carries the temporary file, which is removed when it drops.
         self.temp.persist(&self.path).map_err(|e| e.error)?;
         Ok(dir)
@@ -249,13 +248,8 @@ pub fn write_private_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut file = PrivateFile::create(path)?;
     file.write_all(bytes)?;
     file.temp.as_file().sync_all()?;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .to_owned();
     file.temp.persist_noclobber(path).map_err(|e| e.error)?;
-    let _ = File::open(dir).and_then(|d| d.sync_all());
+    let _ = File::open(directory_of(path)).and_then(|d| d.sync_all());
     Ok(())
 }
 

@@ -582,6 +582,18 @@ impl TlsFront {
     }
 }
 
+/// Names `ca_pem` as the station's extra trust root ([dps] ca_file).
+fn trust(ws: &Workspace, ca_pem: &str) {
+    std::fs::write(ws.path("front-ca.pem"), ca_pem).unwrap();
+    let config = std::fs::read_to_string(ws.path("station.toml"))
+        .unwrap()
+        .replace(
+            "# ca_file = \"certs/local-dps-ca.pem\"",
+            "ca_file = \"front-ca.pem\"",
+        );
+    std::fs::write(ws.path("station.toml"), config).unwrap();
+}
+
 // Issue 13: an untrusted or invalid server certificate is a configuration or security fault,
 // not an outage: the unit fails at stage dps with station::dps::tls (not pending as
 // unreachable), and `station check` reports it as a setup error.
@@ -613,28 +625,14 @@ fn an_untrusted_dps_certificate_fails_the_unit_with_its_own_code() {
     );
 
     // Trusting it through [dps] ca_file, the same server assigns the next unit.
-    std::fs::write(ws.path("front-ca.pem"), &front.ca_pem).unwrap();
-    let config = std::fs::read_to_string(ws.path("station.toml"))
-        .unwrap()
-        .replace(
-            "# ca_file = \"certs/local-dps-ca.pem\"",
-            "ca_file = \"front-ca.pem\"",
-        );
-    std::fs::write(ws.path("station.toml"), config).unwrap();
+    trust(&ws, &front.ca_pem);
     let assigned = provision(&ws, &sim, 1).expect(0).json();
     assert_eq!(assigned["dps_status"], "assigned", "{assigned}");
 
     // A trusted CA but a certificate for another host name is refused as well.
     let other = TlsFront::start(&dps.url, "dps.example.invalid");
-    std::fs::write(ws.path("front-ca.pem"), &other.ca_pem).unwrap();
     write_config(&ws, &other.url);
-    let config = std::fs::read_to_string(ws.path("station.toml"))
-        .unwrap()
-        .replace(
-            "# ca_file = \"certs/local-dps-ca.pem\"",
-            "ca_file = \"front-ca.pem\"",
-        );
-    std::fs::write(ws.path("station.toml"), config).unwrap();
+    trust(&ws, &other.ca_pem);
     let failed = provision(&ws, &sim, 2).expect(1).json();
     assert_eq!(failed["error_code"], "station::dps::tls", "{failed}");
     assert!(

@@ -216,36 +216,34 @@ fn status(ws: &Workspace) -> Value {
         .json()
 }
 
-fn attempts(ws: &Workspace) -> Vec<(Option<String>, String)> {
+/// The rows `sql` selects from the workspace's database.
+fn query<T>(ws: &Workspace, sql: &'static str) -> Vec<T>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> + Send + Unpin,
+{
     let db = ws.path("station.db");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let store = station::store::Store::open(&db).await.unwrap();
-        let rows: Vec<(Option<String>, String)> =
-            sqlx::query_as("SELECT mac, outcome FROM attempts ORDER BY id")
-                .fetch_all(store.pool())
-                .await
-                .unwrap();
+        let rows = sqlx::query_as(sql).fetch_all(store.pool()).await.unwrap();
         store.close().await;
         rows
     })
 }
 
+fn attempts(ws: &Workspace) -> Vec<(Option<String>, String)> {
+    query(ws, "SELECT mac, outcome FROM attempts ORDER BY id")
+}
+
 /// The stages the open (in-progress) attempts have reached, as recorded.
 fn open_attempt_stages(ws: &Workspace) -> Vec<String> {
-    let db = ws.path("station.db");
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let store = station::store::Store::open(&db).await.unwrap();
-        let rows: Vec<String> = sqlx::query_scalar(
-            "SELECT stage FROM attempts WHERE outcome = 'in-progress' ORDER BY id",
-        )
-        .fetch_all(store.pool())
-        .await
-        .unwrap();
-        store.close().await;
-        rows
-    })
+    query::<(String,)>(
+        ws,
+        "SELECT stage FROM attempts WHERE outcome = 'in-progress' ORDER BY id",
+    )
+    .into_iter()
+    .map(|(stage,)| stage)
+    .collect()
 }
 
 #[test]
@@ -672,19 +670,10 @@ fn on_a_terminal_the_daemon_draws_the_live_view() {
 
 /// The units of the workspace's database: (MAC, registration ID, state, image SHA-256).
 fn units(ws: &Workspace) -> Vec<(String, String, String, Option<String>)> {
-    let db = ws.path("station.db");
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let store = station::store::Store::open(&db).await.unwrap();
-        let rows = sqlx::query_as(
-            "SELECT mac, registration_id, state, image_sha256 FROM units ORDER BY mac",
-        )
-        .fetch_all(store.pool())
-        .await
-        .unwrap();
-        store.close().await;
-        rows
-    })
+    query(
+        ws,
+        "SELECT mac, registration_id, state, image_sha256 FROM units ORDER BY mac",
+    )
 }
 
 // Issue 13: kill -9 at random points across a batch, then the invariants: no unit shows as

@@ -102,17 +102,12 @@ async fn build_one(
 ) -> Result<u8> {
     let image = DeviceImage::build(config, keys, mac.parse::<Mac>()?)?;
     write_private(out, &image.bytes)?;
-    let store = open_store(config).await?;
-    store
-        .append_audit(
-            &config.station.id,
-            &operator(None),
-            "nvs.build",
-            &image.mac.to_string(),
-            json!({ "images": [{ "mac": image.mac, "image_sha256": image.sha256() }], "key_id": keys.primary.id() }),
-        )
-        .await?;
-    store.close().await;
+    audit_nvs_build(
+        config,
+        &image.mac.to_string(),
+        json!({ "images": [{ "mac": image.mac, "image_sha256": image.sha256() }], "key_id": keys.primary.id() }),
+    )
+    .await?;
     if json {
         print_json(&[built_json(&image, out)]);
     } else {
@@ -175,27 +170,38 @@ async fn build_csv(
     let _ = out.flush();
     // Images written are device keys handed out: audited even when a later one failed.
     if written > 0 {
-        let store = open_store(config).await?;
-        store
-            .append_audit(
-                &config.station.id,
-                &operator(None),
-                "nvs.build",
-                &csv_path.display().to_string(),
-                json!({
-                    "count": written,
-                    "rows": count,
-                    "first_mac": first_last.map(|(first, _)| first),
-                    "last_mac": first_last.map(|(_, last)| last),
-                    "images_sha256": hex::encode(list.finalize()),
-                    "csv_sha256": csv.sha256,
-                    "key_id": keys.primary.id(),
-                }),
-            )
-            .await?;
-        store.close().await;
+        audit_nvs_build(
+            config,
+            &csv_path.display().to_string(),
+            json!({
+                "count": written,
+                "rows": count,
+                "first_mac": first_last.map(|(first, _)| first),
+                "last_mac": first_last.map(|(_, last)| last),
+                "images_sha256": hex::encode(list.finalize()),
+                "csv_sha256": csv.sha256,
+                "key_id": keys.primary.id(),
+            }),
+        )
+        .await?;
     }
     result.map(|()| OK)
+}
+
+/// Records that images (which hold device keys) were handed out.
+async fn audit_nvs_build(config: &Config, subject: &str, details: serde_json::Value) -> Result<()> {
+    let store = open_store(config).await?;
+    store
+        .append_audit(
+            &config.station.id,
+            &operator(None),
+            "nvs.build",
+            subject,
+            details,
+        )
+        .await?;
+    store.close().await;
+    Ok(())
 }
 
 /// Makes sure `--out-dir` exists: an existing directory is used, a missing one is created
