@@ -233,6 +233,34 @@ fn table() -> Vec<Case> {
             absent: &["station.db"],
         },
         Case {
+            name: "a 100 kB API version",
+            setup: |ws| {
+                configure(
+                    ws,
+                    "api_version = \"2021-10-01\"",
+                    &format!("api_version = \"{}\"", "1".repeat(100_000)),
+                );
+                args(&["batch", "status"])
+            },
+            exit: 2,
+            code: "station::config::bad_value",
+            absent: &["station.db"],
+        },
+        Case {
+            name: "an ID scope of 100 characters",
+            setup: |ws| {
+                configure(
+                    ws,
+                    "id_scope = \"0ne00ABCDEF\"",
+                    &format!("id_scope = \"{}\"", "A".repeat(100)),
+                );
+                args(&["batch", "status"])
+            },
+            exit: 2,
+            code: "station::config::bad_value",
+            absent: &["station.db"],
+        },
+        Case {
             name: "a probe interval of a billion seconds",
             setup: |ws| {
                 configure(ws, "probe_interval = 2.0", "probe_interval = 1e9");

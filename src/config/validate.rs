@@ -194,7 +194,10 @@ impl Ctx<'_> {
 
     fn dps(&self, raw: RawDps) -> Result<DpsConfig, ConfigError> {
         let id_scope = raw.id_scope.get_ref();
-        if id_scope.is_empty() || !id_scope.chars().all(|c| c.is_ascii_alphanumeric()) {
+        if id_scope.is_empty()
+            || id_scope.len() > 64
+            || !id_scope.chars().all(|c| c.is_ascii_alphanumeric())
+        {
             return Err(self.bad_value(
                 raw.id_scope.span(),
                 "[dps] id_scope",
@@ -207,6 +210,7 @@ impl Ctx<'_> {
             Some(endpoint) => {
                 let host = endpoint.get_ref();
                 if host.is_empty()
+                    || host.len() > 253
                     || host.contains("://")
                     || host.contains('/')
                     || host.contains(char::is_whitespace)
@@ -225,7 +229,10 @@ impl Ctx<'_> {
             None => format!("https://{endpoint}"),
             Some(url) => {
                 let text = url.get_ref();
-                if !(text.starts_with("https://") || text.starts_with("http://")) {
+                if !(text.starts_with("https://") || text.starts_with("http://"))
+                    || text.len() > 2048
+                    || text.contains(char::is_whitespace)
+                {
                     return Err(self.bad_value(
                         url.span(),
                         "[dps] verify_url",
@@ -241,9 +248,26 @@ impl Ctx<'_> {
                 at: self.at(raw.registration_id.span()),
                 source,
             })?;
-        let api_version = raw
-            .api_version
-            .map_or_else(|| DEFAULT_API_VERSION.to_owned(), Spanned::into_inner);
+        let api_version = match raw.api_version {
+            None => DEFAULT_API_VERSION.to_owned(),
+            Some(version) => {
+                let text = version.get_ref();
+                if text.is_empty()
+                    || text.len() > 32
+                    || !text
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+                {
+                    return Err(self.bad_value(
+                        version.span(),
+                        "[dps] api_version",
+                        format!("{:?} is not an API version", shown(text)),
+                        "Leave it out for 2021-10-01, or give a DPS device API version such as \"2021-10-01\".",
+                    ));
+                }
+                version.into_inner()
+            }
+        };
         let verify_timeout = match raw.verify_timeout {
             None => DEFAULT_VERIFY_TIMEOUT,
             Some(seconds) => {
