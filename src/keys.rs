@@ -216,7 +216,9 @@ impl fmt::Display for Secret {
 pub struct KeyId(String);
 
 impl KeyId {
-    fn of(key: &[u8]) -> Self {
+    /// The fingerprint of `bytes`: a key's, or (for X.509 attestation) the signing CA
+    /// certificate's DER.
+    pub(crate) fn of(key: &[u8]) -> Self {
         let digest = Sha256::digest(key);
         KeyId(format!("sha256:{}", hex::encode(&digest[..8])))
     }
@@ -456,7 +458,9 @@ pub fn exposure(_metadata: &std::fs::Metadata) -> Option<(&'static str, u32)> {
     None
 }
 
-fn check_permissions(metadata: &std::fs::Metadata, path: &Path) -> Result<(), KeyError> {
+/// Refuses a secret file that group or others may read (`KeyError::Exposed`); also used for the
+/// X.509 CA key file.
+pub(crate) fn check_permissions(metadata: &std::fs::Metadata, path: &Path) -> Result<(), KeyError> {
     match exposure(metadata) {
         None => Ok(()),
         Some((who, mode)) => Err(KeyError::Exposed {

@@ -10,6 +10,7 @@
 //! or the database; [`device`], [`sim`] and [`store`] are the I/O shells around them, and
 //! [`provision`] orchestrates one unit through the pipeline of `DESIGN.md` section 1.
 
+mod armor;
 pub mod certificate;
 pub mod checkpoint;
 pub mod cli;
@@ -29,10 +30,13 @@ pub mod process;
 pub mod provision;
 pub mod record;
 pub mod report;
+pub mod secure_cert;
 pub mod sim;
 pub mod slip;
 pub mod station;
 pub mod store;
 pub mod support;
+pub mod tls;
+pub mod x509;
 
 pub use error::{Error, Result};

@@ -8,12 +8,14 @@ use super::{
     AuditCommand, BatchCommand, ManifestArgs, OK, open_store, open_store_to_read, operator,
     print_json, write_checkpoint_sidecar,
 };
-use crate::config::Config;
+use crate::config::{Attestation, Config, CredentialStorage, X509Config};
 use crate::error::{Error, Result, exit};
 use crate::keys::GroupKeys;
 use crate::record::BatchStatus;
 use crate::report;
+use crate::station::Issuer;
 use crate::store::ManifestFilter;
+use crate::x509::CaWarning;
 
 pub(super) async fn batch(config: &Config, command: BatchCommand, json: bool) -> Result<u8> {
     let store = open_store(config).await?;
@@ -431,12 +433,12 @@ struct Check {
     what: &'static str,
     ok: bool,
     detail: String,
+    /// What does not fail the check but needs attention soon (a CA expiring within 90 days).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<String>,
     /// A failure of the station's own setup (configuration, key file): exit code 2.
     #[serde(skip)]
     usage: bool,
-    /// Passed, but deserves attention (a root CA near its expiry).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    warning: bool,
 }
 
 impl Check {
@@ -446,16 +448,8 @@ impl Check {
             what,
             ok,
             detail,
+            warnings: Vec::new(),
             usage: false,
-            warning: false,
-        }
-    }
-
-    /// A check that passed with a warning.
-    fn warning(what: &'static str, detail: String) -> Check {
-        Check {
-            warning: true,
-            ..Check::new(what, true, detail)
         }
     }
 
@@ -477,14 +471,14 @@ pub(super) async fn check(config_path: &Path, json: bool) -> Result<u8> {
     let mut checks = Vec::new();
     let config = match Config::load(config_path) {
         Ok(config) => {
-            checks.push(Check::new(
-                "config",
-                true,
-                format!("{} is valid", config_path.display()),
-            ));
-            for warning in &config.warnings {
-                checks.push(Check::warning("config", warning.clone()));
-            }
+            checks.push(Check {
+                warnings: config.warnings.clone(),
+                ..Check::new(
+                    "config",
+                    true,
+                    format!("{} is valid", config_path.display()),
+                )
+            });
             Some(config)
         }
         Err(e) => {
@@ -493,25 +487,28 @@ pub(super) async fn check(config_path: &Path, json: bool) -> Result<u8> {
         }
     };
     if let Some(config) = &config {
-        match GroupKeys::load(
-            &config.dps.group_key_file,
-            config.dps.secondary_group_key_file.as_deref(),
-        ) {
-            Ok(keys) => checks.push(Check::new(
-                "group key",
-                true,
-                format!(
-                    "{} loaded (key id {}{})",
-                    config.dps.group_key_file.display(),
-                    keys.primary.id(),
-                    keys.secondary
-                        .as_ref()
-                        .map(|k| format!(", secondary {}", k.id()))
-                        .unwrap_or_default()
+        checks.push(match &config.dps.attestation {
+            Attestation::SymmetricKey(files) => match GroupKeys::load(
+                &files.group_key_file,
+                files.secondary_group_key_file.as_deref(),
+            ) {
+                Ok(keys) => Check::new(
+                    "group key",
+                    true,
+                    format!(
+                        "{} loaded (key id {}{})",
+                        files.group_key_file.display(),
+                        keys.primary.id(),
+                        keys.secondary
+                            .as_ref()
+                            .map(|k| format!(", secondary {}", k.id()))
+                            .unwrap_or_default()
+                    ),
                 ),
-            )),
-            Err(e) => checks.push(Check::misconfigured("group key", e.into())),
-        }
+                Err(e) => Check::misconfigured("group key", e.into()),
+            },
+            Attestation::X509(x509) => check_signing_ca(config, x509),
+        });
         match crate::store::Store::open_existing(&config.station.database).await {
             Ok(None) => checks.push(Check::new(
                 "database",
@@ -574,14 +571,13 @@ pub(super) async fn check(config_path: &Path, json: bool) -> Result<u8> {
         for c in &checks {
             println!(
                 "{} {:<10} {}",
-                match (c.ok, c.warning) {
-                    (true, false) => "ok  ",
-                    (true, true) => "warn",
-                    (false, _) => "FAIL",
-                },
+                if c.ok { "ok  " } else { "FAIL" },
                 c.what,
                 c.detail
             );
+            for warning in &c.warnings {
+                println!("warn {:<10} {warning}", c.what);
+            }
         }
     }
     Ok(if all_ok {
@@ -630,6 +626,68 @@ fn check_anchor(config: &Config) -> Check {
             audit.checkpoint_file.display()
         ),
     )
+}
+
+/// X.509 attestation's signing CA: loaded and checked as the line would (valid now, CA:TRUE,
+/// allowed to sign certificates, the key its certificate's, the chain sound), a certificate it
+/// issues proven to fit the configured storage, and what needs attention soon as warnings (an
+/// expiry within 90 days, device certificates the CA would cut short).
+fn check_signing_ca(config: &Config, x509: &X509Config) -> Check {
+    let now = time::OffsetDateTime::now_utc();
+    let issuer = match Issuer::load(x509, now) {
+        Ok(issuer) => issuer,
+        Err(e) => return Check::misconfigured("signing CA", e.into()),
+    };
+    let fits = issuer
+        .lengths(config, now)
+        .map_err(Error::from)
+        .and_then(|lengths| Ok(config.check_x509_fit(&lengths)?));
+    if let Err(e) = fits {
+        return Check::misconfigured("signing CA", e);
+    }
+    let ca = &issuer.ca;
+    let warnings: Vec<CaWarning> = ca.warnings(now, x509.cert_days);
+    let key_usage = if warnings
+        .iter()
+        .any(|w| matches!(w, CaWarning::KeyUsageUnrestricted { .. }))
+    {
+        "CA:TRUE, no key-usage restriction"
+    } else {
+        "CA:TRUE, keyCertSign"
+    };
+    let chain = match ca.chain() {
+        [] => "no chain above it".to_owned(),
+        chain => format!(
+            "chain of {} up to `{}`",
+            chain.len(),
+            chain.last().map_or("", |c| c.subject.as_str())
+        ),
+    };
+    let storage = match x509.storage {
+        CredentialStorage::Nvs => "in NVS".to_owned(),
+        CredentialStorage::SecureCert(partition) => format!(
+            "in esp_secure_cert at {:#x} ({:#x} bytes)",
+            partition.offset, partition.size
+        ),
+    };
+    let days_left = (ca.not_after() - now).whole_days();
+    Check {
+        warnings: warnings.iter().map(ToString::to_string).collect(),
+        ..Check::new(
+            "signing CA",
+            true,
+            format!(
+                "`{}` may sign certificates ({key_usage}, {} key); thumbprint {} (key id {}); valid until {} ({days_left} days); {chain}; issues {} certificates for {} days, stored {storage}",
+                ca.subject(),
+                ca.key_algorithm(),
+                ca.thumbprint(),
+                issuer.key_id(),
+                crate::clock::format_time(ca.not_after()),
+                issuer.policy.key_type,
+                x509.cert_days,
+            ),
+        )
+    }
 }
 
 /// DPS reachability, when pre-verification is on (a station that does not pre-verify does not

@@ -1,5 +1,6 @@
 //! One unit through the pipeline of DESIGN.md section 1, over a [`Device`]: connect, identify,
-//! derive, build, flash, verify, DPS pre-verification (when `[dps] pre_verify`), record, reset.
+//! derive (X.509: issue the unit's certificate), build, flash, verify, DPS pre-verification
+//! (when `[dps] pre_verify`), record, reset.
 //!
 //! Each stage lives in the file of its name:
 //!
@@ -31,7 +32,7 @@ use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{field, instrument};
 
-pub use build::DeviceImage;
+pub use build::{DeviceCredential, DeviceImage, SecureCertImage};
 pub use dps::{PendingSummary, VerifyReport, retry_pending, verify_registration};
 pub use error::{ProvisionError, UnitError};
 pub use report::{Event, Outcome, Timings, UnitReport};
@@ -130,6 +131,8 @@ struct Facts {
     /// The device, once identified, with its registration ID.
     identified: Option<(DeviceIdentity, RegistrationId)>,
     image_sha256: Option<String>,
+    /// X.509: the certificate issued at stage `derive`.
+    certificate: Option<crate::record::IssuedCertificate>,
     reprovision: bool,
     /// When the unit, found already provisioned in this batch, was provisioned.
     skipped: Option<String>,
