@@ -11,6 +11,8 @@
 //! [`provision`] orchestrates one unit through the pipeline of `DESIGN.md` section 1.
 
 mod armor;
+pub mod certificate;
+pub mod checkpoint;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -24,6 +26,7 @@ pub mod keys;
 pub mod line;
 pub mod nvs;
 pub mod operator;
+pub mod process;
 pub mod provision;
 pub mod record;
 pub mod report;

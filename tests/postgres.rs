@@ -356,6 +356,23 @@ async fn the_station_role_cannot_change_or_remove_audit_entries() {
         .unwrap_err();
     assert!(err.to_string().contains("permission denied"), "{err}");
     store.close().await;
+
+    // A station updated before the owner ran `station db migrate`: its role may not migrate,
+    // so it refuses to start with the schema's code, naming what is pending.
+    cluster
+        .execute(
+            &db,
+            "DELETE FROM _sqlx_migrations WHERE version = (SELECT MAX(version) FROM _sqlx_migrations)",
+        )
+        .await;
+    let err = station::store::Store::connect(&as_station)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, station::store::StoreError::Schema { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("pending"), "{err}");
 }
 
 // Issue 15: the database password comes from database_password_file (refused unless 0600),

@@ -116,7 +116,7 @@ CREATE TABLE audit_log (
     subject     TEXT    NOT NULL,
     details     TEXT    NOT NULL,
     prev_hash   TEXT    NOT NULL,
-    hash        TEXT    NOT NULL UNIQUE,
+    hash        TEXT    COLLATE "C" NOT NULL UNIQUE, -- byte order: `--head` prefixes are ranges
     UNIQUE (station_id, seq)
 );
 CREATE INDEX audit_log_action_station ON audit_log (action, station_id);

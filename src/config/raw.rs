@@ -19,6 +19,16 @@ pub(super) struct RawConfig {
     pub(super) secure_cert: Option<Spanned<RawSecureCert>>,
     #[serde(default)]
     pub(super) firmware: Vec<Spanned<RawFirmware>>,
+    pub(super) audit: Option<Spanned<RawAudit>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAudit {
+    pub(super) signing_key_file: Option<Spanned<String>>,
+    pub(super) checkpoint_file: Option<Spanned<String>>,
+    pub(super) checkpoint_every: Option<Spanned<i64>>,
+    pub(super) syslog: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -3,7 +3,7 @@
 
 use crate::device::DeviceError;
 use crate::dps::DpsError;
-use crate::identity::Mac;
+use crate::identity::{IdentityError, Mac};
 use crate::nvs::NvsError;
 use crate::secure_cert::SecureCertError;
 use crate::store::StoreError;
@@ -118,6 +118,10 @@ pub enum UnitError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Provision(#[from] ProvisionError),
+    /// The device reported a MAC no device can have.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Identity(#[from] IdentityError),
 }
 
 impl ProvisionError {

@@ -23,6 +23,7 @@ use super::audit::{ChainWalker, NewEntry};
 use super::{ManifestQuery, StoreError};
 use crate::identity::{Mac, RegistrationId};
 use crate::keys::KeyId;
+use crate::process::ProcessStamp;
 use crate::record::{
     Attempt, AttemptOutcome, Attestation, AuditEntry, Batch, CertificateRow, ErrorCode,
     FailureCount, IssuedCertificate, ManifestRow, Stage, StationCount, Unit, UnitDps, UnitState,
@@ -286,8 +287,12 @@ pub(super) trait Tx: Send {
     async fn open_attempts(&mut self, station_id: &str) -> Result<Vec<Attempt>, StoreError>;
     /// Whether the attempt is still in progress.
     async fn attempt_is_open(&mut self, id: i64) -> Result<bool, StoreError>;
-    /// Opens an attempt's row, in progress, stamped with process `pid`.
-    async fn insert_attempt(&mut self, start: &AttemptStart, pid: i64) -> Result<i64, StoreError>;
+    /// Opens an attempt's row, in progress, stamped with the process running it.
+    async fn insert_attempt(
+        &mut self,
+        start: &AttemptStart,
+        process: &ProcessStamp,
+    ) -> Result<i64, StoreError>;
     /// Notes the stage an open attempt reached (and its MAC), and extends its claim on a slot,
     /// if it holds one that still lasts at `now`, to `claim_until` (a lapsed one is dropped).
     async fn note_stage(
@@ -317,13 +322,14 @@ pub(super) trait Tx: Send {
     ) -> Result<Attempt, StoreError>;
 
     /// The head (seq and hash) of the chain the station appends to (SQLite: the database's
-    /// one chain; PostgreSQL: the station's own, whose lock it takes), `None` while empty.
+    /// one chain; PostgreSQL: the station's own), `None` while empty.
     async fn audit_head(&mut self, station_id: &str) -> Result<Option<(i64, String)>, StoreError>;
     /// Inserts an entry as chained.
     async fn insert_audit(&mut self, entry: &AuditEntry) -> Result<(), StoreError>;
     /// Appends an entry after the head of its chain ([`NewEntry::chained_after`]) and returns
     /// its seq.
     async fn append_audit(&mut self, entry: &NewEntry) -> Result<i64, StoreError> {
+        self.lock_chain(&entry.station_id).await?;
         let head = self.audit_head(&entry.station_id).await?;
         let entry = entry.chained_after(head);
         self.insert_audit(&entry).await?;
@@ -342,11 +348,18 @@ pub(super) trait Tx: Send {
         batch: Option<&str>,
         limit: Option<u32>,
     ) -> Result<Vec<AuditEntry>, StoreError>;
-    /// Where the entry with this hash is: its chain and seq.
-    async fn audit_position(
+    /// The entries whose hash starts with `prefix` (lowercase hex), at most two: their chain
+    /// and seq. One names the entry, two say the prefix is ambiguous.
+    async fn audit_hash_prefix(
         &mut self,
-        hash: &str,
-    ) -> Result<Option<(Option<String>, i64)>, StoreError>;
+        prefix: &str,
+    ) -> Result<Vec<(Option<String>, i64)>, StoreError>;
+    /// The hash of entry `seq` of the chain holding `station_id`'s entries.
+    async fn audit_hash_at(
+        &mut self,
+        station_id: &str,
+        seq: i64,
+    ) -> Result<Option<String>, StoreError>;
     /// The chains, or the chain of one station.
     async fn audit_chains(
         &mut self,

@@ -15,6 +15,7 @@
 //! | `attempt.rs` | what an attempt records and the rules for its unit, its slot and its audit entry |
 //! | `audit.rs` | the chain's canonical encoding, hashing and verification walk |
 //! | `manifest.rs` | the manifest's filter and its audited export |
+//! | `checkpoint.rs` | signed checkpoints of the chain: when they are written, how the chain is checked against them |
 //! | `session.rs` | what a station records when it starts |
 //! | `migration.rs` | whether a schema is current |
 //! | `backend.rs` | the traits a database backend implements |
@@ -35,6 +36,7 @@ macro_rules! on_backend {
 pub mod attempt;
 pub mod audit;
 mod backend;
+mod checkpoint;
 mod manifest;
 mod migration;
 mod ops;
@@ -51,6 +53,9 @@ pub use attempt::{
     AttemptRecord, AttemptStart, Conflict, Failure, Recorded, UnitFacts, UnitSighting,
 };
 pub use audit::ChainReport;
+pub use checkpoint::{
+    CheckpointFinding, CheckpointReport, HEAD_PREFIX_MIN, HeadCheck, head_prefix,
+};
 pub(crate) use manifest::ManifestQuery;
 pub use manifest::{ManifestExport, ManifestFilter};
 pub use migration::MigrationState;
@@ -247,6 +252,10 @@ pub enum StoreError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Output(#[from] crate::file::FileError),
+    /// A checkpoint could not be written or read, or the station key is unusable.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Checkpoint(#[from] crate::checkpoint::CheckpointError),
 }
 
 impl StoreError {
@@ -263,7 +272,7 @@ impl StoreError {
                 | StoreError::BatchClosed { .. }
                 | StoreError::PasswordFile { .. }
                 | StoreError::NoSuchStation { .. }
-        )
+        ) || matches!(self, StoreError::Checkpoint(e) if e.is_usage_error())
     }
 
     /// True when the database could not be reached: nothing was recorded, and the same
@@ -343,6 +352,8 @@ enum Db {
 pub struct Store {
     db: Db,
     database: String,
+    /// Where checkpoints of the chain go, when the station signs them.
+    anchor: Option<std::sync::Arc<crate::checkpoint::Anchor>>,
 }
 
 impl Store {
@@ -354,6 +365,7 @@ impl Store {
         Ok(Store {
             db: Db::Sqlite(sqlite::Sqlite::open(path).await?),
             database: path.display().to_string(),
+            anchor: None,
         })
     }
 
@@ -369,6 +381,7 @@ impl Store {
         Ok(Store {
             db,
             database: database.to_string(),
+            anchor: None,
         })
     }
 
@@ -387,6 +400,7 @@ impl Store {
         Ok(Some(Store {
             db,
             database: database.to_string(),
+            anchor: None,
         }))
     }
 
@@ -440,7 +454,10 @@ impl Store {
         operator: &str,
         station_id: &str,
     ) -> Result<Batch, StoreError> {
-        on_backend!(self, db => ops::open_batch(db, name, target, operator, station_id).await)
+        let batch =
+            on_backend!(self, db => ops::open_batch(db, name, target, operator, station_id).await)?;
+        self.checkpoint_if_due().await;
+        Ok(batch)
     }
 
     /// Closes the named batch, or the station's open batch when `name` is `None`.
@@ -450,7 +467,10 @@ impl Store {
         operator: &str,
         station_id: &str,
     ) -> Result<BatchStatus, StoreError> {
-        on_backend!(self, db => ops::close_batch(db, name, operator, station_id).await)
+        let status =
+            on_backend!(self, db => ops::close_batch(db, name, operator, station_id).await)?;
+        self.checkpoint("batch.close").await?;
+        Ok(status)
     }
 
     /// The batch a station opened and has not closed, if any.
@@ -553,7 +573,9 @@ impl Store {
     /// the flash marks the unit failed; a failure before any write (a refused re-provision, a
     /// wrong chip) leaves an existing unit's state alone.
     pub async fn record_attempt(&self, record: &AttemptRecord) -> Result<Recorded, StoreError> {
-        on_backend!(self, db => ops::record_attempt(db, record).await)
+        let recorded = on_backend!(self, db => ops::record_attempt(db, record).await)?;
+        self.checkpoint_if_due().await;
+        Ok(recorded)
     }
 
     /// Opens an attempt's row as in progress before anything touches the device, so that a
@@ -621,7 +643,10 @@ impl Store {
         station_id: &str,
         operator: &str,
     ) -> Result<Vec<Attempt>, StoreError> {
-        on_backend!(self, db => ops::recover_interrupted(db, station_id, operator).await)
+        let closed =
+            on_backend!(self, db => ops::recover_interrupted(db, station_id, operator).await)?;
+        self.checkpoint_if_due().await;
+        Ok(closed)
     }
 
     /// Records a later DPS outcome for a unit (`station dps verify`), with a `unit.dps_verified`
@@ -633,7 +658,10 @@ impl Store {
         station_id: &str,
         operator: &str,
     ) -> Result<Unit, StoreError> {
-        on_backend!(self, db => ops::record_dps(db, unit_id, dps, station_id, operator).await)
+        let unit =
+            on_backend!(self, db => ops::record_dps(db, unit_id, dps, station_id, operator).await)?;
+        self.checkpoint_if_due().await;
+        Ok(unit)
     }
 
     /// Appends one audit entry on its own (an act outside a unit's attempt, such as deriving a
@@ -654,7 +682,9 @@ impl Store {
             subject,
             details,
         );
-        on_backend!(self, db => ops::append_audit(db, &entry).await)
+        let seq = on_backend!(self, db => ops::append_audit(db, &entry).await)?;
+        self.checkpoint_if_due().await;
+        Ok(seq)
     }
 
     /// Records that a station opened with a configuration and keys: `config.changed` (subject:
@@ -663,7 +693,9 @@ impl Store {
     /// differ from the last ones recorded, in one transaction. Returns how many entries it
     /// appended.
     pub async fn record_station_open(&self, open: &StationOpen) -> Result<usize, StoreError> {
-        on_backend!(self, db => ops::record_station_open(db, open).await)
+        let appended = on_backend!(self, db => ops::record_station_open(db, open).await)?;
+        self.checkpoint_if_due().await;
+        Ok(appended)
     }
 
     /// The whole audit log, in the order it was written (SQLite: chain order).
@@ -682,13 +714,13 @@ impl Store {
         on_backend!(self, db => ops::audit_entries(db, batch, limit).await)
     }
 
-    /// Where the entry with this hash is: its chain (a station, or `None` for a database
-    /// with one chain) and its seq.
-    pub async fn audit_hash_position(
+    /// The entries whose hash starts with `prefix` (lowercase hex), at most two: their chain
+    /// (a station, or `None` for a database with one chain) and seq.
+    pub async fn audit_hash_prefix(
         &self,
-        hash: &str,
-    ) -> Result<Option<(Option<String>, i64)>, StoreError> {
-        on_backend!(self, db => ops::audit_position(db, hash).await)
+        prefix: &str,
+    ) -> Result<Vec<(Option<String>, i64)>, StoreError> {
+        on_backend!(self, db => ops::audit_hash_prefix(db, prefix).await)
     }
 
     /// Re-walks the audit chain of every station (SQLite: the file's one chain) or of one

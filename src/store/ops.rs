@@ -14,6 +14,7 @@ use super::session::{CONFIG_CHANGED, KEY_LOADED, StationOpen};
 use super::{ManifestQuery, StoreError};
 use crate::clock::{format_time, now, parse_time};
 use crate::identity::Mac;
+use crate::process::ProcessStamp;
 use crate::record::{Attempt, AuditEntry, Batch, BatchStatus, ManifestRow, Stage, Unit, UnitDps};
 
 /// How long an attempt's claim on a batch slot lasts without news of it: every stage it
@@ -246,9 +247,7 @@ pub(super) async fn begin_attempt<B: Backend>(
         tx.lock_batch(start.batch_id).await?;
         check_room(&mut tx, start.batch_id, 0).await?;
     }
-    let id = tx
-        .insert_attempt(start, i64::from(std::process::id()))
-        .await?;
+    let id = tx.insert_attempt(start, ProcessStamp::current()).await?;
     if claim {
         tx.claim(id, &lease_end()).await?;
     }
@@ -418,7 +417,7 @@ pub(super) async fn record_attempt<B: Backend>(
     let attempt_id = match open {
         Some(id) => id,
         None => {
-            tx.insert_attempt(&record.start(), i64::from(std::process::id()))
+            tx.insert_attempt(&record.start(), ProcessStamp::current())
                 .await?
         }
     };
@@ -473,19 +472,16 @@ async fn holds_claim<T: Tx>(tx: &mut T, record: &AttemptRecord) -> Result<bool, 
     }
 }
 
-/// Whether the process that opened an attempt still runs. A row without a process, or with
-/// this process's own ID (left by an earlier process that had the same ID), counts as dead.
-fn process_alive(pid: Option<i64>) -> bool {
-    let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) else {
-        return false;
-    };
-    if pid <= 0 || pid as u32 == std::process::id() {
-        return false;
-    }
-    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
-        Ok(()) => true,
-        Err(errno) => errno == nix::errno::Errno::EPERM,
-    }
+/// Whether the process that opened an attempt still runs ([`ProcessStamp::is_running`]).
+fn process_alive(attempt: &Attempt) -> bool {
+    attempt.pid.is_some_and(|pid| {
+        ProcessStamp {
+            pid,
+            boot_id: attempt.pid_boot_id.clone(),
+            started: attempt.pid_started,
+        }
+        .is_running()
+    })
 }
 
 pub(super) async fn recover_interrupted<B: Backend>(
@@ -496,7 +492,7 @@ pub(super) async fn recover_interrupted<B: Backend>(
     let open = read!(db, |tx| tx.open_attempts(station_id).await?)?;
     let mut closed = Vec::new();
     // One transaction per attempt, each taking its unit's lock before the chain's.
-    for attempt in open.into_iter().filter(|a| !process_alive(a.pid)) {
+    for attempt in open.into_iter().filter(|a| !process_alive(a)) {
         let mut tx = db.write().await?;
         if let Some(mac) = attempt.mac {
             tx.lock_unit(mac).await?;
@@ -585,11 +581,27 @@ pub(super) async fn audit_entries<B: Backend>(
     })
 }
 
-pub(super) async fn audit_position<B: Backend>(
+pub(super) async fn audit_hash_prefix<B: Backend>(
     db: &B,
-    hash: &str,
-) -> Result<Option<(Option<String>, i64)>, StoreError> {
-    read!(db, |tx| tx.audit_position(hash).await?)
+    prefix: &str,
+) -> Result<Vec<(Option<String>, i64)>, StoreError> {
+    read!(db, |tx| tx.audit_hash_prefix(prefix).await?)
+}
+
+/// The head of the chain `station_id` appends to, as committed now.
+pub(super) async fn audit_head<B: Backend>(
+    db: &B,
+    station_id: &str,
+) -> Result<Option<(i64, String)>, StoreError> {
+    read!(db, |tx| tx.audit_head(station_id).await?)
+}
+
+pub(super) async fn audit_hash_at<B: Backend>(
+    db: &B,
+    station_id: &str,
+    seq: i64,
+) -> Result<Option<String>, StoreError> {
+    read!(db, |tx| tx.audit_hash_at(station_id, seq).await?)
 }
 
 /// Re-walks every chain (or one station's), each in ranges, all in one snapshot; then checks

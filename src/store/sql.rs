@@ -331,10 +331,14 @@ macro_rules! common_queries {
             Ok(open.is_some())
         }
 
-        async fn insert_attempt(&mut self, start: &$crate::store::AttemptStart, pid: i64) -> Result<i64, $crate::store::StoreError> {
+        async fn insert_attempt(
+            &mut self,
+            start: &$crate::store::AttemptStart,
+            process: &$crate::process::ProcessStamp,
+        ) -> Result<i64, $crate::store::StoreError> {
             Ok(sqlx::query_scalar(
-                "INSERT INTO attempts (batch_id, station_id, operator, port, started_at, outcome, stage, timings, pid) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, '{}', $8) RETURNING id",
+                "INSERT INTO attempts (batch_id, station_id, operator, port, started_at, outcome, stage, timings, pid, \
+                 pid_boot_id, pid_started) VALUES ($1, $2, $3, $4, $5, $6, $7, '{}', $8, $9, $10) RETURNING id",
             )
             .bind(start.batch_id)
             .bind(&start.station_id)
@@ -343,7 +347,9 @@ macro_rules! common_queries {
             .bind(&start.started_at)
             .bind($crate::record::AttemptOutcome::InProgress)
             .bind($crate::record::Stage::Connect)
-            .bind(pid)
+            .bind(process.pid)
+            .bind(&process.boot_id)
+            .bind(process.started)
             .fetch_one(&mut *self.0)
             .await?)
         }
@@ -410,7 +416,7 @@ macro_rules! common_queries {
             sqlx::query(
                 "UPDATE attempts SET unit_id = $1, mac = $2, finished_at = $3, outcome = $4, stage = $5, \
                  error_code = $6, message = $7, reprovision = $8, timings = $9, audit_seq = $10, \
-                 pid = NULL, claim_until = NULL WHERE id = $11",
+                 pid = NULL, pid_boot_id = NULL, pid_started = NULL, claim_until = NULL WHERE id = $11",
             )
             .bind(end.unit_id)
             .bind(end.mac)
@@ -438,7 +444,8 @@ macro_rules! common_queries {
         ) -> Result<$crate::record::Attempt, $crate::store::StoreError> {
             Ok(sqlx::query_as(
                 "UPDATE attempts SET outcome = $1, finished_at = $2, error_code = $3, message = $4, \
-                 unit_id = $5, audit_seq = $6, pid = NULL, claim_until = NULL WHERE id = $7 RETURNING *",
+                 unit_id = $5, audit_seq = $6, pid = NULL, pid_boot_id = NULL, pid_started = NULL, \
+                 claim_until = NULL WHERE id = $7 RETURNING *",
             )
             .bind($crate::record::AttemptOutcome::Interrupted)
             .bind(at)

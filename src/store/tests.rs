@@ -138,6 +138,7 @@ on_both_backends!(
     batch_status_counts_each_station,
     every_stations_chain_is_verified_or_one,
     a_unit_keeps_the_history_of_its_certificates,
+    each_station_checkpoints_its_own_chain,
 );
 
 /// Sets up the unit facts of `record` as the pipeline's identify would: the attempt that last
@@ -230,51 +231,80 @@ async fn sqlite_open_sets_wal_and_foreign_keys_and_migrates() {
 }
 
 // Issue 15: the SQLite migrations moved to migrations/sqlite/; a file made before (this dump of
-// a `station demo` database, made by commit a6924c5) still opens, migrates and verifies.
+// a `station demo` database, made by commit a6924c5) still opens, migrates and verifies; so does
+// that file as main's station left it after issue 13 (migrated up to 20261130000000 from main's
+// files, which are byte for byte the ones in migrations/sqlite/, so sqlx's checksums agree).
 #[tokio::test]
 async fn sqlite_file_made_before_the_migrations_moved_still_opens() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("station.db");
-    {
-        let options = sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(&path)
-            .create_if_missing(true);
-        let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
-        let dump = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/fixtures/sqlite/station-before-issue-15.sql"
-        ))
-        .unwrap();
-        sqlx::raw_sql(sqlx::AssertSqlSafe(dump))
-            .execute(&pool)
+    let migrations = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite");
+    for upto in [None, Some(20261130000000_i64)] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("station.db");
+        {
+            let options = sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(&path)
+                .create_if_missing(true);
+            let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+            let dump = std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/fixtures/sqlite/station-before-issue-15.sql"
+            ))
+            .unwrap();
+            sqlx::raw_sql(sqlx::AssertSqlSafe(dump))
+                .execute(&pool)
+                .await
+                .unwrap();
+            if let Some(upto) = upto {
+                // The migrations main had then, from their files, as main's station ran them.
+                let older = dir.path().join("older");
+                std::fs::create_dir(&older).unwrap();
+                for entry in std::fs::read_dir(migrations).unwrap() {
+                    let entry = entry.unwrap();
+                    let name = entry.file_name().into_string().unwrap();
+                    let version: i64 = name[..14].parse().unwrap();
+                    if version <= upto {
+                        std::fs::copy(entry.path(), older.join(&name)).unwrap();
+                    }
+                }
+                sqlx::migrate::Migrator::new(older.as_path())
+                    .await
+                    .unwrap()
+                    .run(&pool)
+                    .await
+                    .unwrap();
+            }
+            pool.close().await;
+        }
+        let database = Database::Sqlite(path.clone());
+        let before = Store::inspect(&database).await.unwrap().unwrap();
+        let info = before.describe().await.unwrap();
+        let (applied, pending): (usize, &[i64]) = match upto {
+            None => (4, &[20261126000000, 20261130000000, 20261201000000]),
+            Some(_) => (6, &[20261201000000]),
+        };
+        assert_eq!((info.backend, info.migrations.applied), ("sqlite", applied));
+        assert_eq!(info.migrations.pending, pending);
+        assert!(info.migrations.unknown.is_empty() && info.migrations.damaged.is_empty());
+        before.close().await;
+
+        let store = Store::connect(&database).await.unwrap();
+        assert!(store.describe().await.unwrap().migrations.current());
+        let report = store.verify_audit().await.unwrap();
+        assert_eq!((report.entries, report.first_break), (8, None));
+        let batch = store.batches().await.unwrap().remove(0);
+        assert_eq!((batch.provisioned, batch.batch.target), (3, 3));
+        let units = store.units_of(batch.batch.id).await.unwrap();
+        assert_eq!(units.len(), 3);
+        assert_eq!(units[0].dps_status, DpsStatus::Assigned);
+        // It keeps working: its chain goes on from the old head.
+        store
+            .append_audit("demo-st1", "ana", "test.after", "x", json!({}))
             .await
             .unwrap();
-        pool.close().await;
+        let report = store.verify_audit().await.unwrap();
+        assert_eq!((report.entries, report.first_break), (9, None));
+        store.close().await;
     }
-    let database = Database::Sqlite(path.clone());
-    let before = Store::inspect(&database).await.unwrap().unwrap();
-    let info = before.describe().await.unwrap();
-    assert_eq!((info.backend, info.migrations.applied), ("sqlite", 4));
-    assert_eq!(info.migrations.pending, [20261126000000, 20261201000000]);
-    assert!(info.migrations.unknown.is_empty() && info.migrations.damaged.is_empty());
-    before.close().await;
-
-    let store = Store::connect(&database).await.unwrap();
-    assert!(store.describe().await.unwrap().migrations.current());
-    let report = store.verify_audit().await.unwrap();
-    assert_eq!((report.entries, report.first_break), (8, None));
-    let batch = store.batches().await.unwrap().remove(0);
-    assert_eq!((batch.provisioned, batch.batch.target), (3, 3));
-    let units = store.units_of(batch.batch.id).await.unwrap();
-    assert_eq!(units.len(), 3);
-    assert_eq!(units[0].dps_status, DpsStatus::Assigned);
-    // It keeps working: its chain goes on from the old head.
-    store
-        .append_audit("demo-st1", "ana", "test.after", "x", json!({}))
-        .await
-        .unwrap();
-    let report = store.verify_audit().await.unwrap();
-    assert_eq!((report.entries, report.first_break), (9, None));
 }
 
 // ---- Both backends --------------------------------------------------------------------------
@@ -627,15 +657,23 @@ async fn attempts_left_open_by_a_dead_process_become_interrupted(db: TestDb) {
         .await
         .unwrap();
     let connecting = db.begin_attempt(&start_of(&batch)).await.unwrap();
-    // A row of a process that still runs (pid 1) is left alone.
+    // A row of a process that still runs (pid 1, written before stamps were kept) is left
+    // alone.
     let alive = db.begin_attempt(&start_of(&batch)).await.unwrap();
-    let pid1 = format!("UPDATE attempts SET pid = 1 WHERE id = {alive}");
+    let pid1 = format!(
+        "UPDATE attempts SET pid = 1, pid_boot_id = NULL, pid_started = NULL WHERE id = {alive}"
+    );
     db.exec(&pid1, &pid1).await.unwrap();
+    // Issue 13: pid 1 runs, but not the process that opened this row (it started at another
+    // tick): a reused pid does not keep the attempt open.
+    let reused = db.begin_attempt(&start_of(&batch)).await.unwrap();
+    let other_tick = format!("UPDATE attempts SET pid = 1, pid_started = -1 WHERE id = {reused}");
+    db.exec(&other_tick, &other_tick).await.unwrap();
 
     // This process's own ID stands for a dead process that had it before.
     let closed = db.recover_interrupted("st1", "ops").await.unwrap();
     let ids: Vec<i64> = closed.iter().map(|a| a.id).collect();
-    assert_eq!(ids, [flashing, connecting]);
+    assert_eq!(ids, [flashing, connecting, reused]);
     assert!(
         closed
             .iter()
@@ -657,10 +695,10 @@ async fn attempts_left_open_by_a_dead_process_become_interrupted(db: TestDb) {
     let status = db.batch_status(batch).await.unwrap();
     assert_eq!(
         (status.provisioned, status.interrupted, status.in_progress),
-        (0, 2, 1)
+        (0, 3, 1)
     );
     assert_eq!(status.failures[0].error_code.as_str(), INTERRUPTED);
-    assert_eq!(status.failures[0].count, 2);
+    assert_eq!(status.failures[0].count, 3);
     let report = db.verify_audit().await.unwrap();
     assert!(report.first_break.is_none(), "{report:?}");
     let actions: Vec<String> = db
@@ -672,7 +710,7 @@ async fn attempts_left_open_by_a_dead_process_become_interrupted(db: TestDb) {
         .collect();
     assert_eq!(
         actions.iter().filter(|a| *a == "unit.interrupted").count(),
-        2
+        3
     );
 }
 
@@ -1049,8 +1087,8 @@ async fn every_stations_chain_is_verified_or_one(db: TestDb) {
         assert_eq!(one.len(), 1);
         assert_eq!(one[0].head_hash, entries[4].hash);
         assert_eq!(
-            db.audit_hash_position(&entries[4].hash).await.unwrap(),
-            Some((Some("st2".to_owned()), 2))
+            db.audit_hash_prefix(&entries[4].hash[..16]).await.unwrap(),
+            [(Some("st2".to_owned()), 2)]
         );
     } else {
         assert_eq!(shape, [(None, 6)]);
@@ -1059,8 +1097,8 @@ async fn every_stations_chain_is_verified_or_one(db: TestDb) {
             6
         );
         assert_eq!(
-            db.audit_hash_position(&entries[4].hash).await.unwrap(),
-            Some((None, 5))
+            db.audit_hash_prefix(&entries[4].hash[..16]).await.unwrap(),
+            [(None, 5)]
         );
     }
     let err = db.verify_audit_chains(Some("st9")).await.unwrap_err();
@@ -1108,5 +1146,139 @@ async fn a_unit_keeps_the_history_of_its_certificates(db: TestDb) {
             Some("0A02"),
             Some("2027-11-25T00:00:00.000Z")
         )
+    );
+}
+
+// Issue 13 on a shared ledger: a station's signed checkpoints name the head of the chain its
+// entries are in (SQLite: the file's one chain; PostgreSQL: its own), another station's
+// appends do not move them, and a rewrite or cut after one is named by it.
+async fn each_station_checkpoints_its_own_chain(db: TestDb) {
+    use crate::checkpoint::{Anchor, CheckpointLog};
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("checkpoints.jsonl");
+    let anchor = |station: &str| {
+        std::sync::Arc::new(
+            Anchor::open(
+                &dir.path().join(format!("{station}.key")),
+                station,
+                CheckpointLog::new(&file),
+                None,
+                3,
+            )
+            .unwrap(),
+        )
+    };
+    let (a1, a2) = (anchor("st1"), anchor("st2"));
+    let st1 = db.reopen().await.with_anchor(a1.clone());
+    let st2 = db.reopen().await.with_anchor(a2.clone());
+    let b1 = st1.open_batch("WO-1", 5, "ana", "st1").await.unwrap();
+    let b2 = st2.open_batch("WO-2", 5, "bo", "st2").await.unwrap();
+    for i in 1..=2 {
+        record(
+            &st1,
+            attempt(&b1, Some(&format!("24:0a:c4:00:01:0{i}")), None),
+        )
+        .await;
+        let other = AttemptRecord {
+            station_id: "st2".into(),
+            ..attempt(&b2, Some(&format!("24:0a:c4:00:02:0{i}")), None)
+        };
+        record(&st2, other).await;
+    }
+    st1.close_batch(None, "ana", "st1").await.unwrap();
+    let chain = |station: &'static str| {
+        let db = &db;
+        async move { db.verify_audit_chains(Some(station)).await.unwrap()[0].clone() }
+    };
+    let at_close = chain("st1").await;
+    let log = CheckpointLog::new(&file);
+    let last = log.last_of("st1").unwrap().unwrap();
+    assert_eq!(last.reason, "batch.close");
+    assert_eq!(
+        (last.seq, &last.head_hash),
+        (at_close.entries, &at_close.head_hash)
+    );
+    if db.is_postgres() {
+        // st1's own chain: its batch.open, two units, its batch.close.
+        assert_eq!(last.seq, 4);
+    } else {
+        // One chain: st2's entries are in it too.
+        assert_eq!(last.seq, 7);
+    }
+
+    // st2 goes on appending: st1's checkpoints still hold.
+    record(
+        &st2,
+        AttemptRecord {
+            station_id: "st2".into(),
+            ..attempt(&b2, Some("24:0a:c4:00:02:03"), None)
+        },
+    )
+    .await;
+    st2.close_batch(None, "bo", "st2").await.unwrap();
+    assert!(log.last_of("st2").unwrap().is_some());
+    let check = |chain: ChainReport| {
+        let (db, log, key) = (&db, &log, a1.key.public());
+        async move {
+            let lines = log.read().unwrap().unwrap();
+            let mut report = CheckpointReport::default();
+            db.verify_checkpoints("st1", &chain, "checkpoints", &lines, &key, &mut report)
+                .await
+                .unwrap();
+            report
+        }
+    };
+    let report = check(chain("st1").await).await;
+    assert!(report.problems.is_empty(), "{report:?}");
+    assert!(
+        report.matched >= 1 && report.matched == report.checked,
+        "{report:?}"
+    );
+    assert!(
+        report.other_stations >= 1,
+        "st2's checkpoints are not st1's to answer for"
+    );
+
+    // The owner rewrites the checkpointed entry, hash and all: the checkpoint names it.
+    let station = if db.is_postgres() {
+        "station_id = 'st1' AND "
+    } else {
+        ""
+    };
+    let rewrite = format!(
+        "UPDATE audit_log SET hash = '{}' WHERE {station}seq = {}",
+        "f".repeat(64),
+        last.seq
+    );
+    db.exec(
+        &format!("DROP TRIGGER audit_log_refuses_update; {rewrite}"),
+        &format!("ALTER TABLE audit_log DISABLE TRIGGER audit_log_refuses_update; {rewrite}"),
+    )
+    .await
+    .unwrap();
+    let report = check(chain("st1").await).await;
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.seq == Some(last.seq) && p.problem.contains("rewritten")),
+        "{report:?}"
+    );
+
+    // And cuts the chain short before it: the checkpoint says entries are missing.
+    let cut = format!("DELETE FROM audit_log WHERE {station}seq >= {}", last.seq);
+    db.exec(
+        &format!("DROP TRIGGER audit_log_refuses_delete; {cut}"),
+        &format!("ALTER TABLE audit_log DISABLE TRIGGER audit_log_refuses_delete; {cut}"),
+    )
+    .await
+    .unwrap();
+    let report = check(chain("st1").await).await;
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.seq == Some(last.seq) && p.problem.contains("cut short")),
+        "{report:?}"
     );
 }

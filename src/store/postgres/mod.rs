@@ -75,15 +75,33 @@ impl Postgres {
             .await
             .map_err(open_error)?;
         let db = Postgres { pool };
-        if migrate && !db.describe().await?.migrations.current() {
+        let state = db.describe().await?.migrations;
+        if migrate && !state.current() {
+            let not_ready = |state| StoreError::Schema {
+                database: url.to_owned(),
+                state,
+            };
+            // Migrations this station does not know, or that changed, are a newer station's or
+            // a damaged schema: not this station's to touch.
+            if !state.unknown.is_empty() || !state.damaged.is_empty() {
+                return Err(not_ready(state));
+            }
             // sqlx serializes concurrent migrators with an advisory lock and skips what another
-            // station applied meanwhile.
+            // station applied meanwhile. A station role may not change the schema: its
+            // permission error says the owner must migrate.
             MIGRATOR
                 .run(&db.pool)
                 .await
-                .map_err(|source| StoreError::Migrate {
-                    database: url.to_owned(),
-                    source,
+                .map_err(|source| match &source {
+                    sqlx::migrate::MigrateError::Execute(sqlx::Error::Database(e))
+                        if e.code().as_deref() == Some("42501") =>
+                    {
+                        not_ready(state)
+                    }
+                    _ => StoreError::Migrate {
+                        database: url.to_owned(),
+                        source,
+                    },
                 })?;
         }
         Ok(db)
@@ -202,7 +220,6 @@ impl Tx for PgTx {
     }
 
     async fn audit_head(&mut self, station_id: &str) -> Result<Option<(i64, String)>, StoreError> {
-        self.lock_chain(station_id).await?;
         Ok(sqlx::query_as(
             "SELECT seq, hash FROM audit_log WHERE station_id = $1 ORDER BY seq DESC LIMIT 1",
         )
@@ -226,16 +243,38 @@ impl Tx for PgTx {
         .await?)
     }
 
-    async fn audit_position(
+    async fn audit_hash_prefix(
         &mut self,
-        hash: &str,
-    ) -> Result<Option<(Option<String>, i64)>, StoreError> {
-        let found: Option<(String, i64)> =
-            sqlx::query_as("SELECT station_id, seq FROM audit_log WHERE hash = $1")
-                .bind(hash)
+        prefix: &str,
+    ) -> Result<Vec<(Option<String>, i64)>, StoreError> {
+        // Hashes are lowercase hex: every hash starting with `prefix` sorts between it and
+        // `prefix` followed by `g` in the column's byte order (`COLLATE "C"`), a range its unique
+        // index answers.
+        let found: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT station_id, seq FROM audit_log WHERE hash >= $1 AND hash < $1 || 'g' \
+             ORDER BY station_id, seq LIMIT 2",
+        )
+        .bind(prefix)
+        .fetch_all(&mut *self.0)
+        .await?;
+        Ok(found
+            .into_iter()
+            .map(|(station, seq)| (Some(station), seq))
+            .collect())
+    }
+
+    async fn audit_hash_at(
+        &mut self,
+        station_id: &str,
+        seq: i64,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT hash FROM audit_log WHERE station_id = $1 AND seq = $2")
+                .bind(station_id)
+                .bind(seq)
                 .fetch_optional(&mut *self.0)
-                .await?;
-        Ok(found.map(|(station, seq)| (Some(station), seq)))
+                .await?,
+        )
     }
 
     async fn audit_chains(

@@ -183,15 +183,33 @@ impl Tx for SqliteTx {
         .await?)
     }
 
-    async fn audit_position(
+    async fn audit_hash_prefix(
         &mut self,
-        hash: &str,
-    ) -> Result<Option<(Option<String>, i64)>, StoreError> {
-        let seq: Option<i64> = sqlx::query_scalar("SELECT seq FROM audit_log WHERE hash = ?")
-            .bind(hash)
-            .fetch_optional(&mut *self.0)
-            .await?;
-        Ok(seq.map(|seq| (None, seq)))
+        prefix: &str,
+    ) -> Result<Vec<(Option<String>, i64)>, StoreError> {
+        // Hashes are lowercase hex: every hash starting with `prefix` sorts between it and
+        // `prefix` followed by `g`, a range the hash column's unique index answers.
+        let seqs: Vec<i64> = sqlx::query_scalar(
+            "SELECT seq FROM audit_log WHERE hash >= ?1 AND hash < ?1 || 'g' ORDER BY seq LIMIT 2",
+        )
+        .bind(prefix)
+        .fetch_all(&mut *self.0)
+        .await?;
+        Ok(seqs.into_iter().map(|seq| (None, seq)).collect())
+    }
+
+    // One SQLite file holds one chain, whichever stations write to it.
+    async fn audit_hash_at(
+        &mut self,
+        _station_id: &str,
+        seq: i64,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT hash FROM audit_log WHERE seq = ?")
+                .bind(seq)
+                .fetch_optional(&mut *self.0)
+                .await?,
+        )
     }
 
     async fn audit_chains(
