@@ -329,7 +329,31 @@ pub(super) async fn check(config_path: &Path, json: bool) -> Result<u8> {
                 Err(e) => Check::misconfigured("group key", e.into()),
             },
             Attestation::X509(x509) => check_signing_ca(config, x509),
+            Attestation::IndividualKey => Check::new(
+                "group key",
+                true,
+                "none: [dps] enrollment = \"individual\", each unit gets a random key of its own"
+                    .to_owned(),
+            ),
         });
+        if let Some(service) = &config.dps.service {
+            checks.push(
+                match crate::keys::ServiceKey::load(&service.policy_key_file) {
+                    Ok(key) => Check::new(
+                        "service policy key",
+                        true,
+                        format!(
+                            "{} loaded (policy {}, key id {}); service endpoint {}",
+                            service.policy_key_file.display(),
+                            service.policy,
+                            key.id(),
+                            service.endpoint
+                        ),
+                    ),
+                    Err(e) => Check::misconfigured("service policy key", e.into()),
+                },
+            );
+        }
         match crate::store::Store::open(&config.station.database).await {
             Ok(store) => {
                 let report = store.verify_audit().await?;
@@ -479,11 +503,7 @@ async fn check_dps(config: &Config) -> Check {
         Err(e) => Err(e),
     };
     match reached {
-        Ok(status) => Check::new(
-            "dps",
-            true,
-            format!("{url} answers (HTTP {status}); pre_verify is on"),
-        ),
+        Ok(answer) => Check::new("dps", true, format!("{url} {answer}; pre_verify is on")),
         Err(e) => Check::failed("dps", e.into()),
     }
 }

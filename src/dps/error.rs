@@ -158,6 +158,58 @@ pub enum DpsError {
         /// What was wrong.
         problem: String,
     },
+    /// The DPS service API refused the shared access policy (HTTP 401 or 403).
+    #[error(
+        "the DPS service at {url} refused the shared access policy `{policy}` (HTTP {status}): {message}"
+    )]
+    #[diagnostic(
+        code(station::dps::service_unauthorized),
+        help(
+            "Check [dps.service]: policy must name a shared access policy of this DPS instance (DPS > Shared access policies) with Enrollment write, policy_key_file must hold that policy's Primary key, and endpoint must be the instance's service endpoint; check the station's clock too (tokens carry an expiry)."
+        )
+    )]
+    ServiceUnauthorized {
+        /// The service endpoint.
+        url: String,
+        /// The policy's name.
+        policy: String,
+        /// The HTTP status.
+        status: u16,
+        /// DPS's message.
+        message: String,
+    },
+    /// The DPS service API refused an enrollment request for another reason.
+    #[error("the DPS service refused the enrollment of {registration_id} with HTTP {status}{}: {message}", code_suffix(*error_code))]
+    #[diagnostic(
+        code(station::dps::service_rejected),
+        help(
+            "Look at the enrollment in the portal (DPS > Manage enrollments > Individual enrollments); HTTP 412 means it changed meanwhile: run the command again."
+        )
+    )]
+    ServiceRejected {
+        /// The registration ID.
+        registration_id: String,
+        /// The HTTP status.
+        status: u16,
+        /// DPS's error code.
+        error_code: Option<i64>,
+        /// DPS's message.
+        message: String,
+    },
+    /// The DPS service API could not be reached (or kept failing).
+    #[error("cannot reach the DPS service at {url}: {detail}")]
+    #[diagnostic(
+        code(station::dps::service_unreachable),
+        help(
+            "Check the station's network and [dps.service] endpoint, then run the command again: it is safe to repeat."
+        )
+    )]
+    ServiceUnreachable {
+        /// The service endpoint.
+        url: String,
+        /// What failed.
+        detail: String,
+    },
     /// The HTTP client cannot be set up (a bad `[dps] ca_file`).
     #[error("cannot set up the DPS client: {problem}")]
     #[diagnostic(
@@ -201,7 +253,8 @@ impl DpsError {
             | DpsError::CertificateRefused { error_code, .. }
             | DpsError::Disabled { error_code, .. }
             | DpsError::RegistrationFailed { error_code, .. }
-            | DpsError::Rejected { error_code, .. } => *error_code,
+            | DpsError::Rejected { error_code, .. }
+            | DpsError::ServiceRejected { error_code, .. } => *error_code,
             _ => None,
         }
     }

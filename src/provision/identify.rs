@@ -1,6 +1,6 @@
 //! Stages `connect` and `identify`: reach the ROM loader, read the chip's identity, and refuse
-//! before anything is written a chip of the wrong model, a flash too small for the regions, or a
-//! unit provisioned in another batch (unless re-provisioning was asked for).
+//! before anything is written a chip of the wrong model, a flash too small for the regions, a
+//! revoked unit, or a unit provisioned in another batch (unless re-provisioning was asked for).
 
 use std::time::Instant;
 
@@ -72,6 +72,15 @@ impl<D: Device> Run<'_, D> {
             .unit_by_mac(&mac)
             .await
             .map_err(fail(Stage::Identify, false))?;
+        if let Some(unit) = existing.as_ref()
+            && let Some(at) = &unit.revoked_at
+        {
+            return Err(fail(Stage::Identify, false)(ProvisionError::Revoked {
+                mac,
+                at: at.clone(),
+                reason: unit.revoked_reason.clone().unwrap_or_default(),
+            }));
+        }
         let batch_id = self.request.batch.id;
         let provisioned = existing.filter(|u| u.state == UnitState::Provisioned);
         match provisioned {

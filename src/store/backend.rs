@@ -19,6 +19,7 @@ use super::{ManifestQuery, StoreError};
 use crate::identity::{Mac, RegistrationId};
 use crate::record::{
     Attempt, AuditEntry, Batch, BatchStatus, CertificateRow, ManifestRow, Stage, Unit, UnitDps,
+    UnitRevocation,
 };
 
 /// What a database backend provides. Methods are async and return the store's typed rows.
@@ -91,6 +92,16 @@ pub(super) trait Backend {
         &self,
         unit_id: i64,
         dps: &UnitDps,
+        station_id: &str,
+        operator: &str,
+    ) -> Result<Unit, StoreError>;
+
+    /// Sets or clears a unit's revocation with its `unit.revoked`/`unit.restored` entry.
+    async fn record_revocation(
+        &self,
+        mac: &Mac,
+        revocation: &UnitRevocation,
+        details: serde_json::Value,
         station_id: &str,
         operator: &str,
     ) -> Result<Unit, StoreError>;

@@ -46,7 +46,7 @@ pub use session::{CaOpen, StationOpen};
 
 use crate::identity::{Mac, RegistrationId};
 use crate::record::{
-    Attempt, AuditEntry, Batch, BatchStatus, CertificateRow, Stage, Unit, UnitDps,
+    Attempt, AuditEntry, Batch, BatchStatus, CertificateRow, Stage, Unit, UnitDps, UnitRevocation,
 };
 
 /// Errors from the store.
@@ -148,6 +148,18 @@ pub enum StoreError {
         /// When.
         closed_at: String,
     },
+    /// No unit with that MAC is recorded.
+    #[error("no unit with MAC {mac} is recorded")]
+    #[diagnostic(
+        code(station::store::no_such_unit),
+        help(
+            "Check the MAC (the manifest lists every provisioned unit); a unit is recorded once the station has read its MAC."
+        )
+    )]
+    NoSuchUnit {
+        /// The MAC.
+        mac: Mac,
+    },
     /// An export could not be written where it was going.
     #[error(transparent)]
     #[diagnostic(transparent)]
@@ -165,6 +177,7 @@ impl StoreError {
                 | StoreError::NoSuchBatch { .. }
                 | StoreError::NoOpenBatch { .. }
                 | StoreError::BatchClosed { .. }
+                | StoreError::NoSuchUnit { .. }
         )
     }
 }
@@ -367,6 +380,20 @@ impl Store {
         operator: &str,
     ) -> Result<Unit, StoreError> {
         on_backend!(self, db => db.record_dps(unit_id, dps, station_id, operator).await)
+    }
+
+    /// Records that the unit with this MAC is revoked (`revocation.revoked_at` set) or restored
+    /// (cleared), with a `unit.revoked` or `unit.restored` audit entry whose `details` say what
+    /// was done in DPS, in one transaction; returns the updated unit.
+    pub async fn record_revocation(
+        &self,
+        mac: &Mac,
+        revocation: &UnitRevocation,
+        details: serde_json::Value,
+        station_id: &str,
+        operator: &str,
+    ) -> Result<Unit, StoreError> {
+        on_backend!(self, db => db.record_revocation(mac, revocation, details, station_id, operator).await)
     }
 
     /// Appends one audit entry on its own (an act outside a unit's attempt, such as deriving a

@@ -183,6 +183,8 @@ pub fn attempt_record(
             image_sha256: Some("ab".repeat(32)),
             certificate: None,
             dps: None,
+            enrollment: station::record::EnrollmentKind::Group,
+            hub: None,
         }),
         failure: failure.map(|(stage, code)| station::store::Failure {
             stage: stage.parse().unwrap(),

@@ -13,6 +13,7 @@ use sqlx::{Sqlite as Db, SqliteExecutor, SqlitePool, Transaction};
 
 use super::attempt::{
     AttemptRecord, AttemptStart, Interruption, Recorded, UnitChange, UnitFacts, dps_verified_entry,
+    revocation_entry,
 };
 use super::audit::{ChainReport, NewEntry};
 use super::backend::Backend;
@@ -21,8 +22,8 @@ use super::{ManifestQuery, StoreError};
 use crate::clock::now;
 use crate::identity::{Mac, RegistrationId};
 use crate::record::{
-    Attempt, AttemptOutcome, AuditEntry, Batch, BatchStatus, CertificateRow, ErrorCode,
-    ManifestRow, Stage, Unit, UnitDps, UnitState,
+    Attempt, AttemptOutcome, AuditEntry, Batch, BatchStatus, CertificateRow, ErrorCode, HubStatus,
+    ManifestRow, Stage, Unit, UnitDps, UnitRevocation, UnitState,
 };
 
 /// How long a writer waits for another to release SQLite's lock before giving up.
@@ -456,6 +457,42 @@ impl Backend for Sqlite {
         Ok(unit)
     }
 
+    async fn record_revocation(
+        &self,
+        mac: &Mac,
+        revocation: &UnitRevocation,
+        details: serde_json::Value,
+        station_id: &str,
+        operator: &str,
+    ) -> Result<Unit, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let at = now();
+        let unit: Unit = sqlx::query_as(
+            "UPDATE units SET revoked_at = ?, revoked_reason = ?, updated_at = ? WHERE mac = ? RETURNING *",
+        )
+        .bind(&revocation.revoked_at)
+        .bind(&revocation.reason)
+        .bind(&at)
+        .bind(mac)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::NoSuchUnit { mac: *mac })?;
+        append_audit_tx(
+            &mut tx,
+            &revocation_entry(
+                &unit,
+                revocation.revoked_at.is_some(),
+                details,
+                &at,
+                station_id,
+                operator,
+            ),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(unit)
+    }
+
     async fn append_audit(&self, entry: &NewEntry) -> Result<i64, StoreError> {
         let mut tx = self.begin_write().await?;
         let seq = append_audit_tx(&mut tx, entry).await?;
@@ -538,7 +575,8 @@ SELECT b.name AS batch, u.mac, u.registration_id, u.chip, u.revision AS chip_rev
        a.operator, u.station_id, a.port, \
        (SELECT COUNT(*) FROM attempts c WHERE c.mac = u.mac) AS attempts, \
        u.dps_status, u.assigned_hub, u.device_id, \
-       u.attestation, u.cert_serial, u.cert_thumbprint, u.cert_not_after \
+       u.attestation, u.cert_serial, u.cert_thumbprint, u.cert_not_after, \
+       u.enrollment, u.hub_status AS hub_test, u.revoked_at \
 FROM units u \
 JOIN batches b ON b.id = u.batch_id \
 LEFT JOIN attempts a ON a.id = (SELECT MAX(s.id) FROM attempts s \
@@ -666,8 +704,8 @@ async fn upsert_unit_tx(
     sqlx::query(
         "INSERT INTO units (mac, registration_id, batch_id, station_id, chip, revision, flash_size, key_id, \
          secondary_key_id, image_sha256, state, failed_stage, provisioned_at, updated_at, \
-         attestation, cert_serial, cert_thumbprint, cert_not_after) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         attestation, cert_serial, cert_thumbprint, cert_not_after, enrollment, hub_status, hub_error) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
          ON CONFLICT (mac) DO UPDATE SET \
          dps_status = CASE WHEN units.registration_id = excluded.registration_id AND units.key_id = excluded.key_id THEN units.dps_status ELSE 'not-requested' END, \
          assigned_hub = CASE WHEN units.registration_id = excluded.registration_id AND units.key_id = excluded.key_id THEN units.assigned_hub END, \
@@ -682,7 +720,8 @@ async fn upsert_unit_tx(
          provisioned_at = COALESCE(excluded.provisioned_at, units.provisioned_at), \
          updated_at = excluded.updated_at, attestation = excluded.attestation, \
          cert_serial = excluded.cert_serial, cert_thumbprint = excluded.cert_thumbprint, \
-         cert_not_after = excluded.cert_not_after",
+         cert_not_after = excluded.cert_not_after, enrollment = excluded.enrollment, \
+         hub_status = excluded.hub_status, hub_error = excluded.hub_error",
     )
     .bind(facts.mac)
     .bind(&facts.registration_id)
@@ -702,6 +741,9 @@ async fn upsert_unit_tx(
     .bind(certificate.map(|c| &c.serial))
     .bind(certificate.map(|c| &c.thumbprint))
     .bind(certificate.map(|c| &c.not_after))
+    .bind(facts.enrollment)
+    .bind(facts.hub.as_ref().map_or(HubStatus::NotRequested, |h| h.status))
+    .bind(facts.hub.as_ref().and_then(|h| h.error.as_ref()))
     .execute(&mut **tx)
     .await?;
     unit_by_mac_in(&mut **tx, facts.mac)
