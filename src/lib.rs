@@ -11,6 +11,8 @@
 //! [`provision`] orchestrates one unit through the pipeline of `DESIGN.md` section 1.
 
 mod armor;
+pub mod certificate;
+pub mod checkpoint;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -26,6 +28,7 @@ pub mod line;
 pub mod mqtt;
 pub mod nvs;
 pub mod operator;
+pub mod process;
 pub mod provision;
 pub mod record;
 pub mod report;

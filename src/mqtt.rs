@@ -93,9 +93,12 @@ impl std::fmt::Debug for Login {
 /// Why a session failed. Messages never hold the password.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MqttError {
-    /// No connection: refused, reset, DNS, or the TLS handshake failed.
+    /// No connection: refused, reset, DNS.
     #[error("{0}")]
     Unreachable(String),
+    /// The TLS handshake failed: the server is not trusted, or speaks no acceptable TLS.
+    #[error("{0}")]
+    Tls(String),
     /// The server answered CONNECT with a refusal.
     #[error("the server refused the connection (CONNACK {})", connack_text(*.0))]
     Refused(ConnectReturnCode),
@@ -261,11 +264,14 @@ impl Session {
                 self.endpoint.url(),
                 crate::support::error_chain_text(&e)
             )),
-            ConnectionError::Tls(e) => MqttError::Unreachable(format!(
-                "TLS with {} failed: {}",
-                self.endpoint.url(),
-                crate::support::error_chain_text(&e)
-            )),
+            ConnectionError::Tls(e) => match crate::support::tls_failure(&e) {
+                Some(tls) => MqttError::Tls(tls.to_string()),
+                None => MqttError::Unreachable(format!(
+                    "TLS with {} failed: {}",
+                    self.endpoint.url(),
+                    crate::support::error_chain_text(&e)
+                )),
+            },
             ConnectionError::NetworkTimeout if connecting => {
                 MqttError::Unreachable(format!("no answer from {} to CONNECT", self.endpoint.url()))
             }

@@ -17,7 +17,7 @@ use crate::config::{DpsConfig, DpsTransport};
 use crate::identity::RegistrationId;
 use crate::keys::DeviceKey;
 use crate::mqtt::{self, Endpoint, Login, MqttError, Session};
-use crate::support::error_chain_text;
+use crate::support::{error_chain_text, tls_failure};
 use crate::tls::{self, ClientIdentity};
 
 /// How long a registration token the station makes stays valid.
@@ -60,8 +60,10 @@ struct Reply {
 enum Failure {
     /// Not within the time left.
     Timeout,
-    /// No connection (refused, reset, TLS).
+    /// No connection (refused, reset, DNS).
     Unreachable(String),
+    /// The TLS handshake failed: a server the station does not trust (see [`DpsError::Tls`]).
+    Tls(String),
     /// MQTT: the server refused CONNECT (DPS does so for a certificate it does not trust).
     Refused(String),
 }
@@ -278,6 +280,12 @@ impl DpsClient {
                         detail,
                     });
                 }
+                Err(Failure::Tls(detail)) => {
+                    break Err(DpsError::Tls {
+                        url: self.base.clone(),
+                        detail,
+                    });
+                }
                 Err(Failure::Refused(message)) => {
                     break Err(refused(registration_id, x509, None, message));
                 }
@@ -293,7 +301,12 @@ impl DpsClient {
                 } => {
                     let wait = self.policy.backoff(retries, retry_after, jitter());
                     retries += 1;
-                    tracing::debug!(status, retry = retries, wait = ?wait, "DPS asks to retry");
+                    tracing::debug!(
+                        http.status = status,
+                        retry = retries,
+                        wait_seconds = wait.as_secs_f64(),
+                        "DPS asks to retry"
+                    );
                     if Instant::now() + wait >= deadline {
                         break Err(if status == 429 {
                             DpsError::Throttled {
@@ -351,7 +364,11 @@ impl DpsClient {
         };
         match status.status.as_str() {
             "assigned" => {
-                tracing::info!(hub = ?state.assigned_hub, substatus = ?state.substatus, "DPS assigned the device");
+                tracing::info!(
+                    hub = state.assigned_hub.as_deref(),
+                    substatus = state.substatus.as_deref(),
+                    "DPS assigned the device"
+                );
                 Some(Ok(state))
             }
             "failed" => Some(Err(DpsError::RegistrationFailed {
@@ -436,7 +453,11 @@ impl DpsClient {
             retry_after,
             body,
         } = reply;
-        tracing::debug!(status, retry_after = ?retry_after, "DPS answered");
+        tracing::debug!(
+            http.status = status,
+            retry_after_seconds = retry_after.map(|d| d.as_secs()),
+            "DPS answered"
+        );
         if status == 429 || (500..600).contains(&status) {
             return Ok(Answer::Retry {
                 status,
@@ -477,10 +498,6 @@ impl DpsClient {
     /// counts; over MQTT a TLS session accepted on the port (no CONNECT is sent: that would
     /// need a device's credentials).
     pub async fn reachable(&self) -> Result<String, DpsError> {
-        let unreachable = |detail: String| DpsError::Unreachable {
-            url: self.base.clone(),
-            detail,
-        };
         match self.transport {
             DpsTransport::Https => match self
                 .http
@@ -490,7 +507,7 @@ impl DpsClient {
                 .await
             {
                 Ok(response) => Ok(format!("answers (HTTP {})", response.status().as_u16())),
-                Err(e) => Err(unreachable(error_chain_text(&e))),
+                Err(e) => Err(DpsError::no_answer(&self.base, &e)),
             },
             DpsTransport::Mqtt => {
                 let endpoint = Endpoint::parse(&self.base).map_err(|problem| DpsError::Client {
@@ -500,10 +517,12 @@ impl DpsClient {
                     tls::client_config(&self.roots, None, &[]).map_err(|e| DpsError::Client {
                         problem: e.to_string(),
                     })?;
-                tokio::time::timeout(CONNECT_TIMEOUT, tls_handshake(&endpoint, tls))
+                tokio::time::timeout(CONNECT_TIMEOUT, tls_handshake(&self.base, &endpoint, tls))
                     .await
-                    .map_err(|_| unreachable("no TLS handshake within 5 s".to_owned()))?
-                    .map_err(unreachable)?;
+                    .map_err(|_| DpsError::Unreachable {
+                        url: self.base.clone(),
+                        detail: "no TLS handshake within 5 s".to_owned(),
+                    })??;
                 Ok("accepts MQTT over TLS".to_owned())
             }
         }
@@ -626,6 +645,7 @@ fn mqtt_failure(error: MqttError) -> Failure {
             "DPS refused the MQTT connection (CONNACK {})",
             mqtt::connack_text(code)
         )),
+        MqttError::Tls(detail) => Failure::Tls(detail),
         MqttError::Unreachable(detail) | MqttError::Closed(detail) => Failure::Unreachable(detail),
     }
 }
@@ -633,6 +653,8 @@ fn mqtt_failure(error: MqttError) -> Failure {
 fn http_failure(error: &reqwest::Error) -> Failure {
     if error.is_timeout() {
         Failure::Timeout
+    } else if let Some(tls) = tls_failure(error) {
+        Failure::Tls(tls.to_string())
     } else {
         Failure::Unreachable(error_chain_text(error))
     }
@@ -656,17 +678,24 @@ pub(crate) fn expiry() -> u64 {
 
 /// Opens a TLS session with `endpoint` and closes it: whether something there speaks TLS with a
 /// certificate the station trusts.
-async fn tls_handshake(endpoint: &Endpoint, tls: rustls::ClientConfig) -> Result<(), String> {
+async fn tls_handshake(
+    base: &str,
+    endpoint: &Endpoint,
+    tls: rustls::ClientConfig,
+) -> Result<(), DpsError> {
     let tcp = tokio::net::TcpStream::connect((endpoint.host.as_str(), endpoint.port))
         .await
-        .map_err(|e| format!("cannot connect to {}: {e}", endpoint.url()))?;
-    let name = rustls_pki_types::ServerName::try_from(endpoint.host.clone())
-        .map_err(|e| format!("{}: {e}", endpoint.host))?;
+        .map_err(|e| DpsError::no_answer(base, &e))?;
+    let name = rustls_pki_types::ServerName::try_from(endpoint.host.clone()).map_err(|e| {
+        DpsError::Client {
+            problem: format!("[dps] verify_url: {}: {e}", endpoint.host),
+        }
+    })?;
     tokio_rustls::TlsConnector::from(Arc::new(tls))
         .connect(name, tcp)
         .await
         .map(drop)
-        .map_err(|e| format!("TLS with {} failed: {e}", endpoint.url()))
+        .map_err(|e| DpsError::no_answer(base, &e))
 }
 
 /// An HTTP client over the station's TLS configuration ([`crate::tls::client_config`]): the

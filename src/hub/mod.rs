@@ -249,6 +249,10 @@ impl HubClient {
                 url: endpoint.url(),
                 detail,
             },
+            MqttError::Tls(detail) => HubError::Unreachable {
+                url: endpoint.url(),
+                detail: format!("TLS failed: {detail}"),
+            },
             MqttError::Closed(detail) => HubError::Rejected {
                 hub: hub.to_owned(),
                 device_id: device_id.to_owned(),

@@ -4,7 +4,7 @@
 use crate::device::DeviceError;
 use crate::dps::DpsError;
 use crate::hub::HubError;
-use crate::identity::Mac;
+use crate::identity::{IdentityError, Mac};
 use crate::nvs::NvsError;
 use crate::secure_cert::SecureCertError;
 use crate::store::StoreError;
@@ -176,6 +176,10 @@ pub enum UnitError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Hub(#[from] HubError),
+    /// The device reported a MAC no device can have.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Identity(#[from] IdentityError),
 }
 
 impl ProvisionError {

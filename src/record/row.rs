@@ -245,6 +245,12 @@ pub struct Attempt {
     pub audit_seq: Option<i64>,
     /// The process running it, while in progress.
     pub pid: Option<i64>,
+    /// The boot that process ran in, while in progress.
+    #[serde(skip)]
+    pub pid_boot_id: Option<String>,
+    /// When that process started (clock ticks since boot), while in progress.
+    #[serde(skip)]
+    pub pid_started: Option<i64>,
 }
 
 /// One audit entry as stored. Its fields are text on purpose: the hash covers exactly the
