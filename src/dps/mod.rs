@@ -118,3 +118,5 @@ pub async fn pre_verify_x509(
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_mqtt;

@@ -428,7 +428,11 @@ impl Shared {
             )));
         };
         let signed = match lock(&self.enrollments).get(id.as_str()) {
-            // An individual enrollment takes precedence over the group, as in DPS.
+            // An individual enrollment takes precedence over the group, as in DPS. A disabled
+            // one denies its device whichever key it holds: the registration ends `disabled`.
+            Some(enrollment) if enrollment.is_disabled() => {
+                enrollment.verifies(&token) || token.verify(group_key.derive(&id).expose())
+            }
             Some(enrollment) => enrollment.verifies(&token),
             None => token.verify(group_key.derive(&id).expose()),
         };
