@@ -203,6 +203,8 @@ named_enum! {
     }
 }
 
+// `named_enum!` derives no `Default`, so the default is written out.
+#[allow(clippy::derivable_impls)]
 impl Default for EnrollmentKind {
     fn default() -> Self {
         EnrollmentKind::Group

@@ -98,12 +98,14 @@ fn status(enabled: bool) -> &'static str {
 
 impl Shared {
     /// Checks a service token: the policy's name and key, the service host as resource, not
-    /// expired. The refusal otherwise.
-    fn authorize_service(&self, headers: &HeaderMap) -> Result<(), Response> {
+    /// expired. The refusal otherwise (boxed: a response is large beside `Ok(())`).
+    fn authorize_service(&self, headers: &HeaderMap) -> Result<(), Box<Response>> {
         let refuse = |why: &str| {
             tracing::debug!(why, "emulator refused a service token");
-            self.error(401, 401002, &format!("Unauthorized: {why}"))
-                .into_response()
+            Box::new(
+                self.error(401, 401002, &format!("Unauthorized: {why}"))
+                    .into_response(),
+            )
         };
         let Some(policy) = &self.options.service else {
             return Err(refuse(
@@ -140,7 +142,7 @@ pub(super) async fn get_enrollment(
 ) -> Response {
     tokio::time::sleep(shared.options.latency).await;
     if let Err(refused) = shared.authorize_service(&headers) {
-        return refused;
+        return *refused;
     }
     match lock(&shared.enrollments).get(&id) {
         Some(enrollment) => axum::Json(enrollment.json()).into_response(),
@@ -157,7 +159,7 @@ pub(super) async fn delete_enrollment(
 ) -> Response {
     tokio::time::sleep(shared.options.latency).await;
     if let Err(refused) = shared.authorize_service(&headers) {
-        return refused;
+        return *refused;
     }
     match lock(&shared.enrollments).remove(&id) {
         Some(_) => axum::http::StatusCode::NO_CONTENT.into_response(),
@@ -176,7 +178,7 @@ pub(super) async fn put_enrollment(
 ) -> Response {
     tokio::time::sleep(shared.options.latency).await;
     if let Err(refused) = shared.authorize_service(&headers) {
-        return refused;
+        return *refused;
     }
     if query.get("api-version").is_none_or(|v| v.is_empty()) {
         return shared
