@@ -12,6 +12,7 @@ mod harden;
 mod line;
 mod mqtt;
 mod nvs;
+mod postgres;
 mod provision;
 mod report;
 mod secure_cert;
