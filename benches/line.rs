@@ -10,7 +10,10 @@
 //! peak resident memory (VmHWM).
 //!
 //! Run: `cargo bench --bench line` (`-- --units N` for another batch size, `-- --ports 1,4,8`;
-//! `-- --dps 0,0.3` repeats the runs with DPS pre-verification at those emulator latencies).
+//! `-- --dps 0,0.3` repeats the runs with DPS pre-verification at those emulator latencies;
+//! `-- --mqtt 0,0.3` (issue 18) compares pre-verification over REST and over MQTT, each without
+//! and with the hub test message, against `station sim dps --tls-dir` (TLS on loopback for both
+//! transports) at those latencies, on 4 ports unless `--ports` says otherwise).
 
 use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
@@ -24,6 +27,28 @@ struct Sample {
     wall: f64,
     passed: usize,
     peak_rss_kib: u64,
+    /// Medians over the provisioned units: seconds per unit, in stage `dps`, in stage `hub`.
+    unit_seconds: f64,
+    dps_seconds: f64,
+    hub_seconds: f64,
+}
+
+/// How units are pre-verified: the emulator's latency per answer (seconds), the transport,
+/// whether the hub test message is sent, and whether the emulator serves TLS.
+#[derive(Clone, Copy)]
+struct Dps {
+    latency: f64,
+    transport: &'static str,
+    hub: bool,
+    tls: bool,
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
 }
 
 fn station() -> Command {
@@ -38,7 +63,7 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-fn run(ports: usize, units: usize, dps_latency: Option<f64>) -> Sample {
+fn run(ports: usize, units: usize, dps: Option<Dps>) -> Sample {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let root = dir.path();
     let mut config_text = common::config(r#"["ports/ttySIM*"]"#, 921_600, true);
@@ -46,8 +71,9 @@ fn run(ports: usize, units: usize, dps_latency: Option<f64>) -> Sample {
     let key = root.join("group.key");
     // With a DPS latency, every unit is pre-verified against `station sim dps` on loopback.
     let mut emulator = None;
-    if let Some(latency) = dps_latency {
-        let mut child = station()
+    if let Some(dps) = dps {
+        let mut command = station();
+        command
             .args([
                 "sim",
                 "dps",
@@ -56,22 +82,47 @@ fn run(ports: usize, units: usize, dps_latency: Option<f64>) -> Sample {
                 "--group-key-file",
             ])
             .arg(&key)
-            .args(["--latency", &latency.to_string()])
+            .args(["--latency", &dps.latency.to_string()]);
+        if dps.tls {
+            command.arg("--tls-dir").arg(root.join("tls"));
+        }
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("sim dps");
-        let mut url = String::new();
-        BufReader::new(child.stdout.take().expect("sim dps stdout"))
-            .read_line(&mut url)
-            .expect("the emulator's URL");
+        // The REST URL first, then `mqtt URL`, `hub URL`, `hub-mqtt URL`.
+        let mut urls = BufReader::new(child.stdout.take().expect("sim dps stdout"))
+            .lines()
+            .map_while(Result::ok)
+            .take(4)
+            .collect::<Vec<_>>()
+            .into_iter();
+        let rest = urls.next().expect("the emulator's URL");
+        let named: std::collections::HashMap<String, String> = urls
+            .filter_map(|l| l.split_once(' ').map(|(a, b)| (a.to_owned(), b.to_owned())))
+            .collect();
+        let (verify_url, hub_url) = if dps.transport == "mqtt" {
+            (named["mqtt"].clone(), named["hub-mqtt"].clone())
+        } else {
+            (rest.trim().to_owned(), named["hub"].clone())
+        };
+        let mut dps_lines = format!(
+            "pre_verify = true\nverify_url = \"{verify_url}\"\ntransport = \"{}\"",
+            dps.transport
+        );
+        if dps.tls {
+            dps_lines.push_str("\nca_file = \"tls/ca.pem\"");
+        }
         config_text = config_text.replace(
             "registration_id = \"sensor-{mac}\"",
-            &format!(
-                "registration_id = \"sensor-{{mac}}\"\npre_verify = true\nverify_url = \"{}\"",
-                url.trim()
-            ),
+            &format!("registration_id = \"sensor-{{mac}}\"\n{dps_lines}"),
         );
+        if dps.hub {
+            config_text.push_str(&format!(
+                "\n[hub]\ntest_message = true\nhub_url = \"{hub_url}\"\n"
+            ));
+        }
         emulator = Some(child);
         std::fs::write(&config, &config_text).expect("config");
     }
@@ -113,13 +164,17 @@ fn run(ports: usize, units: usize, dps_latency: Option<f64>) -> Sample {
     let pid = daemon.id();
     let stdout = daemon.stdout.take().expect("daemon stdout");
     let reader = std::thread::spawn(move || {
-        let mut passed = 0;
+        let (mut units, mut dps, mut hub) = (Vec::new(), Vec::new(), Vec::new());
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if line.contains(r#""event":"unit""#) && line.contains(r#""outcome":"provisioned""#) {
-                passed += 1;
+                let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                let report = event.get("report").unwrap_or(&event);
+                units.push(report["seconds"].as_f64().unwrap_or(f64::NAN));
+                dps.push(report["timings"]["dps"].as_f64().unwrap_or(0.0));
+                hub.push(report["timings"]["hub"].as_f64().unwrap_or(0.0));
             }
         }
-        passed
+        (units, dps, hub)
     });
     let mut peak = 0;
     loop {
@@ -132,7 +187,8 @@ fn run(ports: usize, units: usize, dps_latency: Option<f64>) -> Sample {
         std::thread::sleep(Duration::from_millis(20));
     }
     let wall = start.elapsed().as_secs_f64();
-    let passed = reader.join().unwrap_or(0);
+    let (unit_seconds, dps_seconds, hub_seconds) = reader.join().unwrap_or_default();
+    let passed = unit_seconds.len();
     let _ = sim.kill();
     let _ = sim.wait();
     if let Some(mut emulator) = emulator {
@@ -145,6 +201,9 @@ fn run(ports: usize, units: usize, dps_latency: Option<f64>) -> Sample {
         wall,
         passed,
         peak_rss_kib: peak,
+        unit_seconds: median(unit_seconds),
+        dps_seconds: median(dps_seconds),
+        hub_seconds: median(hub_seconds),
     }
 }
 
@@ -164,6 +223,61 @@ fn main() {
     let dps: Vec<f64> = value("--dps")
         .map(|v| v.split(',').filter_map(|p| p.parse().ok()).collect())
         .unwrap_or_default();
+    // `--mqtt 0,0.3`: REST vs MQTT, without and with the hub test message (issue 18).
+    let mqtt: Vec<f64> = value("--mqtt")
+        .map(|v| v.split(',').filter_map(|p| p.parse().ok()).collect())
+        .unwrap_or_default();
+    if !mqtt.is_empty() {
+        let ports = value("--ports").and_then(|v| v.parse().ok()).unwrap_or(4);
+        println!(
+            "line, {ports} ports, batch of {units}, DPS pre-verification against `station sim dps --tls-dir` (TLS on loopback; assigns 0.2 s after the register request; the latency is added to every answer, DPS and hub alike); medians per unit"
+        );
+        println!(
+            "{:>10} {:>9} {:>4} {:>8} {:>8} {:>10} {:>8} {:>8} {:>10}",
+            "latency s",
+            "transport",
+            "hub",
+            "passed",
+            "wall s",
+            "units/min",
+            "unit s",
+            "dps s",
+            "hub s"
+        );
+        for &latency in &mqtt {
+            for (transport, hub) in [
+                ("https", false),
+                ("mqtt", false),
+                ("https", true),
+                ("mqtt", true),
+            ] {
+                let sample = run(
+                    ports,
+                    units,
+                    Some(Dps {
+                        latency,
+                        transport,
+                        hub,
+                        tls: true,
+                    }),
+                );
+                println!(
+                    "{:>10.1} {:>9} {:>4} {:>4}/{:<3} {:>8.1} {:>10.1} {:>8.3} {:>8.3} {:>10.3}",
+                    latency,
+                    transport,
+                    if hub { "yes" } else { "no" },
+                    sample.passed,
+                    sample.units,
+                    sample.wall,
+                    sample.passed as f64 / sample.wall * 60.0,
+                    sample.unit_seconds,
+                    sample.dps_seconds,
+                    sample.hub_seconds
+                );
+            }
+        }
+        return;
+    }
     if !dps.is_empty() {
         println!("line with DPS pre-verification: batch of {units}, emulator latency per request");
         println!(
@@ -172,7 +286,16 @@ fn main() {
         );
         for &ports in &port_counts {
             for &latency in &dps {
-                let sample = run(ports, units, Some(latency));
+                let sample = run(
+                    ports,
+                    units,
+                    Some(Dps {
+                        latency,
+                        transport: "https",
+                        hub: false,
+                        tls: false,
+                    }),
+                );
                 println!(
                     "{:>5} {:>10.1} {:>10.1} {:>11.1}",
                     ports,

@@ -54,6 +54,10 @@ pub enum Error {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Dps(#[from] crate::dps::DpsError),
+    /// The test message to the assigned hub failed.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Hub(#[from] crate::hub::HubError),
     /// The simulator failed.
     #[error(transparent)]
     #[diagnostic(transparent)]
@@ -127,6 +131,7 @@ impl From<crate::provision::UnitError> for Error {
             UnitError::Store(e) => Error::Store(e),
             UnitError::Dps(e) => Error::Dps(e),
             UnitError::Provision(e) => Error::Provision(e),
+            UnitError::Hub(e) => Error::Hub(e),
             UnitError::Identity(e) => Error::Identity(e),
         }
     }

@@ -29,12 +29,64 @@ pub const KEY_FILE_LIMIT: u64 = 64 << 10;
 /// 16 bytes is a truncated paste, not a key.
 pub const MIN_KEY_BYTES: usize = 16;
 
-/// The longest group key accepted, in decoded bytes: DPS takes symmetric keys of 16 to 64 bytes,
-/// so a longer one cannot be the enrollment group's (two keys pasted together, a file of
-/// something else).
+/// The longest key accepted, in decoded bytes: DPS takes symmetric keys of 16 to 64 bytes,
+/// so a longer one cannot be the enrollment group's or a policy's (two keys pasted together, a
+/// file of something else).
 pub const MAX_KEY_BYTES: usize = 64;
 
-/// Errors loading a group key.
+/// Which key a key file holds: the rules for the file are the same, the words and the place to
+/// copy it from are not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// An enrollment group's symmetric key (`[dps] group_key_file`).
+    Group,
+    /// A DPS shared access policy's key (`[dps.service] policy_key_file`).
+    ServicePolicy,
+}
+
+impl KeyKind {
+    /// The setting that names the file.
+    pub fn setting(self) -> &'static str {
+        match self {
+            KeyKind::Group => "[dps] group_key_file",
+            KeyKind::ServicePolicy => "[dps.service] policy_key_file",
+        }
+    }
+
+    /// Where the key is copied from.
+    pub fn source(self) -> &'static str {
+        match self {
+            KeyKind::Group => {
+                "the enrollment group's Primary Key (Azure portal: DPS > Manage enrollments > the group)"
+            }
+            KeyKind::ServicePolicy => {
+                "the shared access policy's Primary key (Azure portal: DPS > Shared access policies > the policy), the SharedAccessKey part of its connection string"
+            }
+        }
+    }
+
+    /// What whoever reads the key can do.
+    pub fn power(self) -> &'static str {
+        match self {
+            KeyKind::Group => "The group key can mint a device key for any registration ID.",
+            KeyKind::ServicePolicy => {
+                "The policy key can create, change and delete every enrollment of the DPS instance."
+            }
+        }
+    }
+}
+
+impl fmt::Display for KeyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            KeyKind::Group => "group key",
+            KeyKind::ServicePolicy => "service policy key",
+        })
+    }
+}
+
+/// Errors loading a key file: the enrollment group's key, or a DPS service policy's key (the
+/// same rules for both).
 ///
 /// No variant carries any part of the file's contents: a message may end up in a log, a
 /// terminal scroll-back or a ticket, and the key must not.
@@ -42,14 +94,17 @@ pub const MAX_KEY_BYTES: usize = 64;
 #[non_exhaustive]
 pub enum KeyError {
     /// The key file could not be read.
-    #[error("cannot read group key file {path}: {source}")]
+    #[error("cannot read {kind} file {path}: {source}")]
     #[diagnostic(
         code(station::keys::unreadable),
         help(
-            "Check `group_key_file` in station.toml; relative paths resolve against the directory holding station.toml."
+            "Check {} in station.toml; relative paths resolve against the directory holding station.toml.",
+            kind.setting()
         )
     )]
     Unreadable {
+        /// Which key.
+        kind: KeyKind,
         /// The key file.
         path: PathBuf,
         /// The operating system's error.
@@ -57,14 +112,17 @@ pub enum KeyError {
         source: std::io::Error,
     },
     /// The key file may be read by other users.
-    #[error("group key file {path} is readable by {who} (mode {mode:04o})")]
+    #[error("{kind} file {path} is readable by {who} (mode {mode:04o})")]
     #[diagnostic(
         code(station::keys::world_readable),
         help(
-            "The group key can mint a device key for any registration ID. Run `chmod 600 {path}` and make sure the station's user owns it."
+            "{} Run `chmod 600 {path}` and make sure the station's user owns it.",
+            kind.power()
         )
     )]
     Exposed {
+        /// Which key.
+        kind: KeyKind,
         /// The key file, as shown to the operator.
         path: String,
         /// `group` or `others` or `group and others`.
@@ -73,57 +131,66 @@ pub enum KeyError {
         mode: u32,
     },
     /// The key file is empty.
-    #[error("group key file {path} is empty")]
+    #[error("{kind} file {path} is empty")]
     #[diagnostic(
         code(station::keys::empty),
-        help(
-            "Paste the enrollment group's primary key (Azure portal: DPS > Manage enrollments > your group > Primary Key) into the file."
-        )
+        help("Paste {} into the file.", kind.source())
     )]
     Empty {
+        /// Which key.
+        kind: KeyKind,
         /// The key file.
         path: PathBuf,
     },
     /// The file holds a SAS token, which is derived from a key and expires.
-    #[error("group key file {path} holds a SAS token (`SharedAccessSignature sr=...`), not a key")]
+    #[error("{kind} file {path} holds a SAS token (`SharedAccessSignature sr=...`), not a key")]
     #[diagnostic(
         code(station::keys::sas_token),
         help(
-            "A SAS token is signed with a key and expires; the station needs the key itself. Copy the enrollment group's Primary Key from the portal."
+            "A SAS token is signed with a key and expires; the station needs the key itself: {}.",
+            kind.source()
         )
     )]
     SasToken {
+        /// Which key.
+        kind: KeyKind,
         /// The key file.
         path: PathBuf,
     },
     /// The file holds a connection string.
     #[error(
-        "group key file {path} holds a connection string (`HostName=...;SharedAccessKey=...`), not a group key"
+        "{kind} file {path} holds a connection string (`HostName=...;SharedAccessKey=...`), not a key"
     )]
     #[diagnostic(
         code(station::keys::connection_string),
         help(
-            "Connection strings belong to IoT Hub devices or policies. The station needs the DPS enrollment group's Primary Key (base64), alone in the file."
+            "A connection string names a host, a policy or device and a key; the file holds the key alone (base64): {}.",
+            kind.source()
         )
     )]
     ConnectionString {
+        /// Which key.
+        kind: KeyKind,
         /// The key file.
         path: PathBuf,
     },
     /// The file holds a PEM block (a certificate or private key).
-    #[error("group key file {path} holds a PEM block (`-----BEGIN ...`), not a symmetric key")]
+    #[error("{kind} file {path} holds a PEM block (`-----BEGIN ...`), not a symmetric key")]
     #[diagnostic(
         code(station::keys::pem_block),
         help(
-            "Certificates belong to X.509 enrollment groups. The station provisions symmetric-key groups: put the group's Primary Key (base64) in the file."
+            "Certificates belong to X.509 enrollment groups ([dps] attestation = \"x509\"). This file holds a symmetric key (base64): {}.",
+            kind.source()
         )
     )]
     PemBlock {
+        /// Which key.
+        kind: KeyKind,
         /// The key file.
         path: PathBuf,
     },
     /// The text is not base64.
-    #[error("group key file {path} is not base64: {problem}")]
+    #[error("{kind} file {path} is not base64: {problem}")]
     #[diagnostic(
         code(station::keys::not_base64),
         help(
@@ -131,34 +198,42 @@ pub enum KeyError {
         )
     )]
     NotBase64 {
+        /// Which key.
+        kind: KeyKind,
         /// The key file.
         path: PathBuf,
         /// Where decoding failed (a position, never the text).
         problem: String,
     },
     /// The key decodes to too few bytes.
-    #[error("group key in {path} decodes to {len} bytes; at least {MIN_KEY_BYTES} are required")]
+    #[error("{kind} in {path} decodes to {len} bytes; at least {MIN_KEY_BYTES} are required")]
     #[diagnostic(
         code(station::keys::too_short),
         help(
-            "The key looks truncated. Copy the whole Primary Key from the portal (88 characters for a 64-byte key)."
+            "The key looks truncated. Copy the whole of {} (88 characters for a 64-byte key).",
+            kind.source()
         )
     )]
     TooShort {
+        /// Which key.
+        kind: KeyKind,
         /// The key file.
         path: PathBuf,
         /// The decoded length.
         len: usize,
     },
     /// The key decodes to more bytes than DPS allows.
-    #[error("group key in {path} decodes to {len} bytes; DPS keys have at most {MAX_KEY_BYTES}")]
+    #[error("{kind} in {path} decodes to {len} bytes; DPS keys have at most {MAX_KEY_BYTES}")]
     #[diagnostic(
         code(station::keys::too_long),
         help(
-            "The file holds more than one key, or something else: put the enrollment group's Primary Key alone in it (88 characters of base64 for a 64-byte key)."
+            "The file holds more than one key, or something else: put {} alone in it (88 characters of base64 for a 64-byte key).",
+            kind.source()
         )
     )]
     TooLong {
+        /// Which key.
+        kind: KeyKind,
         /// The key file.
         path: PathBuf,
         /// The decoded length.
@@ -271,6 +346,21 @@ impl DeviceKey {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// A new random key of 32 bytes from the operating system's generator: an individual
+    /// enrollment's key, which nothing derives and only the device and DPS keep.
+    pub fn generate() -> Result<DeviceKey, getrandom::Error> {
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        getrandom::fill(bytes.as_mut_slice())?;
+        Ok(DeviceKey(Zeroizing::new(BASE64.encode(bytes.as_slice()))))
+    }
+
+    /// The key's fingerprint (of its decoded bytes): what records keep of an individual
+    /// enrollment's key.
+    pub fn id(&self) -> KeyId {
+        let bytes = Zeroizing::new(BASE64.decode(self.0.as_bytes()).unwrap_or_default());
+        KeyId::of(&bytes)
+    }
 }
 
 impl fmt::Debug for DeviceKey {
@@ -311,63 +401,14 @@ impl GroupKey {
     /// The file is opened once and the opened file checked (a regular file of at most
     /// [`KEY_FILE_LIMIT`] bytes, its mode) before its contents are read.
     pub fn load(path: &Path) -> Result<Self, KeyError> {
-        let unreadable = |source| KeyError::Unreadable {
-            path: path.to_owned(),
-            source,
-        };
-        let opened = crate::file::open_regular(path, KEY_FILE_LIMIT).map_err(unreadable)?;
-        check_permissions(&opened.metadata, path)?;
-        let raw = Zeroizing::new(opened.read().map_err(unreadable)?);
-        Self::from_text(&raw, path)
+        let key = load_key_file(path, KeyKind::Group)?;
+        let id = KeyId::of(key.expose());
+        Ok(GroupKey { key, id })
     }
 
     /// Checks and decodes key text as read from `path` (named in errors, never the text).
     pub fn from_text(raw: &[u8], path: &Path) -> Result<Self, KeyError> {
-        let path = path.to_owned();
-        let text = String::from_utf8_lossy(raw);
-        let text = Zeroizing::new(text.trim().to_owned());
-        if text.is_empty() {
-            return Err(KeyError::Empty { path });
-        }
-        if text.starts_with("SharedAccessSignature")
-            || text.contains("sr=") && text.contains("sig=")
-        {
-            return Err(KeyError::SasToken { path });
-        }
-        if text.contains("HostName=") || text.contains("SharedAccessKey=") {
-            return Err(KeyError::ConnectionString { path });
-        }
-        if text.contains("-----BEGIN") {
-            return Err(KeyError::PemBlock { path });
-        }
-        if let Some(at) = text.find(|c: char| c.is_whitespace()) {
-            let line = text[..at].matches('\n').count() + 1;
-            let problem = if text[at..].contains('\n') {
-                format!("it spans several lines (a line break after character {at}, line {line})")
-            } else {
-                format!("it has whitespace at character {}", at + 1)
-            };
-            return Err(KeyError::NotBase64 { path, problem });
-        }
-        let decoded = BASE64
-            .decode(text.as_bytes())
-            .map_err(|e| KeyError::NotBase64 {
-                path: path.clone(),
-                problem: describe_base64_error(&e),
-            })?;
-        let key = Secret::new(decoded);
-        if key.expose().len() < MIN_KEY_BYTES {
-            return Err(KeyError::TooShort {
-                path,
-                len: key.expose().len(),
-            });
-        }
-        if key.expose().len() > MAX_KEY_BYTES {
-            return Err(KeyError::TooLong {
-                path,
-                len: key.expose().len(),
-            });
-        }
+        let key = key_from_text(raw, path, KeyKind::Group)?;
         let id = KeyId::of(key.expose());
         Ok(GroupKey { key, id })
     }
@@ -385,6 +426,133 @@ impl GroupKey {
         mac.update(registration_id.as_str().as_bytes());
         let tag: Zeroizing<[u8; 32]> = Zeroizing::new(mac.finalize().into_bytes().into());
         DeviceKey(Zeroizing::new(BASE64.encode(tag.as_slice())))
+    }
+}
+
+/// Reads and checks a key file of either kind: owner-only permissions, one line of base64 that
+/// decodes to at least [`MIN_KEY_BYTES`], and none of the usual mix-ups.
+///
+/// The file is opened once and the opened file checked (a regular file of at most
+/// [`KEY_FILE_LIMIT`] bytes, its mode) before its contents are read.
+fn load_key_file(path: &Path, kind: KeyKind) -> Result<Secret, KeyError> {
+    let unreadable = |source| KeyError::Unreadable {
+        kind,
+        path: path.to_owned(),
+        source,
+    };
+    let opened = crate::file::open_regular(path, KEY_FILE_LIMIT).map_err(unreadable)?;
+    check_permissions(&opened.metadata, path).map_err(|error| match error {
+        KeyError::Exposed {
+            path, who, mode, ..
+        } => KeyError::Exposed {
+            kind,
+            path,
+            who,
+            mode,
+        },
+        other => other,
+    })?;
+    let raw = Zeroizing::new(opened.read().map_err(unreadable)?);
+    key_from_text(&raw, path, kind)
+}
+
+/// Checks and decodes key text as read from `path` (named in errors, never the text).
+fn key_from_text(raw: &[u8], path: &Path, kind: KeyKind) -> Result<Secret, KeyError> {
+    let path = path.to_owned();
+    let text = String::from_utf8_lossy(raw);
+    let text = Zeroizing::new(text.trim().to_owned());
+    if text.is_empty() {
+        return Err(KeyError::Empty { kind, path });
+    }
+    if text.starts_with("SharedAccessSignature") || text.contains("sr=") && text.contains("sig=") {
+        return Err(KeyError::SasToken { kind, path });
+    }
+    if text.contains("HostName=") || text.contains("SharedAccessKey=") {
+        return Err(KeyError::ConnectionString { kind, path });
+    }
+    if text.contains("-----BEGIN") {
+        return Err(KeyError::PemBlock { kind, path });
+    }
+    if let Some(at) = text.find(|c: char| c.is_whitespace()) {
+        let line = text[..at].matches('\n').count() + 1;
+        let problem = if text[at..].contains('\n') {
+            format!("it spans several lines (a line break after character {at}, line {line})")
+        } else {
+            format!("it has whitespace at character {}", at + 1)
+        };
+        return Err(KeyError::NotBase64 {
+            kind,
+            path,
+            problem,
+        });
+    }
+    let decoded = BASE64
+        .decode(text.as_bytes())
+        .map_err(|e| KeyError::NotBase64 {
+            kind,
+            path: path.clone(),
+            problem: describe_base64_error(&e),
+        })?;
+    let key = Secret::new(decoded);
+    if key.expose().len() < MIN_KEY_BYTES {
+        return Err(KeyError::TooShort {
+            kind,
+            path,
+            len: key.expose().len(),
+        });
+    }
+    if key.expose().len() > MAX_KEY_BYTES {
+        return Err(KeyError::TooLong {
+            kind,
+            path,
+            len: key.expose().len(),
+        });
+    }
+    Ok(key)
+}
+
+/// A DPS shared access policy's key, for the service API (`[dps.service]`): it can create,
+/// change and delete every enrollment, so it is held as the group key is (redacted, zeroized)
+/// and records carry only its [`KeyId`].
+#[derive(Clone)]
+pub struct ServiceKey {
+    key: Secret,
+    id: KeyId,
+}
+
+impl fmt::Debug for ServiceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceKey")
+            .field("id", &self.id)
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+impl ServiceKey {
+    /// Reads and checks a policy key file with the group key's rules
+    /// ([`KeyKind::ServicePolicy`] names it in errors).
+    pub fn load(path: &Path) -> Result<Self, KeyError> {
+        let key = load_key_file(path, KeyKind::ServicePolicy)?;
+        let id = KeyId::of(key.expose());
+        Ok(ServiceKey { key, id })
+    }
+
+    /// Checks and decodes policy key text as read from `path`.
+    pub fn from_text(raw: &[u8], path: &Path) -> Result<Self, KeyError> {
+        let key = key_from_text(raw, path, KeyKind::ServicePolicy)?;
+        let id = KeyId::of(key.expose());
+        Ok(ServiceKey { key, id })
+    }
+
+    /// The key's fingerprint.
+    pub fn id(&self) -> &KeyId {
+        &self.id
+    }
+
+    /// The key's bytes, for signing a service token ([`crate::dps::sas`]).
+    pub fn expose(&self) -> &[u8] {
+        self.key.expose()
     }
 }
 
@@ -442,6 +610,7 @@ pub(crate) fn check_permissions(metadata: &std::fs::Metadata, path: &Path) -> Re
     match crate::file::readable_by(metadata) {
         None => Ok(()),
         Some((who, mode)) => Err(KeyError::Exposed {
+            kind: KeyKind::Group,
             path: path.display().to_string(),
             who,
             mode,

@@ -16,8 +16,10 @@ use crate::config::{
     X509Lengths,
 };
 use crate::device::Region;
+use crate::dps::service::{ServiceClient, ServiceSetupError};
 use crate::dps::{DpsClient, DpsError};
 use crate::file::FileError;
+use crate::hub::HubClient;
 use crate::identity::RegistrationId;
 use crate::keys::{GroupKeys, KeyError, KeyId};
 use crate::record::Attestation;
@@ -59,6 +61,15 @@ pub enum StationError {
     File(#[from] FileError),
 }
 
+impl From<ServiceSetupError> for StationError {
+    fn from(error: ServiceSetupError) -> Self {
+        match error {
+            ServiceSetupError::Key(e) => StationError::Key(e),
+            ServiceSetupError::Dps(e) => StationError::Dps(e),
+        }
+    }
+}
+
 /// The station's secret, by attestation kind: what gives each unit its identity with DPS.
 #[derive(Debug)]
 pub enum Attestor {
@@ -67,6 +78,9 @@ pub enum Attestor {
     SymmetricKey(GroupKeys),
     /// X.509 attestation: the signing CA, which issues each unit a certificate.
     X509(Issuer),
+    /// Symmetric keys through individual enrollments (`[dps] enrollment = "individual"`): a
+    /// random key per unit, enrolled through the DPS service API before the unit is flashed.
+    Individual(ServiceClient),
 }
 
 impl Attestor {
@@ -75,6 +89,11 @@ impl Attestor {
     /// storage).
     pub fn load(config: &Config, now: time::OffsetDateTime) -> Result<Attestor, StationError> {
         Ok(match &config.dps.attestation {
+            AttestationConfig::IndividualKey => {
+                Attestor::Individual(service_client(config)?.ok_or(DpsError::Client {
+                    problem: "[dps] enrollment = \"individual\" needs [dps.service]".to_owned(),
+                })?)
+            }
             AttestationConfig::SymmetricKey(keys) => Attestor::SymmetricKey(GroupKeys::load(
                 &keys.group_key_file,
                 keys.secondary_group_key_file.as_deref(),
@@ -90,17 +109,19 @@ impl Attestor {
     /// Which kind it is.
     pub fn kind(&self) -> Attestation {
         match self {
-            Attestor::SymmetricKey(_) => Attestation::SymmetricKey,
+            Attestor::SymmetricKey(_) | Attestor::Individual(_) => Attestation::SymmetricKey,
             Attestor::X509(_) => Attestation::X509,
         }
     }
 
     /// The fingerprint records carry for it: the primary group key's, or the signing CA's
-    /// ([`SigningCa::key_id`]).
+    /// ([`SigningCa::key_id`]); with individual enrollments the service policy key's (each
+    /// unit's record carries its own key's fingerprint instead).
     pub fn key_id(&self) -> KeyId {
         match self {
             Attestor::SymmetricKey(keys) => keys.primary.id().clone(),
             Attestor::X509(issuer) => issuer.key_id.clone(),
+            Attestor::Individual(service) => service.key_id().clone(),
         }
     }
 
@@ -108,7 +129,7 @@ impl Attestor {
     pub fn secondary_key_id(&self) -> Option<KeyId> {
         match self {
             Attestor::SymmetricKey(keys) => keys.secondary.as_ref().map(|k| k.id().clone()),
-            Attestor::X509(_) => None,
+            Attestor::X509(_) | Attestor::Individual(_) => None,
         }
     }
 
@@ -116,14 +137,14 @@ impl Attestor {
     pub fn group_keys(&self) -> Option<&GroupKeys> {
         match self {
             Attestor::SymmetricKey(keys) => Some(keys),
-            Attestor::X509(_) => None,
+            Attestor::X509(_) | Attestor::Individual(_) => None,
         }
     }
 
     /// The signing CA, for X.509 attestation.
     pub fn issuer(&self) -> Option<&Issuer> {
         match self {
-            Attestor::SymmetricKey(_) => None,
+            Attestor::SymmetricKey(_) | Attestor::Individual(_) => None,
             Attestor::X509(issuer) => Some(issuer),
         }
     }
@@ -247,6 +268,10 @@ pub struct Station {
     pub firmware: Vec<Region>,
     /// The DPS client, when `[dps] pre_verify` is on.
     pub dps: Option<DpsClient>,
+    /// The DPS service API client, when `[dps.service]` is configured.
+    pub service: Option<ServiceClient>,
+    /// The hub client, when `[hub] test_message` is on.
+    pub hub: Option<HubClient>,
 }
 
 impl Station {
@@ -268,7 +293,13 @@ impl Station {
                         })
                     })??
             }
-            AttestationConfig::SymmetricKey(_) => Attestor::load(&config, now)?,
+            AttestationConfig::SymmetricKey(_) | AttestationConfig::IndividualKey => {
+                Attestor::load(&config, now)?
+            }
+        };
+        let service = match &attestor {
+            Attestor::Individual(service) => Some(service.clone()),
+            _ => service_client(&config)?,
         };
         let mut firmware = Vec::new();
         for image in &config.firmware {
@@ -280,6 +311,12 @@ impl Station {
             Some(DpsClient::new(&config.dps)?)
         } else {
             None
+        };
+        let hub = match &dps {
+            Some(client) if config.hub.test_message => {
+                Some(HubClient::new(&config, client.roots(), client.policy()))
+            }
+            _ => None,
         };
         let store =
             Store::connect(&config.station.database)
@@ -297,6 +334,8 @@ impl Station {
             store,
             firmware,
             dps,
+            service,
+            hub,
         })
     }
 
@@ -308,6 +347,21 @@ impl Station {
             None => DpsClient::new(&self.config.dps),
         }
     }
+}
+
+/// The DPS service API client of `[dps.service]`, if configured: its policy key loaded with the
+/// group key's rules, trusting `[dps] ca_file` besides the platform's roots.
+fn service_client(config: &Config) -> Result<Option<ServiceClient>, StationError> {
+    let Some(service) = &config.dps.service else {
+        return Ok(None);
+    };
+    let roots = match &config.dps.ca_file {
+        Some(path) => crate::tls::read_roots(path).map_err(|e| DpsError::Client {
+            problem: format!("[dps] ca_file: {e}"),
+        })?,
+        None => Vec::new(),
+    };
+    Ok(Some(ServiceClient::new(service, &roots)?))
 }
 
 /// What anchors this station's audit chain ([`crate::checkpoint`]): its signing key (made on

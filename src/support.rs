@@ -82,6 +82,27 @@ pub fn bounded(message: &str) -> String {
     out
 }
 
+/// The TLS library's error in an error's chain. An `io::Error` wrapping one hides it from
+/// `source()` (which skips to the wrapped error's own source), and connectors nest `io::Error`s,
+/// so each link is also unwrapped.
+pub fn tls_failure<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut link = Some(error);
+    while let Some(current) = link {
+        let mut inner: Option<&(dyn std::error::Error + 'static)> = Some(current);
+        while let Some(candidate) = inner {
+            if let Some(tls) = candidate.downcast_ref::<rustls::Error>() {
+                return Some(tls);
+            }
+            inner = candidate
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .map(|e| e as &(dyn std::error::Error + 'static));
+        }
+        link = current.source();
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -68,6 +68,18 @@ impl DpsSim {
         }
     }
 
+    /// The named URLs it prints after the REST one (`mqtt`, `hub`, `hub-mqtt`), read once.
+    pub fn named_urls(&mut self) -> std::collections::HashMap<String, String> {
+        let mut urls = std::collections::HashMap::new();
+        for _ in 0..3 {
+            let mut line = String::new();
+            self.stdout.read_line(&mut line).unwrap();
+            let (name, url) = line.trim().split_once(' ').unwrap();
+            urls.insert(name.to_owned(), url.to_owned());
+        }
+        urls
+    }
+
     /// Stops it and returns everything it printed (stdout after the URL, then stderr).
     pub fn stop(mut self) -> Vec<u8> {
         let _ = self.child.kill();

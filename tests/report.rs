@@ -87,7 +87,7 @@ fn manifest_lists_units_in_documented_columns_and_is_audited() {
         lines.next().unwrap(),
         "batch,mac,registration_id,chip,chip_revision,flash_size,nvs_sha256,group_key_id,\
          provisioned_at,operator,station_id,port,attempts,dps_status,assigned_hub,device_id,\
-         attestation,cert_serial,cert_thumbprint,cert_not_after"
+         attestation,cert_serial,cert_thumbprint,cert_not_after,enrollment,hub_test,revoked_at"
     );
     let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
     assert_eq!(rows.len(), 3);
@@ -113,6 +113,9 @@ fn manifest_lists_units_in_documented_columns_and_is_audited() {
             "symmetric-key",
             "",
             "",
+            "",
+            "group",
+            "not-requested",
             ""
         ]
     );

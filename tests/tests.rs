@@ -10,6 +10,7 @@ mod cli;
 mod dps;
 mod harden;
 mod line;
+mod mqtt;
 mod nvs;
 mod postgres;
 mod provision;

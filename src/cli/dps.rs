@@ -10,7 +10,7 @@ use crate::identity::RegistrationId;
 use crate::keys::GroupKey;
 use crate::provision::{self, VerifyReport};
 use crate::record::DpsStatus;
-use crate::sim::dps::{DpsEmulator, EmulatorOptions};
+use crate::sim::dps::{DpsEmulator, EmulatorOptions, ServicePolicy};
 use crate::sim::tls::ServerIdentity;
 use crate::station::Station;
 
@@ -165,6 +165,12 @@ pub(super) async fn sim_dps(args: SimDpsArgs, json: bool) -> Result<u8> {
     options.assign_delay = args.assign_delay;
     options.disabled = args.disabled;
     options.stall = args.stall;
+    if let Some(file) = &args.service_key_file {
+        options.service = Some(ServicePolicy {
+            name: args.service_policy.clone(),
+            key: crate::keys::ServiceKey::load(file)?,
+        });
+    }
     if let Some(hub) = args.hub {
         options.hub = hub;
     }
@@ -173,17 +179,27 @@ pub(super) async fn sim_dps(args: SimDpsArgs, json: bool) -> Result<u8> {
     if json {
         print_json(&serde_json::json!({
             "url": emulator.url(),
+            "mqtt_url": emulator.mqtt_url(),
+            "hub_url": emulator.hub_url(),
+            "hub_mqtt_url": emulator.hub_mqtt_url(),
             "ca_file": ca_file.as_ref().map(|f| f.display().to_string()),
         }));
     } else {
+        // The REST URL alone on the first line (scripts read it), then the others by name.
         println!("{}", emulator.url());
+        println!("mqtt {}", emulator.mqtt_url().unwrap_or("-"));
+        println!("hub {}", emulator.hub_url());
+        println!("hub-mqtt {}", emulator.hub_mqtt_url().unwrap_or("-"));
     }
     let _ = std::io::stdout().flush();
     eprintln!(
-        "sim: DPS emulator at {}; set [dps] verify_url to it{}",
+        "sim: DPS emulator at {} (MQTT {}); its hub at {} (MQTT {}); set [dps] verify_url and [hub] hub_url to them (the MQTT ones with [dps] transport = \"mqtt\"){}",
         emulator.url(),
+        emulator.mqtt_url().unwrap_or("off: needs --tls-dir"),
+        emulator.hub_url(),
+        emulator.hub_mqtt_url().unwrap_or("off"),
         ca_file
-            .map(|f| format!(" and [dps] ca_file to {}", f.display()))
+            .map(|f| format!(", and [dps] ca_file to {}", f.display()))
             .unwrap_or_default()
     );
     super::unit::wait_for_shutdown().await;

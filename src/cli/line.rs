@@ -176,10 +176,15 @@ fn verdict_parts(report: &UnitReport) -> (&'static str, String) {
 
 /// `  DPS assigned to HUB` or `  DPS pending`; nothing when pre-verification is off.
 fn dps_words(report: &UnitReport) -> String {
+    let hub = match report.hub_status {
+        crate::record::HubStatus::Accepted => "; hub accepted the test message",
+        crate::record::HubStatus::Failed => "; hub refused the test message",
+        crate::record::HubStatus::NotRequested => "",
+    };
     match (report.dps_status, &report.assigned_hub) {
         (DpsStatus::NotRequested, _) => String::new(),
-        (DpsStatus::Assigned, Some(hub)) => format!("  DPS assigned to {hub}"),
-        (status, _) => format!("  DPS {}", status.as_str()),
+        (DpsStatus::Assigned, Some(hub_name)) => format!("  DPS assigned to {hub_name}{hub}"),
+        (status, _) => format!("  DPS {}{hub}", status.as_str()),
     }
 }
 

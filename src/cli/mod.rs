@@ -77,6 +77,9 @@ pub enum Command {
     /// Azure DPS pre-verification.
     #[command(subcommand)]
     Dps(DpsCommand),
+    /// One recorded unit: revoke it (scrapped, returned) or restore it.
+    #[command(subcommand)]
+    Unit(UnitCommand),
     /// Simulated hardware for tests and demos.
     #[command(subcommand)]
     Sim(SimCommand),
@@ -298,6 +301,27 @@ pub enum DpsCommand {
     },
 }
 
+/// `station unit`.
+#[derive(Debug, Subcommand)]
+pub enum UnitCommand {
+    /// Revoke a provisioned unit (scrapped or returned): recorded and audited, shown in
+    /// manifests (`revoked_at`), refused by the line; with [dps.service] DPS is given a disabled
+    /// individual enrollment for it, otherwise the portal steps are printed.
+    Revoke {
+        /// The unit's MAC (aa:bb:cc:dd:ee:ff).
+        mac: crate::identity::Mac,
+        /// Why (kept in the ledger and the audit log).
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+    },
+    /// Undo a revocation: the ledger clears it and, with [dps.service], DPS lets the unit in
+    /// again (its disabled individual enrollment is deleted, or its own re-enabled).
+    Restore {
+        /// The unit's MAC.
+        mac: crate::identity::Mac,
+    },
+}
+
 /// `station sim`.
 #[derive(Debug, Subcommand)]
 pub enum SimCommand {
@@ -355,6 +379,13 @@ pub struct SimDpsArgs {
     /// Never finish assigning (the station's verification times out).
     #[arg(long)]
     pub stall: bool,
+    /// Serve the service API (individual enrollments) to tokens signed with this shared access
+    /// policy key (base64, mode 0600).
+    #[arg(long, value_name = "FILE")]
+    pub service_key_file: Option<PathBuf>,
+    /// The shared access policy's name the service API accepts.
+    #[arg(long, value_name = "NAME", default_value = crate::config::DEFAULT_SERVICE_POLICY)]
+    pub service_policy: String,
 }
 
 /// An enrollment group's attestation kind, on the command line (`station sim dps`, `station
@@ -560,6 +591,9 @@ pub async fn run(cli: Cli) -> Result<u8> {
             }
         }
         Command::Sim(SimCommand::Dps(args)) => dps::sim_dps(args, json).await,
+        Command::Unit(command) => {
+            unit::unit_command(load_config(&cli.config)?, command, json).await
+        }
     }
 }
 

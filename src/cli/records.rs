@@ -582,7 +582,31 @@ pub(super) async fn check(config_path: &Path, json: bool) -> Result<u8> {
                 Err(e) => Check::misconfigured("group key", e.into()),
             },
             Attestation::X509(x509) => check_signing_ca(config, x509),
+            Attestation::IndividualKey => Check::new(
+                "group key",
+                true,
+                "none: [dps] enrollment = \"individual\", each unit gets a random key of its own"
+                    .to_owned(),
+            ),
         });
+        if let Some(service) = &config.dps.service {
+            checks.push(
+                match crate::keys::ServiceKey::load(&service.policy_key_file) {
+                    Ok(key) => Check::new(
+                        "service policy key",
+                        true,
+                        format!(
+                            "{} loaded (policy {}, key id {}); service endpoint {}",
+                            service.policy_key_file.display(),
+                            service.policy,
+                            key.id(),
+                            service.endpoint
+                        ),
+                    ),
+                    Err(e) => Check::misconfigured("service policy key", e.into()),
+                },
+            );
+        }
         checks.push(check_database(config).await);
         checks.push(check_anchor(config));
         let found: Vec<String> = crate::line::discover(&config.serial)
@@ -814,11 +838,7 @@ async fn check_dps(config: &Config) -> Check {
         Err(e) => Err(e),
     };
     match reached {
-        Ok(status) => Check::new(
-            "dps",
-            true,
-            format!("{url} answers (HTTP {status}); pre_verify is on"),
-        ),
+        Ok(answer) => Check::new("dps", true, format!("{url} {answer}; pre_verify is on")),
         // An untrusted server is the station's setup (trust, a proxy), not an outage.
         Err(e) if e.is_usage_error() => Check::misconfigured("dps", e.into()),
         Err(e) => Check::failed("dps", e.into()),

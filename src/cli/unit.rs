@@ -4,7 +4,7 @@ use std::io::Write as _;
 
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
-use super::{OK, ProvisionArgs, SimDevicesArgs, print_json};
+use super::{OK, ProvisionArgs, SimDevicesArgs, UnitCommand, print_json};
 use crate::config::Config;
 use crate::device::{EspflashDevice, FlashProgress, SerialSettings};
 use crate::error::{Result, exit};
@@ -53,6 +53,76 @@ pub(super) async fn provision(config: Config, args: ProvisionArgs, json: bool) -
     } else {
         exit::FAILED
     })
+}
+
+/// `station unit revoke` / `restore`: exit 0 when the ledger and DPS are as asked (or the
+/// portal steps were printed), 1 when DPS could not be changed (the decision is recorded;
+/// running the command again retries DPS).
+pub(super) async fn unit_command(config: Config, command: UnitCommand, json: bool) -> Result<u8> {
+    let station = Station::open(config).await?;
+    let operator = super::operator(None);
+    let report = match &command {
+        UnitCommand::Revoke { mac, reason } => {
+            provision::revoke(&station, mac, reason, &operator).await
+        }
+        UnitCommand::Restore { mac } => provision::restore(&station, mac, &operator).await,
+    };
+    station.store.close().await;
+    let report = report?;
+    if json {
+        print_json(&report);
+    } else {
+        print_revocation(&report);
+    }
+    Ok(if report.dps.settled() {
+        OK
+    } else {
+        exit::FAILED
+    })
+}
+
+fn print_revocation(report: &provision::RevocationReport) {
+    use provision::DpsAction;
+    if report.revoked {
+        println!(
+            "REVOKED  {}  {}  at {} ({})",
+            report.mac,
+            report.registration_id,
+            report.revoked_at.as_deref().unwrap_or_default(),
+            report.reason.as_deref().unwrap_or_default()
+        );
+    } else {
+        println!("RESTORED  {}  {}", report.mac, report.registration_id);
+    }
+    match &report.dps {
+        DpsAction::DenialCreated { .. } => {
+            println!("  DPS: a disabled individual enrollment now refuses the device")
+        }
+        DpsAction::EnrollmentSet {
+            provisioning_status,
+            ..
+        } => println!("  DPS: its individual enrollment is now {provisioning_status}"),
+        DpsAction::DenialDeleted => {
+            println!(
+                "  DPS: the disabled individual enrollment was deleted; the group applies again"
+            )
+        }
+        DpsAction::Nothing => println!("  DPS: nothing to undo"),
+        DpsAction::NotConfigured { instructions } | DpsAction::NotPossible { instructions } => {
+            println!("  DPS: not changed by the station. {instructions}")
+        }
+        DpsAction::Failed {
+            code,
+            message,
+            hint,
+        } => {
+            println!("  DPS: NOT changed: {message}");
+            println!("  code: {code}");
+            if let Some(hint) = hint {
+                println!("  hint: {hint}");
+            }
+        }
+    }
 }
 
 /// Who answers for a unit's attempts in `batch` ([`crate::operator::resolve`]).
@@ -155,12 +225,23 @@ pub(super) fn print_report(report: &UnitReport) {
                 .dps_error
                 .as_ref()
                 .filter(|_| status == crate::record::DpsStatus::Pending)
-                .map(|e| if report.certificate.is_some() {
-                    // Only the device holds an X.509 unit's key now: the station cannot retry.
+                .map(|e| if report.certificate.is_some() || report.enrollment == crate::record::EnrollmentKind::Individual {
+                    // Only the device holds its key now: the station cannot retry.
                     format!(" ({e}); the device registers itself when it first connects, or provision it again to check it here")
                 } else {
                     format!(" ({e}); `station dps verify --pending` retries")
                 })
+                .unwrap_or_default()
+        ),
+    }
+    match report.hub_status {
+        crate::record::HubStatus::NotRequested => {}
+        status => println!(
+            "      hub test message: {status}{}",
+            report
+                .hub_error
+                .as_ref()
+                .map(|e| format!(" ({e})"))
                 .unwrap_or_default()
         ),
     }

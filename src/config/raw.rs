@@ -19,6 +19,7 @@ pub(super) struct RawConfig {
     pub(super) secure_cert: Option<Spanned<RawSecureCert>>,
     #[serde(default)]
     pub(super) firmware: Vec<Spanned<RawFirmware>>,
+    pub(super) hub: Option<Spanned<RawHub>>,
     pub(super) audit: Option<Spanned<RawAudit>>,
 }
 
@@ -61,6 +62,26 @@ pub(super) struct RawDps {
     pub(super) ca_file: Option<Spanned<String>>,
     pub(super) verify_timeout: Option<Spanned<u64>>,
     pub(super) payload: Option<Spanned<toml::Table>>,
+    pub(super) transport: Option<Spanned<String>>,
+    pub(super) enrollment: Option<Spanned<String>>,
+    pub(super) service: Option<Spanned<RawDpsService>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDpsService {
+    pub(super) endpoint: Spanned<String>,
+    pub(super) policy: Option<Spanned<String>>,
+    pub(super) policy_key_file: Spanned<String>,
+    pub(super) api_version: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHub {
+    #[serde(default)]
+    pub(super) test_message: bool,
+    pub(super) hub_url: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -22,6 +22,8 @@ pub struct Config {
     pub serial: SerialConfig,
     /// `[[firmware]]`: images flashed in the same session, before the NVS image.
     pub firmware: Vec<FirmwareImage>,
+    /// `[hub]`: the test message to the hub DPS assigns.
+    pub hub: HubConfig,
     /// `[audit]`: where the chain's signed checkpoints go.
     pub audit: AuditConfig,
     /// What is allowed but deserves attention (a root CA that expires within 90 days):
@@ -132,6 +134,81 @@ pub struct DpsConfig {
     pub verify_timeout: std::time::Duration,
     /// `[dps.payload]`: JSON sent with every registration, for custom allocation policies.
     pub payload: Option<serde_json::Value>,
+    /// How the station speaks to DPS (and to the hub): HTTPS or MQTT, as the device does.
+    pub transport: DpsTransport,
+    /// Whether units belong to the enrollment group or get individual enrollments.
+    pub enrollment: Enrollment,
+    /// `[dps.service]`: the DPS service API, for revocation and individual enrollments.
+    pub service: Option<DpsServiceConfig>,
+}
+
+/// `[dps] transport`: the protocol the station speaks to DPS and to the assigned hub, as the
+/// firmware does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DpsTransport {
+    /// `https` (the default): the device REST API; the hub's HTTPS messaging endpoint.
+    #[default]
+    Https,
+    /// `mqtt`: MQTT 3.1.1 over TLS, port 8883, to DPS and to the hub.
+    Mqtt,
+}
+
+impl DpsTransport {
+    /// The configuration spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DpsTransport::Https => "https",
+            DpsTransport::Mqtt => "mqtt",
+        }
+    }
+}
+
+/// `[dps] enrollment`: how DPS knows a unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Enrollment {
+    /// `group` (the default): the enrollment group of `[dps] attestation`.
+    #[default]
+    Group,
+    /// `individual`: the station makes a random key per unit and creates the unit's individual
+    /// enrollment through the DPS service API (`[dps.service]`) before flashing it.
+    Individual,
+}
+
+impl Enrollment {
+    /// The configuration spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Enrollment::Group => "group",
+            Enrollment::Individual => "individual",
+        }
+    }
+}
+
+/// `[dps.service]`: the DPS service API (enrollments), authorized by a shared access policy.
+#[derive(Debug, Clone)]
+pub struct DpsServiceConfig {
+    /// The service endpoint, `https://{dps-name}.azure-devices-provisioning.net` (or a local
+    /// emulator's URL).
+    pub endpoint: String,
+    /// The shared access policy's name (`provisioningserviceowner` unless set).
+    pub policy: String,
+    /// The file holding the policy's key (resolved): base64, mode 0600 or stricter.
+    pub policy_key_file: PathBuf,
+    /// The service API version.
+    pub api_version: String,
+}
+
+/// The default `[dps.service] policy`: the policy every DPS instance is created with.
+pub const DEFAULT_SERVICE_POLICY: &str = "provisioningserviceowner";
+
+/// `[hub]`: a device-to-cloud test message to the hub DPS assigned.
+#[derive(Debug, Clone, Default)]
+pub struct HubConfig {
+    /// Send one message as the device after DPS assigns it.
+    pub test_message: bool,
+    /// Where to send it instead of the assigned hub's host (`https://127.0.0.1:PORT` or
+    /// `mqtts://127.0.0.1:PORT` for a local emulator); the scheme follows `[dps] transport`.
+    pub hub_url: Option<String>,
 }
 
 /// `[dps] attestation` and the keys that go with it.
@@ -143,13 +220,16 @@ pub enum Attestation {
     /// `x509`: each device holds its own key pair and a certificate the station issues with
     /// the CA the enrollment group trusts.
     X509(X509Config),
+    /// `symmetric-key` with `enrollment = "individual"`: each device holds a random key of its
+    /// own, registered in its individual enrollment; there is no group key.
+    IndividualKey,
 }
 
 impl Attestation {
     /// The configuration spelling (`symmetric-key`, `x509`).
     pub fn as_str(&self) -> &'static str {
         match self {
-            Attestation::SymmetricKey(_) => ATTESTATION_SYMMETRIC_KEY,
+            Attestation::SymmetricKey(_) | Attestation::IndividualKey => ATTESTATION_SYMMETRIC_KEY,
             Attestation::X509(_) => ATTESTATION_X509,
         }
     }
@@ -158,14 +238,14 @@ impl Attestation {
     pub fn symmetric_key(&self) -> Option<&SymmetricKeyConfig> {
         match self {
             Attestation::SymmetricKey(keys) => Some(keys),
-            Attestation::X509(_) => None,
+            Attestation::X509(_) | Attestation::IndividualKey => None,
         }
     }
 
     /// The signing CA and issuing policy, for X.509 attestation.
     pub fn x509(&self) -> Option<&X509Config> {
         match self {
-            Attestation::SymmetricKey(_) => None,
+            Attestation::SymmetricKey(_) | Attestation::IndividualKey => None,
             Attestation::X509(x509) => Some(x509),
         }
     }

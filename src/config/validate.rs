@@ -8,8 +8,8 @@ use toml::Spanned;
 
 use super::error::{ConfigError, Location};
 use super::raw::{
-    RawAudit, RawConfig, RawDps, RawEntryValue, RawFirmware, RawNvs, RawSecureCert, RawSerial,
-    RawStation,
+    RawAudit, RawConfig, RawDps, RawDpsService, RawEntryValue, RawFirmware, RawHub, RawNvs,
+    RawSecureCert, RawSerial, RawStation,
 };
 use super::types::*;
 use super::{
@@ -183,6 +183,7 @@ impl Ctx<'_> {
             }
         }
         let firmware = self.firmware(raw.firmware, &nvs, &dps)?;
+        let hub = self.hub(raw.hub, &dps)?;
         let audit = self.audit(raw.audit, &dps)?;
         let mut warnings = self.certificate_warnings(&nvs);
         // A shared server's files are not on the station: only a SQLite file's directory counts.
@@ -201,6 +202,7 @@ impl Ctx<'_> {
             nvs,
             serial,
             firmware,
+            hub,
             audit,
             warnings,
         };
@@ -283,7 +285,38 @@ impl Ctx<'_> {
         span: Range<usize>,
         secure_cert: Option<Spanned<RawSecureCert>>,
     ) -> Result<DpsConfig, ConfigError> {
-        let attestation = self.attestation(&raw, span, secure_cert)?;
+        let transport = match &raw.transport {
+            None => DpsTransport::default(),
+            Some(name) => match name.get_ref().as_str() {
+                "https" => DpsTransport::Https,
+                "mqtt" => DpsTransport::Mqtt,
+                other => {
+                    return Err(self.bad_value(
+                        name.span(),
+                        "[dps] transport",
+                        format!("`{other}` is not a DPS transport"),
+                        "Use \"https\" (the DPS device REST API) or \"mqtt\" (MQTT over TLS on port 8883), whichever the firmware uses.",
+                    ));
+                }
+            },
+        };
+        let enrollment = match &raw.enrollment {
+            None => Enrollment::default(),
+            Some(name) => match name.get_ref().as_str() {
+                "group" => Enrollment::Group,
+                "individual" => Enrollment::Individual,
+                other => {
+                    return Err(self.bad_value(
+                        name.span(),
+                        "[dps] enrollment",
+                        format!("`{other}` is not an enrollment kind"),
+                        "Use \"group\" (units belong to the enrollment group) or \"individual\" (the station creates an individual enrollment with a random key for each unit, through [dps.service]).",
+                    ));
+                }
+            },
+        };
+        let enrollment_span = raw.enrollment.as_ref().map_or(span.clone(), Spanned::span);
+        let attestation = self.attestation(&raw, span, secure_cert, enrollment)?;
         let id_scope = raw.id_scope.get_ref();
         if id_scope.is_empty()
             || id_scope.len() > 64
@@ -316,9 +349,12 @@ impl Ctx<'_> {
                 host.clone()
             }
         };
-        let verify_url = match &raw.verify_url {
-            None => format!("https://{endpoint}"),
-            Some(url) => {
+        let verify_url = match (&raw.verify_url, transport) {
+            (None, DpsTransport::Https) => format!("https://{endpoint}"),
+            (None, DpsTransport::Mqtt) => {
+                format!("mqtts://{endpoint}:{}", crate::mqtt::DEFAULT_PORT)
+            }
+            (Some(url), DpsTransport::Https) => {
                 let text = url.get_ref();
                 if !(text.starts_with("https://") || text.starts_with("http://"))
                     || text.len() > 2048
@@ -327,11 +363,27 @@ impl Ctx<'_> {
                     return Err(self.bad_value(
                         url.span(),
                         "[dps] verify_url",
-                        format!("{:?} is not an http(s) URL", shown(text)),
+                        format!(
+                            "{:?} is not an http(s) URL, and [dps] transport is \"https\"",
+                            shown(text)
+                        ),
                         "Write a URL such as \"http://127.0.0.1:8443\" (a local DPS emulator) or leave it out to use https://{endpoint}.",
                     ));
                 }
                 text.trim_end_matches('/').to_owned()
+            }
+            (Some(url), DpsTransport::Mqtt) => {
+                let text = url.get_ref();
+                crate::mqtt::Endpoint::parse(text)
+                    .map_err(|problem| {
+                        self.bad_value(
+                            url.span(),
+                            "[dps] verify_url",
+                            format!("{problem}, and [dps] transport is \"mqtt\""),
+                            "Write mqtts://HOST:PORT (a local emulator's MQTT URL, which `station sim dps` prints) or leave it out to use mqtts://{endpoint}:8883; DPS takes MQTT over TLS only.",
+                        )
+                    })?
+                    .url()
             }
         };
         let registration_id = RegistrationIdTemplate::parse(raw.registration_id.get_ref())
@@ -413,6 +465,15 @@ impl Ctx<'_> {
                 ));
             }
         }
+        let service = raw.service.map(|s| self.service(s)).transpose()?;
+        if enrollment == Enrollment::Individual && service.is_none() {
+            return Err(self.bad_value(
+                enrollment_span,
+                "[dps] enrollment",
+                "with enrollment = \"individual\" the station creates each unit's enrollment through the DPS service API, and there is no [dps.service] section",
+                "Add [dps.service] with endpoint = \"https://<your-dps>.azure-devices-provisioning.net\" and policy_key_file (a shared access policy with Enrollment write), or use enrollment = \"group\".",
+            ));
+        }
         Ok(DpsConfig {
             id_scope: id_scope.clone(),
             endpoint,
@@ -424,6 +485,104 @@ impl Ctx<'_> {
             ca_file: raw.ca_file.map(|f| self.resolve(f.get_ref())),
             verify_timeout: std::time::Duration::from_secs(verify_timeout),
             payload,
+            transport,
+            enrollment,
+            service,
+        })
+    }
+
+    /// `[dps.service]`: an http(s) endpoint without a path, a policy name, the key file.
+    fn service(&self, raw: Spanned<RawDpsService>) -> Result<DpsServiceConfig, ConfigError> {
+        let raw = raw.into_inner();
+        let text = raw.endpoint.get_ref().trim_end_matches('/');
+        let host = text
+            .strip_prefix("https://")
+            .or_else(|| text.strip_prefix("http://"));
+        if host.is_none_or(|h| h.is_empty() || h.contains('/') || h.contains(char::is_whitespace)) {
+            return Err(self.bad_value(
+                raw.endpoint.span(),
+                "[dps.service] endpoint",
+                format!("{text:?} is not the URL of a DPS service endpoint"),
+                "Write https://<your-dps>.azure-devices-provisioning.net (Azure portal: DPS > Overview > Service endpoint), without a path; a local emulator's http://127.0.0.1:PORT for tests.",
+            ));
+        }
+        let policy = match raw.policy {
+            None => DEFAULT_SERVICE_POLICY.to_owned(),
+            Some(name) => {
+                let text = name.get_ref();
+                if text.is_empty()
+                    || text.len() > 64
+                    || !text
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                {
+                    return Err(self.bad_value(
+                        name.span(),
+                        "[dps.service] policy",
+                        format!("{text:?} is not a shared access policy name"),
+                        "Give the policy's name as the portal lists it (DPS > Shared access policies), e.g. \"provisioningserviceowner\".",
+                    ));
+                }
+                text.clone()
+            }
+        };
+        Ok(DpsServiceConfig {
+            endpoint: text.to_owned(),
+            policy,
+            policy_key_file: self.resolve(raw.policy_key_file.get_ref()),
+            api_version: raw
+                .api_version
+                .map_or_else(|| DEFAULT_API_VERSION.to_owned(), Spanned::into_inner),
+        })
+    }
+
+    /// `[hub]`: a test message needs DPS's assignment, and its URL follows the transport.
+    fn hub(&self, raw: Option<Spanned<RawHub>>, dps: &DpsConfig) -> Result<HubConfig, ConfigError> {
+        let Some(raw) = raw else {
+            return Ok(HubConfig::default());
+        };
+        let span = raw.span();
+        let raw = raw.into_inner();
+        if raw.test_message && !dps.pre_verify {
+            return Err(self.bad_value(
+                span,
+                "[hub] test_message",
+                "the test message goes to the hub DPS assigns the unit, and [dps] pre_verify is false",
+                "Set [dps] pre_verify = true, or test_message = false.",
+            ));
+        }
+        let hub_url = match raw.hub_url {
+            None => None,
+            Some(url) => {
+                let text = url.get_ref().trim_end_matches('/');
+                let fits = match dps.transport {
+                    DpsTransport::Https => text
+                        .strip_prefix("https://")
+                        .or_else(|| text.strip_prefix("http://"))
+                        .is_some_and(|h| !h.is_empty() && !h.contains('/')),
+                    DpsTransport::Mqtt => crate::mqtt::Endpoint::parse(text).is_ok(),
+                };
+                if !fits {
+                    return Err(self.bad_value(
+                        url.span(),
+                        "[hub] hub_url",
+                        format!(
+                            "{text:?} is not a {} URL without a path, and [dps] transport is \"{}\"",
+                            match dps.transport {
+                                DpsTransport::Https => "http(s)://",
+                                DpsTransport::Mqtt => "mqtts://",
+                            },
+                            dps.transport.as_str()
+                        ),
+                        "Leave it out to send to the hub DPS assigns; for a local emulator give the hub URL `station sim dps` prints for the transport (https://127.0.0.1:PORT or mqtts://127.0.0.1:PORT).",
+                    ));
+                }
+                Some(text.to_owned())
+            }
+        };
+        Ok(HubConfig {
+            test_message: raw.test_message,
+            hub_url,
         })
     }
 
@@ -442,13 +601,18 @@ impl Ctx<'_> {
                 raw.syslog,
             ),
         };
-        // Beside the station's secret (the group key, or the CA key for X.509): the directory
-        // its secrets live in, and not the database's.
+        // Beside the station's secret (the group key, the CA key for X.509, the service policy
+        // key for individual enrollments): the directory its secrets live in, and not the
+        // database's.
         let secret = match &dps.attestation {
-            Attestation::SymmetricKey(keys) => &keys.group_key_file,
-            Attestation::X509(x509) => &x509.ca_key_file,
+            Attestation::SymmetricKey(keys) => Some(&keys.group_key_file),
+            Attestation::X509(x509) => Some(&x509.ca_key_file),
+            Attestation::IndividualKey => dps.service.as_ref().map(|s| &s.policy_key_file),
         };
-        let secrets = secret.parent().unwrap_or(Path::new("")).to_owned();
+        let secrets = secret
+            .and_then(|path| path.parent())
+            .unwrap_or(Path::new(""))
+            .to_owned();
         let checkpoint_every = match every {
             None => DEFAULT_CHECKPOINT_EVERY,
             Some(n) if (1..=MAX_CHECKPOINT_EVERY).contains(n.get_ref()) => n.into_inner(),
@@ -487,6 +651,7 @@ impl Ctx<'_> {
         raw: &RawDps,
         dps_span: Range<usize>,
         secure_cert: Option<Spanned<RawSecureCert>>,
+        enrollment: Enrollment,
     ) -> Result<Attestation, ConfigError> {
         let kind = raw
             .attestation
@@ -536,6 +701,21 @@ impl Ctx<'_> {
                         "Remove [secure_cert], or set [dps] attestation = \"x509\" with the CA files.",
                     ));
                 }
+                if enrollment == Enrollment::Individual {
+                    // Each unit gets a random key of its own: a group key would be unused, and
+                    // an unused secret on the station is one too many.
+                    for (key, value) in symmetric_keys {
+                        if let Some(value) = value {
+                            return Err(self.bad_value(
+                                value.span(),
+                                &format!("[dps] {key}"),
+                                "with enrollment = \"individual\" every unit gets a random key of its own, and no group key is used",
+                                format!("Remove {key}, or set [dps] enrollment = \"group\" if the units belong to the enrollment group."),
+                            ));
+                        }
+                    }
+                    return Ok(Attestation::IndividualKey);
+                }
                 let Some(group_key_file) = &raw.group_key_file else {
                     return Err(ConfigError::MissingKey {
                         at: self.at(attestation_span),
@@ -551,6 +731,14 @@ impl Ctx<'_> {
                 }))
             }
             ATTESTATION_X509 => {
+                if enrollment == Enrollment::Individual {
+                    return Err(self.bad_value(
+                        raw.enrollment.as_ref().map_or(attestation_span.clone(), Spanned::span),
+                        "[dps] enrollment",
+                        "individual enrollments are made for symmetric-key units only, and [dps] attestation is \"x509\"",
+                        "Use enrollment = \"group\" with attestation = \"x509\" (the group trusts the signing CA), or attestation = \"symmetric-key\" for individual enrollments.",
+                    ));
+                }
                 for (key, value) in symmetric_keys {
                     if let Some(value) = value {
                         return Err(wrong_kind(key, value.span(), ATTESTATION_SYMMETRIC_KEY));
@@ -648,10 +836,14 @@ impl Ctx<'_> {
     /// credentials (they would be stored twice).
     fn check_placeholder(&self, dps: &DpsConfig, field: Field) -> Result<(), String> {
         match &dps.attestation {
-            Attestation::SymmetricKey(_) if Field::X509.contains(&field) => Err(format!(
-                "{{{}}} holds X.509 credentials, and [dps] attestation is \"symmetric-key\"",
-                field.name()
-            )),
+            Attestation::SymmetricKey(_) | Attestation::IndividualKey
+                if Field::X509.contains(&field) =>
+            {
+                Err(format!(
+                    "{{{}}} holds X.509 credentials, and [dps] attestation is \"symmetric-key\"",
+                    field.name()
+                ))
+            }
             Attestation::X509(_) if Field::SYMMETRIC_KEY.contains(&field) => Err(format!(
                 "{{{}}} holds a key derived from a group key, and [dps] attestation is \"x509\"",
                 field.name()

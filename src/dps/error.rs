@@ -174,6 +174,58 @@ pub enum DpsError {
         /// What was wrong.
         problem: String,
     },
+    /// The DPS service API refused the shared access policy (HTTP 401 or 403).
+    #[error(
+        "the DPS service at {url} refused the shared access policy `{policy}` (HTTP {status}): {message}"
+    )]
+    #[diagnostic(
+        code(station::dps::service_unauthorized),
+        help(
+            "Check [dps.service]: policy must name a shared access policy of this DPS instance (DPS > Shared access policies) with Enrollment write, policy_key_file must hold that policy's Primary key, and endpoint must be the instance's service endpoint; check the station's clock too (tokens carry an expiry)."
+        )
+    )]
+    ServiceUnauthorized {
+        /// The service endpoint.
+        url: String,
+        /// The policy's name.
+        policy: String,
+        /// The HTTP status.
+        status: u16,
+        /// DPS's message.
+        message: String,
+    },
+    /// The DPS service API refused an enrollment request for another reason.
+    #[error("the DPS service refused the enrollment of {registration_id} with HTTP {status}{}: {message}", code_suffix(*error_code))]
+    #[diagnostic(
+        code(station::dps::service_rejected),
+        help(
+            "Look at the enrollment in the portal (DPS > Manage enrollments > Individual enrollments); HTTP 412 means it changed meanwhile: run the command again."
+        )
+    )]
+    ServiceRejected {
+        /// The registration ID.
+        registration_id: String,
+        /// The HTTP status.
+        status: u16,
+        /// DPS's error code.
+        error_code: Option<i64>,
+        /// DPS's message.
+        message: String,
+    },
+    /// The DPS service API could not be reached (or kept failing).
+    #[error("cannot reach the DPS service at {url}: {detail}")]
+    #[diagnostic(
+        code(station::dps::service_unreachable),
+        help(
+            "Check the station's network and [dps.service] endpoint, then run the command again: it is safe to repeat."
+        )
+    )]
+    ServiceUnreachable {
+        /// The service endpoint.
+        url: String,
+        /// What failed.
+        detail: String,
+    },
     /// The HTTP client cannot be set up (a bad `[dps] ca_file`).
     #[error("cannot set up the DPS client: {problem}")]
     #[diagnostic(
@@ -186,27 +238,6 @@ pub enum DpsError {
         /// What is wrong.
         problem: String,
     },
-}
-
-/// The TLS library's error in an error's chain. An `io::Error` wrapping one hides it from
-/// `source()` (which skips to the wrapped error's own source), and connectors nest `io::Error`s,
-/// so each link is also unwrapped.
-fn tls_failure<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
-    let mut link = Some(error);
-    while let Some(current) = link {
-        let mut inner: Option<&(dyn std::error::Error + 'static)> = Some(current);
-        while let Some(candidate) = inner {
-            if let Some(tls) = candidate.downcast_ref::<rustls::Error>() {
-                return Some(tls);
-            }
-            inner = candidate
-                .downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .map(|e| e as &(dyn std::error::Error + 'static));
-        }
-        link = current.source();
-    }
-    None
 }
 
 fn code_suffix(code: Option<i64>) -> String {
@@ -236,7 +267,7 @@ impl DpsError {
     /// failed (a rustls error anywhere in the chain), else [`DpsError::Unreachable`].
     pub(crate) fn no_answer(url: &str, error: &(dyn std::error::Error + 'static)) -> DpsError {
         let detail = crate::support::error_chain_text(error);
-        match tls_failure(error) {
+        match crate::support::tls_failure(error) {
             Some(tls) => DpsError::Tls {
                 url: url.to_owned(),
                 detail: tls.to_string(),
@@ -255,7 +286,8 @@ impl DpsError {
             | DpsError::CertificateRefused { error_code, .. }
             | DpsError::Disabled { error_code, .. }
             | DpsError::RegistrationFailed { error_code, .. }
-            | DpsError::Rejected { error_code, .. } => *error_code,
+            | DpsError::Rejected { error_code, .. }
+            | DpsError::ServiceRejected { error_code, .. } => *error_code,
             _ => None,
         }
     }

@@ -31,11 +31,14 @@ mod client;
 mod error;
 mod retry;
 pub mod sas;
+pub mod service;
 mod wire;
 
-pub use client::DpsClient;
+pub use client::{DpsClient, MQTT_RESPONSE_FILTER, MQTT_RESPONSE_PREFIX};
+pub(crate) use client::{expiry, http_client};
 pub use error::DpsError;
 pub use retry::RetryPolicy;
+pub(crate) use retry::jitter;
 pub use sas::SasToken;
 pub use wire::{OperationStatus, RegistrationState, ServiceError};
 
@@ -115,3 +118,5 @@ pub async fn pre_verify_x509(
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_mqtt;

@@ -53,7 +53,7 @@ impl RetryPolicy {
 }
 
 /// A number in [0, 1) that differs per call, for jitter (no cryptographic quality needed).
-pub(super) fn jitter() -> f64 {
+pub(crate) fn jitter() -> f64 {
     let bits = RandomState::new().hash_one(Instant::now());
     (bits >> 11) as f64 / (1u64 << 53) as f64
 }

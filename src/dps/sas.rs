@@ -52,9 +52,14 @@ pub fn string_to_sign(resource: &str, expiry: u64) -> String {
 /// `base64(HMAC-SHA256(key, message))`; `None` when `key_base64` is not base64.
 fn sign(key_base64: &str, message: &str) -> Option<String> {
     let key = Zeroizing::new(BASE64.decode(key_base64).ok()?);
-    let mut mac = hmac::Hmac::<Sha256>::new_from_slice(&key).ok()?;
+    Some(sign_bytes(&key, message))
+}
+
+/// `base64(HMAC-SHA256(key, message))`.
+fn sign_bytes(key: &[u8], message: &str) -> String {
+    let mut mac = hmac::Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
     mac.update(message.as_bytes());
-    Some(BASE64.encode(mac.finalize().into_bytes()))
+    BASE64.encode(mac.finalize().into_bytes())
 }
 
 /// A registration SAS token. It is a credential until it expires, so `Debug` redacts it.
@@ -99,6 +104,51 @@ impl SasToken {
             expiry,
             key_name: Some(KEY_NAME.to_owned()),
         }
+    }
+
+    /// A token for `resource` signed with a device key (base64), with key name `key_name`:
+    /// IoT Hub's device tokens (`{hub}/devices/{device_id}`, no key name,
+    /// <https://learn.microsoft.com/azure/iot-hub/authenticate-authorization-sas#security-token-structure>).
+    pub fn for_device(
+        resource: String,
+        device_key: &DeviceKey,
+        expiry: u64,
+        key_name: Option<&str>,
+    ) -> SasToken {
+        let signature =
+            sign(device_key.expose(), &string_to_sign(&resource, expiry)).unwrap_or_default();
+        SasToken {
+            resource,
+            signature,
+            expiry,
+            key_name: key_name.map(str::to_owned),
+        }
+    }
+
+    /// A service token for `resource` (the DPS host) signed with a shared access policy's key
+    /// (its bytes) and naming the policy, as the DPS service API takes it
+    /// (<https://learn.microsoft.com/azure/iot-dps/how-to-control-access#security-tokens>).
+    pub fn for_policy(resource: String, policy_key: &[u8], expiry: u64, policy: &str) -> SasToken {
+        let signature = sign_bytes(policy_key, &string_to_sign(&resource, expiry));
+        SasToken {
+            resource,
+            signature,
+            expiry,
+            key_name: Some(policy.to_owned()),
+        }
+    }
+
+    /// Whether the signature was made with the key `key` (its bytes; compared in constant
+    /// time).
+    pub fn verify_bytes(&self, key: &[u8]) -> bool {
+        let Ok(signature) = BASE64.decode(&self.signature) else {
+            return false;
+        };
+        let Ok(mut mac) = hmac::Hmac::<Sha256>::new_from_slice(key) else {
+            return false;
+        };
+        mac.update(string_to_sign(&self.resource, self.expiry).as_bytes());
+        mac.verify_slice(&signature).is_ok()
     }
 
     /// The `Authorization` header value.
@@ -155,14 +205,7 @@ impl SasToken {
         let Ok(key) = BASE64.decode(device_key_base64).map(Zeroizing::new) else {
             return false;
         };
-        let Ok(signature) = BASE64.decode(&self.signature) else {
-            return false;
-        };
-        let Ok(mut mac) = hmac::Hmac::<Sha256>::new_from_slice(&key) else {
-            return false;
-        };
-        mac.update(string_to_sign(&self.resource, self.expiry).as_bytes());
-        mac.verify_slice(&signature).is_ok()
+        self.verify_bytes(&key)
     }
 }
 

@@ -312,7 +312,10 @@ async fn payload_is_passed_through() {
 #[tokio::test]
 async fn reachable_reports_any_http_answer() {
     let sim = emulator(|_| {}).await;
-    assert_eq!(client(sim.url()).reachable().await.unwrap(), 404);
+    assert_eq!(
+        client(sim.url()).reachable().await.unwrap(),
+        "answers (HTTP 404)"
+    );
     let url = format!("http://127.0.0.1:{}", closed_port());
     assert!(client(&url).reachable().await.is_err());
 }

@@ -18,12 +18,14 @@
 use sha2::{Digest as _, Sha256};
 use zeroize::{Zeroize as _, Zeroizing};
 
-use super::UnitError;
+use super::{ProvisionError, UnitError};
 use crate::config::{Config, CredentialStorage, TemplateValues};
 use crate::device::Region;
+use crate::dps::service::{IndividualEnrollment, ServiceClient};
 use crate::identity::{Mac, RegistrationId};
 use crate::keys::{DeviceKey, GroupKeys, KeyId};
 use crate::nvs;
+use crate::record::EnrollmentKind;
 use crate::record::IssuedCertificate;
 use crate::station::{Attestor, Issuer};
 use crate::x509::DeviceCredentials;
@@ -35,6 +37,19 @@ pub enum DeviceCredential {
     SymmetricKey(DeviceKey),
     /// X.509: its key pair, certificate and CA chain.
     X509(Box<DeviceCredentials>),
+}
+
+/// A symmetric-key device's keys and the fingerprints records carry for them.
+#[derive(Debug)]
+pub struct DeviceKeys {
+    /// `{device_key}`.
+    pub primary: DeviceKey,
+    /// `{secondary_device_key}`, when there is one.
+    pub secondary: Option<DeviceKey>,
+    /// The primary group key's fingerprint, or (individual enrollment) the device key's own.
+    pub key_id: KeyId,
+    /// The secondary's fingerprint.
+    pub secondary_key_id: Option<KeyId>,
 }
 
 /// Everything the station writes to one device. `Debug` shows the images' sizes, never their
@@ -102,6 +117,33 @@ impl DeviceImage {
         let registration_id = config.dps.registration_id.render(&mac);
         let device_key = keys.primary.derive(&registration_id);
         let secondary_device_key = keys.secondary.as_ref().map(|k| k.derive(&registration_id));
+        DeviceImage::with_keys(
+            config,
+            mac,
+            registration_id,
+            DeviceKeys {
+                primary: device_key,
+                secondary: secondary_device_key,
+                key_id: keys.primary.id().clone(),
+                secondary_key_id: keys.secondary.as_ref().map(|k| k.id().clone()),
+            },
+        )
+    }
+
+    /// Symmetric key: builds the NVS image of a device holding `keys` (derived from the group
+    /// keys, or made for its individual enrollment).
+    pub fn with_keys(
+        config: &Config,
+        mac: Mac,
+        registration_id: RegistrationId,
+        keys: DeviceKeys,
+    ) -> Result<DeviceImage, nvs::NvsError> {
+        let DeviceKeys {
+            primary: device_key,
+            secondary: secondary_device_key,
+            key_id,
+            secondary_key_id,
+        } = keys;
         let mac_hex = mac.hex();
         let values = TemplateValues {
             id_scope: &config.dps.id_scope,
@@ -118,8 +160,8 @@ impl DeviceImage {
             mac,
             registration_id,
             credential: DeviceCredential::SymmetricKey(device_key),
-            key_id: keys.primary.id().clone(),
-            secondary_key_id: keys.secondary.as_ref().map(|k| k.id().clone()),
+            key_id,
+            secondary_key_id,
             bytes,
             secure_cert: None,
         })
@@ -212,6 +254,36 @@ impl DeviceImage {
     }
 }
 
+/// Creates (or re-keys) the unit's individual enrollment with its new keys, enabled. An
+/// enrollment DPS holds disabled is left alone: someone denied that device (`station unit
+/// revoke`, or the portal), and provisioning must not let it back in.
+async fn enroll(
+    service: &ServiceClient,
+    registration_id: &RegistrationId,
+    primary: &DeviceKey,
+    secondary: &DeviceKey,
+) -> Result<(), UnitError> {
+    let existing = service.enrollment(registration_id).await?;
+    if existing
+        .as_ref()
+        .is_some_and(IndividualEnrollment::is_disabled)
+    {
+        return Err(ProvisionError::EnrollmentDisabled {
+            registration_id: registration_id.to_string(),
+        }
+        .into());
+    }
+    let enrollment = IndividualEnrollment::symmetric(registration_id, primary, secondary);
+    let etag = existing.as_ref().and_then(|e| e.etag.as_deref());
+    let created = service.put(&enrollment, etag).await?;
+    tracing::info!(
+        etag = created.etag.as_deref(),
+        replaced = existing.is_some(),
+        "individual enrollment written"
+    );
+    Ok(())
+}
+
 /// What the records keep of a certificate `issuer` issued.
 pub(super) fn issued(credentials: &DeviceCredentials, issuer: &Issuer) -> IssuedCertificate {
     IssuedCertificate {
@@ -251,6 +323,41 @@ impl<D: crate::device::Device> super::Run<'_, D> {
                 self.reached(Stage::Build, Some(mac)).await?;
                 let t = std::time::Instant::now();
                 let image = DeviceImage::build(config, keys, mac)
+                    .map_err(super::fail(Stage::Build, false))?;
+                self.timings.build = self.finished(Stage::Build.as_str(), t);
+                image
+            }
+            Attestor::Individual(service) => {
+                self.reached(Stage::Derive, Some(mac)).await?;
+                let t = std::time::Instant::now();
+                let registration_id = config.dps.registration_id.render(&mac);
+                let random = |_| ProvisionError::NoRandomness;
+                let primary = DeviceKey::generate()
+                    .map_err(random)
+                    .map_err(super::fail(Stage::Derive, false))?;
+                let secondary = DeviceKey::generate()
+                    .map_err(random)
+                    .map_err(super::fail(Stage::Derive, false))?;
+                self.timings.derive = self.finished(Stage::Derive.as_str(), t);
+
+                self.reached(Stage::Enroll, None).await?;
+                let t = std::time::Instant::now();
+                enroll(service, &registration_id, &primary, &secondary)
+                    .await
+                    .map_err(super::fail(Stage::Enroll, false))?;
+                self.timings.enroll = self.finished(Stage::Enroll.as_str(), t);
+                self.facts.enrollment = EnrollmentKind::Individual;
+                let keys = DeviceKeys {
+                    key_id: primary.id(),
+                    secondary_key_id: Some(secondary.id()),
+                    primary,
+                    secondary: Some(secondary),
+                };
+                self.facts.key_ids = Some((keys.key_id.clone(), keys.secondary_key_id.clone()));
+
+                self.reached(Stage::Build, None).await?;
+                let t = std::time::Instant::now();
+                let image = DeviceImage::with_keys(config, mac, registration_id, keys)
                     .map_err(super::fail(Stage::Build, false))?;
                 self.timings.build = self.finished(Stage::Build.as_str(), t);
                 image

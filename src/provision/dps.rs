@@ -25,7 +25,7 @@ use crate::dps::{
 };
 use crate::identity::{Mac, RegistrationId};
 use crate::keys::GroupKey;
-use crate::record::{Attestation, DpsStatus, ErrorCode, Stage, Unit};
+use crate::record::{Attestation, DpsStatus, EnrollmentKind, ErrorCode, Stage, Unit};
 use crate::station::Station;
 
 impl<D: Device> Run<'_, D> {
@@ -107,6 +107,16 @@ pub async fn verify_registration(
     let x509_unit = unit
         .as_ref()
         .is_some_and(|u| u.attestation == Attestation::X509);
+    let individual = unit
+        .as_ref()
+        .is_some_and(|u| u.enrollment == EnrollmentKind::Individual)
+        || matches!(station.attestor, crate::station::Attestor::Individual(_)) && !x509_unit;
+    if individual {
+        return Err(ProvisionError::KeyNotKept {
+            registration_id: registration_id.to_string(),
+        }
+        .into());
+    }
     let key = match station.attestor.group_keys() {
         Some(keys) if !x509_unit => unit
             .as_ref()
@@ -152,6 +162,11 @@ pub async fn retry_pending(station: &Station, operator: &str) -> Result<PendingS
     for unit in &units {
         if unit.attestation == Attestation::X509 {
             tracing::warn!(mac = %unit.mac, "pending X.509 unit: only the device holds its key; skipped");
+            summary.skipped += 1;
+            continue;
+        }
+        if unit.enrollment == EnrollmentKind::Individual {
+            tracing::warn!(mac = %unit.mac, "pending unit with an individual enrollment: only the device holds its key; skipped");
             summary.skipped += 1;
             continue;
         }

@@ -3,6 +3,7 @@
 
 use crate::device::DeviceError;
 use crate::dps::DpsError;
+use crate::hub::HubError;
 use crate::identity::{IdentityError, Mac};
 use crate::nvs::NvsError;
 use crate::secure_cert::SecureCertError;
@@ -58,6 +59,59 @@ pub enum ProvisionError {
         )
     )]
     X509NotVerifiable {
+        /// The unit.
+        registration_id: String,
+    },
+    /// The unit was revoked (`station unit revoke`) and must not be provisioned again.
+    #[error("{mac} was revoked at {at} ({reason}); nothing was written")]
+    #[diagnostic(
+        code(station::provision::revoked),
+        help(
+            "A revoked unit is shut out of DPS and kept off the line. If it really is to be used again, run `station unit restore {mac}` (audited), then provision it."
+        )
+    )]
+    Revoked {
+        /// The device.
+        mac: Mac,
+        /// When it was revoked.
+        at: String,
+        /// Why.
+        reason: String,
+    },
+    /// DPS holds a disabled individual enrollment for the unit.
+    #[error(
+        "DPS holds a disabled individual enrollment for {registration_id}; the station does not re-enable it"
+    )]
+    #[diagnostic(
+        code(station::provision::enrollment_disabled),
+        help(
+            "Someone denied this device in DPS (a revocation, or the portal). Find out why before it goes back on the line; `station unit restore MAC` re-enables a unit the station revoked."
+        )
+    )]
+    EnrollmentDisabled {
+        /// The unit.
+        registration_id: String,
+    },
+    /// The operating system's random generator failed.
+    #[error("the operating system's random number generator failed; no key was made")]
+    #[diagnostic(
+        code(station::provision::no_randomness),
+        help(
+            "The station cannot make an individual enrollment's key without the kernel's random generator (getrandom). Check the system's health and restart the station."
+        )
+    )]
+    NoRandomness,
+    /// `dps verify` was asked for a unit whose individual enrollment key only the device holds.
+    #[error(
+        "{registration_id} has an individual enrollment whose key only the device (and DPS) holds; the station cannot register it after provisioning"
+    )]
+    #[diagnostic(
+        code(station::provision::key_not_kept),
+        help(
+            "The station keeps only the key's fingerprint. To check the unit again, provision it again (it gets a new key and is pre-verified), or let the device register itself."
+        )
+    )]
+    KeyNotKept {
         /// The unit.
         registration_id: String,
     },
@@ -118,6 +172,10 @@ pub enum UnitError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Provision(#[from] ProvisionError),
+    /// The unit's hub refused its test message, or could not be reached.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Hub(#[from] HubError),
     /// The device reported a MAC no device can have.
     #[error(transparent)]
     #[diagnostic(transparent)]
@@ -128,6 +186,9 @@ impl ProvisionError {
     /// True for a request the station cannot carry out as asked (exit code 2), rather than a
     /// unit that failed.
     pub fn is_usage_error(&self) -> bool {
-        matches!(self, ProvisionError::X509NotVerifiable { .. })
+        matches!(
+            self,
+            ProvisionError::X509NotVerifiable { .. } | ProvisionError::KeyNotKept { .. }
+        )
     }
 }

@@ -1,8 +1,8 @@
 //! Stages `connect` and `identify`: reach the ROM loader, read the chip's identity, and refuse
 //! before anything is written a chip of the wrong model, a flash too small for the regions, a
-//! unit provisioned in another batch (unless re-provisioning was asked for), or a unit new to a
-//! batch that has no slot left for it (units provisioned and in flight on every station cover
-//! its target).
+//! revoked unit, a unit provisioned in another batch (unless re-provisioning was asked for), or
+//! a unit new to a batch that has no slot left for it (units provisioned and in flight on every
+//! station cover its target).
 
 use std::time::Instant;
 
@@ -84,6 +84,15 @@ impl<D: Device> Run<'_, D> {
             .unit_sighting(&mac)
             .await
             .map_err(fail(Stage::Identify, false))?;
+        if let Some(unit) = sighting.unit.as_ref()
+            && let Some(at) = &unit.revoked_at
+        {
+            return Err(fail(Stage::Identify, false)(ProvisionError::Revoked {
+                mac,
+                at: at.clone(),
+                reason: unit.revoked_reason.clone().unwrap_or_default(),
+            }));
+        }
         self.facts.seen_provisioning = sighting.last_provisioning;
         let batch_id = self.request.batch.id;
         let provisioned = sighting.unit.filter(|u| u.state == UnitState::Provisioned);

@@ -1,6 +1,8 @@
 //! One unit through the pipeline of DESIGN.md section 1, over a [`Device`]: connect, identify,
-//! derive (X.509: issue the unit's certificate), build, flash, verify, DPS pre-verification
-//! (when `[dps] pre_verify`), record, reset.
+//! derive (X.509: issue the unit's certificate; individual enrollment: make its key), enroll
+//! (individual enrollment), build, flash, verify, DPS pre-verification (when `[dps]
+//! pre_verify`), the test message to the assigned hub (when `[hub] test_message`), record,
+//! reset.
 //!
 //! Each stage lives in the file of its name:
 //!
@@ -10,6 +12,8 @@
 //! | derive, build ([`DeviceImage`]) | `build.rs` |
 //! | flash, verify | `flash.rs` |
 //! | dps (and the later retries: [`verify_registration`], [`retry_pending`]) | `dps.rs` |
+//! | hub: the test message to the assigned hub | `hub.rs` |
+//! | revocation and restoration of a recorded unit ([`revoke`], [`restore`]) | `revoke.rs` |
 //! | record, reset, the [`UnitReport`] | `record.rs` |
 //!
 //! [`provision`] opens the attempt's row before anything touches the device, runs the stages,
@@ -23,23 +27,26 @@ mod build;
 mod dps;
 mod error;
 mod flash;
+mod hub;
 mod identify;
 mod record;
 mod report;
+mod revoke;
 
 use std::time::Instant;
 
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{field, instrument};
 
-pub use build::{DeviceCredential, DeviceImage, SecureCertImage};
+pub use build::{DeviceCredential, DeviceImage, DeviceKeys, SecureCertImage};
 pub use dps::{PendingSummary, VerifyReport, retry_pending, verify_registration};
 pub use error::{ProvisionError, UnitError};
 pub use report::{Event, Outcome, Timings, UnitReport};
+pub use revoke::{DpsAction, RevocationReport, restore, revoke};
 
 use crate::device::{Device, DeviceIdentity};
 use crate::identity::{Mac, RegistrationId};
-use crate::record::{Batch, Stage, UnitDps};
+use crate::record::{Batch, EnrollmentKind, Stage, UnitDps, UnitHub};
 use crate::station::Station;
 use crate::store::{AttemptStart, StoreError};
 
@@ -151,6 +158,13 @@ struct Facts {
     /// When the unit, found already provisioned in this batch, was provisioned.
     skipped: Option<String>,
     dps: Option<UnitDps>,
+    /// Individual enrollment: the unit's own key fingerprints (primary, secondary), recorded
+    /// instead of the station's.
+    key_ids: Option<(crate::keys::KeyId, Option<crate::keys::KeyId>)>,
+    /// Group or individual enrollment.
+    enrollment: EnrollmentKind,
+    /// The test message to the hub, when sent.
+    hub: Option<UnitHub>,
     /// The attempt that last recorded the unit provisioned, when identify read it.
     seen_provisioning: Option<i64>,
 }
@@ -177,7 +191,8 @@ impl<D: Device> Run<'_, D> {
         };
         let image = self.build(mac).await?;
         self.flash(&image).await?;
-        self.pre_verify(&image).await
+        self.pre_verify(&image).await?;
+        self.hub_test(&image).await
     }
 
     /// Sends an event, if anyone listens.

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use super::{Event, Failed, Outcome, Run, UnitReport};
 use crate::device::Device;
-use crate::record::{DpsStatus, ErrorCode, Stage};
+use crate::record::{DpsStatus, ErrorCode, HubStatus, Stage};
 use crate::store::{AttemptRecord, Failure, Recorded, StoreError, UnitFacts};
 
 impl<D: Device> Run<'_, D> {
@@ -35,11 +35,21 @@ impl<D: Device> Run<'_, D> {
                 revision: identity.revision.clone(),
                 flash_size: i64::from(identity.flash_size),
                 attestation: station.attestor.kind(),
-                key_id: station.attestor.key_id(),
-                secondary_key_id: station.attestor.secondary_key_id(),
+                key_id: self
+                    .facts
+                    .key_ids
+                    .as_ref()
+                    .map_or_else(|| station.attestor.key_id(), |(id, _)| id.clone()),
+                secondary_key_id: self
+                    .facts
+                    .key_ids
+                    .as_ref()
+                    .map_or_else(|| station.attestor.secondary_key_id(), |(_, id)| id.clone()),
                 image_sha256: self.facts.image_sha256.clone(),
                 certificate: self.facts.certificate.clone(),
                 dps: self.facts.dps.clone(),
+                enrollment: self.facts.enrollment,
+                hub: self.facts.hub.clone(),
                 seen_provisioning: self.facts.seen_provisioning,
             });
         let record = AttemptRecord {
@@ -151,7 +161,12 @@ impl<D: Device> Run<'_, D> {
             timings: self.timings.clone(),
             chip: identified.map(|(identity, _)| identity.chip.clone()),
             image_sha256: self.facts.image_sha256.clone(),
-            key_id: Some(self.station.attestor.key_id()),
+            key_id: Some(
+                self.facts
+                    .key_ids
+                    .as_ref()
+                    .map_or_else(|| self.station.attestor.key_id(), |(id, _)| id.clone()),
+            ),
             certificate: self.facts.certificate.clone(),
             reprovision: self.facts.reprovision,
             attempt_id,
@@ -160,6 +175,13 @@ impl<D: Device> Run<'_, D> {
             device_id: dps.and_then(|d| d.device_id.clone()),
             dps_substatus: dps.and_then(|d| d.substatus.clone()),
             dps_error: dps.and_then(|d| d.error.clone()),
+            enrollment: self.facts.enrollment,
+            hub_status: self
+                .facts
+                .hub
+                .as_ref()
+                .map_or(HubStatus::NotRequested, |h| h.status),
+            hub_error: self.facts.hub.as_ref().and_then(|h| h.error.clone()),
             warning: None,
         }
     }

@@ -4,7 +4,7 @@
 use crate::device::FlashProgress;
 use crate::identity::{Mac, RegistrationId};
 use crate::keys::KeyId;
-use crate::record::{DpsStatus, IssuedCertificate, Stage};
+use crate::record::{DpsStatus, EnrollmentKind, HubStatus, IssuedCertificate, Stage};
 
 /// Seconds spent in each stage of one attempt, and what the flash stage had to do again.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
@@ -17,6 +17,10 @@ pub struct Timings {
     /// microseconds and is counted in `build`); left out when zero.
     #[serde(skip_serializing_if = "is_zero")]
     pub derive: f64,
+    /// Individual enrollment: creating the unit's enrollment through the DPS service API; left
+    /// out when zero.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub enroll: f64,
     /// Registration ID, key derivation and the images.
     pub build: f64,
     /// Writing every region.
@@ -25,6 +29,9 @@ pub struct Timings {
     pub verify: f64,
     /// DPS pre-verification.
     pub dps: f64,
+    /// The test message to the assigned hub; left out when zero.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub hub: f64,
     /// The database transaction.
     pub record: f64,
     /// The final reset.
@@ -83,6 +90,12 @@ pub struct UnitReport {
     pub dps_substatus: Option<String>,
     /// Why DPS did not assign the unit (`code: message`).
     pub dps_error: Option<String>,
+    /// `group` or `individual`.
+    pub enrollment: EnrollmentKind,
+    /// The test message to the hub: `not-requested`, `accepted` or `failed`.
+    pub hub_status: HubStatus,
+    /// Why the hub refused it (`code: message`).
+    pub hub_error: Option<String>,
     /// A problem after the unit was recorded (a failed final reset).
     pub warning: Option<String>,
 }

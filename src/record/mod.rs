@@ -23,7 +23,7 @@ use crate::keys::KeyId;
 
 pub use row::{
     Attempt, AuditEntry, Batch, BatchStatus, CertificateRow, FailureCount, IssuedCertificate,
-    ManifestRow, StationCount, Unit, UnitDps,
+    ManifestRow, StationCount, Unit, UnitDps, UnitHub, UnitRevocation,
 };
 
 /// A stored value that is not one the station writes (a hand-edited row, a newer station's).
@@ -99,8 +99,11 @@ named_enum! {
         Connect = "connect",
         /// Read MAC, chip, revision and flash size; check the chip.
         Identify = "identify",
-        /// Form the registration ID and derive the device key.
+        /// Form the registration ID and derive the device key (X.509: issue the certificate;
+        /// individual enrollment: make a random key).
         Derive = "derive",
+        /// Individual enrollment: create the unit's enrollment through the DPS service API.
+        Enroll = "enroll",
         /// Build the NVS image.
         Build = "build",
         /// Write firmware and NVS images.
@@ -109,6 +112,8 @@ named_enum! {
         Verify = "verify",
         /// Pre-verify against DPS.
         Dps = "dps",
+        /// Send a test message to the assigned IoT hub as the device.
+        Hub = "hub",
         /// Record the unit, attempt and audit entry.
         Record = "record",
     }
@@ -120,7 +125,7 @@ impl Stage {
     pub fn may_have_written(self) -> bool {
         matches!(
             self,
-            Stage::Flash | Stage::Verify | Stage::Dps | Stage::Record
+            Stage::Flash | Stage::Verify | Stage::Dps | Stage::Hub | Stage::Record
         )
     }
 }
@@ -171,6 +176,38 @@ named_enum! {
         SymmetricKey = "symmetric-key",
         /// A key pair and a certificate issued by the station's signing CA.
         X509 = "x509",
+    }
+}
+
+named_enum! {
+    /// How DPS knows a unit (`[dps] enrollment` when it was written), as stored in
+    /// `units.enrollment`.
+    pub enum EnrollmentKind ("enrollment kind") {
+        /// Through the enrollment group.
+        Group = "group",
+        /// Through an individual enrollment the station created, with a random key.
+        Individual = "individual",
+    }
+}
+
+named_enum! {
+    /// The outcome of a unit's test message to its hub (`[hub] test_message`), as stored in
+    /// `units.hub_status`.
+    pub enum HubStatus ("hub status") {
+        /// No test message was asked for (or DPS did not assign the unit).
+        NotRequested = "not-requested",
+        /// The hub accepted the message.
+        Accepted = "accepted",
+        /// The hub refused the message, or could not be reached.
+        Failed = "failed",
+    }
+}
+
+// `named_enum!` derives no `Default`, so the default is written out.
+#[allow(clippy::derivable_impls)]
+impl Default for EnrollmentKind {
+    fn default() -> Self {
+        EnrollmentKind::Group
     }
 }
 
@@ -290,6 +327,8 @@ text_column!(
     AttemptOutcome,
     DpsStatus,
     Attestation,
+    EnrollmentKind,
+    HubStatus,
 );
 
 #[cfg(test)]
@@ -320,7 +359,7 @@ mod tests {
             .filter(|s| s.may_have_written())
             .map(|s| s.as_str())
             .collect();
-        assert_eq!(wrote, ["flash", "verify", "dps", "record"]);
+        assert_eq!(wrote, ["flash", "verify", "dps", "hub", "record"]);
     }
 
     #[test]

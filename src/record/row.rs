@@ -4,7 +4,9 @@
 use crate::identity::{Mac, RegistrationId};
 use crate::keys::KeyId;
 
-use super::{AttemptOutcome, Attestation, DpsStatus, ErrorCode, Stage, UnitState};
+use super::{
+    AttemptOutcome, Attestation, DpsStatus, EnrollmentKind, ErrorCode, HubStatus, Stage, UnitState,
+};
 
 /// A work order.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
@@ -137,6 +139,34 @@ pub struct Unit {
     pub cert_thumbprint: Option<String>,
     /// X.509: when that certificate expires (RFC 3339, UTC).
     pub cert_not_after: Option<String>,
+    /// Group or individual enrollment.
+    pub enrollment: EnrollmentKind,
+    /// The outcome of its last test message to its hub.
+    pub hub_status: HubStatus,
+    /// Why the hub refused it (`code: message`).
+    pub hub_error: Option<String>,
+    /// When it was revoked (`station unit revoke`), while it is.
+    pub revoked_at: Option<String>,
+    /// Why.
+    pub revoked_reason: Option<String>,
+}
+
+/// A unit's test message to its hub, as recorded on its row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitHub {
+    /// Accepted or failed.
+    pub status: HubStatus,
+    /// `code: message` of the hub's refusal.
+    pub error: Option<String>,
+}
+
+/// A unit's revocation, as recorded on its row (`station unit revoke` / `restore`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct UnitRevocation {
+    /// When it was revoked; `None` when restored.
+    pub revoked_at: Option<String>,
+    /// Why.
+    pub reason: Option<String>,
 }
 
 /// A device certificate the station issued for an attempt: what the records keep of it (never
@@ -318,4 +348,10 @@ pub struct ManifestRow {
     pub cert_thumbprint: Option<String>,
     /// X.509: when its certificate expires (RFC 3339, UTC).
     pub cert_not_after: Option<String>,
+    /// `group` or `individual` (issue 18).
+    pub enrollment: EnrollmentKind,
+    /// The test message to its hub: `not-requested`, `accepted` or `failed` (issue 18).
+    pub hub_test: HubStatus,
+    /// When it was revoked, while it is (issue 18).
+    pub revoked_at: Option<String>,
 }

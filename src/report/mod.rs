@@ -14,7 +14,7 @@ use sha2::{Digest as _, Sha256};
 use crate::record::{AuditEntry, ManifestRow};
 
 /// The manifest's columns, in order: the CSV header and the JSON keys.
-pub const MANIFEST_COLUMNS: [&str; 20] = [
+pub const MANIFEST_COLUMNS: [&str; 23] = [
     "batch",
     "mac",
     "registration_id",
@@ -35,6 +35,9 @@ pub const MANIFEST_COLUMNS: [&str; 20] = [
     "cert_serial",
     "cert_thumbprint",
     "cert_not_after",
+    "enrollment",
+    "hub_test",
+    "revoked_at",
 ];
 
 /// The audit export's columns, in order.

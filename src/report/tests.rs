@@ -22,6 +22,9 @@ fn row(mac: &str) -> ManifestRow {
         cert_serial: None,
         cert_thumbprint: None,
         cert_not_after: None,
+        enrollment: crate::record::EnrollmentKind::Group,
+        hub_test: crate::record::HubStatus::NotRequested,
+        revoked_at: None,
     }
 }
 

@@ -37,6 +37,7 @@ mod chip;
 pub mod dps;
 mod flash;
 mod loader;
+mod mqtt;
 mod port;
 mod rom;
 mod stub;

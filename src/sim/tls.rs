@@ -154,9 +154,10 @@ impl ServerIdentity {
         dir.join(CA_FILE)
     }
 
-    /// A rustls server configuration with this identity (HTTP/1.1), asking every client for
-    /// a certificate and accepting any whose handshake signature holds.
-    pub fn server_config(&self) -> Result<rustls::ServerConfig, SimError> {
+    /// A rustls server configuration with this identity and the ALPN protocols `alpn`
+    /// (`http/1.1` for HTTPS, none for MQTT), asking every client for a certificate and
+    /// accepting any whose handshake signature holds.
+    pub fn server_config(&self, alpn: &[&[u8]]) -> Result<rustls::ServerConfig, SimError> {
         let provider = crate::tls::provider();
         let verifier = Arc::new(AnyClientCertificate {
             provider: Arc::clone(&provider),
@@ -171,7 +172,7 @@ impl ServerIdentity {
             .map_err(|e| SimError::Tls {
                 problem: format!("the emulator's TLS configuration: {e}"),
             })?;
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(config)
     }
 }

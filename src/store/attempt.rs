@@ -8,8 +8,8 @@ use serde_json::json;
 use crate::identity::{Mac, RegistrationId};
 use crate::keys::KeyId;
 use crate::record::{
-    Attempt, AttemptOutcome, Attestation, Batch, ErrorCode, IssuedCertificate, Stage, Unit,
-    UnitDps, UnitState,
+    Attempt, AttemptOutcome, Attestation, Batch, EnrollmentKind, ErrorCode, IssuedCertificate,
+    Stage, Unit, UnitDps, UnitHub, UnitState,
 };
 
 use super::audit::NewEntry;
@@ -55,6 +55,10 @@ pub struct UnitFacts {
     pub certificate: Option<IssuedCertificate>,
     /// The DPS pre-verification outcome, when it ran.
     pub dps: Option<UnitDps>,
+    /// Group or individual enrollment.
+    pub enrollment: EnrollmentKind,
+    /// The test message to the hub, when it was sent.
+    pub hub: Option<UnitHub>,
     /// The attempt that had last recorded this MAC provisioned when the pipeline identified
     /// the device ([`super::Store::unit_sighting`]); `None` if none had. If another attempt
     /// records the MAC provisioned meanwhile (the same MAC on another station, or on another
@@ -281,10 +285,16 @@ impl AttemptRecord {
             Some(certificate) => with_certificate(details, certificate),
             None => details,
         };
-        let details = match unit.and_then(|u| u.dps.as_ref()) {
+        let mut details = match unit.and_then(|u| u.dps.as_ref()) {
             Some(dps) => with_dps(details, dps),
             None => details,
         };
+        if let Some(unit) = unit.filter(|u| u.enrollment == EnrollmentKind::Individual) {
+            details["enrollment"] = json!(unit.enrollment);
+        }
+        if let Some(hub) = unit.and_then(|u| u.hub.as_ref()) {
+            details["hub"] = json!({ "status": hub.status, "error": hub.error });
+        }
         NewEntry::at(
             &self.finished_at,
             &self.station_id,
@@ -354,6 +364,36 @@ pub(crate) fn dps_verified_entry(
         station_id,
         operator,
         "unit.dps_verified",
+        &unit.mac.to_string(),
+        details,
+    )
+}
+
+/// The audit entry of a revocation (`unit.revoked`) or restoration (`unit.restored`), whose
+/// `details` say what was done in DPS.
+pub(crate) fn revocation_entry(
+    unit: &Unit,
+    revoked: bool,
+    details: serde_json::Value,
+    at: &str,
+    station_id: &str,
+    operator: &str,
+) -> NewEntry {
+    let mut details = match details {
+        serde_json::Value::Object(map) => serde_json::Value::Object(map),
+        other => json!({ "dps": other }),
+    };
+    details["registration_id"] = json!(unit.registration_id);
+    details["batch_id"] = json!(unit.batch_id);
+    NewEntry::at(
+        at,
+        station_id,
+        operator,
+        if revoked {
+            "unit.revoked"
+        } else {
+            "unit.restored"
+        },
         &unit.mac.to_string(),
         details,
     )

@@ -98,6 +98,12 @@ pub(super) struct UnitWrite<'a> {
     pub(super) provisioned_at: Option<&'a str>,
     /// The time of the change.
     pub(super) at: &'a str,
+    /// Group or individual enrollment.
+    pub(super) enrollment: crate::record::EnrollmentKind,
+    /// The test message's outcome.
+    pub(super) hub_status: crate::record::HubStatus,
+    /// The hub's error, when it refused.
+    pub(super) hub_error: Option<&'a str>,
 }
 
 /// A certificate an attempt issued, as its unit's history keeps it.
@@ -265,6 +271,13 @@ pub(super) trait Tx: Send {
     /// Inserts or updates a unit's row (a re-flash keeps its DPS outcome only if its
     /// registration ID and group key are unchanged) and returns it.
     async fn write_unit(&mut self, unit: &UnitWrite<'_>) -> Result<Unit, StoreError>;
+    /// Sets or clears the revocation of the unit with this MAC; the updated unit, if it exists.
+    async fn set_revocation(
+        &mut self,
+        mac: Mac,
+        revocation: &crate::record::UnitRevocation,
+        at: &str,
+    ) -> Result<Option<Unit>, StoreError>;
     /// Marks the unit with this MAC failed at `stage`; its row id, if it has one.
     async fn mark_unit_failed(
         &mut self,

@@ -248,6 +248,18 @@ pub enum StoreError {
         /// When.
         closed_at: String,
     },
+    /// No unit with that MAC is recorded.
+    #[error("no unit with MAC {mac} is recorded")]
+    #[diagnostic(
+        code(station::store::no_such_unit),
+        help(
+            "Check the MAC (the manifest lists every provisioned unit); a unit is recorded once the station has read its MAC."
+        )
+    )]
+    NoSuchUnit {
+        /// The MAC.
+        mac: Mac,
+    },
     /// An export could not be written where it was going.
     #[error(transparent)]
     #[diagnostic(transparent)]
@@ -270,6 +282,7 @@ impl StoreError {
                 | StoreError::NoSuchBatch { .. }
                 | StoreError::NoOpenBatch { .. }
                 | StoreError::BatchClosed { .. }
+                | StoreError::NoSuchUnit { .. }
                 | StoreError::PasswordFile { .. }
                 | StoreError::NoSuchStation { .. }
         ) || matches!(self, StoreError::Checkpoint(e) if e.is_usage_error())
@@ -660,6 +673,22 @@ impl Store {
     ) -> Result<Unit, StoreError> {
         let unit =
             on_backend!(self, db => ops::record_dps(db, unit_id, dps, station_id, operator).await)?;
+        self.checkpoint_if_due().await;
+        Ok(unit)
+    }
+
+    /// Records that the unit with this MAC is revoked (`revocation.revoked_at` set) or restored
+    /// (cleared), with a `unit.revoked` or `unit.restored` audit entry whose `details` say what
+    /// was done in DPS, in one transaction; returns the updated unit.
+    pub async fn record_revocation(
+        &self,
+        mac: &Mac,
+        revocation: &crate::record::UnitRevocation,
+        details: serde_json::Value,
+        station_id: &str,
+        operator: &str,
+    ) -> Result<Unit, StoreError> {
+        let unit = on_backend!(self, db => ops::record_revocation(db, mac, revocation, details, station_id, operator).await)?;
         self.checkpoint_if_due().await;
         Ok(unit)
     }

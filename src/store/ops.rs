@@ -397,6 +397,12 @@ pub(super) async fn record_attempt<B: Backend>(
                         failed_stage,
                         provisioned_at: provisioned_at.as_deref(),
                         at: &record.finished_at,
+                        enrollment: facts.enrollment,
+                        hub_status: facts
+                            .hub
+                            .as_ref()
+                            .map_or(crate::record::HubStatus::NotRequested, |h| h.status),
+                        hub_error: facts.hub.as_ref().and_then(|h| h.error.as_deref()),
                     })
                     .await?;
                 match &facts.dps {
@@ -534,6 +540,35 @@ pub(super) async fn record_dps<B: Backend>(
     let unit = tx.set_dps(unit_id, dps, &at).await?;
     tx.append_audit(&dps_verified_entry(&unit, dps, &at, station_id, operator))
         .await?;
+    tx.commit().await?;
+    Ok(unit)
+}
+
+pub(super) async fn record_revocation<B: Backend>(
+    db: &B,
+    mac: &crate::identity::Mac,
+    revocation: &crate::record::UnitRevocation,
+    details: serde_json::Value,
+    station_id: &str,
+    operator: &str,
+) -> Result<Unit, StoreError> {
+    let mut tx = db.write().await?;
+    tx.lock_unit(*mac).await?;
+    tx.lock_chain(station_id).await?;
+    let at = now();
+    let unit = tx
+        .set_revocation(*mac, revocation, &at)
+        .await?
+        .ok_or(StoreError::NoSuchUnit { mac: *mac })?;
+    tx.append_audit(&super::attempt::revocation_entry(
+        &unit,
+        revocation.revoked_at.is_some(),
+        details,
+        &at,
+        station_id,
+        operator,
+    ))
+    .await?;
     tx.commit().await?;
     Ok(unit)
 }

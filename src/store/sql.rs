@@ -224,8 +224,28 @@ macro_rules! common_queries {
                 .bind(unit.certificate.map(|c| &c.serial))
                 .bind(unit.certificate.map(|c| &c.thumbprint))
                 .bind(unit.certificate.map(|c| &c.not_after))
+                .bind(unit.enrollment)
+                .bind(unit.hub_status)
+                .bind(unit.hub_error)
                 .fetch_one(&mut *self.0)
                 .await?)
+        }
+
+        async fn set_revocation(
+            &mut self,
+            mac: $crate::identity::Mac,
+            revocation: &$crate::record::UnitRevocation,
+            at: &str,
+        ) -> Result<Option<$crate::record::Unit>, $crate::store::StoreError> {
+            Ok(sqlx::query_as(
+                "UPDATE units SET revoked_at = $1, revoked_reason = $2, updated_at = $3 WHERE mac = $4 RETURNING *",
+            )
+            .bind(&revocation.revoked_at)
+            .bind(&revocation.reason)
+            .bind(at)
+            .bind(mac)
+            .fetch_optional(&mut *self.0)
+            .await?)
         }
 
         async fn mark_unit_failed(
@@ -519,8 +539,10 @@ pub(super) use common_queries;
 pub(super) const UPSERT_UNIT: &str = "\
 INSERT INTO units (mac, registration_id, batch_id, station_id, chip, revision, flash_size, key_id, \
                    secondary_key_id, image_sha256, state, failed_stage, provisioned_at, updated_at, \
-                   attestation, cert_serial, cert_thumbprint, cert_not_after) \
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
+                   attestation, cert_serial, cert_thumbprint, cert_not_after, enrollment, \
+                   hub_status, hub_error) \
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
+        $20, $21) \
 ON CONFLICT (mac) DO UPDATE SET \
   dps_status = CASE WHEN units.registration_id = excluded.registration_id AND units.key_id = excluded.key_id THEN units.dps_status ELSE 'not-requested' END, \
   assigned_hub = CASE WHEN units.registration_id = excluded.registration_id AND units.key_id = excluded.key_id THEN units.assigned_hub END, \
@@ -535,7 +557,8 @@ ON CONFLICT (mac) DO UPDATE SET \
   provisioned_at = COALESCE(excluded.provisioned_at, units.provisioned_at), \
   updated_at = excluded.updated_at, attestation = excluded.attestation, \
   cert_serial = excluded.cert_serial, cert_thumbprint = excluded.cert_thumbprint, \
-  cert_not_after = excluded.cert_not_after \
+  cert_not_after = excluded.cert_not_after, enrollment = excluded.enrollment, \
+  hub_status = excluded.hub_status, hub_error = excluded.hub_error \
 RETURNING *";
 
 /// The manifest: operator and port come from the unit's last successful attempt; attempts are
@@ -547,7 +570,8 @@ SELECT b.name AS batch, u.mac, u.registration_id, u.chip, u.revision AS chip_rev
        a.operator, u.station_id, a.port, \
        (SELECT COUNT(*) FROM attempts c WHERE c.mac = u.mac) AS attempts, \
        u.dps_status, u.assigned_hub, u.device_id, \
-       u.attestation, u.cert_serial, u.cert_thumbprint, u.cert_not_after \
+       u.attestation, u.cert_serial, u.cert_thumbprint, u.cert_not_after, \
+       u.enrollment, u.hub_status AS hub_test, u.revoked_at \
 FROM units u \
 JOIN batches b ON b.id = u.batch_id \
 LEFT JOIN attempts a ON a.id = (SELECT MAX(s.id) FROM attempts s \

@@ -175,6 +175,8 @@ pub(super) fn facts(mac: &str) -> UnitFacts {
         image_sha256: Some("ab".repeat(32)),
         certificate: None,
         dps: None,
+        enrollment: crate::record::EnrollmentKind::Group,
+        hub: None,
         seen_provisioning: None,
     }
 }

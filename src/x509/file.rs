@@ -101,7 +101,9 @@ fn check_permissions(
     path: &Path,
 ) -> Result<(), X509Error> {
     crate::keys::check_permissions(metadata, path).map_err(|error| match error {
-        crate::keys::KeyError::Exposed { path, who, mode } => X509Error::Exposed {
+        crate::keys::KeyError::Exposed {
+            path, who, mode, ..
+        } => X509Error::Exposed {
             what,
             path,
             who,

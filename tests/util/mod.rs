@@ -202,6 +202,8 @@ pub fn attempt_record(
             image_sha256: Some("ab".repeat(32)),
             certificate: None,
             dps: None,
+            enrollment: station::record::EnrollmentKind::Group,
+            hub: None,
             seen_provisioning: None,
         }),
         failure: failure.map(|(stage, code)| station::store::Failure {

@@ -1,6 +1,8 @@
-//! A local emulator of the Azure DPS device REST API, on loopback, for tests and demos.
+//! A local emulator of Azure DPS and of the IoT hub it assigns devices to, on loopback, for
+//! tests and demos.
 //!
-//! It serves the two calls a device (and the station's pre-verification) makes
+//! **The device API over REST.** It serves the two calls a device (and the station's
+//! pre-verification) makes
 //! (<https://learn.microsoft.com/rest/api/iot-dps/device/runtime-registration>):
 //! `PUT /{idScope}/registrations/{registrationId}/register` and
 //! `GET /{idScope}/registrations/{registrationId}/operations/{operationId}`, both with
@@ -14,19 +16,32 @@
 //! that echoes it would return it. Registering the same ID again keeps its creation time and
 //! hub and reports substatus `reprovisionedToInitialAssignment`.
 //!
-//! For an X.509 enrollment group ([`EmulatorAttestation::X509`]) it serves HTTPS with its own
-//! server certificate ([`super::tls::ServerIdentity`]), asks each client for a certificate, and
-//! authorizes a request as DPS does
+//! **The device API over MQTT** (`broker.rs`, with a TLS identity): the same requests, checks
+//! and answers on DPS's MQTT topics ([`DpsEmulator::mqtt_url`]).
+//!
+//! **X.509.** For an X.509 enrollment group ([`EmulatorAttestation::X509`]) it serves TLS with
+//! its own server certificate ([`super::tls::ServerIdentity`]), asks each client for a
+//! certificate, and authorizes a request as DPS does
 //! (<https://learn.microsoft.com/azure/iot-dps/concepts-x509-attestation>): the client's chain
 //! must lead to one of the group's CA certificates (signatures, validity now, the client-auth
 //! purpose, checked by webpki), and the certificate's subject CN must be the registration ID
-//! called; otherwise HTTP 401 with DPS's error code 401002. A SAS token is not accepted then.
+//! called; otherwise HTTP 401 with DPS's error code 401002 (MQTT: CONNACK 5). A SAS token is not
+//! accepted then.
 //!
-//! Faults: the first `throttle` requests get HTTP 429 with `Retry-After`, the next `fail_5xx`
-//! get HTTP 503, `latency` delays every answer, `disabled` makes every registration `disabled`
-//! and `stall` leaves them `assigning` for ever. What it does not model: TPM attestation,
-//! individual enrollments, certificate revocation (disabled enrollments per certificate),
-//! allocation policies, and the service-side APIs.
+//! **The service API** (`service.rs`): individual enrollments, created, read and deleted with a
+//! shared access policy's token ([`EmulatorOptions::service`]); a disabled one makes its
+//! device's registration end `disabled`, an enabled one's keys replace the group's.
+//!
+//! **The hub** (`hub.rs`): a device DPS assigned sends its test message there over HTTPS
+//! ([`DpsEmulator::hub_url`]) or MQTT ([`DpsEmulator::hub_mqtt_url`]) with its own credentials;
+//! the messages it accepts are kept ([`DpsEmulator::hub_messages`], `GET /messages`).
+//!
+//! Faults: the first `throttle` device requests get status 429 with `Retry-After`, the next
+//! `fail_5xx` get 503, `latency` delays every answer (REST and MQTT alike), `disabled` makes
+//! every registration `disabled` and `stall` leaves them `assigning` for ever. What it does not
+//! model: TPM attestation, X.509 individual enrollments (disabled enrollments per
+//! certificate), enrollment groups through the service API, allocation policies, cloud-to-device
+//! messages and twins.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -53,6 +68,13 @@ use crate::dps::sas::{self, SasToken};
 use crate::identity::RegistrationId;
 use crate::keys::GroupKey;
 use crate::support::lock;
+
+mod broker;
+mod hub;
+mod service;
+
+pub use hub::HubMessage;
+pub use service::{EnrollmentView, ServicePolicy};
 
 /// DPS's error code for a refused SAS token.
 pub const UNAUTHORIZED: i64 = 401002;
@@ -100,6 +122,9 @@ pub struct EmulatorOptions {
     pub disabled: bool,
     /// Registrations never leave `assigning`.
     pub stall: bool,
+    /// The shared access policy the service API accepts; without it the service API answers
+    /// 401.
+    pub service: Option<ServicePolicy>,
 }
 
 impl EmulatorOptions {
@@ -137,6 +162,7 @@ impl EmulatorOptions {
             hub: "station-sim-hub.azure-devices.net".to_owned(),
             disabled: false,
             stall: false,
+            service: None,
         }
     }
 }
@@ -227,7 +253,8 @@ struct Registration {
     state: RegistrationState,
 }
 
-struct Shared {
+/// The emulator's state, shared by its REST, MQTT and hub sides.
+pub(super) struct Shared {
     options: EmulatorOptions,
     /// X.509: checks a client's chain against the group's CA certificates.
     verifier: Option<Arc<dyn ClientCertVerifier>>,
@@ -236,7 +263,53 @@ struct Shared {
     fail_left: AtomicU32,
     counter: AtomicU64,
     registrations: Mutex<HashMap<String, Registration>>,
+    /// Individual enrollments made through the service API, by registration ID.
+    enrollments: Mutex<HashMap<String, service::Enrollment>>,
+    /// Device-to-cloud messages the hub accepted, oldest first.
+    hub_messages: Mutex<Vec<HubMessage>>,
     log: Mutex<Vec<RequestLog>>,
+    /// `host:port` of the REST side: the resource a service token must name.
+    service_host: String,
+}
+
+/// An answer of the DPS device API, whatever carries it: the HTTP status (over MQTT the status
+/// in the answer's topic), `Retry-After` seconds, and the JSON body.
+#[derive(Debug, Clone)]
+pub(super) struct DeviceAnswer {
+    status: u16,
+    retry_after: Option<u64>,
+    body: serde_json::Value,
+}
+
+impl DeviceAnswer {
+    /// The answer as an HTTP response.
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = (status, axum::Json(self.body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+/// What a device presented: its SAS token (an `Authorization` header, or the MQTT password)
+/// and the certificate chain of its TLS handshake.
+#[derive(Clone, Copy)]
+pub(super) struct Credentials<'a> {
+    token: Option<&'a str>,
+    certificates: &'a [CertificateDer<'static>],
+}
+
+/// One device API request, whatever carried it.
+pub(super) struct DeviceRequest<'a> {
+    scope: &'a str,
+    registration_id: &'a str,
+    /// Whether an api-version was given (REST: the query; MQTT: the user name).
+    api_version: bool,
+    credentials: Credentials<'a>,
 }
 
 impl Shared {
@@ -248,49 +321,40 @@ impl Shared {
         &self,
         method: &str,
         path: &str,
-        status: StatusCode,
+        status: u16,
         payload: Option<serde_json::Value>,
-        peer: &Peer,
+        certificates: &[CertificateDer<'static>],
     ) {
-        tracing::debug!(
-            method,
-            path,
-            status = status.as_u16(),
-            "DPS emulator answered"
-        );
+        tracing::debug!(method, path, status, "DPS emulator answered");
         lock(&self.log).push(RequestLog {
             method: method.to_owned(),
             path: path.to_owned(),
-            status: status.as_u16(),
+            status,
             at: self.started.elapsed(),
             payload,
-            client_certificate: peer
-                .certificates
+            client_certificate: certificates
                 .first()
                 .and_then(|der| crate::x509::subject_common_name(der)),
         });
     }
 
-    /// DPS's error body.
-    fn error(&self, status: StatusCode, code: i64, message: &str) -> Response {
+    /// DPS's error answer.
+    fn error(&self, status: u16, code: i64, message: &str) -> DeviceAnswer {
         let body = wire::ServiceError {
             error_code: code,
             tracking_id: format!("sim-{:08x}", self.next()),
             message: message.to_owned(),
             timestamp_utc: crate::clock::now(),
         };
-        let mut response = (status, axum::Json(body)).into_response();
-        if status == StatusCode::TOO_MANY_REQUESTS {
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                header::HeaderValue::from(self.options.retry_after),
-            );
+        DeviceAnswer {
+            status,
+            retry_after: (status == 429).then_some(self.options.retry_after),
+            body: serde_json::to_value(body).unwrap_or_default(),
         }
-        response
     }
 
     /// The injected faults, in order: throttling, then server errors.
-    fn fault(&self) -> Option<Response> {
+    fn fault(&self) -> Option<DeviceAnswer> {
         let take = |counter: &AtomicU32| {
             counter
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
@@ -298,140 +362,128 @@ impl Shared {
         };
         if take(&self.throttle_left) {
             return Some(self.error(
-                StatusCode::TOO_MANY_REQUESTS,
+                429,
                 THROTTLED,
                 "Operations are being throttled for this tenant.",
             ));
         }
         if take(&self.fail_left) {
-            return Some(self.error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                503000,
-                "The service is temporarily unavailable.",
-            ));
+            return Some(self.error(503, 503000, "The service is temporarily unavailable."));
         }
         None
     }
 
-    /// Checks the api-version and the device's credentials as DPS does: the SAS token, or
-    /// (X.509) the client certificate; the registration ID on success.
-    fn authorize(
-        &self,
-        scope: &str,
-        registration_id: &str,
-        query: &HashMap<String, String>,
-        headers: &HeaderMap,
-        peer: &Peer,
-    ) -> Result<RegistrationId, Box<Response>> {
-        if query.get("api-version").is_none_or(|v| v.is_empty()) {
+    /// Checks the api-version and the device's credentials as DPS does: the SAS token against
+    /// the key of the device's individual enrollment if it has one, else against the key the
+    /// group key derives; or (X.509) the client certificate. The registration ID on success.
+    fn authorize(&self, request: &DeviceRequest<'_>) -> Result<RegistrationId, Box<DeviceAnswer>> {
+        let registration_id = request.registration_id;
+        if !request.api_version {
             return Err(Box::new(self.error(
-                StatusCode::BAD_REQUEST,
+                400,
                 400004,
                 "The api-version query parameter is required.",
             )));
         }
         let unauthorized = |why: &str| {
             tracing::debug!(registration_id, why, "emulator refused a token");
-            Box::new(self.error(
-                StatusCode::UNAUTHORIZED,
-                UNAUTHORIZED,
-                &format!("Unauthorized: {why}"),
-            ))
+            Box::new(self.error(401, UNAUTHORIZED, &format!("Unauthorized: {why}")))
         };
         let group_key = match &self.options.attestation {
             EmulatorAttestation::SymmetricKey(group_key) => group_key,
             EmulatorAttestation::X509 { .. } => {
-                return self.authorize_certificate(scope, registration_id, peer);
+                return self
+                    .authorize_certificate(
+                        request.scope,
+                        registration_id,
+                        request.credentials.certificates,
+                    )
+                    .map_err(|why| unauthorized(&why));
             }
         };
-        let Some(header) = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-        else {
-            return Err(unauthorized("no Authorization header"));
+        let Some(header) = request.credentials.token else {
+            return Err(unauthorized("no SAS token"));
         };
         let token = SasToken::parse(header).map_err(|why| unauthorized(&why))?;
-        if !scope.eq_ignore_ascii_case(&self.options.id_scope) {
+        if !request.scope.eq_ignore_ascii_case(&self.options.id_scope) {
             return Err(unauthorized("unknown ID scope"));
         }
         if !token
             .resource
-            .eq_ignore_ascii_case(&sas::resource(scope, registration_id))
+            .eq_ignore_ascii_case(&sas::resource(request.scope, registration_id))
         {
             return Err(unauthorized("the token was issued for another resource"));
         }
         if token.key_name.as_deref() != Some(sas::KEY_NAME) {
             return Err(unauthorized("the key name (skn) must be `registration`"));
         }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        if token.expiry <= now {
+        if token.expiry <= unix_now() {
             return Err(unauthorized("the SAS token has expired"));
         }
         let Ok(id) = RegistrationId::new(registration_id) else {
             return Err(Box::new(self.error(
-                StatusCode::BAD_REQUEST,
+                400,
                 400000,
                 "The registration ID is not valid.",
             )));
         };
-        let device_key = group_key.derive(&id);
-        if !token.verify(device_key.expose()) {
+        let signed = match lock(&self.enrollments).get(id.as_str()) {
+            // An individual enrollment takes precedence over the group, as in DPS. A disabled
+            // one denies its device whichever key it holds: the registration ends `disabled`.
+            Some(enrollment) if enrollment.is_disabled() => {
+                enrollment.verifies(&token) || token.verify(group_key.derive(&id).expose())
+            }
+            Some(enrollment) => enrollment.verifies(&token),
+            None => token.verify(group_key.derive(&id).expose()),
+        };
+        if !signed {
             return Err(unauthorized("the signature does not match"));
         }
         Ok(id)
     }
 
     /// Authorizes an X.509 device: a client certificate chained to the group's CA, valid now
-    /// and for client authentication, whose subject CN is the registration ID called.
+    /// and for client authentication, whose subject CN is the registration ID called. The
+    /// refusal's reason otherwise.
     fn authorize_certificate(
         &self,
         scope: &str,
         registration_id: &str,
-        peer: &Peer,
-    ) -> Result<RegistrationId, Box<Response>> {
-        let unauthorized = |why: String| {
-            tracing::debug!(registration_id, why, "emulator refused a certificate");
-            Box::new(self.error(
-                StatusCode::UNAUTHORIZED,
-                UNAUTHORIZED,
-                &format!("Unauthorized: {why}"),
-            ))
-        };
+        certificates: &[CertificateDer<'static>],
+    ) -> Result<RegistrationId, String> {
         if !scope.eq_ignore_ascii_case(&self.options.id_scope) {
-            return Err(unauthorized("unknown ID scope".to_owned()));
+            return Err("unknown ID scope".to_owned());
         }
-        let Some((end_entity, intermediates)) = peer.certificates.split_first() else {
-            return Err(unauthorized(
-                "no client certificate was presented in the TLS handshake".to_owned(),
-            ));
+        self.check_certificate(registration_id, certificates)?;
+        RegistrationId::new(registration_id).map_err(|e| e.to_string())
+    }
+
+    /// Whether `certificates` (end entity first) chain to the group's CA, are valid now for
+    /// client authentication, and name `id` as their subject CN (compared without regard to
+    /// case, as DPS and IoT Hub do).
+    fn check_certificate(
+        &self,
+        id: &str,
+        certificates: &[CertificateDer<'static>],
+    ) -> Result<(), String> {
+        let Some((end_entity, intermediates)) = certificates.split_first() else {
+            return Err("no client certificate was presented in the TLS handshake".to_owned());
         };
         let Some(verifier) = &self.verifier else {
-            return Err(unauthorized("the group trusts no CA".to_owned()));
+            return Err("the group trusts no CA".to_owned());
         };
         verifier
             .verify_client_cert(end_entity, intermediates, UnixTime::now())
             .map_err(|e| {
-                unauthorized(format!(
-                    "the certificate does not chain to the enrollment group's CA: {e}"
-                ))
+                format!("the certificate does not chain to the enrollment group's CA: {e}")
             })?;
         let common_name = crate::x509::subject_common_name(end_entity).unwrap_or_default();
-        // DPS takes the subject CN as the registration ID, compared without regard to case.
-        if !common_name.eq_ignore_ascii_case(registration_id) {
-            return Err(unauthorized(format!(
-                "the certificate's CN `{common_name}` is not the registration ID `{registration_id}`"
-            )));
+        if !common_name.eq_ignore_ascii_case(id) {
+            return Err(format!(
+                "the certificate's CN `{common_name}` is not the registration ID `{id}`"
+            ));
         }
-        RegistrationId::new(registration_id).map_err(|_| {
-            Box::new(self.error(
-                StatusCode::BAD_REQUEST,
-                400000,
-                "The registration ID is not valid.",
-            ))
-        })
+        Ok(())
     }
 
     /// The operation status of a registration now.
@@ -449,13 +501,129 @@ impl Shared {
         }
     }
 
-    /// `Retry-After` for an operation still assigning: whole seconds left, rounded down.
-    fn poll_after(&self, registration: &Registration) -> u64 {
-        registration
-            .assign_at
-            .saturating_duration_since(Instant::now())
-            .as_secs()
+    /// The answer for an operation: 202 with `Retry-After` (whole seconds left, rounded down)
+    /// while assigning, 200 once done.
+    fn operation_answer(&self, registration: &Registration) -> DeviceAnswer {
+        let status = self.status(registration);
+        let assigning = status.status == "assigning";
+        DeviceAnswer {
+            status: if assigning { 202 } else { 200 },
+            retry_after: assigning.then(|| {
+                registration
+                    .assign_at
+                    .saturating_duration_since(Instant::now())
+                    .as_secs()
+            }),
+            body: serde_json::to_value(status).unwrap_or_default(),
+        }
     }
+
+    /// A register request: the answer, whatever carried it.
+    fn register(
+        &self,
+        request: &DeviceRequest<'_>,
+        body: Option<serde_json::Value>,
+    ) -> DeviceAnswer {
+        if let Some(fault) = self.fault() {
+            return fault;
+        }
+        let id = match self.authorize(request) {
+            Ok(id) => id,
+            Err(answer) => return *answer,
+        };
+        let Some(body) = body else {
+            return self.error(400, 400001, "The body is not JSON.");
+        };
+        if body.get("registrationId").and_then(|v| v.as_str()) != Some(id.as_str()) {
+            return self.error(
+                400,
+                400000,
+                "registrationId in the body does not match the path.",
+            );
+        }
+        let options = &self.options;
+        let now = crate::clock::now();
+        let operation_id = format!("5:sim-{:012x}", self.next());
+        let etag = format!("\"{:08x}-0000-0000-0000-000000000000\"", self.next());
+        let denied = lock(&self.enrollments)
+            .get(id.as_str())
+            .is_some_and(service::Enrollment::is_disabled);
+        let mut registrations = lock(&self.registrations);
+        let previous = registrations.get(id.as_str()).map(|r| r.state.clone());
+        let mut state = RegistrationState {
+            registration_id: id.to_string(),
+            created_date_time_utc: now.clone(),
+            assigned_hub: Some(options.hub.clone()),
+            device_id: Some(id.to_string()),
+            status: "assigned".to_owned(),
+            substatus: Some("initialAssignment".to_owned()),
+            last_updated_date_time_utc: now,
+            etag,
+            error_code: None,
+            error_message: None,
+            payload: body.get("payload").cloned(),
+        };
+        if let Some(previous) = previous.filter(|p| p.status == "assigned") {
+            state.created_date_time_utc = previous.created_date_time_utc;
+            state.substatus = Some("reprovisionedToInitialAssignment".to_owned());
+        }
+        if options.disabled || denied {
+            state.status = "disabled".to_owned();
+            state.assigned_hub = None;
+            state.device_id = None;
+            state.substatus = None;
+            state.error_code = Some(401003);
+            state.error_message = Some(if denied {
+                "The device's individual enrollment is disabled.".to_owned()
+            } else {
+                "The enrollment group is disabled.".to_owned()
+            });
+        }
+        let registration = Registration {
+            operation_id,
+            assign_at: Instant::now() + options.assign_delay,
+            state,
+        };
+        let answer = self.operation_answer(&registration);
+        registrations.insert(id.to_string(), registration);
+        answer
+    }
+
+    /// An operation lookup: the answer, whatever carried it.
+    fn operation(&self, request: &DeviceRequest<'_>, operation_id: &str) -> DeviceAnswer {
+        if let Some(fault) = self.fault() {
+            return fault;
+        }
+        let id = match self.authorize(request) {
+            Ok(id) => id,
+            Err(answer) => return *answer,
+        };
+        let registrations = lock(&self.registrations);
+        match registrations
+            .get(id.as_str())
+            .filter(|r| r.operation_id == operation_id)
+        {
+            None => self.error(404, 404002, "Operation not found."),
+            Some(registration) => self.operation_answer(registration),
+        }
+    }
+
+    /// The registration of a device DPS assigned (the device ID is the registration ID);
+    /// `None` for one it did not.
+    fn assigned(&self, device_id: &str) -> Option<RegistrationState> {
+        lock(&self.registrations)
+            .get(device_id)
+            .map(|r| r.state.clone())
+            .filter(|s| s.status == "assigned" && s.device_id.as_deref() == Some(device_id))
+    }
+}
+
+/// Now, in Unix seconds.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
 }
 
 async fn register(
@@ -470,119 +638,20 @@ async fn register(
     let path = format!("/{scope}/registrations/{registration_id}/register");
     let body: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
     let payload = body.as_ref().and_then(|b| b.get("payload")).cloned();
-    let request = Request::new(&scope, &registration_id, &query, &headers, &peer);
-    let response = register_inner(&shared, &request, body);
-    shared.record("PUT", &path, response.status(), payload, &peer);
-    response
-}
-
-/// What a handler received.
-struct Request<'a> {
-    scope: &'a str,
-    registration_id: &'a str,
-    query: &'a HashMap<String, String>,
-    headers: &'a HeaderMap,
-    peer: &'a Peer,
-}
-
-impl<'a> Request<'a> {
-    fn new(
-        scope: &'a str,
-        registration_id: &'a str,
-        query: &'a HashMap<String, String>,
-        headers: &'a HeaderMap,
-        peer: &'a Peer,
-    ) -> Request<'a> {
-        Request {
-            scope,
-            registration_id,
-            query,
-            headers,
-            peer,
-        }
-    }
-}
-
-impl Shared {
-    /// [`Shared::authorize`] for a request.
-    fn authorize_request(&self, request: &Request<'_>) -> Result<RegistrationId, Box<Response>> {
-        self.authorize(
-            request.scope,
-            request.registration_id,
-            request.query,
-            request.headers,
-            request.peer,
-        )
-    }
-}
-
-fn register_inner(
-    shared: &Shared,
-    request: &Request<'_>,
-    body: Option<serde_json::Value>,
-) -> Response {
-    if let Some(fault) = shared.fault() {
-        return fault;
-    }
-    let id = match shared.authorize_request(request) {
-        Ok(id) => id,
-        Err(response) => return *response,
+    let request = DeviceRequest {
+        scope: &scope,
+        registration_id: &registration_id,
+        api_version: query.get("api-version").is_some_and(|v| !v.is_empty()),
+        credentials: Credentials {
+            token: headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok()),
+            certificates: &peer.certificates,
+        },
     };
-    let Some(body) = body else {
-        return shared.error(StatusCode::BAD_REQUEST, 400001, "The body is not JSON.");
-    };
-    if body.get("registrationId").and_then(|v| v.as_str()) != Some(id.as_str()) {
-        return shared.error(
-            StatusCode::BAD_REQUEST,
-            400000,
-            "registrationId in the body does not match the path.",
-        );
-    }
-    let options = &shared.options;
-    let now = crate::clock::now();
-    let operation_id = format!("5:sim-{:012x}", shared.next());
-    let etag = format!("\"{:08x}-0000-0000-0000-000000000000\"", shared.next());
-    let mut registrations = lock(&shared.registrations);
-    let previous = registrations.get(id.as_str()).map(|r| r.state.clone());
-    let mut state = RegistrationState {
-        registration_id: id.to_string(),
-        created_date_time_utc: now.clone(),
-        assigned_hub: Some(options.hub.clone()),
-        device_id: Some(id.to_string()),
-        status: "assigned".to_owned(),
-        substatus: Some("initialAssignment".to_owned()),
-        last_updated_date_time_utc: now,
-        etag,
-        error_code: None,
-        error_message: None,
-        payload: body.get("payload").cloned(),
-    };
-    if let Some(previous) = previous.filter(|p| p.status == "assigned") {
-        state.created_date_time_utc = previous.created_date_time_utc;
-        state.substatus = Some("reprovisionedToInitialAssignment".to_owned());
-    }
-    if options.disabled {
-        state.status = "disabled".to_owned();
-        state.assigned_hub = None;
-        state.device_id = None;
-        state.substatus = None;
-        state.error_code = Some(401003);
-        state.error_message = Some("The enrollment group is disabled.".to_owned());
-    }
-    let registration = Registration {
-        operation_id,
-        assign_at: Instant::now() + options.assign_delay,
-        state,
-    };
-    let status = shared.status(&registration);
-    let retry_after = shared.poll_after(&registration);
-    registrations.insert(id.to_string(), registration);
-    let code = if status.status == "assigning" {
-        StatusCode::ACCEPTED
-    } else {
-        StatusCode::OK
-    };
-    with_retry_after(code, &status, retry_after)
+    let answer = shared.register(&request, body);
+    shared.record("PUT", &path, answer.status, payload, &peer.certificates);
+    answer.into_response()
 }
 
 async fn operation(
@@ -594,63 +663,36 @@ async fn operation(
 ) -> Response {
     tokio::time::sleep(shared.options.latency).await;
     let path = format!("/{scope}/registrations/{registration_id}/operations/{operation_id}");
-    let request = Request::new(&scope, &registration_id, &query, &headers, &peer);
-    let response = operation_inner(&shared, &request, &operation_id);
-    shared.record("GET", &path, response.status(), None, &peer);
-    response
-}
-
-fn operation_inner(shared: &Shared, request: &Request<'_>, operation_id: &str) -> Response {
-    if let Some(fault) = shared.fault() {
-        return fault;
-    }
-    let id = match shared.authorize_request(request) {
-        Ok(id) => id,
-        Err(response) => return *response,
+    let request = DeviceRequest {
+        scope: &scope,
+        registration_id: &registration_id,
+        api_version: query.get("api-version").is_some_and(|v| !v.is_empty()),
+        credentials: Credentials {
+            token: headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok()),
+            certificates: &peer.certificates,
+        },
     };
-    let registrations = lock(&shared.registrations);
-    match registrations
-        .get(id.as_str())
-        .filter(|r| r.operation_id == operation_id)
-    {
-        None => shared.error(StatusCode::NOT_FOUND, 404002, "Operation not found."),
-        Some(registration) => {
-            let status = shared.status(registration);
-            let code = if status.status == "assigning" {
-                StatusCode::ACCEPTED
-            } else {
-                StatusCode::OK
-            };
-            with_retry_after(code, &status, shared.poll_after(registration))
-        }
-    }
-}
-
-fn with_retry_after(
-    code: StatusCode,
-    status: &wire::OperationStatus,
-    retry_after: u64,
-) -> Response {
-    let mut response = (code, axum::Json(status)).into_response();
-    if status.status == "assigning" {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, header::HeaderValue::from(retry_after));
-    }
-    response
+    let answer = shared.operation(&request, &operation_id);
+    shared.record("GET", &path, answer.status, None, &peer.certificates);
+    answer.into_response()
 }
 
 async fn not_found(State(shared): State<Arc<Shared>>) -> Response {
-    shared.error(StatusCode::NOT_FOUND, 404000, "Not found.")
+    shared.error(404, 404000, "Not found.").into_response()
 }
 
 /// A running emulator; dropping it stops it.
 #[derive(Debug)]
 pub struct DpsEmulator {
     url: String,
+    mqtt_url: Option<String>,
+    hub_url: String,
+    hub_mqtt_url: Option<String>,
     shared: Arc<Shared>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    shutdown: Option<tokio::sync::watch::Sender<bool>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -661,35 +703,54 @@ impl std::fmt::Debug for Shared {
     }
 }
 
-impl DpsEmulator {
-    /// Starts the emulator on `127.0.0.1` inside the current tokio runtime.
-    pub async fn start(options: EmulatorOptions) -> Result<DpsEmulator, SimError> {
-        let addr = SocketAddr::from(([127, 0, 0, 1], options.port));
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| SimError::Bind {
-                addr: addr.to_string(),
-                source,
-            })?;
-        let local = listener.local_addr().map_err(|source| SimError::Bind {
+/// Binds a loopback listener on `port` (0: any).
+async fn bind(port: u16) -> Result<TcpListener, SimError> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| SimError::Bind {
             addr: addr.to_string(),
             source,
-        })?;
+        })
+}
+
+fn local_addr(listener: &TcpListener) -> Result<SocketAddr, SimError> {
+    listener.local_addr().map_err(|source| SimError::Bind {
+        addr: "127.0.0.1".to_owned(),
+        source,
+    })
+}
+
+impl DpsEmulator {
+    /// Starts the emulator on `127.0.0.1` inside the current tokio runtime: the device REST API
+    /// and the service API on [`EmulatorOptions::port`], and the hub's HTTP(S) endpoint; with a
+    /// TLS identity also DPS's and the hub's MQTT endpoints.
+    pub async fn start(options: EmulatorOptions) -> Result<DpsEmulator, SimError> {
+        let listener = bind(options.port).await?;
+        let local = local_addr(&listener)?;
         let verifier = match &options.attestation {
             EmulatorAttestation::SymmetricKey(_) => None,
             EmulatorAttestation::X509 { trusted } => Some(client_verifier(trusted)?),
         };
-        let tls = match (&options.tls, &options.attestation) {
-            (Some(identity), _) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
-                identity.server_config()?,
-            ))),
-            (None, EmulatorAttestation::X509 { .. }) => {
-                return Err(SimError::Tls {
-                    problem: "an X.509 enrollment group authenticates devices in the TLS handshake: the emulator needs a server identity".to_owned(),
-                });
-            }
-            (None, EmulatorAttestation::SymmetricKey(_)) => None,
-        };
+        if options.tls.is_none() && matches!(options.attestation, EmulatorAttestation::X509 { .. })
+        {
+            return Err(SimError::Tls {
+                problem: "an X.509 enrollment group authenticates devices in the TLS handshake: the emulator needs a server identity".to_owned(),
+            });
+        }
+        let https = options
+            .tls
+            .as_ref()
+            .map(|identity| identity.server_config(&[b"http/1.1"]))
+            .transpose()?
+            .map(|config| tokio_rustls::TlsAcceptor::from(Arc::new(config)));
+        let mqtts = options
+            .tls
+            .as_ref()
+            .map(|identity| identity.server_config(&[]))
+            .transpose()?
+            .map(|config| tokio_rustls::TlsAcceptor::from(Arc::new(config)));
+        let latency = options.latency;
         let shared = Arc::new(Shared {
             verifier,
             throttle_left: AtomicU32::new(options.throttle),
@@ -698,7 +759,10 @@ impl DpsEmulator {
             started: Instant::now(),
             counter: AtomicU64::new(0),
             registrations: Mutex::new(HashMap::new()),
+            enrollments: Mutex::new(HashMap::new()),
+            hub_messages: Mutex::new(Vec::new()),
             log: Mutex::new(Vec::new()),
+            service_host: local.to_string(),
         });
         let app = Router::new()
             .route("/{scope}/registrations/{id}/register", put(register))
@@ -706,35 +770,105 @@ impl DpsEmulator {
                 "/{scope}/registrations/{id}/operations/{operation}",
                 get(operation),
             )
+            .route(
+                "/enrollments/{id}",
+                get(service::get_enrollment)
+                    .put(service::put_enrollment)
+                    .delete(service::delete_enrollment),
+            )
             .fallback(not_found)
             .with_state(shared.clone());
-        let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
-        let stopped = async {
-            let _ = stopped.await;
+        let hub_listener = bind(0).await?;
+        let hub_local = local_addr(&hub_listener)?;
+        let hub_app = hub::router(shared.clone());
+
+        let (shutdown, stopped) = tokio::sync::watch::channel(false);
+        let stop = |mut receiver: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = receiver.wait_for(|stopped| *stopped).await;
         };
-        let scheme = if tls.is_some() { "https" } else { "http" };
-        let task = match tls {
-            None => tokio::spawn(serve(listener, app, stopped)),
-            Some(acceptor) => {
-                tokio::spawn(serve(TlsListener::new(listener, acceptor), app, stopped))
+        let scheme = if https.is_some() { "https" } else { "http" };
+        let mut tasks = Vec::new();
+        match &https {
+            None => {
+                tasks.push(tokio::spawn(serve(listener, app, stop(stopped.clone()))));
+                tasks.push(tokio::spawn(serve(
+                    hub_listener,
+                    hub_app,
+                    stop(stopped.clone()),
+                )));
             }
-        };
+            Some(acceptor) => {
+                tasks.push(tokio::spawn(serve(
+                    TlsListener::new(listener, acceptor.clone()),
+                    app,
+                    stop(stopped.clone()),
+                )));
+                tasks.push(tokio::spawn(serve(
+                    TlsListener::new(hub_listener, acceptor.clone()),
+                    hub_app,
+                    stop(stopped.clone()),
+                )));
+            }
+        }
+        let (mut mqtt_url, mut hub_mqtt_url) = (None, None);
+        if let Some(acceptor) = mqtts {
+            let dps_listener = bind(0).await?;
+            mqtt_url = Some(format!("mqtts://{}", local_addr(&dps_listener)?));
+            tasks.push(tokio::spawn(super::mqtt::serve(
+                dps_listener,
+                acceptor.clone(),
+                Arc::new(broker::DpsBroker(shared.clone())),
+                latency,
+                stop(stopped.clone()),
+            )));
+            let hub_listener = bind(0).await?;
+            hub_mqtt_url = Some(format!("mqtts://{}", local_addr(&hub_listener)?));
+            tasks.push(tokio::spawn(super::mqtt::serve(
+                hub_listener,
+                acceptor,
+                Arc::new(hub::HubBroker(shared.clone())),
+                latency,
+                stop(stopped.clone()),
+            )));
+        }
+        drop(stopped);
         let url = format!("{scheme}://{local}");
-        tracing::info!(url = %url, "DPS emulator listening");
+        let hub_url = format!("{scheme}://{hub_local}");
+        tracing::info!(url = %url, mqtt = ?mqtt_url, hub = %hub_url, hub_mqtt = ?hub_mqtt_url, "DPS emulator listening");
         Ok(DpsEmulator {
             url,
+            mqtt_url,
+            hub_url,
+            hub_mqtt_url,
             shared,
             shutdown: Some(shutdown),
-            task: Some(task),
+            tasks,
         })
     }
 
-    /// The base URL, for `[dps] verify_url` (`http://127.0.0.1:PORT`, or `https://` with TLS).
+    /// The base URL, for `[dps] verify_url` (`http://127.0.0.1:PORT`, or `https://` with TLS),
+    /// and `[dps.service] endpoint`.
     pub fn url(&self) -> &str {
         &self.url
     }
 
-    /// Every request answered so far, oldest first.
+    /// DPS's MQTT endpoint (`mqtts://127.0.0.1:PORT`), for `[dps] verify_url` with
+    /// `transport = "mqtt"`; served only with a TLS identity.
+    pub fn mqtt_url(&self) -> Option<&str> {
+        self.mqtt_url.as_deref()
+    }
+
+    /// The hub's HTTP(S) endpoint, for `[hub] hub_url` with `transport = "https"`.
+    pub fn hub_url(&self) -> &str {
+        &self.hub_url
+    }
+
+    /// The hub's MQTT endpoint, for `[hub] hub_url` with `transport = "mqtt"`.
+    pub fn hub_mqtt_url(&self) -> Option<&str> {
+        self.hub_mqtt_url.as_deref()
+    }
+
+    /// Every device API request answered so far (REST and MQTT), oldest first.
     pub fn requests(&self) -> Vec<RequestLog> {
         lock(&self.shared.log).clone()
     }
@@ -746,12 +880,24 @@ impl DpsEmulator {
             .map(|r| r.state.clone())
     }
 
-    /// Stops serving and waits (briefly) for the server task to end.
+    /// The individual enrollment of an ID, as the service API holds it.
+    pub fn enrollment(&self, registration_id: &str) -> Option<EnrollmentView> {
+        lock(&self.shared.enrollments)
+            .get(registration_id)
+            .map(service::Enrollment::view)
+    }
+
+    /// The messages the hub accepted, oldest first.
+    pub fn hub_messages(&self) -> Vec<HubMessage> {
+        lock(&self.shared.hub_messages).clone()
+    }
+
+    /// Stops serving and waits (briefly) for the server tasks to end.
     pub async fn shutdown(mut self) {
         if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
+            let _ = shutdown.send(true);
         }
-        if let Some(task) = self.task.take() {
+        for task in std::mem::take(&mut self.tasks) {
             let abort = task.abort_handle();
             if tokio::time::timeout(Duration::from_secs(2), task)
                 .await
@@ -766,9 +912,9 @@ impl DpsEmulator {
 impl Drop for DpsEmulator {
     fn drop(&mut self) {
         if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
+            let _ = shutdown.send(true);
         }
-        if let Some(task) = self.task.take() {
+        for task in &self.tasks {
             task.abort();
         }
     }
