@@ -8,8 +8,11 @@
 //!
 //! The pure cores ([`keys`], [`identity`], [`nvs`], [`report`]) never touch a port, the network
 //! or the database; [`device`], [`sim`] and [`store`] are the I/O shells around them, and
-//! [`provision`] orchestrates one unit through the pipeline of `DESIGN.md` section 1.
+//! [`provision`] orchestrates one unit through the pipeline of `DESIGN.md` section 1; with
+//! `[boot]` on, [`boot`] then reads the application's console and passes the unit only when
+//! its firmware confirms its own configuration.
 
+pub mod boot;
 pub mod cli;
 pub mod clock;
 pub mod config;

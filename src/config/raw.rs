@@ -18,6 +18,7 @@ pub(super) struct RawConfig {
     pub(super) serial: Option<Spanned<RawSerial>>,
     #[serde(default)]
     pub(super) firmware: Vec<Spanned<RawFirmware>>,
+    pub(super) boot: Option<Spanned<RawBoot>>,
 }
 
 #[derive(Deserialize)]
@@ -109,4 +110,15 @@ pub(super) struct RawSerial {
 pub(super) struct RawFirmware {
     pub(super) offset: Spanned<u32>,
     pub(super) file: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBoot {
+    pub(super) enabled: Option<Spanned<bool>>,
+    pub(super) baud: Option<Spanned<u32>>,
+    pub(super) timeout: Option<Spanned<f64>>,
+    pub(super) expect: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) fail: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) keep_log: Option<Spanned<i64>>,
 }

@@ -17,6 +17,8 @@ struct Script {
     write: Option<fn(&Path) -> DeviceError>,
     corrupt_flash: bool,
     flash_size: u32,
+    /// What the application prints after [`Device::boot`].
+    boot_log: Vec<u8>,
 }
 
 /// A device that keeps its flash in memory and fails where the script says.
@@ -48,6 +50,8 @@ impl FakeDevice {
 }
 
 impl Device for FakeDevice {
+    type Console = std::io::Cursor<Vec<u8>>;
+
     fn port(&self) -> &Path {
         &self.port
     }
@@ -91,6 +95,11 @@ impl Device for FakeDevice {
     async fn reset(&mut self) -> Result<(), DeviceError> {
         self.resets += 1;
         Ok(())
+    }
+
+    async fn boot(&mut self, _baud: u32) -> Result<Self::Console, DeviceError> {
+        self.resets += 1;
+        Ok(std::io::Cursor::new(self.script.boot_log.clone()))
     }
 }
 
