@@ -50,6 +50,10 @@ pub enum Error {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Sim(#[from] crate::sim::SimError),
+    /// A unit's application did not confirm its configuration.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Boot(#[from] crate::boot::BootError),
     /// A file the station needs could not be read or written.
     #[error(transparent)]
     #[diagnostic(transparent)]
@@ -100,6 +104,7 @@ impl From<crate::provision::UnitError> for Error {
             UnitError::Store(e) => Error::Store(e),
             UnitError::Dps(e) => Error::Dps(e),
             UnitError::Provision(e) => Error::Provision(e),
+            UnitError::Boot(e) => Error::Boot(e),
         }
     }
 }

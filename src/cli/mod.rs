@@ -333,9 +333,23 @@ pub struct SimDevicesArgs {
     /// The first device's MAC; the others count up from it (default: distinct per run).
     #[arg(long)]
     pub base_mac: Option<crate::identity::Mac>,
-    /// Inject a fault: [DEVICE:]unplug|corrupt|noise|silent@bytes|frame|block=N (repeatable).
+    /// Inject a fault (repeatable): into the link, [DEVICE:]unplug|corrupt|noise|silent
+    /// @bytes|frame|block=N; or into the application a reset boots, [DEVICE:]boot-panic|psram|
+    /// no-config|silent|bootloop|print-key.
     #[arg(long = "fault", value_name = "SPEC")]
-    pub faults: Vec<crate::sim::Fault>,
+    pub faults: Vec<crate::sim::FaultSpec>,
+    /// The application's console rate (the ROM's banner stays at 115200).
+    #[arg(long, value_name = "BAUD", default_value_t = 115_200)]
+    pub app_baud: u32,
+    /// The NVS namespace the application reads its DPS settings from.
+    #[arg(long, value_name = "NAME", default_value = "dps")]
+    pub app_namespace: String,
+    /// The offset of the application's NVS partition (its partition table's).
+    #[arg(long, value_name = "OFFSET", default_value = "0x9000", value_parser = parse_number)]
+    pub app_nvs_offset: u32,
+    /// The size of the application's NVS partition.
+    #[arg(long, value_name = "SIZE", default_value = "0x6000", value_parser = parse_number)]
+    pub app_nvs_size: u32,
     /// How many ports (default: one per device); the other devices wait for a free port.
     #[arg(long)]
     pub ports: Option<usize>,
@@ -371,6 +385,15 @@ pub struct SimDevicesArgs {
         allow_negative_numbers = true
     )]
     pub xtal_error_ppm: i32,
+}
+
+/// A number written in decimal or, with `0x`, in hex.
+fn parse_number(text: &str) -> std::result::Result<u32, String> {
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.map_err(|_| format!("`{text}` is not a number (write 36864 or 0x9000)"))
 }
 
 /// `station demo`.

@@ -152,6 +152,7 @@ pub(super) fn print_report(report: &UnitReport) {
 }
 
 pub(super) async fn sim_devices(args: SimDevicesArgs) -> Result<u8> {
+    let (faults, app_faults) = crate::sim::FaultSpec::split(args.faults);
     let line = SimLine::start(SimOptions {
         count: args.count,
         link_dir: args.link_dir,
@@ -159,7 +160,15 @@ pub(super) async fn sim_devices(args: SimDevicesArgs) -> Result<u8> {
         baud: args.baud,
         chip: args.chip,
         base_mac: args.base_mac,
-        faults: args.faults,
+        faults,
+        app_faults,
+        app: crate::sim::SimApp {
+            baud: args.app_baud,
+            nvs_offset: args.app_nvs_offset,
+            nvs_size: args.app_nvs_size,
+            namespace: args.app_namespace,
+            ..crate::sim::SimApp::default()
+        },
         wire_time: !args.instant,
         timing: crate::sim::SimTiming {
             usb_latency: milliseconds(args.usb_latency_ms, "--usb-latency-ms")?,

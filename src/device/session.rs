@@ -83,9 +83,11 @@ const RTC_WDT_WKEY: u32 = 0x50D8_3AA1;
 const ESP32_RTC_WDT_RESET_RTC: u32 = (1 << 31) | (4 << 28) | (7 << 14) | (7 << 11);
 /// The other chips' WDTCONFIG0 as esptool's and espflash's watchdog reset set it.
 const RTC_WDT_RESET_NEWER: u32 = (1 << 31) | (5 << 28) | (1 << 8) | 2;
-/// Stage 0's timeout in RTC slow-clock cycles: about 13 ms at the ESP32's 150 kHz RC clock
-/// (esptool's figure), long enough for the reply to the last register write to leave the chip.
-pub(crate) const RTC_WDT_TIMEOUT_CYCLES: u32 = 2000;
+/// Stage 0's timeout in RTC slow-clock cycles: about 27 ms at the ESP32's 150 kHz RC clock.
+/// The reply to the write that arms it must reach the host, and the host switch to the
+/// console's rate, before the ROM prints its banner: with an FTDI bridge's 16 ms latency timer
+/// esptool's 2000 cycles (13 ms) would lose the banner's first line.
+pub(crate) const RTC_WDT_TIMEOUT_CYCLES: u32 = 4000;
 
 /// A connected device.
 #[derive(Debug)]
@@ -452,8 +454,8 @@ impl Session {
                 .connection
                 .set_baud(baud)
                 .and_then(|()| self.connection.reset()),
-            // The watchdog fires about 13 ms after it is armed: time enough for its last
-            // register write to be answered at the old rate and for the host to switch.
+            // The watchdog fires about 27 ms after it is armed: time enough for the arming
+            // write to be answered at the old rate and for the host to switch.
             AfterReset::WatchdogReset => self
                 .arm_watchdog()
                 .and_then(|()| self.connection.set_baud(baud)),
@@ -499,11 +501,12 @@ impl Session {
                 }
             },
         };
+        // No write-protect again afterwards: the reset it causes restores the lock, and a
+        // write the chip could not answer before resetting would only wait for a timeout.
         let c = &mut self.connection;
         c.write_reg(wprotect, RTC_WDT_WKEY, None)?;
         c.write_reg(config1, RTC_WDT_TIMEOUT_CYCLES, None)?;
-        c.write_reg(config0, value, None)?;
-        c.write_reg(wprotect, 0, None)
+        c.write_reg(config0, value, None)
     }
 
     /// Leaves the chip in the ROM loader at 115200 without touching DTR/RTS, as far as it

@@ -1,6 +1,7 @@
 //! The pipeline's errors: its own refusals ([`ProvisionError`]) and [`UnitError`], any error a
 //! unit's stage can end with. Both keep the code and hint of the part that failed.
 
+use crate::boot::BootError;
 use crate::device::DeviceError;
 use crate::dps::DpsError;
 use crate::identity::Mac;
@@ -94,4 +95,8 @@ pub enum UnitError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Provision(#[from] ProvisionError),
+    /// The unit's application did not confirm its configuration.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Boot(#[from] BootError),
 }

@@ -1,5 +1,7 @@
-//! One unit through the pipeline of DESIGN.md section 1, over a [`Device`]: connect, identify,
-//! derive, build, flash, verify, DPS pre-verification (when `[dps] pre_verify`), record, reset.
+//! One unit through the pipeline of DESIGN.md section 1 (with section 7's boot check), over a
+//! [`Device`]: connect, identify, derive, build, flash, verify, the reset into the application
+//! and its boot check (when `[boot] enabled`), DPS pre-verification (when `[dps] pre_verify`),
+//! record, and the final reset (unless the boot check already reset the unit).
 //!
 //! Each stage lives in the file of its name:
 //!
@@ -8,6 +10,7 @@
 //! | connect, identify (chip, flash size, already provisioned?) | `identify.rs` |
 //! | derive, build ([`DeviceImage`]) | `build.rs` |
 //! | flash, verify | `flash.rs` |
+//! | boot (reset into the application, its boot log judged) | `boot.rs` |
 //! | dps (and the later retries: [`verify_registration`], [`retry_pending`]) | `dps.rs` |
 //! | record, reset, the [`UnitReport`] | `record.rs` |
 //!
@@ -18,6 +21,7 @@
 //! carries the port, and the MAC and registration ID once known; each stage's time is traced as
 //! an event (`stage finished`, with `stage` and `seconds`).
 
+mod boot;
 mod build;
 mod dps;
 mod error;
@@ -134,6 +138,10 @@ struct Facts {
     /// When the unit, found already provisioned in this batch, was provisioned.
     skipped: Option<String>,
     dps: Option<UnitDps>,
+    /// The device was reset into its application (the session is over).
+    booted: bool,
+    /// The redacted excerpt of its boot log.
+    boot_log: Option<String>,
 }
 
 /// One unit's attempt while it runs.
@@ -158,6 +166,7 @@ impl<D: Device> Run<'_, D> {
         };
         let image = self.build(mac).await?;
         self.flash(&image).await?;
+        self.boot(&image).await?;
         self.pre_verify(&image).await
     }
 

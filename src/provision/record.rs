@@ -59,17 +59,20 @@ impl<D: Device> Run<'_, D> {
 
         // The unit is recorded: a failed reset no longer changes its outcome.
         let mut warning = None;
-        if result.is_ok() {
-            let t = Instant::now();
-            if let Err(e) = self.device.reset().await {
-                warning = Some(format!("provisioned, but the final reset failed: {e}"));
-                tracing::warn!(error = %e, "reset after provisioning failed");
+        match (self.facts.booted, result.is_ok()) {
+            // The boot check reset it into its application, which runs now, pass or fail.
+            (true, _) => {}
+            (false, true) => {
+                let t = Instant::now();
+                if let Err(e) = self.device.reset().await {
+                    warning = Some(format!("provisioned, but the final reset failed: {e}"));
+                    tracing::warn!(error = %e, "reset after provisioning failed");
+                }
+                self.timings.reset = self.finished("reset", t);
             }
-            self.timings.reset = self.finished("reset", t);
-        } else {
             // A failed unit stays in the loader for a retry, but where the next session (or
             // the line's probe) finds it: the ROM loader at 115200.
-            self.device.release().await;
+            (false, false) => self.device.release().await,
         }
 
         let mut report = self.report(recorded.attempt_id);
@@ -134,6 +137,7 @@ impl<D: Device> Run<'_, D> {
             dps_substatus: dps.and_then(|d| d.substatus.clone()),
             dps_error: dps.and_then(|d| d.error.clone()),
             warning: None,
+            boot_log: self.facts.boot_log.clone(),
         }
     }
 }

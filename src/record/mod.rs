@@ -104,6 +104,9 @@ named_enum! {
         Flash = "flash",
         /// Compare the MD5 of the written regions.
         Verify = "verify",
+        /// Reset into the application and read its boot log until it confirms its
+        /// configuration (`[boot]`).
+        Boot = "boot",
         /// Pre-verify against DPS.
         Dps = "dps",
         /// Record the unit, attempt and audit entry.
@@ -117,7 +120,7 @@ impl Stage {
     pub fn may_have_written(self) -> bool {
         matches!(
             self,
-            Stage::Flash | Stage::Verify | Stage::Dps | Stage::Record
+            Stage::Flash | Stage::Verify | Stage::Boot | Stage::Dps | Stage::Record
         )
     }
 }
