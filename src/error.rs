@@ -30,6 +30,14 @@ pub enum Error {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Nvs(#[from] crate::nvs::NvsError),
+    /// The X.509 signing CA is unusable, or issuing a device certificate failed.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    X509(#[from] crate::x509::X509Error),
+    /// An esp_secure_cert image could not be built or decoded.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    SecureCert(#[from] crate::secure_cert::SecureCertError),
     /// The database refused or failed an operation.
     #[error(transparent)]
     #[diagnostic(transparent)]
@@ -87,6 +95,8 @@ impl From<crate::station::StationError> for Error {
         use crate::station::StationError;
         match error {
             StationError::Key(e) => Error::Key(e),
+            StationError::X509(e) => Error::X509(e),
+            StationError::Config(e) => Error::Config(e),
             StationError::Store(e) => Error::Store(e),
             StationError::Dps(e) => Error::Dps(e),
             StationError::File(e) => Error::Io(e),
@@ -101,6 +111,8 @@ impl From<crate::provision::UnitError> for Error {
         match error {
             UnitError::Device(e) => Error::Device(e),
             UnitError::Nvs(e) => Error::Nvs(e),
+            UnitError::X509(e) => Error::X509(e),
+            UnitError::SecureCert(e) => Error::SecureCert(e),
             UnitError::Store(e) => Error::Store(e),
             UnitError::Dps(e) => Error::Dps(e),
             UnitError::Provision(e) => Error::Provision(e),
@@ -136,7 +148,10 @@ impl Error {
                 exit::USAGE
             }
             Error::Nvs(e) if e.is_input_error() => exit::USAGE,
+            Error::X509(e) if e.is_usage_error() => exit::USAGE,
+            Error::SecureCert(e) if e.is_input_error() => exit::USAGE,
             Error::Store(e) if e.is_usage_error() => exit::USAGE,
+            Error::Provision(e) if e.is_usage_error() => exit::USAGE,
             Error::Sim(e) if e.is_usage_error() => exit::USAGE,
             Error::Dps(e) if e.is_usage_error() => exit::USAGE,
             _ => exit::FAILED,

@@ -183,7 +183,9 @@ impl fmt::Display for Secret {
 pub struct KeyId(String);
 
 impl KeyId {
-    fn of(key: &[u8]) -> Self {
+    /// The fingerprint of `bytes`: a key's, or (for X.509 attestation) the signing CA
+    /// certificate's DER.
+    pub(crate) fn of(key: &[u8]) -> Self {
         let digest = Sha256::digest(key);
         KeyId(format!("sha256:{}", hex::encode(&digest[..8])))
     }
@@ -385,8 +387,10 @@ fn describe_base64_error(error: &base64::DecodeError) -> String {
     }
 }
 
+/// Refuses a secret file that group or others may read (`KeyError::Exposed`); also used for the
+/// X.509 CA key file.
 #[cfg(unix)]
-fn check_permissions(metadata: &std::fs::Metadata, path: &Path) -> Result<(), KeyError> {
+pub(crate) fn check_permissions(metadata: &std::fs::Metadata, path: &Path) -> Result<(), KeyError> {
     use std::os::unix::fs::PermissionsExt as _;
     let mode = metadata.permissions().mode() & 0o777;
     let who = match (mode & 0o070 != 0, mode & 0o007 != 0) {
@@ -403,7 +407,10 @@ fn check_permissions(metadata: &std::fs::Metadata, path: &Path) -> Result<(), Ke
 }
 
 #[cfg(not(unix))]
-fn check_permissions(_metadata: &std::fs::Metadata, _path: &Path) -> Result<(), KeyError> {
+pub(crate) fn check_permissions(
+    _metadata: &std::fs::Metadata,
+    _path: &Path,
+) -> Result<(), KeyError> {
     Ok(())
 }
 

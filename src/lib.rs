@@ -12,6 +12,7 @@
 //! `[boot]` on, [`boot`] then reads the application's console and passes the unit only when
 //! its firmware confirms its own configuration.
 
+mod armor;
 pub mod boot;
 pub mod cli;
 pub mod clock;
@@ -29,10 +30,13 @@ pub mod operator;
 pub mod provision;
 pub mod record;
 pub mod report;
+pub mod secure_cert;
 pub mod sim;
 pub mod slip;
 pub mod station;
 pub mod store;
 pub mod support;
+pub mod tls;
+pub mod x509;
 
 pub use error::{Error, Result};

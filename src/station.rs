@@ -1,16 +1,27 @@
 //! The station context: what every unit's attempt needs besides its device, loaded once per
 //! run of `station run`, `provision`, `dps verify` or `demo`.
 //!
-//! [`Station::open`] loads the group keys, reads the `[[firmware]]` images, builds the DPS
-//! client when `[dps] pre_verify` is on, opens the database and records in the audit log the
-//! configuration and keys the station runs with (only when they changed since it last did).
+//! [`Station::open`] loads the station's secret ([`Attestor`]: the group keys, or for X.509
+//! attestation the signing CA, checked and proven to fit where the credentials are stored),
+//! reads the `[[firmware]]` images, builds the DPS client when `[dps] pre_verify` is on, opens
+//! the database and records in the audit log the configuration and the key or CA the station
+//! runs with (only when they changed since it last did).
 
-use crate::config::Config;
+use std::sync::Arc;
+
+use crate::config::ConfigError;
+use crate::config::{
+    Attestation as AttestationConfig, Config, CredentialStorage, DeviceKeyType, X509Config,
+    X509Lengths,
+};
 use crate::device::Region;
 use crate::dps::{DpsClient, DpsError};
 use crate::file::FileError;
-use crate::keys::{GroupKeys, KeyError};
-use crate::store::{StationOpen, Store, StoreError};
+use crate::identity::RegistrationId;
+use crate::keys::{GroupKeys, KeyError, KeyId};
+use crate::record::Attestation;
+use crate::store::{CaOpen, StationOpen, Store, StoreError};
+use crate::x509::{CaFiles, DeviceCredentials, IssuePolicy, KeyType, SigningCa, X509Error};
 
 /// The largest `[[firmware]]` image the station reads: the largest flash an ESP32 module has.
 const FIRMWARE_LIMIT: u64 = 16 << 20;
@@ -23,6 +34,14 @@ pub enum StationError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Key(#[from] KeyError),
+    /// The signing CA is unusable.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    X509(#[from] X509Error),
+    /// The credentials the CA issues do not fit where the configuration stores them.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Config(#[from] ConfigError),
     /// The database cannot be opened or recorded to.
     #[error(transparent)]
     #[diagnostic(transparent)]
@@ -37,13 +56,188 @@ pub enum StationError {
     File(#[from] FileError),
 }
 
+/// The station's secret, by attestation kind: what gives each unit its identity with DPS.
+#[derive(Debug)]
+pub enum Attestor {
+    /// Symmetric-key attestation: the enrollment group's keys, from which each unit's device
+    /// key is derived.
+    SymmetricKey(GroupKeys),
+    /// X.509 attestation: the signing CA, which issues each unit a certificate.
+    X509(Issuer),
+}
+
+impl Attestor {
+    /// Loads the secret `[dps] attestation` names: the group key files, or the CA files (the
+    /// CA checked at `now`, and a certificate issued by it proven to fit the configured
+    /// storage).
+    pub fn load(config: &Config, now: time::OffsetDateTime) -> Result<Attestor, StationError> {
+        Ok(match &config.dps.attestation {
+            AttestationConfig::SymmetricKey(keys) => Attestor::SymmetricKey(GroupKeys::load(
+                &keys.group_key_file,
+                keys.secondary_group_key_file.as_deref(),
+            )?),
+            AttestationConfig::X509(x509) => {
+                let issuer = Issuer::load(x509, now)?;
+                config.check_x509_fit(&issuer.lengths(config, now)?)?;
+                Attestor::X509(issuer)
+            }
+        })
+    }
+
+    /// Which kind it is.
+    pub fn kind(&self) -> Attestation {
+        match self {
+            Attestor::SymmetricKey(_) => Attestation::SymmetricKey,
+            Attestor::X509(_) => Attestation::X509,
+        }
+    }
+
+    /// The fingerprint records carry for it: the primary group key's, or the signing CA's
+    /// ([`SigningCa::key_id`]).
+    pub fn key_id(&self) -> KeyId {
+        match self {
+            Attestor::SymmetricKey(keys) => keys.primary.id().clone(),
+            Attestor::X509(issuer) => issuer.key_id.clone(),
+        }
+    }
+
+    /// The secondary group key's fingerprint, when one is configured.
+    pub fn secondary_key_id(&self) -> Option<KeyId> {
+        match self {
+            Attestor::SymmetricKey(keys) => keys.secondary.as_ref().map(|k| k.id().clone()),
+            Attestor::X509(_) => None,
+        }
+    }
+
+    /// The group keys, for symmetric-key attestation.
+    pub fn group_keys(&self) -> Option<&GroupKeys> {
+        match self {
+            Attestor::SymmetricKey(keys) => Some(keys),
+            Attestor::X509(_) => None,
+        }
+    }
+
+    /// The signing CA, for X.509 attestation.
+    pub fn issuer(&self) -> Option<&Issuer> {
+        match self {
+            Attestor::SymmetricKey(_) => None,
+            Attestor::X509(issuer) => Some(issuer),
+        }
+    }
+}
+
+/// X.509 attestation's issuer: the signing CA, the issuing policy and where the credentials go.
+#[derive(Debug, Clone)]
+pub struct Issuer {
+    /// The signing CA, shared with the blocking tasks that issue.
+    pub ca: Arc<SigningCa>,
+    /// Key type and validity of what it issues.
+    pub policy: IssuePolicy,
+    /// Where each unit's credentials are written.
+    pub storage: CredentialStorage,
+    key_id: KeyId,
+}
+
+/// Stand-in lengths a certificate or key may exceed the probe's by: an ECDSA signature varies
+/// by a few bytes from one certificate to the next, as do an RSA key's integers.
+const CERT_PEM_MARGIN: usize = 16;
+/// See [`CERT_PEM_MARGIN`].
+const KEY_PEM_MARGIN: usize = 32;
+/// See [`CERT_PEM_MARGIN`]; the TLV entries round each up to 16 bytes.
+const SECURE_CERT_MARGIN: usize = CERT_PEM_MARGIN + KEY_PEM_MARGIN + 32;
+
+impl Issuer {
+    /// Loads and checks the signing CA at `now` ([`SigningCa::load`]).
+    pub fn load(config: &X509Config, now: time::OffsetDateTime) -> Result<Issuer, X509Error> {
+        let ca = SigningCa::load(
+            &CaFiles {
+                cert: &config.ca_cert_file,
+                chain: config.ca_chain_file.as_deref(),
+                key: &config.ca_key_file,
+                key_passphrase: config.ca_key_passphrase_file.as_deref(),
+            },
+            now,
+        )?;
+        Ok(Issuer {
+            key_id: ca.key_id(),
+            ca: Arc::new(ca),
+            policy: IssuePolicy {
+                key_type: key_type(config.key_type),
+                validity_days: config.cert_days,
+            },
+            storage: config.storage,
+        })
+    }
+
+    /// Issues one unit's credentials at `now` on a blocking thread: key generation (RSA's
+    /// especially) is CPU work that must not stall the line's other ports.
+    pub async fn issue(
+        &self,
+        registration_id: &RegistrationId,
+        now: time::OffsetDateTime,
+    ) -> Result<DeviceCredentials, X509Error> {
+        let ca = Arc::clone(&self.ca);
+        let policy = self.policy;
+        let id = registration_id.clone();
+        tokio::task::spawn_blocking(move || ca.issue(&id, &policy, now))
+            .await
+            .unwrap_or_else(|e| {
+                Err(X509Error::IssueFailed {
+                    registration_id: registration_id.as_str().to_owned(),
+                    problem: format!("the issuing task ended abnormally: {e}"),
+                })
+            })
+    }
+
+    /// The lengths of the credentials this CA issues, measured on a certificate issued for
+    /// the longest registration ID the template gives, with a margin for what varies between
+    /// certificates.
+    pub fn lengths(
+        &self,
+        config: &Config,
+        now: time::OffsetDateTime,
+    ) -> Result<X509Lengths, X509Error> {
+        let longest = RegistrationId::new("r".repeat(config.dps.registration_id.rendered_len()))
+            .map_err(|e| X509Error::IssueFailed {
+                registration_id: String::new(),
+                problem: e.to_string(),
+            })?;
+        let probe = self.ca.issue(&longest, &self.policy, now)?;
+        let image = probe
+            .esp_secure_cert()
+            .map_err(|e| X509Error::IssueFailed {
+                registration_id: longest.as_str().to_owned(),
+                problem: e.to_string(),
+            })?;
+        Ok(X509Lengths {
+            device_cert: probe.certificate_pem().len() + CERT_PEM_MARGIN,
+            device_private_key: probe.private_key().expose_pem().len() + KEY_PEM_MARGIN,
+            ca_chain: probe.chain_pem().len(),
+            secure_cert_image: image.len() + SECURE_CERT_MARGIN,
+        })
+    }
+
+    /// The CA as records name it (the short fingerprint of its certificate).
+    pub fn key_id(&self) -> &KeyId {
+        &self.key_id
+    }
+}
+
+/// The issuer's key type for `[dps] key_type`.
+fn key_type(configured: DeviceKeyType) -> KeyType {
+    match configured {
+        DeviceKeyType::EcdsaP256 => KeyType::EcdsaP256,
+        DeviceKeyType::Rsa2048 => KeyType::Rsa2048,
+    }
+}
+
 /// What a unit's attempt needs besides the device.
 #[derive(Debug)]
 pub struct Station {
     /// The configuration.
     pub config: Config,
-    /// The group keys.
-    pub keys: GroupKeys,
+    /// The group keys or the signing CA.
+    pub attestor: Attestor,
     /// The database.
     pub store: Store,
     /// The `[[firmware]]` images, read once.
@@ -53,13 +247,26 @@ pub struct Station {
 }
 
 impl Station {
-    /// Loads the keys, opens the database (recording the station's configuration and keys in
-    /// the audit log when they changed) and reads the firmware images.
+    /// Loads the keys or the CA, opens the database (recording the station's configuration
+    /// and keys in the audit log when they changed) and reads the firmware images.
     pub async fn open(config: Config) -> Result<Station, StationError> {
-        let keys = GroupKeys::load(
-            &config.dps.group_key_file,
-            config.dps.secondary_group_key_file.as_deref(),
-        )?;
+        let now = time::OffsetDateTime::now_utc();
+        let attestor = match &config.dps.attestation {
+            // Loading a CA issues a probe certificate (an RSA key takes a while): off the
+            // runtime's threads.
+            AttestationConfig::X509(_) => {
+                let loading = config.clone();
+                tokio::task::spawn_blocking(move || Attestor::load(&loading, now))
+                    .await
+                    .map_err(|e| {
+                        StationError::X509(X509Error::IssueFailed {
+                            registration_id: String::new(),
+                            problem: format!("loading the CA ended abnormally: {e}"),
+                        })
+                    })??
+            }
+            AttestationConfig::SymmetricKey(_) => Attestor::load(&config, now)?,
+        };
         let mut firmware = Vec::new();
         for image in &config.firmware {
             let data = crate::file::read_regular(&image.file, FIRMWARE_LIMIT)
@@ -74,11 +281,11 @@ impl Station {
         let store = Store::open(&config.station.database).await?;
         let operator = crate::operator::resolve(None, None);
         store
-            .record_station_open(&station_open(&config, &keys, &operator))
+            .record_station_open(&station_open(&config, &attestor, &operator))
             .await?;
         Ok(Station {
             config,
-            keys,
+            attestor,
             store,
             firmware,
             dps,
@@ -96,9 +303,9 @@ impl Station {
 }
 
 /// What the audit log records of a station opening with `config` (its file hashed as it is now)
-/// and `keys`. A configuration that was not read from a file (tests build one from text)
+/// and `attestor`. A configuration that was not read from a file (tests build one from text)
 /// records no `config.changed`.
-fn station_open(config: &Config, keys: &GroupKeys, operator: &str) -> StationOpen {
+fn station_open(config: &Config, attestor: &Attestor, operator: &str) -> StationOpen {
     use sha2::{Digest as _, Sha256};
     let config_file = std::fs::read(&config.path).ok().map(|bytes| {
         (
@@ -110,8 +317,13 @@ fn station_open(config: &Config, keys: &GroupKeys, operator: &str) -> StationOpe
         station_id: config.station.id.clone(),
         operator: operator.to_owned(),
         config: config_file,
-        key_id: keys.primary.id().clone(),
-        secondary_key_id: keys.secondary.as_ref().map(|k| k.id().clone()),
+        key_id: attestor.key_id(),
+        secondary_key_id: attestor.secondary_key_id(),
+        ca: attestor.issuer().map(|issuer| CaOpen {
+            thumbprint: issuer.ca.thumbprint().to_string(),
+            subject: issuer.ca.subject().to_owned(),
+            not_after: crate::clock::format_time(issuer.ca.not_after()),
+        }),
     }
 }
 
@@ -138,12 +350,23 @@ mod tests {
         std::fs::write(&config_path, text).unwrap();
         let load = || {
             let config = Config::load(&config_path).unwrap();
-            let keys = GroupKeys::load(&config.dps.group_key_file, None).unwrap();
+            let keys = GroupKeys::load(
+                &config
+                    .dps
+                    .attestation
+                    .symmetric_key()
+                    .unwrap()
+                    .group_key_file,
+                None,
+            )
+            .unwrap();
             (config, keys)
         };
         let (config, keys) = load();
         let store = Store::open(&config.station.database).await.unwrap();
-        let open = |config: &Config, keys: &GroupKeys| station_open(config, keys, "ops");
+        let open = |config: &Config, keys: &GroupKeys| {
+            station_open(config, &Attestor::SymmetricKey(keys.clone()), "ops")
+        };
         assert_eq!(
             store
                 .record_station_open(&open(&config, &keys))

@@ -61,7 +61,7 @@ fn declared() -> (BTreeSet<String>, BTreeMap<String, String>) {
     for statement in lib.split(';') {
         let words: Vec<&str> = statement.split_whitespace().collect();
         match words.as_slice() {
-            ["pub", "mod", name] => {
+            ["pub", "mod", name] | ["mod", name] => {
                 modules.insert((*name).to_owned());
             }
             ["pub", "use", rest @ ..] => {

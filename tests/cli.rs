@@ -318,11 +318,20 @@ fn nvs_build_by_mac_matches_the_library_and_inspect_redacts_the_key() {
     }
     // The same image the pipeline would build, byte for byte.
     let config = station::config::Config::load(&ws.path("station.toml")).unwrap();
-    let keys = station::keys::GroupKeys::load(&config.dps.group_key_file, None).unwrap();
+    let keys = station::keys::GroupKeys::load(
+        &config
+            .dps
+            .attestation
+            .symmetric_key()
+            .unwrap()
+            .group_key_file,
+        None,
+    )
+    .unwrap();
     let image =
         station::provision::DeviceImage::build(&config, &keys, "240ac4123456".parse().unwrap())
             .unwrap();
-    assert_eq!(bytes, image.bytes);
+    assert_eq!(bytes, *image.bytes);
     assert_eq!(built[0]["image_sha256"], image.sha256());
 
     let derived = ws

@@ -13,27 +13,39 @@ const OTHER_KEY: &str =
     "8isrFI1sGsIlvvFSSFRiMfCNzv21fjbE/+ah/lSh3lF8e2YG1Te7w1KpZhJFFXJrqYKi9yegxkqIChbqOS9Egw==";
 
 /// `station sim dps` running as a process; killed when dropped.
-struct DpsSim {
-    child: Child,
+pub struct DpsSim {
+    pub child: Child,
     stdout: BufReader<ChildStdout>,
-    url: String,
+    /// The base URL it printed.
+    pub url: String,
     log: std::path::PathBuf,
 }
 
 impl DpsSim {
     /// Starts the emulator with the workspace's key file `key` and waits for its URL.
     fn start(ws: &Workspace, key: &str, extra: &[&str]) -> DpsSim {
-        let log = ws.path(&format!("sim-dps-{}.log", extra.join("_").replace('-', "")));
+        let key = ws.path(key);
+        let mut args = vec!["--group-key-file", key.to_str().unwrap()];
+        args.extend(extra);
+        let sim = DpsSim::spawn(ws, &args);
+        assert!(sim.url.starts_with("http://127.0.0.1:"), "{:?}", sim.url);
+        sim
+    }
+
+    /// Starts `station sim dps --id-scope 0ne00ABCDEF ARGS` and waits for its URL.
+    pub fn spawn(ws: &Workspace, args: &[&str]) -> DpsSim {
+        let log = ws.path(&format!(
+            "sim-dps-{}.log",
+            args.iter()
+                .filter(|a| a.starts_with("--"))
+                .copied()
+                .collect::<Vec<_>>()
+                .join("_")
+                .replace('-', "")
+        ));
         let mut child = Command::new(env!("CARGO_BIN_EXE_station"))
-            .args([
-                "sim",
-                "dps",
-                "--id-scope",
-                "0ne00ABCDEF",
-                "--group-key-file",
-            ])
-            .arg(ws.path(key))
-            .args(extra)
+            .args(["sim", "dps", "--id-scope", "0ne00ABCDEF"])
+            .args(args)
             .env("STATION_LOG", "trace")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -43,7 +55,11 @@ impl DpsSim {
         let mut url = String::new();
         stdout.read_line(&mut url).unwrap();
         let url = url.trim().to_owned();
-        assert!(url.starts_with("http://127.0.0.1:"), "{url:?}");
+        assert!(
+            url.starts_with("http://127.0.0.1:") || url.starts_with("https://127.0.0.1:"),
+            "{url:?}: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
         DpsSim {
             child,
             stdout,
@@ -53,7 +69,7 @@ impl DpsSim {
     }
 
     /// Stops it and returns everything it printed (stdout after the URL, then stderr).
-    fn stop(mut self) -> Vec<u8> {
+    pub fn stop(mut self) -> Vec<u8> {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let mut out = Vec::new();

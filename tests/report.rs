@@ -86,7 +86,8 @@ fn manifest_lists_units_in_documented_columns_and_is_audited() {
     assert_eq!(
         lines.next().unwrap(),
         "batch,mac,registration_id,chip,chip_revision,flash_size,nvs_sha256,group_key_id,\
-         provisioned_at,operator,station_id,port,attempts,dps_status,assigned_hub,device_id"
+         provisioned_at,operator,station_id,port,attempts,dps_status,assigned_hub,device_id,\
+         attestation,cert_serial,cert_thumbprint,cert_not_after"
     );
     let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
     assert_eq!(rows.len(), 3);
@@ -107,6 +108,10 @@ fn manifest_lists_units_in_documented_columns_and_is_audited() {
             "/dev/ttyUSB0",
             "2",
             "not-requested",
+            "",
+            "",
+            "symmetric-key",
+            "",
             "",
             ""
         ]

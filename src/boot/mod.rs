@@ -31,7 +31,6 @@ use zeroize::Zeroizing;
 pub use error::BootError;
 
 use crate::config::{BootConfig, TemplateValues};
-use crate::keys::DeviceKey;
 use judge::{Judge, Lines, Verdict};
 use redact::{Excerpt, Redactor};
 
@@ -57,17 +56,18 @@ impl std::fmt::Debug for BootCheck {
 }
 
 impl BootCheck {
-    /// The check of one unit: `[boot]`'s patterns rendered with the unit's values, and its
-    /// device keys (redacted wherever the firmware prints them).
-    pub fn new(config: &BootConfig, values: &TemplateValues<'_>, keys: &[&DeviceKey]) -> Self {
+    /// The check of one unit: `[boot]`'s patterns rendered with the unit's values, and the
+    /// texts of its secrets (its device keys, its private key's lines), redacted wherever the
+    /// firmware prints them.
+    pub fn new(config: &BootConfig, values: &TemplateValues<'_>, secrets: &[&str]) -> Self {
         BootCheck {
             expect: config.expect.iter().map(|p| p.render(values)).collect(),
             fail: config.fail.iter().map(|p| p.render(values)).collect(),
             timeout: config.timeout,
             keep_log: config.keep_log,
-            secrets: keys
+            secrets: secrets
                 .iter()
-                .map(|k| Zeroizing::new(k.expose().to_owned()))
+                .map(|s| Zeroizing::new((*s).to_owned()))
                 .collect(),
         }
     }

@@ -29,6 +29,9 @@ fn values() -> TemplateValues<'static> {
         dps_host: "global.azure-devices-provisioning.net",
         mac: "240ac4123456",
         station_id: "st1",
+        device_cert: "",
+        device_private_key: "",
+        ca_chain: "",
     }
 }
 
@@ -38,7 +41,7 @@ fn check(timeout: Duration) -> BootCheck {
         timeout,
         ..BootConfig::default()
     };
-    BootCheck::new(&config, &values(), &[&key()])
+    BootCheck::new(&config, &values(), &[key().expose()])
 }
 
 const GOOD: &str = "ets Jul 29 2019 12:21:46\r\n\r\n\
@@ -110,7 +113,7 @@ async fn the_device_key_never_reaches_the_excerpt_or_the_error() {
     config
         .fail
         .push(crate::config::BootPattern::parse("fatal:").unwrap());
-    let check = BootCheck::new(&config, &values(), &[&key]);
+    let check = BootCheck::new(&config, &values(), &[key_text]);
     let report = watch(log.as_bytes(), &check).await;
     let error = report.verdict.unwrap_err();
     assert!(!report.log.contains(key_text), "{}", report.log);

@@ -1,12 +1,18 @@
 //! `station demo`: a whole simulated line with no hardware and no configuration to write.
 //!
 //! It makes a workspace (a new temporary directory, or `--dir`) holding an embedded
-//! `station.toml`, a fresh random group key (mode 0600) and the SQLite file, starts simulated
+//! `station.toml`, a fresh random group key (mode 0600) or, with `--attestation x509`, a demo
+//! PKI (a root CA and an issuing CA whose key is mode 0600), and the SQLite file, starts simulated
 //! ESP32s that take turns on a few pseudo-terminal ports (a simulated operator unplugs each
 //! finished unit and plugs in the next), opens a batch of that many units and runs the line
 //! daemon on it until the batch is complete, then closes the batch, verifies the audit chain and
-//! writes the QA manifest. With `--dir` an existing workspace is reused, key and database
+//! writes the QA manifest. With `--dir` an existing workspace is reused, keys and database
 //! included; simulated MACs differ per run.
+//!
+//! With `--attestation x509` the line issues each unit a certificate with the demo's issuing
+//! CA, flashes it in an `esp_secure_cert` partition (with NVS moved to 0x10000, as in
+//! Espressif's partition tables for it), and the DPS emulator serves HTTPS (its server
+//! identity kept in `dps-tls/`) and checks each unit's client certificate against the root.
 
 use std::path::Path;
 
@@ -20,13 +26,14 @@ use tokio::sync::mpsc::unbounded_channel;
 use super::image::{commit_private, create_private};
 use super::line::View;
 use super::unit::wait_for_shutdown;
-use super::{DemoArgs, OK, operator, print_json};
+use super::{AttestationKind, DemoArgs, OK, operator, print_json};
 use crate::config::Config;
 use crate::error::{Error, Result, exit};
 use crate::keys::GroupKey;
 use crate::line::{self, LineOptions};
 use crate::report::ManifestFormat;
 use crate::sim::dps::{DpsEmulator, EmulatorOptions};
+use crate::sim::tls::ServerIdentity;
 use crate::sim::{SimLine, SimOptions};
 use crate::station::Station;
 use crate::store::ManifestFilter;
@@ -59,7 +66,51 @@ id_scope = "{id_scope}"
 reg_id = "{registration_id}"
 device_key = "{device_key}"
 dps_host = "{dps_host}"
+"#;
 
+/// The demo's configuration with X.509 attestation: the demo PKI, the credentials in an
+/// esp_secure_cert partition, pre-verification over TLS against this run's emulator.
+const DEMO_X509_CONFIG: &str = r#"# Written by `station demo --attestation x509`: a simulated line on pseudo-terminals.
+[station]
+id = "demo-st1"
+database = "station.db"
+
+[dps]
+id_scope = "{demo_id_scope}"
+endpoint = "global.azure-devices-provisioning.net"
+# A demo PKI made for this workspace: the station signs with the issuing CA; the DPS
+# emulator's enrollment group trusts the root.
+attestation = "x509"
+ca_cert_file = "pki/issuing-ca.pem"
+ca_chain_file = "pki/root-ca.pem"
+ca_key_file = "secrets/issuing-ca.key"
+cert_days = 365
+key_type = "ecdsa-p256"
+registration_id = "sensor-{mac}"
+# The demo's own DPS emulator on loopback over HTTPS, started for each run
+# (`station sim dps --attestation x509 --tls-dir dps-tls`), trusted through ca_file.
+pre_verify = true
+verify_url = "{verify_url}"
+ca_file = "dps-tls/ca.pem"
+
+[nvs]
+offset = 0x10000
+size = 0x6000
+namespace = "dps"
+
+[nvs.entries]
+id_scope = "{id_scope}"
+reg_id = "{registration_id}"
+dps_host = "{dps_host}"
+
+# The device's certificate, key and CA chain, as esp_secure_cert_mgr reads them.
+[secure_cert]
+offset = 0xD000
+size = 0x2000
+"#;
+
+/// The `[serial]` section of both demo configurations: the simulated line's ports.
+const DEMO_SERIAL: &str = r#"
 [serial]
 ports = ["ports/ttySIM*"]
 baud = 921600
@@ -69,6 +120,13 @@ after = "no-reset"
 chip = "esp32"
 stub = true
 "#;
+
+/// The demo PKI's files in the workspace.
+const ROOT_CA: &str = "pki/root-ca.pem";
+const ISSUING_CA: &str = "pki/issuing-ca.pem";
+const ISSUING_KEY: &str = "secrets/issuing-ca.key";
+/// The DPS emulator's TLS identity in the workspace.
+const DPS_TLS: &str = "dps-tls";
 
 pub(super) async fn run(args: DemoArgs, json: bool) -> Result<u8> {
     if args.count == 0 || args.ports == 0 {
@@ -86,12 +144,28 @@ pub(super) async fn run(args: DemoArgs, json: bool) -> Result<u8> {
             .map_err(|e| Error::io("creating", std::env::temp_dir(), e))?
             .keep(),
     };
-    prepare_workspace(&dir)?;
-    // The DPS emulator checks every registration's SAS token against the demo's group key,
-    // as DPS checks it against the enrollment group's.
-    let group_key = GroupKey::load(&dir.join("secrets/group.key"))?;
-    let emulator = DpsEmulator::start(EmulatorOptions::new(DEMO_ID_SCOPE, group_key)).await?;
-    write_config(&dir, emulator.url())?;
+    prepare_workspace(&dir, args.attestation)?;
+    let options = match args.attestation {
+        // The DPS emulator checks every registration's SAS token against the demo's group
+        // key, as DPS checks it against the enrollment group's.
+        AttestationKind::SymmetricKey => EmulatorOptions::new(
+            DEMO_ID_SCOPE,
+            GroupKey::load(&dir.join("secrets/group.key"))?,
+        ),
+        // It checks every unit's client certificate against the demo's root CA, as DPS
+        // checks it against the enrollment group's verified CA.
+        AttestationKind::X509 => {
+            let root = crate::tls::read_roots(&dir.join(ROOT_CA)).map_err(|e| Error::BadInput {
+                what: dir.join(ROOT_CA).display().to_string(),
+                problem: e.to_string(),
+                fix: "Remove the demo workspace's pki/ and secrets/issuing-ca.key to make a new demo PKI.".to_owned(),
+            })?;
+            let tls = ServerIdentity::load_or_generate(&dir.join(DPS_TLS))?;
+            EmulatorOptions::x509(DEMO_ID_SCOPE, root, Arc::new(tls))
+        }
+    };
+    let emulator = DpsEmulator::start(options).await?;
+    write_config(&dir, emulator.url(), args.attestation)?;
     let config = Config::load(&dir.join("station.toml"))?;
     let station = Arc::new(Station::open(config).await?);
     let station_id = station.config.station.id.clone();
@@ -122,9 +196,10 @@ pub(super) async fn run(args: DemoArgs, json: bool) -> Result<u8> {
         .await?;
     if !json {
         println!(
-            "demo: {} simulated ESP32s taking turns on {ports} ports in {}; batch {name}; config {}",
+            "demo: {} simulated ESP32s taking turns on {ports} ports in {}; batch {name}; {} attestation; config {}",
             args.count,
             dir.join("ports").display(),
+            args.attestation.as_str(),
             dir.join("station.toml").display()
         );
     }
@@ -188,10 +263,10 @@ pub(super) async fn run(args: DemoArgs, json: bool) -> Result<u8> {
     )
 }
 
-/// Creates the workspace: configuration, a group key of its own, directories. An existing
-/// workspace is reused, its key and database included.
-fn prepare_workspace(dir: &Path) -> Result<()> {
-    for sub in ["secrets", "ports", "flash"] {
+/// Creates the workspace: configuration, a group key or a PKI of its own, directories. An
+/// existing workspace is reused, its keys and database included.
+fn prepare_workspace(dir: &Path, attestation: AttestationKind) -> Result<()> {
+    for sub in ["secrets", "ports", "flash", "pki"] {
         let path = dir.join(sub);
         std::fs::create_dir_all(&path).map_err(|e| Error::io("creating", &path, e))?;
     }
@@ -208,13 +283,60 @@ fn prepare_workspace(dir: &Path) -> Result<()> {
         let text = zeroize::Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(bytes));
         super::image::write_private(&key, text.as_bytes())?;
     }
+    if attestation == AttestationKind::X509 && !dir.join(ISSUING_KEY).exists() {
+        make_demo_pki(dir)?;
+    }
     Ok(())
 }
 
+/// A demo PKI: a root CA (what the DPS enrollment group would trust) and an issuing CA below
+/// it (what the station signs with), both ECDSA P-256, valid five years.
+fn make_demo_pki(dir: &Path) -> Result<()> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
+    let failed = |e: rcgen::Error| Error::BadInput {
+        what: "the demo PKI".to_owned(),
+        problem: e.to_string(),
+        fix: "Run the demo again; if it persists, report it.".to_owned(),
+    };
+    let ca = |name: &str, path_len: u8| -> std::result::Result<CertificateParams, rcgen::Error> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "Station Demo");
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(path_len));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::days(1);
+        params.not_after = now + time::Duration::days(5 * 365);
+        Ok(params)
+    };
+    let root_key = KeyPair::generate().map_err(failed)?;
+    let root_params = ca("Station Demo Root CA", 1).map_err(failed)?;
+    let root = root_params.self_signed(&root_key).map_err(failed)?;
+    let issuing_key = KeyPair::generate().map_err(failed)?;
+    let mut issuing_params = ca("Station Demo Issuing CA", 0).map_err(failed)?;
+    issuing_params.use_authority_key_identifier_extension = true;
+    let issuing = issuing_params
+        .signed_by(&issuing_key, &Issuer::from_params(&root_params, &root_key))
+        .map_err(failed)?;
+    // The root's key is not kept: the demo never signs with it again.
+    super::image::write_private(&dir.join(ROOT_CA), root.pem().as_bytes())?;
+    super::image::write_private(&dir.join(ISSUING_CA), issuing.pem().as_bytes())?;
+    let key = zeroize::Zeroizing::new(issuing_key.serialize_pem());
+    super::image::write_private(&dir.join(ISSUING_KEY), key.as_bytes())
+}
+
 /// Writes the demo's configuration, pointed at this run's DPS emulator.
-fn write_config(dir: &Path, verify_url: &str) -> Result<()> {
+fn write_config(dir: &Path, verify_url: &str, attestation: AttestationKind) -> Result<()> {
     let config = dir.join("station.toml");
-    let text = DEMO_CONFIG
+    let template = match attestation {
+        AttestationKind::SymmetricKey => DEMO_CONFIG,
+        AttestationKind::X509 => DEMO_X509_CONFIG,
+    };
+    let text = (template.to_owned() + DEMO_SERIAL)
         .replace("{verify_url}", verify_url)
         .replace("{demo_id_scope}", DEMO_ID_SCOPE);
     std::fs::write(&config, text).map_err(|e| Error::io("writing", &config, e))

@@ -1,9 +1,10 @@
 //! `station dps verify` and `station sim dps`.
 
 use std::io::Write as _;
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::{OK, SimDpsArgs, print_json};
+use super::{AttestationKind, OK, SimDpsArgs, print_json};
 use crate::config::Config;
 use crate::error::{Error, Result, exit};
 use crate::identity::RegistrationId;
@@ -11,6 +12,7 @@ use crate::keys::GroupKey;
 use crate::provision::{self, VerifyReport};
 use crate::record::DpsStatus;
 use crate::sim::dps::{DpsEmulator, EmulatorOptions};
+use crate::sim::tls::ServerIdentity;
 use crate::station::Station;
 
 /// `station dps verify --registration-id ID`: exit 0 when assigned, 1 otherwise.
@@ -106,7 +108,56 @@ fn print_verify(report: &VerifyReport) {
 
 /// `station sim dps`: runs the emulator until SIGINT/SIGTERM; prints its URL first.
 pub(super) async fn sim_dps(args: SimDpsArgs, json: bool) -> Result<u8> {
-    let group_key = GroupKey::load(&args.group_key_file)?;
+    let needs = |flag: &str, problem: &str| Error::BadInput {
+        what: format!(
+            "`station sim dps --attestation {}`",
+            match args.attestation {
+                AttestationKind::SymmetricKey => "symmetric-key",
+                AttestationKind::X509 => "x509",
+            }
+        ),
+        problem: problem.to_owned(),
+        fix: format!("Add {flag}."),
+    };
+    let tls = args
+        .tls_dir
+        .as_deref()
+        .map(ServerIdentity::load_or_generate)
+        .transpose()?
+        .map(Arc::new);
+    let mut options = match args.attestation {
+        AttestationKind::SymmetricKey => {
+            let Some(file) = &args.group_key_file else {
+                return Err(needs(
+                    "--group-key-file FILE",
+                    "a symmetric-key group checks SAS tokens against its group key",
+                ));
+            };
+            let mut options = EmulatorOptions::new(args.id_scope, GroupKey::load(file)?);
+            options.tls = tls;
+            options
+        }
+        AttestationKind::X509 => {
+            let Some(ca_file) = &args.ca_file else {
+                return Err(needs(
+                    "--ca-file FILE",
+                    "an X.509 group trusts the CA certificate registered with it",
+                ));
+            };
+            let Some(tls) = tls else {
+                return Err(needs(
+                    "--tls-dir DIR",
+                    "an X.509 group authenticates devices in the TLS handshake, so the emulator serves HTTPS",
+                ));
+            };
+            let trusted = crate::tls::read_roots(ca_file).map_err(|e| Error::BadInput {
+                what: "--ca-file".to_owned(),
+                problem: e.to_string(),
+                fix: "Give the enrollment group's CA certificate as PEM (the station's [dps] ca_cert_file, or the root above it).".to_owned(),
+            })?;
+            EmulatorOptions::x509(args.id_scope, trusted, tls)
+        }
+    };
     let seconds = |value: f64, flag: &str| {
         if value.is_finite() && (0.0..=600.0).contains(&value) {
             Ok(Duration::from_secs_f64(value))
@@ -118,7 +169,6 @@ pub(super) async fn sim_dps(args: SimDpsArgs, json: bool) -> Result<u8> {
             })
         }
     };
-    let mut options = EmulatorOptions::new(args.id_scope, group_key);
     options.port = args.port.unwrap_or(0);
     options.throttle = args.throttle;
     options.fail_5xx = args.fail_5xx;
@@ -131,15 +181,22 @@ pub(super) async fn sim_dps(args: SimDpsArgs, json: bool) -> Result<u8> {
         options.hub = hub;
     }
     let emulator = DpsEmulator::start(options).await?;
+    let ca_file = args.tls_dir.as_deref().map(ServerIdentity::ca_file);
     if json {
-        print_json(&serde_json::json!({ "url": emulator.url() }));
+        print_json(&serde_json::json!({
+            "url": emulator.url(),
+            "ca_file": ca_file.as_ref().map(|f| f.display().to_string()),
+        }));
     } else {
         println!("{}", emulator.url());
     }
     let _ = std::io::stdout().flush();
     eprintln!(
-        "sim: DPS emulator at {}; set [dps] verify_url to it",
-        emulator.url()
+        "sim: DPS emulator at {}; set [dps] verify_url to it{}",
+        emulator.url(),
+        ca_file
+            .map(|f| format!(" and [dps] ca_file to {}", f.display()))
+            .unwrap_or_default()
     );
     super::unit::wait_for_shutdown().await;
     emulator.shutdown().await;

@@ -14,16 +14,28 @@ use crate::keys::GroupKeys;
 use crate::nvs;
 use crate::provision::DeviceImage;
 
-fn load_keys(config: &Config) -> Result<GroupKeys> {
+/// The group keys, for the commands that derive device keys; with X.509 attestation there is
+/// nothing to derive: every unit gets a fresh key pair when it is provisioned.
+fn load_keys(config: &Config, command: &str) -> Result<GroupKeys> {
+    let Some(keys) = config.dps.attestation.symmetric_key() else {
+        return Err(Error::BadInput {
+            what: format!("`station {command}`"),
+            problem: format!(
+                "{} sets [dps] attestation = \"x509\": each unit gets a fresh key pair and certificate when it is provisioned, so there is no device key to derive and no image to reproduce",
+                config.path.display()
+            ),
+            fix: "Provision the unit (`station provision --port PATH`); its certificate's serial and thumbprint are in the manifest and the audit log, and `station nvs inspect` decodes a flash dump with the key redacted.".to_owned(),
+        });
+    };
     Ok(GroupKeys::load(
-        &config.dps.group_key_file,
-        config.dps.secondary_group_key_file.as_deref(),
+        &keys.group_key_file,
+        keys.secondary_group_key_file.as_deref(),
     )?)
 }
 
 pub(super) async fn key_derive(config: &Config, registration_id: &str, json: bool) -> Result<u8> {
     let registration_id = RegistrationId::new(registration_id)?;
-    let keys = load_keys(config)?;
+    let keys = load_keys(config, "key derive")?;
     let primary = keys.primary.derive(&registration_id);
     let secondary = keys
         .secondary
@@ -62,7 +74,7 @@ pub(super) async fn key_derive(config: &Config, registration_id: &str, json: boo
 }
 
 pub(super) async fn nvs_build(config: &Config, args: NvsBuildArgs, json: bool) -> Result<u8> {
-    let keys = load_keys(config)?;
+    let keys = load_keys(config, "nvs build")?;
     let (macs, targets): (Vec<Mac>, Vec<PathBuf>) =
         match (&args.mac, &args.out, &args.csv, &args.out_dir) {
             (Some(mac), Some(out), None, None) => (vec![mac.parse::<Mac>()?], vec![out.clone()]),
@@ -227,6 +239,9 @@ const INSPECT_LIMIT: u64 = 16 << 20;
 pub(super) fn nvs_inspect(file: &Path, show_secrets: bool, json: bool) -> Result<u8> {
     let bytes = crate::file::read_regular(file, INSPECT_LIMIT)
         .map_err(|e| Error::io("reading", file, e))?;
+    if bytes.starts_with(&crate::secure_cert::TLV_MAGIC.to_le_bytes()) {
+        return secure_cert_inspect(file, &bytes, show_secrets, json);
+    }
     let entries = nvs::parse(&bytes)?;
     let rows: Vec<serde_json::Value> = entries
         .iter()
@@ -265,6 +280,97 @@ pub(super) fn nvs_inspect(file: &Path, show_secrets: bool, json: bool) -> Result
                 value.replace('\n', "\\n")
             );
         }
+    }
+    Ok(OK)
+}
+
+/// `station nvs inspect` of an `esp_secure_cert` partition image (it starts with the TLV
+/// magic): every entry with its type, subtype, flags and size; certificates with their subject,
+/// issuer, serial, validity and thumbprint; the private key redacted unless `show_secrets`.
+fn secure_cert_inspect(file: &Path, bytes: &[u8], show_secrets: bool, json: bool) -> Result<u8> {
+    use crate::secure_cert::{Integrity, TlvData};
+    use crate::x509::CertificateSummary;
+    let partition = crate::secure_cert::parse(bytes)?;
+    let rows: Vec<serde_json::Value> = partition
+        .entries
+        .iter()
+        .map(|entry| {
+            let (len, redacted) = match &entry.data {
+                TlvData::Text(text) => (text.len(), false),
+                TlvData::Secret(secret) => (secret.expose().len(), !show_secrets),
+                TlvData::Bytes(bytes) => (bytes.len(), false),
+            };
+            let certificate = match &entry.data {
+                TlvData::Text(text) => CertificateSummary::of_pem(text),
+                _ => None,
+            };
+            json!({
+                "type": entry.tlv_type.name(),
+                "type_id": entry.tlv_type.0,
+                "subtype": entry.subtype,
+                "flags": entry.flags,
+                "offset": entry.offset,
+                "bytes": len,
+                "value": entry.display_value(show_secrets),
+                "redacted": redacted,
+                "certificate": certificate,
+            })
+        })
+        .collect();
+    let integrity = match partition.integrity {
+        Integrity::Verified => "verified",
+        Integrity::Absent => "absent",
+    };
+    if json {
+        print_json(&json!({
+            "file": file.display().to_string(),
+            "format": "esp_secure_cert",
+            "bytes": bytes.len(),
+            "end": partition.end,
+            "integrity": integrity,
+            "stale_bytes": partition.stale_bytes,
+            "entries": rows,
+        }));
+        return Ok(OK);
+    }
+    println!(
+        "{}: esp_secure_cert image, {} bytes, {} entries ending at {:#x}, integrity {integrity}{}",
+        file.display(),
+        bytes.len(),
+        rows.len(),
+        partition.end,
+        if partition.stale_bytes > 0 {
+            format!(", {} stale bytes after the entries", partition.stale_bytes)
+        } else {
+            String::new()
+        }
+    );
+    for (entry, row) in partition.entries.iter().zip(&rows) {
+        let value = match (&entry.data, row["certificate"].is_null()) {
+            (TlvData::Text(_), false) => {
+                let c = &row["certificate"];
+                format!(
+                    "subject {}  issuer {}  serial {}  valid {} to {}  sha256 {}",
+                    c["subject"].as_str().unwrap_or_default(),
+                    c["issuer"].as_str().unwrap_or_default(),
+                    c["serial"].as_str().unwrap_or_default(),
+                    c["not_before"].as_str().unwrap_or_default(),
+                    c["not_after"].as_str().unwrap_or_default(),
+                    c["thumbprint"].as_str().unwrap_or_default()
+                )
+            }
+            (TlvData::Secret(_), _) if !show_secrets => {
+                format!("[redacted: {} bytes; --show-secrets to show]", row["bytes"])
+            }
+            _ => entry.display_value(show_secrets).replace('\n', "\\n"),
+        };
+        println!(
+            "  {:<12} subtype {}  flags {:#04x}  {:>5} bytes  {value}",
+            entry.tlv_type.name(),
+            entry.subtype,
+            entry.flags,
+            row["bytes"]
+        );
     }
     Ok(OK)
 }

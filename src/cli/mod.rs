@@ -155,11 +155,13 @@ pub enum KeyCommand {
 pub enum NvsCommand {
     /// Write the exact NVS image(s) the station would flash (audited; files are mode 0600).
     Build(NvsBuildArgs),
-    /// Decode an NVS image: namespaces, keys, types and values; secrets redacted by default.
+    /// Decode an NVS image (namespaces, keys, types and values) or an esp_secure_cert image
+    /// (entries, certificates, the private key); secrets redacted by default.
     Inspect {
-        /// The image file.
+        /// The image file: an NVS partition, or an esp_secure_cert partition (recognised by its
+        /// TLV magic).
         file: PathBuf,
-        /// Show device keys and other secret-looking values.
+        /// Show device keys, private keys and other secret-looking values.
         #[arg(long)]
         show_secrets: bool,
     },
@@ -280,9 +282,21 @@ pub struct SimDpsArgs {
     /// The ID scope to accept.
     #[arg(long)]
     pub id_scope: String,
-    /// The enrollment group key (base64, mode 0600) to check SAS tokens against.
+    /// The enrollment group's attestation: symmetric-key (check SAS tokens against
+    /// --group-key-file) or x509 (check client certificates against --ca-file, over HTTPS).
+    #[arg(long, value_enum, default_value = "symmetric-key")]
+    pub attestation: AttestationKind,
+    /// symmetric-key: the enrollment group key (base64, mode 0600) to check SAS tokens against.
     #[arg(long, value_name = "FILE")]
-    pub group_key_file: PathBuf,
+    pub group_key_file: Option<PathBuf>,
+    /// x509: the CA certificate(s) the enrollment group trusts (PEM), as registered and
+    /// verified in DPS; device certificates must chain to one of them.
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Serve HTTPS with a server certificate kept in DIR (made there on first use: ca.pem,
+    /// server.pem, server.key); point [dps] ca_file at DIR/ca.pem. Required with x509.
+    #[arg(long, value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
     /// The TCP port on 127.0.0.1 (default: any free port).
     #[arg(long)]
     pub port: Option<u16>,
@@ -310,6 +324,26 @@ pub struct SimDpsArgs {
     /// Never finish assigning (the station's verification times out).
     #[arg(long)]
     pub stall: bool,
+}
+
+/// An enrollment group's attestation kind, on the command line (`station sim dps`, `station
+/// demo`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttestationKind {
+    /// Devices present SAS tokens made from keys derived from the group key.
+    SymmetricKey,
+    /// Devices present client certificates chained to the group's CA.
+    X509,
+}
+
+impl AttestationKind {
+    /// The spelling on the command line and in `[dps] attestation`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttestationKind::SymmetricKey => "symmetric-key",
+            AttestationKind::X509 => "x509",
+        }
+    }
 }
 
 /// `station sim devices`.
@@ -409,6 +443,11 @@ pub struct DemoArgs {
     /// (default: a new directory under the system's temporary directory).
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
+    /// The attestation the demo's line and DPS emulator use: symmetric-key (a group key), or
+    /// x509 (a demo CA issues each unit a certificate, flashed in an esp_secure_cert
+    /// partition and pre-verified over TLS client authentication).
+    #[arg(long, value_enum, default_value = "symmetric-key")]
+    pub attestation: AttestationKind,
 }
 
 /// Runs a parsed command line; returns the process exit code.

@@ -5,12 +5,14 @@ use std::path::Path;
 
 use super::image::{commit_private, create_private, write_private};
 use super::{AuditCommand, BatchCommand, ManifestArgs, OK, open_store, operator, print_json};
-use crate::config::Config;
+use crate::config::{Attestation, Config, CredentialStorage, X509Config};
 use crate::error::{Error, Result, exit};
 use crate::keys::GroupKeys;
 use crate::record::BatchStatus;
 use crate::report;
+use crate::station::Issuer;
 use crate::store::ManifestFilter;
+use crate::x509::CaWarning;
 
 pub(super) async fn batch(config: &Config, command: BatchCommand, json: bool) -> Result<u8> {
     let store = open_store(config).await?;
@@ -255,6 +257,9 @@ struct Check {
     what: &'static str,
     ok: bool,
     detail: String,
+    /// What does not fail the check but needs attention soon (a CA expiring within 90 days).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<String>,
     /// A failure of the station's own setup (configuration, key file): exit code 2.
     #[serde(skip)]
     usage: bool,
@@ -267,6 +272,7 @@ impl Check {
             what,
             ok,
             detail,
+            warnings: Vec::new(),
             usage: false,
         }
     }
@@ -302,25 +308,28 @@ pub(super) async fn check(config_path: &Path, json: bool) -> Result<u8> {
         }
     };
     if let Some(config) = &config {
-        match GroupKeys::load(
-            &config.dps.group_key_file,
-            config.dps.secondary_group_key_file.as_deref(),
-        ) {
-            Ok(keys) => checks.push(Check::new(
-                "group key",
-                true,
-                format!(
-                    "{} loaded (key id {}{})",
-                    config.dps.group_key_file.display(),
-                    keys.primary.id(),
-                    keys.secondary
-                        .as_ref()
-                        .map(|k| format!(", secondary {}", k.id()))
-                        .unwrap_or_default()
+        checks.push(match &config.dps.attestation {
+            Attestation::SymmetricKey(files) => match GroupKeys::load(
+                &files.group_key_file,
+                files.secondary_group_key_file.as_deref(),
+            ) {
+                Ok(keys) => Check::new(
+                    "group key",
+                    true,
+                    format!(
+                        "{} loaded (key id {}{})",
+                        files.group_key_file.display(),
+                        keys.primary.id(),
+                        keys.secondary
+                            .as_ref()
+                            .map(|k| format!(", secondary {}", k.id()))
+                            .unwrap_or_default()
+                    ),
                 ),
-            )),
-            Err(e) => checks.push(Check::misconfigured("group key", e.into())),
-        }
+                Err(e) => Check::misconfigured("group key", e.into()),
+            },
+            Attestation::X509(x509) => check_signing_ca(config, x509),
+        });
         match crate::store::Store::open(&config.station.database).await {
             Ok(store) => {
                 let report = store.verify_audit().await?;
@@ -378,6 +387,9 @@ pub(super) async fn check(config_path: &Path, json: bool) -> Result<u8> {
                 c.what,
                 c.detail
             );
+            for warning in &c.warnings {
+                println!("warn {:<10} {warning}", c.what);
+            }
         }
     }
     Ok(if all_ok {
@@ -387,6 +399,68 @@ pub(super) async fn check(config_path: &Path, json: bool) -> Result<u8> {
     } else {
         exit::FAILED
     })
+}
+
+/// X.509 attestation's signing CA: loaded and checked as the line would (valid now, CA:TRUE,
+/// allowed to sign certificates, the key its certificate's, the chain sound), a certificate it
+/// issues proven to fit the configured storage, and what needs attention soon as warnings (an
+/// expiry within 90 days, device certificates the CA would cut short).
+fn check_signing_ca(config: &Config, x509: &X509Config) -> Check {
+    let now = time::OffsetDateTime::now_utc();
+    let issuer = match Issuer::load(x509, now) {
+        Ok(issuer) => issuer,
+        Err(e) => return Check::misconfigured("signing CA", e.into()),
+    };
+    let fits = issuer
+        .lengths(config, now)
+        .map_err(Error::from)
+        .and_then(|lengths| Ok(config.check_x509_fit(&lengths)?));
+    if let Err(e) = fits {
+        return Check::misconfigured("signing CA", e);
+    }
+    let ca = &issuer.ca;
+    let warnings: Vec<CaWarning> = ca.warnings(now, x509.cert_days);
+    let key_usage = if warnings
+        .iter()
+        .any(|w| matches!(w, CaWarning::KeyUsageUnrestricted { .. }))
+    {
+        "CA:TRUE, no key-usage restriction"
+    } else {
+        "CA:TRUE, keyCertSign"
+    };
+    let chain = match ca.chain() {
+        [] => "no chain above it".to_owned(),
+        chain => format!(
+            "chain of {} up to `{}`",
+            chain.len(),
+            chain.last().map_or("", |c| c.subject.as_str())
+        ),
+    };
+    let storage = match x509.storage {
+        CredentialStorage::Nvs => "in NVS".to_owned(),
+        CredentialStorage::SecureCert(partition) => format!(
+            "in esp_secure_cert at {:#x} ({:#x} bytes)",
+            partition.offset, partition.size
+        ),
+    };
+    let days_left = (ca.not_after() - now).whole_days();
+    Check {
+        warnings: warnings.iter().map(ToString::to_string).collect(),
+        ..Check::new(
+            "signing CA",
+            true,
+            format!(
+                "`{}` may sign certificates ({key_usage}, {} key); thumbprint {} (key id {}); valid until {} ({days_left} days); {chain}; issues {} certificates for {} days, stored {storage}",
+                ca.subject(),
+                ca.key_algorithm(),
+                ca.thumbprint(),
+                issuer.key_id(),
+                crate::clock::format_time(ca.not_after()),
+                issuer.policy.key_type,
+                x509.cert_days,
+            ),
+        )
+    }
 }
 
 /// DPS reachability, when pre-verification is on (a station that does not pre-verify does not

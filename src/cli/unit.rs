@@ -142,7 +142,12 @@ pub(super) fn print_report(report: &UnitReport) {
                 .dps_error
                 .as_ref()
                 .filter(|_| status == crate::record::DpsStatus::Pending)
-                .map(|e| format!(" ({e}); `station dps verify --pending` retries"))
+                .map(|e| if report.certificate.is_some() {
+                    // Only the device holds an X.509 unit's key now: the station cannot retry.
+                    format!(" ({e}); the device registers itself when it first connects, or provision it again to check it here")
+                } else {
+                    format!(" ({e}); `station dps verify --pending` retries")
+                })
                 .unwrap_or_default()
         ),
     }

@@ -161,6 +161,23 @@ pub enum ConfigError {
         /// Which entry fails and by how many bytes.
         detail: String,
     },
+    /// An X.509 unit's certificate, key and CA chain, as the loaded CA issues them, cannot fit
+    /// where the configuration stores them.
+    #[error("{path}: the X.509 credentials do not fit {place}: {detail}")]
+    #[diagnostic(
+        code(station::config::credentials_do_not_fit),
+        help(
+            "An NVS string holds at most 3967 bytes: a long {{ca_chain}} (several certificates, RSA keys) does not fit one; store fewer certificates (the device needs the chain only up to the CA registered with DPS), or use an esp_secure_cert partition ([secure_cert]) of a larger size. Otherwise raise [nvs] size or [secure_cert] size, with the firmware's partition table."
+        )
+    )]
+    CredentialsDoNotFit {
+        /// The configuration file.
+        path: PathBuf,
+        /// Which partition.
+        place: String,
+        /// Which value fails and by how much.
+        detail: String,
+    },
     /// A value outside what the station accepts.
     #[error("{at}: {key}: {problem}")]
     #[diagnostic(code(station::config::bad_value), help("{fix}"))]

@@ -27,6 +27,7 @@ use std::path::Path;
 
 pub use error::{ConfigError, Location};
 pub use types::*;
+pub use validate::X509Lengths;
 
 /// The largest `station.toml` the station reads.
 const CONFIG_LIMIT: u64 = 1 << 20;

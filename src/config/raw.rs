@@ -16,6 +16,7 @@ pub(super) struct RawConfig {
     pub(super) dps: Spanned<RawDps>,
     pub(super) nvs: Spanned<RawNvs>,
     pub(super) serial: Option<Spanned<RawSerial>>,
+    pub(super) secure_cert: Option<Spanned<RawSecureCert>>,
     #[serde(default)]
     pub(super) firmware: Vec<Spanned<RawFirmware>>,
     pub(super) boot: Option<Spanned<RawBoot>>,
@@ -34,8 +35,15 @@ pub(super) struct RawDps {
     pub(super) id_scope: Spanned<String>,
     pub(super) endpoint: Option<Spanned<String>>,
     pub(super) verify_url: Option<Spanned<String>>,
-    pub(super) group_key_file: Spanned<String>,
+    pub(super) attestation: Option<Spanned<String>>,
+    pub(super) group_key_file: Option<Spanned<String>>,
     pub(super) secondary_group_key_file: Option<Spanned<String>>,
+    pub(super) ca_cert_file: Option<Spanned<String>>,
+    pub(super) ca_chain_file: Option<Spanned<String>>,
+    pub(super) ca_key_file: Option<Spanned<String>>,
+    pub(super) ca_key_passphrase_file: Option<Spanned<String>>,
+    pub(super) cert_days: Option<Spanned<i64>>,
+    pub(super) key_type: Option<Spanned<String>>,
     pub(super) registration_id: Spanned<String>,
     #[serde(default)]
     pub(super) pre_verify: bool,
@@ -103,6 +111,13 @@ pub(super) struct RawSerial {
     pub(super) usb_ids: Option<Spanned<Vec<String>>>,
     pub(super) max_parallel: Option<Spanned<i64>>,
     pub(super) probe_interval: Option<Spanned<f64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSecureCert {
+    pub(super) offset: Spanned<u32>,
+    pub(super) size: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]

@@ -88,7 +88,12 @@ fn minimal_config_takes_defaults_and_resolves_paths_next_to_the_file() {
         Path::new("/etc/station/station.db")
     );
     assert_eq!(
-        config.dps.group_key_file,
+        config
+            .dps
+            .attestation
+            .symmetric_key()
+            .unwrap()
+            .group_key_file,
         Path::new("/etc/station/secrets/group.key")
     );
     assert_eq!(config.dps.endpoint, DEFAULT_DPS_ENDPOINT);
@@ -98,7 +103,13 @@ fn minimal_config_takes_defaults_and_resolves_paths_next_to_the_file() {
     assert_eq!(config.serial.after, AfterReset::HardReset);
     let absolute = variant("\"secrets/group.key\"", "\"/keys/group.key\"");
     assert_eq!(
-        parse(&absolute).unwrap().dps.group_key_file,
+        parse(&absolute)
+            .unwrap()
+            .dps
+            .attestation
+            .symmetric_key()
+            .unwrap()
+            .group_key_file,
         Path::new("/keys/group.key")
     );
 }
@@ -124,6 +135,7 @@ fn entry_templates_render_in_file_order() {
         dps_host: "host",
         mac: "240ac4123456",
         station_id: "st",
+        ..TemplateValues::default()
     };
     let rendered: Vec<(String, nvs::Value)> = config
         .nvs
@@ -470,6 +482,9 @@ fn boot_patterns_render_with_the_units_values() {
         dps_host: "h",
         mac: "240ac4123456",
         station_id: "st",
+        device_cert: "never",
+        device_private_key: "never",
+        ca_chain: "never",
     };
     let rendered: Vec<String> = boot.expect.iter().map(|p| p.render(&values)).collect();
     assert_eq!(
@@ -538,5 +553,283 @@ fn boot_values_are_checked() {
         "station::config::unknown_key",
         22,
         "expected",
+    );
+}
+
+/// `MINIMAL` switched to X.509 attestation with the credentials in NVS.
+fn x509_nvs() -> String {
+    MINIMAL
+        .replace(
+            "group_key_file = \"secrets/group.key\"",
+            "attestation = \"x509\"\nca_cert_file = \"ca/issuing.pem\"\nca_key_file = \"ca/issuing.key\"",
+        )
+        .replace(
+            "device_key = \"{device_key}\"",
+            "cert = \"{device_cert}\"\npriv_key = \"{device_private_key}\"\nca_chain = \"{ca_chain}\"",
+        )
+}
+
+/// `MINIMAL` switched to X.509 attestation with an esp_secure_cert partition.
+fn x509_secure_cert() -> String {
+    MINIMAL.replace(
+        "group_key_file = \"secrets/group.key\"",
+        "attestation = \"x509\"\nca_cert_file = \"ca/issuing.pem\"\nca_key_file = \"ca/issuing.key\"",
+    )
+    .replace("device_key = \"{device_key}\"\n", "")
+        + "\n[secure_cert]\noffset = 0xF000\n"
+}
+
+#[test]
+fn x509_attestation_takes_its_defaults_and_resolves_the_ca_files() {
+    let config = parse(&x509_nvs()).unwrap();
+    assert_eq!(config.dps.attestation.as_str(), "x509");
+    let x509 = config.dps.attestation.x509().unwrap();
+    assert_eq!(x509.ca_cert_file, Path::new("/etc/station/ca/issuing.pem"));
+    assert_eq!(x509.ca_key_file, Path::new("/etc/station/ca/issuing.key"));
+    assert_eq!(x509.ca_chain_file, None);
+    assert_eq!(x509.ca_key_passphrase_file, None);
+    assert_eq!(x509.cert_days, DEFAULT_CERT_DAYS);
+    assert_eq!(x509.key_type, DeviceKeyType::EcdsaP256);
+    assert_eq!(x509.storage, CredentialStorage::Nvs);
+    assert!(config.dps.attestation.symmetric_key().is_none());
+    assert!(config.nvs.uses(Field::DevicePrivateKey));
+
+    let text = x509_nvs().replace(
+        "ca_key_file = \"ca/issuing.key\"",
+        "ca_key_file = \"ca/issuing.key\"\nca_chain_file = \"/pki/root.pem\"\n\
+         ca_key_passphrase_file = \"ca/pass\"\ncert_days = 730\nkey_type = \"rsa-2048\"",
+    );
+    let x509 = parse(&text)
+        .unwrap()
+        .dps
+        .attestation
+        .x509()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        x509.ca_chain_file.as_deref(),
+        Some(Path::new("/pki/root.pem"))
+    );
+    assert_eq!(
+        x509.ca_key_passphrase_file.as_deref(),
+        Some(Path::new("/etc/station/ca/pass"))
+    );
+    assert_eq!(
+        (x509.cert_days, x509.key_type),
+        (730, DeviceKeyType::Rsa2048)
+    );
+
+    let config = parse(&x509_secure_cert()).unwrap();
+    assert_eq!(
+        config.dps.attestation.x509().unwrap().storage,
+        CredentialStorage::SecureCert(SecureCertConfig {
+            offset: 0xF000,
+            size: DEFAULT_SECURE_CERT_SIZE
+        })
+    );
+    // The symmetric-key default is unchanged.
+    assert_eq!(
+        parse(MINIMAL).unwrap().dps.attestation.as_str(),
+        "symmetric-key"
+    );
+}
+
+#[test]
+fn x509_keys_and_placeholders_are_refused_with_the_other_kind() {
+    // A group key with X.509, a CA with symmetric keys: refused, not ignored.
+    let text = x509_nvs().replace(
+        "attestation = \"x509\"",
+        "attestation = \"x509\"\ngroup_key_file = \"secrets/group.key\"",
+    );
+    assert_error(&text, "station::config::bad_value", 7, "group_key_file");
+    let text = variant(
+        "group_key_file",
+        "ca_cert_file = \"ca.pem\"\ngroup_key_file",
+    );
+    assert_error(&text, "station::config::bad_value", 6, "[dps] ca_cert_file");
+    let text = variant("group_key_file", "cert_days = 30\ngroup_key_file");
+    assert_error(&text, "station::config::bad_value", 6, "[dps] cert_days");
+    let text = MINIMAL.to_owned() + "\n[secure_cert]\noffset = 0xF000\n";
+    assert_error(&text, "station::config::bad_value", 18, "[secure_cert]");
+    let text = variant("\"{dps_host}\"", "\"{ca_chain}\"");
+    assert_error(&text, "station::config::bad_template", 16, "{ca_chain}");
+    let text = x509_nvs().replace("\"{dps_host}\"", "\"{device_key}\"");
+    assert_error(&text, "station::config::bad_template", 20, "{device_key}");
+
+    // Where the credentials go: exactly once.
+    let text = x509_nvs().replace("priv_key = \"{device_private_key}\"\n", "");
+    assert_error(
+        &text,
+        "station::config::bad_value",
+        6,
+        "{device_private_key}",
+    );
+    let text = x509_secure_cert().replace(
+        "[nvs.entries]\n",
+        "[nvs.entries]\ncert = \"{device_cert}\"\n",
+    );
+    assert_error(&text, "station::config::bad_template", 15, "stored twice");
+}
+
+#[test]
+fn x509_values_are_checked() {
+    let text = x509_nvs().replace("attestation = \"x509\"", "attestation = \"X.509\"");
+    assert_error(
+        &text,
+        "station::config::bad_value",
+        6,
+        "not an attestation kind",
+    );
+    let text = x509_nvs().replace("ca_key_file = \"ca/issuing.key\"\n", "");
+    let err = parse(&text).unwrap_err();
+    let message = err.to_string();
+    assert_eq!(code(err), "station::config::missing_key");
+    assert!(message.contains("`ca_key_file`"), "{message}");
+    assert!(message.contains(":6: "), "{message}");
+    let text = MINIMAL.replace("group_key_file = \"secrets/group.key\"\n", "");
+    let err = parse(&text).unwrap_err().to_string();
+    assert!(err.contains("missing field `group_key_file`"), "{err}");
+    for bad in ["0", "36501", "-1"] {
+        let text = x509_nvs().replace(
+            "attestation = \"x509\"",
+            &format!("attestation = \"x509\"\ncert_days = {bad}"),
+        );
+        assert_error(&text, "station::config::bad_value", 7, "[dps] cert_days");
+    }
+    let text = x509_nvs().replace(
+        "attestation = \"x509\"",
+        "attestation = \"x509\"\nkey_type = \"ed25519\"",
+    );
+    assert_error(
+        &text,
+        "station::config::bad_value",
+        7,
+        "not a device key type",
+    );
+
+    // DPS takes the CN as registration ID; X.509 caps a CN at 64 characters.
+    let long = format!("{}-{{mac}}", "a".repeat(52));
+    let text = x509_nvs().replace("sensor-{mac}", &long);
+    assert_error(&text, "station::config::bad_value", 9, "limits to 64");
+    let fits = format!("{}-{{mac}}", "a".repeat(51));
+    assert!(parse(&x509_nvs().replace("sensor-{mac}", &fits)).is_ok());
+    assert!(parse(&MINIMAL.replace("sensor-{mac}", &long)).is_ok());
+
+    // The certificate authenticates in the TLS handshake: no plain http.
+    let text = x509_nvs().replace(
+        "attestation = \"x509\"",
+        "attestation = \"x509\"\npre_verify = true\nverify_url = \"http://127.0.0.1:8443\"",
+    );
+    assert_error(&text, "station::config::bad_value", 8, "TLS handshake");
+
+    let text = x509_secure_cert().replace("offset = 0xF000", "offset = 0xF100");
+    assert_error(
+        &text,
+        "station::config::misaligned",
+        20,
+        "[secure_cert] offset",
+    );
+    let text = x509_secure_cert().replace("offset = 0xF000", "offset = 0xA000");
+    assert_error(
+        &text,
+        "station::config::bad_value",
+        19,
+        "overlaps the NVS partition",
+    );
+    let text = x509_secure_cert().replace("offset = 0xF000", "offset = 0xF000\nsize = 0");
+    assert_error(&text, "station::config::bad_value", 21, "empty");
+}
+
+#[test]
+fn x509_credentials_must_fit_their_storage() {
+    let config = parse(&x509_nvs()).unwrap();
+    let typical = X509Lengths {
+        device_cert: 700,
+        device_private_key: 250,
+        ca_chain: 1_400,
+        secure_cert_image: 2_500,
+    };
+    config.check_x509_fit(&typical).unwrap();
+    // A chain of several RSA certificates outgrows one NVS string (3,967 bytes).
+    let long_chain = X509Lengths {
+        ca_chain: 4_000,
+        ..typical
+    };
+    let err = config.check_x509_fit(&long_chain).unwrap_err();
+    let message = err.to_string();
+    assert_eq!(
+        code(err),
+        "station::config::credentials_do_not_fit",
+        "{message}"
+    );
+    assert!(message.contains("ca_chain"), "{message}");
+    assert!(message.contains("NVS partition"), "{message}");
+
+    let config = parse(&x509_secure_cert()).unwrap();
+    config.check_x509_fit(&long_chain).unwrap();
+    let huge = X509Lengths {
+        secure_cert_image: 0x2001,
+        ..typical
+    };
+    let err = config.check_x509_fit(&huge).unwrap_err();
+    assert!(
+        err.to_string().contains("[secure_cert] size = 0x2000"),
+        "{err}"
+    );
+    // A symmetric-key station has nothing to check.
+    parse(MINIMAL).unwrap().check_x509_fit(&huge).unwrap();
+    assert_eq!(MAX_CERT_DAYS, crate::x509::MAX_CERT_DAYS);
+}
+
+#[test]
+fn checked_in_example_switched_to_x509_parses() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("station.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut switched = String::new();
+    let mut in_secure_cert = false;
+    for line in text.lines() {
+        let uncommented = line.strip_prefix("# ").unwrap_or(line);
+        let line = if line.starts_with("# [secure_cert]") {
+            in_secure_cert = true;
+            uncommented.to_owned()
+        } else if in_secure_cert && line.starts_with("# ") && uncommented.contains(" = ") {
+            uncommented.to_owned()
+        } else if [
+            "attestation",
+            "ca_cert_file",
+            "ca_chain_file",
+            "ca_key_file",
+            "ca_key_passphrase_file",
+            "cert_days",
+            "key_type",
+        ]
+        .iter()
+        .any(|key| uncommented.starts_with(&format!("{key} = ")))
+        {
+            uncommented.replace("\"symmetric-key\"", "\"x509\"")
+        } else if line.starts_with("group_key_file") || line.starts_with("device_key = ") {
+            format!("# {line}")
+        } else if line == "offset = 0x9000" {
+            "offset = 0x10000".to_owned()
+        } else {
+            if line.is_empty() {
+                in_secure_cert = false;
+            }
+            line.to_owned()
+        };
+        switched.push_str(&line);
+        switched.push('\n');
+    }
+    let config = Config::parse(&switched, &path).unwrap_or_else(|e| panic!("{e}\n{switched}"));
+    let x509 = config.dps.attestation.x509().unwrap();
+    assert_eq!(x509.cert_days, 3650);
+    assert_eq!(x509.key_type, DeviceKeyType::EcdsaP256);
+    assert!(x509.ca_chain_file.is_some() && x509.ca_key_passphrase_file.is_some());
+    assert_eq!(
+        x509.storage,
+        CredentialStorage::SecureCert(SecureCertConfig {
+            offset: 0xD000,
+            size: 0x2000
+        })
     );
 }

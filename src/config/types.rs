@@ -44,10 +44,8 @@ pub struct DpsConfig {
     pub endpoint: String,
     /// Where the station calls DPS itself; `https://{endpoint}` unless set.
     pub verify_url: String,
-    /// The primary group key file (resolved).
-    pub group_key_file: PathBuf,
-    /// The secondary group key file (resolved), if any.
-    pub secondary_group_key_file: Option<PathBuf>,
+    /// How devices prove their identity to DPS, and the station secret behind it.
+    pub attestation: Attestation,
     /// The registration-ID template.
     pub registration_id: RegistrationIdTemplate,
     /// Whether to pre-verify each unit against DPS.
@@ -61,6 +59,130 @@ pub struct DpsConfig {
     /// `[dps.payload]`: JSON sent with every registration, for custom allocation policies.
     pub payload: Option<serde_json::Value>,
 }
+
+/// `[dps] attestation` and the keys that go with it.
+#[derive(Debug, Clone)]
+pub enum Attestation {
+    /// `symmetric-key` (the default): each device holds a key derived from the enrollment
+    /// group's key.
+    SymmetricKey(SymmetricKeyConfig),
+    /// `x509`: each device holds its own key pair and a certificate the station issues with
+    /// the CA the enrollment group trusts.
+    X509(X509Config),
+}
+
+impl Attestation {
+    /// The configuration spelling (`symmetric-key`, `x509`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Attestation::SymmetricKey(_) => ATTESTATION_SYMMETRIC_KEY,
+            Attestation::X509(_) => ATTESTATION_X509,
+        }
+    }
+
+    /// The group key files, for symmetric-key attestation.
+    pub fn symmetric_key(&self) -> Option<&SymmetricKeyConfig> {
+        match self {
+            Attestation::SymmetricKey(keys) => Some(keys),
+            Attestation::X509(_) => None,
+        }
+    }
+
+    /// The signing CA and issuing policy, for X.509 attestation.
+    pub fn x509(&self) -> Option<&X509Config> {
+        match self {
+            Attestation::SymmetricKey(_) => None,
+            Attestation::X509(x509) => Some(x509),
+        }
+    }
+}
+
+/// `[dps] attestation = "symmetric-key"`.
+pub const ATTESTATION_SYMMETRIC_KEY: &str = "symmetric-key";
+/// `[dps] attestation = "x509"`.
+pub const ATTESTATION_X509: &str = "x509";
+
+/// The group key files of symmetric-key attestation.
+#[derive(Debug, Clone)]
+pub struct SymmetricKeyConfig {
+    /// The primary group key file (resolved).
+    pub group_key_file: PathBuf,
+    /// The secondary group key file (resolved), if any.
+    pub secondary_group_key_file: Option<PathBuf>,
+}
+
+/// The signing CA and issuing policy of X.509 attestation.
+#[derive(Debug, Clone)]
+pub struct X509Config {
+    /// `ca_cert_file`: the signing CA's certificate (resolved).
+    pub ca_cert_file: PathBuf,
+    /// `ca_chain_file`: the certificates above it, up to the root registered with DPS.
+    pub ca_chain_file: Option<PathBuf>,
+    /// `ca_key_file`: the signing CA's private key (resolved).
+    pub ca_key_file: PathBuf,
+    /// `ca_key_passphrase_file`: the passphrase of an encrypted `ca_key_file`.
+    pub ca_key_passphrase_file: Option<PathBuf>,
+    /// `cert_days`: how long each device certificate is valid.
+    pub cert_days: u32,
+    /// `key_type`: the device key pair's type.
+    pub key_type: DeviceKeyType,
+    /// Where the device's certificate and key go.
+    pub storage: CredentialStorage,
+}
+
+/// The default of `[dps] cert_days`: ten years, a device's service life. Certificates end
+/// with the signing CA anyway (`station check` warns when they would).
+pub const DEFAULT_CERT_DAYS: u32 = 3650;
+
+/// The longest registration ID X.509 attestation allows: the certificate's subject common name
+/// holds at most 64 characters (RFC 5280, `ub-common-name`).
+pub const MAX_CN_LEN: usize = 64;
+
+/// The longest `[dps] cert_days` accepted: 100 years.
+pub const MAX_CERT_DAYS: u32 = 36_500;
+
+/// `[dps] key_type`: the key pair each X.509 device gets. Plain data; the station maps it to
+/// the issuer's own type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum DeviceKeyType {
+    /// `ecdsa-p256` (the default).
+    #[default]
+    EcdsaP256,
+    /// `rsa-2048`.
+    Rsa2048,
+}
+
+impl DeviceKeyType {
+    /// The configuration spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceKeyType::EcdsaP256 => "ecdsa-p256",
+            DeviceKeyType::Rsa2048 => "rsa-2048",
+        }
+    }
+}
+
+/// Where an X.509 device's certificate and private key are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialStorage {
+    /// In the NVS partition, through the `{device_cert}`, `{device_private_key}` and
+    /// `{ca_chain}` placeholders of `[nvs.entries]`.
+    Nvs,
+    /// In an `esp_secure_cert` partition (`[secure_cert]`), flashed in the same session.
+    SecureCert(SecureCertConfig),
+}
+
+/// `[secure_cert]`: the `esp_secure_cert` partition of the firmware's partition table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SecureCertConfig {
+    /// Its flash offset.
+    pub offset: u32,
+    /// Its size; the image is padded to it with `0xFF`.
+    pub size: u32,
+}
+
+/// The default `[secure_cert] size`: 8 KiB, as in Espressif's partition tables.
+pub const DEFAULT_SECURE_CERT_SIZE: u32 = 0x2000;
 
 /// `[nvs]`.
 #[derive(Debug, Clone)]
@@ -115,9 +237,37 @@ pub enum Field {
     Mac,
     /// `{station_id}`.
     StationId,
+    /// `{device_cert}`: the device's X.509 certificate, PEM.
+    DeviceCert,
+    /// `{device_private_key}`: the device's private key, PEM (a secret).
+    DevicePrivateKey,
+    /// `{ca_chain}`: the signing CA and the certificates above it, PEM.
+    CaChain,
 }
 
 impl Field {
+    /// The placeholder's name, without braces.
+    pub fn name(self) -> &'static str {
+        match self {
+            Field::IdScope => "id_scope",
+            Field::RegistrationId => "registration_id",
+            Field::DeviceKey => "device_key",
+            Field::SecondaryDeviceKey => "secondary_device_key",
+            Field::DpsHost => "dps_host",
+            Field::Mac => "mac",
+            Field::StationId => "station_id",
+            Field::DeviceCert => "device_cert",
+            Field::DevicePrivateKey => "device_private_key",
+            Field::CaChain => "ca_chain",
+        }
+    }
+
+    /// The placeholders only symmetric-key attestation fills.
+    pub const SYMMETRIC_KEY: [Field; 2] = [Field::DeviceKey, Field::SecondaryDeviceKey];
+
+    /// The placeholders only X.509 attestation fills.
+    pub const X509: [Field; 3] = [Field::DeviceCert, Field::DevicePrivateKey, Field::CaChain];
+
     fn parse(name: &str) -> Option<Field> {
         Some(match name {
             "id_scope" => Field::IdScope,
@@ -127,6 +277,9 @@ impl Field {
             "dps_host" => Field::DpsHost,
             "mac" => Field::Mac,
             "station_id" => Field::StationId,
+            "device_cert" => Field::DeviceCert,
+            "device_private_key" => Field::DevicePrivateKey,
+            "ca_chain" => Field::CaChain,
             _ => return None,
         })
     }
@@ -144,8 +297,9 @@ enum ValuePiece {
     Field(Field),
 }
 
-/// The per-device values an entry template draws on.
-#[derive(Debug, Clone, Copy)]
+/// The per-device values an entry template draws on; those an attestation kind does not fill
+/// are empty (load-time validation refuses templates that use them).
+#[derive(Clone, Copy, Default)]
 pub struct TemplateValues<'a> {
     /// `{id_scope}`.
     pub id_scope: &'a str,
@@ -162,6 +316,39 @@ pub struct TemplateValues<'a> {
     pub mac: &'a str,
     /// `{station_id}`.
     pub station_id: &'a str,
+    /// `{device_cert}`.
+    pub device_cert: &'a str,
+    /// `{device_private_key}`.
+    pub device_private_key: &'a str,
+    /// `{ca_chain}`.
+    pub ca_chain: &'a str,
+}
+
+impl std::fmt::Debug for TemplateValues<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TemplateValues")
+            .field("registration_id", &self.registration_id)
+            .field("mac", &self.mac)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> TemplateValues<'a> {
+    /// The value of one placeholder.
+    fn get(&self, field: Field) -> &'a str {
+        match field {
+            Field::IdScope => self.id_scope,
+            Field::RegistrationId => self.registration_id,
+            Field::DeviceKey => self.device_key,
+            Field::SecondaryDeviceKey => self.secondary_device_key,
+            Field::DpsHost => self.dps_host,
+            Field::Mac => self.mac,
+            Field::StationId => self.station_id,
+            Field::DeviceCert => self.device_cert,
+            Field::DevicePrivateKey => self.device_private_key,
+            Field::CaChain => self.ca_chain,
+        }
+    }
 }
 
 impl ValueTemplate {
@@ -186,21 +373,32 @@ impl ValueTemplate {
     }
 
     /// The value for one device.
+    ///
+    /// The string is allocated at its final size, so that a secret placed in it (a device key,
+    /// a private key) leaves no copy behind in a buffer outgrown on the way.
     pub fn render(&self, values: &TemplateValues<'_>) -> String {
-        let mut out = String::new();
+        let piece = |piece: &ValuePiece| -> usize {
+            match piece {
+                ValuePiece::Text(text) => text.len(),
+                ValuePiece::Field(field) => values.get(*field).len(),
+            }
+        };
+        let mut out = String::with_capacity(self.pieces.iter().map(piece).sum());
         for piece in &self.pieces {
             out.push_str(match piece {
                 ValuePiece::Text(text) => text,
-                ValuePiece::Field(Field::IdScope) => values.id_scope,
-                ValuePiece::Field(Field::RegistrationId) => values.registration_id,
-                ValuePiece::Field(Field::DeviceKey) => values.device_key,
-                ValuePiece::Field(Field::SecondaryDeviceKey) => values.secondary_device_key,
-                ValuePiece::Field(Field::DpsHost) => values.dps_host,
-                ValuePiece::Field(Field::Mac) => values.mac,
-                ValuePiece::Field(Field::StationId) => values.station_id,
+                ValuePiece::Field(field) => values.get(*field),
             });
         }
         out
+    }
+
+    /// The placeholders the template uses, in order.
+    pub fn fields(&self) -> impl Iterator<Item = Field> + '_ {
+        self.pieces.iter().filter_map(|piece| match piece {
+            ValuePiece::Field(field) => Some(*field),
+            ValuePiece::Text(_) => None,
+        })
     }
 }
 
@@ -330,6 +528,13 @@ pub struct FirmwareImage {
 }
 
 impl NvsConfig {
+    /// Whether any template entry uses `field`.
+    pub fn uses(&self, field: Field) -> bool {
+        self.entries
+            .iter()
+            .any(|entry| matches!(&entry.value, EntryValue::Template(t) if t.uses(field)))
+    }
+
     /// The entries of one device's image, in order.
     pub fn render(&self, values: &TemplateValues<'_>) -> Vec<nvs::Entry> {
         self.entries
@@ -423,11 +628,25 @@ impl BootPattern {
     /// Parses a pattern; the error says what is wrong with it.
     pub fn parse(text: &str) -> Result<Self, String> {
         let template = ValueTemplate::parse(text)?;
-        if template.uses(Field::DeviceKey) || template.uses(Field::SecondaryDeviceKey) {
+        let key = [
+            Field::DeviceKey,
+            Field::SecondaryDeviceKey,
+            Field::DevicePrivateKey,
+        ];
+        if key.into_iter().any(|f| template.uses(f)) {
             return Err(
                 "a pattern may not name a device key: the firmware must never print its key"
                     .to_owned(),
             );
+        }
+        if let Some(field) = [Field::DeviceCert, Field::CaChain]
+            .into_iter()
+            .find(|&f| template.uses(f))
+        {
+            return Err(format!(
+                "{{{}}} is a PEM of many lines; a pattern is looked for in one line",
+                field.name()
+            ));
         }
         Ok(BootPattern {
             text: text.to_owned(),

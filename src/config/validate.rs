@@ -8,7 +8,8 @@ use toml::Spanned;
 
 use super::error::{ConfigError, Location};
 use super::raw::{
-    RawBoot, RawConfig, RawDps, RawEntryValue, RawFirmware, RawNvs, RawSerial, RawStation,
+    RawBoot, RawConfig, RawDps, RawEntryValue, RawFirmware, RawNvs, RawSecureCert, RawSerial,
+    RawStation,
 };
 use super::types::*;
 use super::{
@@ -129,13 +130,45 @@ impl Ctx<'_> {
 
     fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         let station = self.station(raw.station.into_inner())?;
-        let dps = self.dps(raw.dps.into_inner())?;
+        let dps_span = raw.dps.span();
+        let secure_cert_span = raw.secure_cert.as_ref().map(Spanned::span);
+        let attestation_span = raw
+            .dps
+            .get_ref()
+            .attestation
+            .as_ref()
+            .map_or(dps_span.clone(), Spanned::span);
+        let dps = self.dps(raw.dps.into_inner(), dps_span.clone(), raw.secure_cert)?;
         let serial = self.serial(raw.serial)?;
         let nvs_span = raw.nvs.span();
         let raw_nvs = raw.nvs.into_inner();
-        let size_span = raw_nvs.size.as_ref().map_or(nvs_span, Spanned::span);
+        let size_span = raw_nvs
+            .size
+            .as_ref()
+            .map_or(nvs_span.clone(), Spanned::span);
         let nvs = self.nvs(raw_nvs, &dps)?;
-        let firmware = self.firmware(raw.firmware, &nvs)?;
+        self.check_credential_storage(&dps, &nvs, attestation_span)?;
+        if let (Some(span), Some(CredentialStorage::SecureCert(partition))) =
+            (secure_cert_span, dps.attestation.x509().map(|x| x.storage))
+        {
+            let end = u64::from(partition.offset) + u64::from(partition.size);
+            if u64::from(partition.offset) < u64::from(nvs.offset) + u64::from(nvs.size)
+                && u64::from(nvs.offset) < end
+            {
+                return Err(self.bad_value(
+                    span,
+                    "[secure_cert]",
+                    format!(
+                        "the partition at {:#x}..{end:#x} overlaps the NVS partition at {:#x}..{:#x}",
+                        partition.offset,
+                        nvs.offset,
+                        nvs.offset + nvs.size
+                    ),
+                    "Copy both partitions' offsets and sizes from the firmware's partition table; they are separate partitions.",
+                ));
+            }
+        }
+        let firmware = self.firmware(raw.firmware, &nvs, &dps)?;
         let boot = self.boot(raw.boot, &serial)?;
         let config = Config {
             path: self.path.to_owned(),
@@ -170,7 +203,13 @@ impl Ctx<'_> {
         })
     }
 
-    fn dps(&self, raw: RawDps) -> Result<DpsConfig, ConfigError> {
+    fn dps(
+        &self,
+        raw: RawDps,
+        span: Range<usize>,
+        secure_cert: Option<Spanned<RawSecureCert>>,
+    ) -> Result<DpsConfig, ConfigError> {
+        let attestation = self.attestation(&raw, span, secure_cert)?;
         let id_scope = raw.id_scope.get_ref();
         if id_scope.is_empty() || !id_scope.chars().all(|c| c.is_ascii_alphanumeric()) {
             return Err(self.bad_value(
@@ -199,7 +238,7 @@ impl Ctx<'_> {
                 host.clone()
             }
         };
-        let verify_url = match raw.verify_url {
+        let verify_url = match &raw.verify_url {
             None => format!("https://{endpoint}"),
             Some(url) => {
                 let text = url.get_ref();
@@ -253,14 +292,34 @@ impl Ctx<'_> {
                 )
             }
         };
+        if let Attestation::X509(_) = attestation {
+            // DPS takes the certificate's subject CN as the registration ID, and X.509 caps a
+            // CN at 64 characters (RFC 5280 ub-common-name).
+            let longest = registration_id.rendered_len();
+            if longest > MAX_CN_LEN {
+                return Err(self.bad_value(
+                    raw.registration_id.span(),
+                    "[dps] registration_id",
+                    format!(
+                        "it gives registration IDs of {longest} characters, but with attestation = \"x509\" the registration ID is the certificate's common name, which X.509 limits to {MAX_CN_LEN}"
+                    ),
+                    "Shorten the template's fixed text so that it stays within 64 characters with the 12 digits of {mac}.",
+                ));
+            }
+            if raw.pre_verify && !verify_url.starts_with("https://") {
+                return Err(self.bad_value(
+                    raw.verify_url.as_ref().map_or(raw.registration_id.span(), Spanned::span),
+                    "[dps] verify_url",
+                    format!("{verify_url:?} is not https, and with attestation = \"x509\" a device proves its identity in the TLS handshake"),
+                    "Use an https:// URL (a local DPS emulator: `station sim dps --attestation x509 --tls-dir DIR` serves one, trusted through [dps] ca_file).",
+                ));
+            }
+        }
         Ok(DpsConfig {
             id_scope: id_scope.clone(),
             endpoint,
             verify_url,
-            group_key_file: self.resolve(raw.group_key_file.get_ref()),
-            secondary_group_key_file: raw
-                .secondary_group_key_file
-                .map(|f| self.resolve(f.get_ref())),
+            attestation,
             registration_id,
             pre_verify: raw.pre_verify,
             api_version,
@@ -268,6 +327,222 @@ impl Ctx<'_> {
             verify_timeout: std::time::Duration::from_secs(verify_timeout),
             payload,
         })
+    }
+
+    /// `[dps] attestation` and its keys: the group key files for `symmetric-key`, the CA files
+    /// and issuing policy for `x509` (with `[secure_cert]`, when present, as its storage). A
+    /// key that belongs to the other kind is refused rather than ignored.
+    fn attestation(
+        &self,
+        raw: &RawDps,
+        dps_span: Range<usize>,
+        secure_cert: Option<Spanned<RawSecureCert>>,
+    ) -> Result<Attestation, ConfigError> {
+        let kind = raw
+            .attestation
+            .as_ref()
+            .map_or(ATTESTATION_SYMMETRIC_KEY, |a| a.get_ref().as_str());
+        let attestation_span = raw.attestation.as_ref().map_or(dps_span, Spanned::span);
+        let symmetric_keys = [
+            ("group_key_file", raw.group_key_file.as_ref()),
+            (
+                "secondary_group_key_file",
+                raw.secondary_group_key_file.as_ref(),
+            ),
+        ];
+        let x509_files = [
+            ("ca_cert_file", raw.ca_cert_file.as_ref()),
+            ("ca_chain_file", raw.ca_chain_file.as_ref()),
+            ("ca_key_file", raw.ca_key_file.as_ref()),
+            (
+                "ca_key_passphrase_file",
+                raw.ca_key_passphrase_file.as_ref(),
+            ),
+            ("key_type", raw.key_type.as_ref()),
+        ];
+        let wrong_kind = |key: &str, span: Range<usize>, belongs: &str| {
+            self.bad_value(
+                span,
+                &format!("[dps] {key}"),
+                format!("it belongs to attestation = \"{belongs}\", and this station uses attestation = \"{kind}\""),
+                format!("Remove {key}, or set [dps] attestation = \"{belongs}\" if the enrollment group uses it."),
+            )
+        };
+        match kind {
+            ATTESTATION_SYMMETRIC_KEY => {
+                for (key, value) in x509_files {
+                    if let Some(value) = value {
+                        return Err(wrong_kind(key, value.span(), ATTESTATION_X509));
+                    }
+                }
+                if let Some(days) = &raw.cert_days {
+                    return Err(wrong_kind("cert_days", days.span(), ATTESTATION_X509));
+                }
+                if let Some(section) = &secure_cert {
+                    return Err(self.bad_value(
+                        section.span(),
+                        "[secure_cert]",
+                        "the esp_secure_cert partition holds X.509 credentials, and this station uses attestation = \"symmetric-key\"",
+                        "Remove [secure_cert], or set [dps] attestation = \"x509\" with the CA files.",
+                    ));
+                }
+                let Some(group_key_file) = &raw.group_key_file else {
+                    return Err(ConfigError::MissingKey {
+                        at: self.at(attestation_span),
+                        message: "missing field `group_key_file` in [dps] (required with attestation = \"symmetric-key\", the default)".to_owned(),
+                    });
+                };
+                Ok(Attestation::SymmetricKey(SymmetricKeyConfig {
+                    group_key_file: self.resolve(group_key_file.get_ref()),
+                    secondary_group_key_file: raw
+                        .secondary_group_key_file
+                        .as_ref()
+                        .map(|f| self.resolve(f.get_ref())),
+                }))
+            }
+            ATTESTATION_X509 => {
+                for (key, value) in symmetric_keys {
+                    if let Some(value) = value {
+                        return Err(wrong_kind(key, value.span(), ATTESTATION_SYMMETRIC_KEY));
+                    }
+                }
+                let required = |key: &str, value: Option<&Spanned<String>>| {
+                    value.map(|v| self.resolve(v.get_ref())).ok_or_else(|| {
+                        ConfigError::MissingKey {
+                            at: self.at(attestation_span.clone()),
+                            message: format!(
+                                "missing field `{key}` in [dps] (required with attestation = \"x509\")"
+                            ),
+                        }
+                    })
+                };
+                let ca_cert_file = required("ca_cert_file", raw.ca_cert_file.as_ref())?;
+                let ca_key_file = required("ca_key_file", raw.ca_key_file.as_ref())?;
+                let cert_days = match &raw.cert_days {
+                    None => DEFAULT_CERT_DAYS,
+                    Some(days) => u32::try_from(*days.get_ref())
+                        .ok()
+                        .filter(|d| (1..=MAX_CERT_DAYS).contains(d))
+                        .ok_or_else(|| {
+                            self.bad_value(
+                                days.span(),
+                                "[dps] cert_days",
+                                format!("{} is outside 1 to {MAX_CERT_DAYS} days", days.get_ref()),
+                                format!("Give how many days each device certificate stays valid, e.g. {DEFAULT_CERT_DAYS} (ten years); it ends with the signing CA in any case."),
+                            )
+                        })?,
+                };
+                let key_type = match &raw.key_type {
+                    None => DeviceKeyType::default(),
+                    Some(name) => match name.get_ref().as_str() {
+                        "ecdsa-p256" => DeviceKeyType::EcdsaP256,
+                        "rsa-2048" => DeviceKeyType::Rsa2048,
+                        other => {
+                            return Err(self.bad_value(
+                                name.span(),
+                                "[dps] key_type",
+                                format!("`{other}` is not a device key type"),
+                                "Use \"ecdsa-p256\" (the default: small, fast, what the ESP32's mbedTLS handles best) or \"rsa-2048\".",
+                            ));
+                        }
+                    },
+                };
+                let storage = match secure_cert {
+                    None => CredentialStorage::Nvs,
+                    Some(section) => CredentialStorage::SecureCert(self.secure_cert(section)?),
+                };
+                Ok(Attestation::X509(X509Config {
+                    ca_cert_file,
+                    ca_chain_file: raw.ca_chain_file.as_ref().map(|f| self.resolve(f.get_ref())),
+                    ca_key_file,
+                    ca_key_passphrase_file: raw
+                        .ca_key_passphrase_file
+                        .as_ref()
+                        .map(|f| self.resolve(f.get_ref())),
+                    cert_days,
+                    key_type,
+                    storage,
+                }))
+            }
+            other => Err(self.bad_value(
+                attestation_span,
+                "[dps] attestation",
+                format!("`{other}` is not an attestation kind"),
+                "Use \"symmetric-key\" (devices hold keys derived from the enrollment group's key) or \"x509\" (devices hold certificates the station issues with the group's CA), as the enrollment group in DPS is set up.",
+            )),
+        }
+    }
+
+    /// `[secure_cert]`: offset and size 4 KiB-aligned, at least one sector.
+    fn secure_cert(&self, raw: Spanned<RawSecureCert>) -> Result<SecureCertConfig, ConfigError> {
+        let span = raw.span();
+        let raw = raw.into_inner();
+        let offset = self.aligned(&raw.offset, "[secure_cert] offset")?;
+        let size = match &raw.size {
+            None => DEFAULT_SECURE_CERT_SIZE,
+            Some(size) => self.aligned(size, "[secure_cert] size")?,
+        };
+        if size == 0 {
+            return Err(self.bad_value(
+                raw.size.as_ref().map_or(span, Spanned::span),
+                "[secure_cert] size",
+                "the partition is empty",
+                "Give the esp_secure_cert partition's size from the firmware's partition table (usually 0x2000).",
+            ));
+        }
+        Ok(SecureCertConfig { offset, size })
+    }
+
+    /// Which attestation kind fills `field`, and where X.509 credentials go: the other kind's
+    /// placeholders are refused, and so are the X.509 ones when `[secure_cert]` holds the
+    /// credentials (they would be stored twice).
+    fn check_placeholder(&self, dps: &DpsConfig, field: Field) -> Result<(), String> {
+        match &dps.attestation {
+            Attestation::SymmetricKey(_) if Field::X509.contains(&field) => Err(format!(
+                "{{{}}} holds X.509 credentials, and [dps] attestation is \"symmetric-key\"",
+                field.name()
+            )),
+            Attestation::X509(_) if Field::SYMMETRIC_KEY.contains(&field) => Err(format!(
+                "{{{}}} holds a key derived from a group key, and [dps] attestation is \"x509\"",
+                field.name()
+            )),
+            Attestation::X509(X509Config {
+                storage: CredentialStorage::SecureCert(_),
+                ..
+            }) if Field::X509.contains(&field) => Err(format!(
+                "{{{}}}: with [secure_cert] the device's certificate, key and CA chain go to the esp_secure_cert partition, and would be stored twice",
+                field.name()
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// An X.509 device that keeps its credentials in NVS must receive its certificate and key
+    /// there.
+    fn check_credential_storage(
+        &self,
+        dps: &DpsConfig,
+        nvs: &NvsConfig,
+        attestation_span: Range<usize>,
+    ) -> Result<(), ConfigError> {
+        let Some(X509Config {
+            storage: CredentialStorage::Nvs,
+            ..
+        }) = dps.attestation.x509()
+        else {
+            return Ok(());
+        };
+        for field in [Field::DeviceCert, Field::DevicePrivateKey] {
+            if !nvs.uses(field) {
+                return Err(self.bad_value(
+                    attestation_span,
+                    "[dps] attestation",
+                    format!("with attestation = \"x509\" the device needs its certificate and key, and no [nvs.entries] value uses {{{}}} and there is no [secure_cert] section", field.name()),
+                    "Store them in NVS (e.g. cert = \"{device_cert}\", priv_key = \"{device_private_key}\", ca_chain = \"{ca_chain}\" in [nvs.entries]) or in an esp_secure_cert partition ([secure_cert] offset = 0xD000, as in the firmware's partition table).",
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn aligned(&self, value: &Spanned<u32>, key: &str) -> Result<u32, ConfigError> {
@@ -333,8 +608,20 @@ impl Ctx<'_> {
                             key: format!("[nvs.entries] {name}"),
                             problem,
                         })?;
+                    for field in template.fields() {
+                        self.check_placeholder(dps, field).map_err(|problem| {
+                            ConfigError::BadTemplate {
+                                at: self.at(value.span()),
+                                key: format!("[nvs.entries] {name}"),
+                                problem,
+                            }
+                        })?;
+                    }
                     if template.uses(Field::SecondaryDeviceKey)
-                        && dps.secondary_group_key_file.is_none()
+                        && dps
+                            .attestation
+                            .symmetric_key()
+                            .is_some_and(|keys| keys.secondary_group_key_file.is_none())
                     {
                         return Err(ConfigError::BadTemplate {
                             at: self.at(value.span()),
@@ -498,7 +785,12 @@ impl Ctx<'_> {
         &self,
         raw: Vec<Spanned<RawFirmware>>,
         nvs: &NvsConfig,
+        dps: &DpsConfig,
     ) -> Result<Vec<FirmwareImage>, ConfigError> {
+        let secure_cert = match dps.attestation.x509().map(|x| x.storage) {
+            Some(CredentialStorage::SecureCert(partition)) => Some(partition),
+            _ => None,
+        };
         let mut images: Vec<FirmwareImage> = Vec::new();
         for item in raw {
             let span = item.span();
@@ -528,6 +820,19 @@ impl Ctx<'_> {
                         nvs.offset + nvs.size
                     ),
                     "Check the offsets against the firmware's partition table; the NVS image is written last and would be overwritten or overwrite the firmware.",
+                ));
+            }
+            if let Some(partition) = secure_cert.filter(|p| overlaps(p.offset, u64::from(p.size))) {
+                return Err(self.bad_value(
+                    span,
+                    "[[firmware]]",
+                    format!(
+                        "{} at {offset:#x}..{end:#x} overlaps the esp_secure_cert partition at {:#x}..{:#x}",
+                        file.display(),
+                        partition.offset,
+                        partition.offset + partition.size
+                    ),
+                    "Check the offsets against the firmware's partition table; [secure_cert] must name the esp_secure_cert partition.",
                 ));
             }
             if let Some(other) = images.iter().find(|i| overlaps(i.offset, i.size)) {
@@ -680,22 +985,89 @@ impl Ctx<'_> {
     /// Builds the image a device would get, with values of the exact lengths every device's
     /// values have, to prove at load time that every image fits.
     fn check_fit(&self, config: &Config, size_span: Range<usize>) -> Result<(), ConfigError> {
-        let registration_id = "r".repeat(config.dps.registration_id.rendered_len());
+        // X.509 credentials are left empty here: their lengths depend on the CA, and are
+        // checked with a certificate issued by it when the station loads it
+        // (Config::check_x509_fit).
+        config
+            .worst_case_nvs(&X509Lengths::default())
+            .map_err(|e| ConfigError::DoesNotFit {
+                at: self.at(size_span),
+                size: config.nvs.size,
+                detail: e.to_string(),
+            })
+    }
+}
+
+/// Stand-ins for one X.509 unit's credentials, of the lengths a certificate issued by the
+/// configured CA has: what [`Config::check_x509_fit`] checks.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct X509Lengths {
+    /// `{device_cert}`: PEM text of the longest certificate the CA issues.
+    pub device_cert: usize,
+    /// `{device_private_key}`: PEM text of the longest device key.
+    pub device_private_key: usize,
+    /// `{ca_chain}`: PEM text of the chain.
+    pub ca_chain: usize,
+    /// The esp_secure_cert image holding all three.
+    pub secure_cert_image: usize,
+}
+
+impl Config {
+    /// Builds the NVS image a device would get with values of the longest lengths every
+    /// device's values have (X.509 credentials of the given lengths).
+    fn worst_case_nvs(&self, x509: &X509Lengths) -> Result<(), nvs::NvsError> {
+        let registration_id = "r".repeat(self.dps.registration_id.rendered_len());
         let device_key = "k".repeat(DEVICE_KEY_LEN);
+        let [cert, key, chain] =
+            [x509.device_cert, x509.device_private_key, x509.ca_chain].map(|n| "c".repeat(n));
         let values = TemplateValues {
-            id_scope: &config.dps.id_scope,
+            id_scope: &self.dps.id_scope,
             registration_id: &registration_id,
             device_key: &device_key,
             secondary_device_key: &device_key,
-            dps_host: &config.dps.endpoint,
+            dps_host: &self.dps.endpoint,
             mac: "000000000000",
-            station_id: &config.station.id,
+            station_id: &self.station.id,
+            device_cert: &cert,
+            device_private_key: &key,
+            ca_chain: &chain,
         };
-        let entries = config.nvs.render(&values);
-        nvs::check_fits(&entries, config.nvs.size as usize).map_err(|e| ConfigError::DoesNotFit {
-            at: self.at(size_span),
-            size: config.nvs.size,
-            detail: e.to_string(),
-        })
+        nvs::check_fits(&self.nvs.render(&values), self.nvs.size as usize)
+    }
+
+    /// Checks that an X.509 unit's credentials fit where `[dps]` stores them, given their
+    /// lengths with the loaded CA: the NVS strings (at most 3,967 bytes each, a long
+    /// `{ca_chain}` being the usual culprit) and partition, or the `[secure_cert]` partition.
+    /// A configuration without X.509 attestation passes.
+    pub fn check_x509_fit(&self, lengths: &X509Lengths) -> Result<(), ConfigError> {
+        let Some(x509) = self.dps.attestation.x509() else {
+            return Ok(());
+        };
+        match x509.storage {
+            CredentialStorage::Nvs => {
+                self.worst_case_nvs(lengths)
+                    .map_err(|e| ConfigError::CredentialsDoNotFit {
+                        path: self.path.clone(),
+                        place: format!("the NVS partition ([nvs] size = {:#x})", self.nvs.size),
+                        detail: e.to_string(),
+                    })
+            }
+            CredentialStorage::SecureCert(partition) => {
+                if lengths.secure_cert_image > partition.size as usize {
+                    return Err(ConfigError::CredentialsDoNotFit {
+                        path: self.path.clone(),
+                        place: format!(
+                            "the esp_secure_cert partition ([secure_cert] size = {:#x})",
+                            partition.size
+                        ),
+                        detail: format!(
+                            "the image takes up to {} bytes",
+                            lengths.secure_cert_image
+                        ),
+                    });
+                }
+                Ok(())
+            }
+        }
     }
 }

@@ -1,7 +1,9 @@
 //! The HTTP client: register, then poll the operation until DPS answers for good.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rustls_pki_types::CertificateDer;
 use tracing::instrument;
 
 use super::DpsError;
@@ -12,20 +14,22 @@ use crate::config::DpsConfig;
 use crate::identity::RegistrationId;
 use crate::keys::DeviceKey;
 use crate::support::error_chain_text;
+use crate::tls::{self, ClientIdentity};
 
 /// How long a registration token the station makes stays valid.
 const TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 /// The longest a single HTTP request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// The largest `[dps] ca_file` the station reads (a PEM bundle of a few roots is kilobytes).
-const CA_FILE_LIMIT: u64 = 1 << 20;
 /// The longest the station waits to open a connection to DPS.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The station's DPS client: one HTTP connection pool, built once per station run.
+/// The station's DPS client: one HTTP connection pool, built once per station run, for
+/// symmetric-key registrations; a device with X.509 attestation gets a connection of its own,
+/// made with its client certificate ([`DpsClient::register_x509`]).
 #[derive(Debug, Clone)]
 pub struct DpsClient {
     http: reqwest::Client,
+    roots: Arc<[CertificateDer<'static>]>,
     base: String,
     id_scope: String,
     api_version: String,
@@ -45,37 +49,20 @@ enum Answer {
 }
 
 impl DpsClient {
-    /// Builds the client for `[dps]`: rustls with the platform's roots plus `ca_file`.
+    /// Builds the client for `[dps]`: rustls with the platform's roots plus `ca_file`
+    /// ([`crate::tls::client_config`]).
     pub fn new(config: &DpsConfig) -> Result<DpsClient, DpsError> {
-        // reqwest is built without a default crypto provider: use ring's (the first call wins;
-        // a later one reports that one is installed, which is fine).
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .user_agent(concat!("station/", env!("CARGO_PKG_VERSION")))
-            // DPS answers directly; a redirect would carry the token elsewhere.
-            .redirect(reqwest::redirect::Policy::none());
-        if let Some(path) = &config.ca_file {
-            let pem =
-                crate::file::read_regular(path, CA_FILE_LIMIT).map_err(|e| DpsError::Client {
-                    problem: format!("cannot read [dps] ca_file {}: {e}", path.display()),
-                })?;
-            let certs =
-                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| DpsError::Client {
-                    problem: format!("[dps] ca_file {} is not PEM: {e}", path.display()),
-                })?;
-            if certs.is_empty() {
-                return Err(DpsError::Client {
-                    problem: format!("[dps] ca_file {} holds no certificate", path.display()),
-                });
-            }
-            builder = builder.tls_certs_merge(certs);
-        }
-        let http = builder.build().map_err(|e| DpsError::Client {
-            problem: e.to_string(),
-        })?;
+        let roots: Arc<[CertificateDer<'static>]> = match &config.ca_file {
+            Some(path) => tls::read_roots(path)
+                .map_err(|e| DpsError::Client {
+                    problem: format!("[dps] ca_file: {e}"),
+                })?
+                .into(),
+            None => Arc::new([]),
+        };
         Ok(DpsClient {
-            http,
+            http: http_client(&roots, None)?,
+            roots,
             base: config.verify_url.trim_end_matches('/').to_owned(),
             id_scope: config.id_scope.clone(),
             api_version: config.api_version.clone(),
@@ -105,13 +92,45 @@ impl DpsClient {
         )
     }
 
-    /// Registers `registration_id` with DPS and polls the operation until DPS assigns it,
-    /// refuses it or the time allowed runs out.
+    /// Registers `registration_id` with DPS as a symmetric-key device, with a SAS token made
+    /// from its device key, and polls the operation until DPS assigns it, refuses it or the
+    /// time allowed runs out.
     #[instrument(skip_all, fields(registration_id = %registration_id))]
     pub async fn register(
         &self,
         registration_id: &RegistrationId,
         device_key: &DeviceKey,
+    ) -> Result<RegistrationState, DpsError> {
+        let expiry = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .saturating_add(TOKEN_LIFETIME)
+            .as_secs();
+        let token = SasToken::new(&self.id_scope, registration_id, device_key, expiry).header();
+        self.register_with(&self.http, registration_id, Some(&token), false)
+            .await
+    }
+
+    /// Registers `registration_id` with DPS as an X.509 device: the device's certificate chain
+    /// and key authenticate it in the TLS handshake, on a connection made for it alone (no
+    /// token). DPS takes the certificate's subject CN as the registration ID.
+    #[instrument(skip_all, fields(registration_id = %registration_id))]
+    pub async fn register_x509(
+        &self,
+        registration_id: &RegistrationId,
+        identity: ClientIdentity,
+    ) -> Result<RegistrationState, DpsError> {
+        let http = http_client(&self.roots, Some(identity))?;
+        self.register_with(&http, registration_id, None, true).await
+    }
+
+    /// The registration flow over `http`, with a SAS `token` or (X.509) none.
+    async fn register_with(
+        &self,
+        http: &reqwest::Client,
+        registration_id: &RegistrationId,
+        token: Option<&str>,
+        x509: bool,
     ) -> Result<RegistrationState, DpsError> {
         let start = Instant::now();
         let deadline = start + self.policy.budget;
@@ -119,12 +138,6 @@ impl DpsClient {
             registration_id: registration_id.to_string(),
             seconds: self.policy.budget.as_secs_f64(),
         };
-        let expiry = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .saturating_add(TOKEN_LIFETIME)
-            .as_secs();
-        let token = SasToken::new(&self.id_scope, registration_id, device_key, expiry).header();
         let mut body = serde_json::json!({ "registrationId": registration_id.as_str() });
         if let Some(payload) = &self.payload {
             body["payload"] = payload.clone();
@@ -138,20 +151,20 @@ impl DpsClient {
                 return Err(timeout());
             }
             let request = match &operation {
-                None => self
-                    .http
-                    .put(self.url(registration_id, "register"))
-                    .json(&body),
-                Some(id) => self
-                    .http
-                    .get(self.url(registration_id, &format!("operations/{}", sas::encode(id)))),
+                None => http.put(self.url(registration_id, "register")).json(&body),
+                Some(id) => {
+                    http.get(self.url(registration_id, &format!("operations/{}", sas::encode(id))))
+                }
+            };
+            let request = match token {
+                Some(token) => request.header(reqwest::header::AUTHORIZATION, token),
+                None => request,
             };
             let request = request
-                .header(reqwest::header::AUTHORIZATION, &token)
                 .header(reqwest::header::ACCEPT, "application/json")
                 .timeout(remaining.min(REQUEST_TIMEOUT));
             let answer = match request.send().await {
-                Ok(response) => self.answer(registration_id, response).await?,
+                Ok(response) => self.answer(registration_id, response, x509).await?,
                 Err(e) if e.is_timeout() => return Err(timeout()),
                 Err(e) => {
                     return Err(DpsError::Unreachable {
@@ -240,6 +253,7 @@ impl DpsClient {
         &self,
         registration_id: &RegistrationId,
         response: reqwest::Response,
+        x509: bool,
     ) -> Result<Answer, DpsError> {
         let status = response.status().as_u16();
         let retry_after = response
@@ -283,7 +297,13 @@ impl DpsClient {
             ..ServiceError::default()
         });
         let registration_id = registration_id.to_string();
-        Err(if status == 401 {
+        Err(if status == 401 && x509 {
+            DpsError::CertificateRefused {
+                registration_id,
+                error_code: details.error_code,
+                message: details.message,
+            }
+        } else if status == 401 {
             DpsError::Unauthorized {
                 registration_id,
                 error_code: details.error_code,
@@ -315,4 +335,26 @@ impl DpsClient {
             }),
         }
     }
+}
+
+/// An HTTP client over the station's TLS configuration ([`crate::tls::client_config`]): the
+/// platform's trust store plus `roots`, HTTP/1.1, and `identity` as the client certificate.
+fn http_client(
+    roots: &[CertificateDer<'static>],
+    identity: Option<ClientIdentity>,
+) -> Result<reqwest::Client, DpsError> {
+    let tls =
+        tls::client_config(roots, identity, &[b"http/1.1"]).map_err(|e| DpsError::Client {
+            problem: e.to_string(),
+        })?;
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .user_agent(concat!("station/", env!("CARGO_PKG_VERSION")))
+        // DPS answers directly; a redirect would carry the token elsewhere.
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| DpsError::Client {
+            problem: e.to_string(),
+        })
 }

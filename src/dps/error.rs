@@ -22,6 +22,22 @@ pub enum DpsError {
         /// DPS's message.
         message: String,
     },
+    /// DPS refused the device's X.509 certificate (HTTP 401).
+    #[error("DPS refused the certificate of {registration_id} (HTTP 401{}): {message}", code_suffix(*error_code))]
+    #[diagnostic(
+        code(station::dps::certificate_refused),
+        help(
+            "DPS does not trust the device's certificate: the enrollment group's CA (DPS > Certificates, verified) must be the station's signing CA ([dps] ca_cert_file) or a CA above it in [dps] ca_chain_file, and the group must be an X.509 enrollment group. Compare the thumbprint `station check` shows with the portal's, and check the station's clock (certificates start an hour before issuing)."
+        )
+    )]
+    CertificateRefused {
+        /// The unit.
+        registration_id: String,
+        /// DPS's numeric error code (401002: unauthorized).
+        error_code: Option<i64>,
+        /// DPS's message.
+        message: String,
+    },
     /// The enrollment (group) is disabled.
     #[error("DPS reports the enrollment of {registration_id} as disabled{}: {message}", code_suffix(*error_code))]
     #[diagnostic(
@@ -182,6 +198,7 @@ impl DpsError {
     pub fn dps_error_code(&self) -> Option<i64> {
         match self {
             DpsError::Unauthorized { error_code, .. }
+            | DpsError::CertificateRefused { error_code, .. }
             | DpsError::Disabled { error_code, .. }
             | DpsError::RegistrationFailed { error_code, .. }
             | DpsError::Rejected { error_code, .. } => *error_code,

@@ -7,6 +7,11 @@
 //! record it pending, settle it later) is the pipeline's stage `dps`, in
 //! [`crate::provision`].
 //!
+//! A unit with X.509 attestation registers the same way, except that it authenticates with
+//! its certificate in the TLS handshake instead of a token ([`DpsClient::register_x509`],
+//! <https://learn.microsoft.com/azure/iot-dps/iot-dps-https-x509-support>); DPS answers HTTP
+//! 401 when it does not trust the certificate ([`DpsError::CertificateRefused`]).
+//!
 //! It speaks the DPS device REST API
 //! (<https://learn.microsoft.com/rest/api/iot-dps/device/runtime-registration>):
 //! `PUT {base}/{idScope}/registrations/{registrationId}/register?api-version=…` with a
@@ -37,6 +42,7 @@ pub use wire::{OperationStatus, RegistrationState, ServiceError};
 use crate::identity::RegistrationId;
 use crate::keys::DeviceKey;
 use crate::record::{DpsStatus, UnitDps};
+use crate::tls::ClientIdentity;
 
 /// The outcome of one unit's pre-verification, as the pipeline and the store see it.
 #[derive(Debug)]
@@ -88,13 +94,23 @@ impl Verification {
     }
 }
 
-/// Pre-verifies one unit in the pipeline.
+/// Pre-verifies one symmetric-key unit in the pipeline.
 pub async fn pre_verify(
     client: &DpsClient,
     registration_id: &RegistrationId,
     device_key: &DeviceKey,
 ) -> Verification {
     Verification::from_result(client.register(registration_id, device_key).await)
+}
+
+/// Pre-verifies one X.509 unit in the pipeline, authenticating with its certificate chain
+/// and key.
+pub async fn pre_verify_x509(
+    client: &DpsClient,
+    registration_id: &RegistrationId,
+    identity: ClientIdentity,
+) -> Verification {
+    Verification::from_result(client.register_x509(registration_id, identity).await)
 }
 
 #[cfg(test)]

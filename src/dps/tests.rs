@@ -450,3 +450,190 @@ async fn the_emulator_answers_with_the_field_names_azure_uses() {
         shape(&recorded("error-401-unauthorized.json"))
     );
 }
+
+/// An X.509 enrollment group for the tests: a CA made with rcgen, loaded as the station loads
+/// its signing CA, and its certificate as the emulator's trust anchor.
+struct X509Group {
+    _dir: tempfile::TempDir,
+    ca: crate::x509::SigningCa,
+}
+
+impl X509Group {
+    fn new(name: &str) -> X509Group {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+        let dir = tempfile::tempdir().unwrap();
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        let cert = params.self_signed(&key).unwrap();
+        let cert_path = dir.path().join("ca.pem");
+        let key_path = dir.path().join("ca.key");
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        std::fs::set_permissions(
+            &key_path,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+        let ca = crate::x509::SigningCa::load(
+            &crate::x509::CaFiles {
+                cert: &cert_path,
+                chain: None,
+                key: &key_path,
+                key_passphrase: None,
+            },
+            time::OffsetDateTime::now_utc(),
+        )
+        .unwrap();
+        X509Group { _dir: dir, ca }
+    }
+
+    fn trusted(&self) -> Vec<rustls_pki_types::CertificateDer<'static>> {
+        vec![self.ca.certificate_der().to_vec().into()]
+    }
+
+    /// Credentials for `registration_id`, valid from `at` for `days`.
+    fn issue(
+        &self,
+        registration_id: &str,
+        at: time::OffsetDateTime,
+        days: u32,
+    ) -> crate::x509::DeviceCredentials {
+        self.ca
+            .issue(
+                &RegistrationId::new(registration_id).unwrap(),
+                &crate::x509::IssuePolicy {
+                    key_type: crate::x509::KeyType::EcdsaP256,
+                    validity_days: days,
+                },
+                at,
+            )
+            .unwrap()
+    }
+}
+
+/// The emulator for `group` over HTTPS, and a station client that trusts the emulator's
+/// server certificate (and nothing else of its own) through `[dps] ca_file`.
+async fn x509_emulator(group: &X509Group) -> (DpsEmulator, DpsClient, tempfile::TempDir) {
+    let tls = std::sync::Arc::new(crate::sim::tls::ServerIdentity::generate().unwrap());
+    let mut options = EmulatorOptions::x509(SCOPE, group.trusted(), tls.clone());
+    options.assign_delay = Duration::from_millis(50);
+    options.retry_after = 0;
+    let sim = DpsEmulator::start(options).await.unwrap();
+    assert!(sim.url().starts_with("https://127.0.0.1:"), "{}", sim.url());
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("dps-ca.pem");
+    std::fs::write(&ca_file, tls.ca_pem()).unwrap();
+    let client = DpsClient::new(
+        &config(
+            sim.url(),
+            &format!("verify_timeout = 10\nca_file = \"{}\"", ca_file.display()),
+            "",
+        )
+        .dps,
+    )
+    .unwrap();
+    (sim, client, dir)
+}
+
+#[tokio::test]
+async fn an_x509_device_registers_with_its_certificate_over_tls() {
+    let group = X509Group::new("Group CA");
+    let (sim, client, _dir) = x509_emulator(&group).await;
+    let credentials = group.issue(id().as_str(), time::OffsetDateTime::now_utc(), 30);
+    let state = client
+        .register_x509(&id(), credentials.tls_identity())
+        .await
+        .unwrap();
+    assert_eq!(
+        state.assigned_hub.as_deref(),
+        Some("station-sim-hub.azure-devices.net")
+    );
+    assert_eq!(state.device_id.as_deref(), Some(id().as_str()));
+    let requests = sim.requests();
+    assert!(requests.len() >= 2, "{requests:?}");
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.client_certificate.as_deref() == Some(id().as_str())),
+        "every request carried the device's certificate: {requests:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_x509_emulator_refuses_what_dps_refuses_with_401002() {
+    let group = X509Group::new("Group CA");
+    let other = X509Group::new("Another CA");
+    let (sim, client, _dir) = x509_emulator(&group).await;
+    let now = time::OffsetDateTime::now_utc();
+    let refused = |result: Result<RegistrationState, DpsError>| match result {
+        Err(DpsError::CertificateRefused {
+            error_code,
+            message,
+            ..
+        }) => {
+            assert_eq!(error_code, Some(crate::sim::dps::UNAUTHORIZED));
+            message
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    // Another CA's certificate.
+    let message = refused(
+        client
+            .register_x509(&id(), other.issue(id().as_str(), now, 30).tls_identity())
+            .await,
+    );
+    assert!(message.contains("does not chain"), "{message}");
+    // The group's CA, but issued for another registration ID.
+    let message = refused(
+        client
+            .register_x509(
+                &id(),
+                group.issue("sensor-240ac4999999", now, 30).tls_identity(),
+            )
+            .await,
+    );
+    assert!(message.contains("CN `sensor-240ac4999999`"), "{message}");
+    // Expired: issued 40 days ago for 30 days (it starts an hour before issuing).
+    let message = refused(
+        client
+            .register_x509(
+                &id(),
+                group
+                    .issue(id().as_str(), now - time::Duration::days(40), 30)
+                    .tls_identity(),
+            )
+            .await,
+    );
+    assert!(message.to_lowercase().contains("expired"), "{message}");
+    // A SAS token, without a certificate: an X.509 group does not take tokens.
+    match client.register(&id(), &key_for(GROUP_KEY)).await {
+        Err(DpsError::Unauthorized { message, .. }) => {
+            assert!(message.contains("no client certificate"), "{message}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(sim.registration(id().as_str()).is_none());
+    assert!(sim.requests().iter().all(|r| r.status == 401));
+}
+
+#[tokio::test]
+async fn a_station_that_does_not_trust_the_emulator_cannot_reach_it() {
+    let group = X509Group::new("Group CA");
+    let (sim, _client, _dir) = x509_emulator(&group).await;
+    // No [dps] ca_file: the emulator's server certificate is not in the platform's store.
+    let untrusting = client(sim.url());
+    let credentials = group.issue(id().as_str(), time::OffsetDateTime::now_utc(), 30);
+    let error = untrusting
+        .register_x509(&id(), credentials.tls_identity())
+        .await
+        .unwrap_err();
+    assert!(matches!(error, DpsError::Unreachable { .. }), "{error:?}");
+    assert!(
+        error.to_string().to_lowercase().contains("certificate"),
+        "{error}"
+    );
+    assert!(sim.requests().is_empty());
+}

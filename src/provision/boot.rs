@@ -4,11 +4,12 @@
 
 use std::time::Instant;
 
+use zeroize::Zeroizing;
+
 use super::{DeviceImage, Failed, Run, fail};
 use crate::boot::{BootCheck, watch};
 use crate::config::TemplateValues;
 use crate::device::Device;
-use crate::keys::DeviceKey;
 use crate::record::Stage;
 
 impl<D: Device> Run<'_, D> {
@@ -36,21 +37,45 @@ impl<D: Device> Run<'_, D> {
             dps_host: &config.dps.endpoint,
             mac: &mac,
             station_id: &config.station.id,
+            device_cert: "",
+            device_private_key: "",
+            ca_chain: "",
         };
-        // Both device keys are redacted wherever the firmware prints them.
-        let secondary = self
-            .station
-            .keys
-            .secondary
-            .as_ref()
-            .map(|k| k.derive(&image.registration_id));
-        let keys: Vec<&DeviceKey> = std::iter::once(&image.device_key)
-            .chain(secondary.as_ref())
-            .collect();
-        let check = BootCheck::new(&config.boot, &values, &keys);
+        let secrets = unit_secrets(self.station, image);
+        let secrets: Vec<&str> = secrets.iter().map(|s| s.as_str()).collect();
+        let check = BootCheck::new(&config.boot, &values, &secrets);
         let report = watch(console, &check).await;
         self.timings.boot = self.finished(Stage::Boot.as_str(), t);
         self.facts.boot_log = Some(report.log);
         report.verdict.map_err(fail(Stage::Boot, true))
     }
+}
+
+/// What of the unit's own credential must never be kept from its boot log: its device keys
+/// (primary and secondary), or the lines of its private key's PEM.
+fn unit_secrets(station: &crate::station::Station, image: &DeviceImage) -> Vec<Zeroizing<String>> {
+    let mut secrets = Vec::new();
+    if let Some(key) = image.device_key() {
+        secrets.push(Zeroizing::new(key.expose().to_owned()));
+    }
+    if let Some(secondary) = station
+        .attestor
+        .group_keys()
+        .and_then(|keys| keys.secondary.as_ref())
+    {
+        let key = secondary.derive(&image.registration_id);
+        secrets.push(Zeroizing::new(key.expose().to_owned()));
+    }
+    if let Some(credentials) = image.certificate() {
+        secrets.extend(
+            credentials
+                .private_key()
+                .expose_pem()
+                .lines()
+                .map(str::trim)
+                .filter(|line| !line.is_empty() && !line.starts_with("-----"))
+                .map(|line| Zeroizing::new(line.to_owned())),
+        );
+    }
+    secrets
 }

@@ -1,6 +1,12 @@
 //! Stage `dps`: pre-verification of a freshly flashed unit with DPS, and the later settling of
 //! units it left pending (`station dps verify`, and the line daemon periodically).
 //!
+//! An X.509 unit is pre-verified with the certificate and key it was just issued, while the key
+//! is still in memory. Afterwards only the device holds its key, so a later verification of an
+//! X.509 unit is not possible from the station: `dps verify --registration-id` refuses it
+//! ([`ProvisionError::X509NotVerifiable`]) and `--pending` counts such units as skipped (the
+//! device registers itself when it first connects, or a re-provision pre-verifies anew).
+//!
 //! [`crate::dps`] is the client (token, register, poll) and classifies each answer
 //! ([`Verification`]); this module decides what the station does with it: a refusal fails the
 //! unit at stage `dps`, an unreachable or unanswering DPS leaves it provisioned and pending,
@@ -12,12 +18,14 @@ use miette::Diagnostic as _;
 use serde::Serialize;
 use tracing::Instrument as _;
 
-use super::{DeviceImage, Failed, Run, UnitError, fail};
+use super::{DeviceImage, Failed, ProvisionError, Run, UnitError, fail};
 use crate::device::Device;
-use crate::dps::{DpsClient, DpsError, RegistrationState, Verification, pre_verify};
+use crate::dps::{
+    DpsClient, DpsError, RegistrationState, Verification, pre_verify, pre_verify_x509,
+};
 use crate::identity::{Mac, RegistrationId};
 use crate::keys::GroupKey;
-use crate::record::{DpsStatus, ErrorCode, Stage, Unit};
+use crate::record::{Attestation, DpsStatus, ErrorCode, Stage, Unit};
 use crate::station::Station;
 
 impl<D: Device> Run<'_, D> {
@@ -29,7 +37,13 @@ impl<D: Device> Run<'_, D> {
         };
         self.reached(Stage::Dps, None).await?;
         let t = Instant::now();
-        let verification = pre_verify(client, &image.registration_id, &image.device_key).await;
+        let verification = match (image.device_key(), image.certificate()) {
+            (Some(device_key), _) => pre_verify(client, &image.registration_id, device_key).await,
+            (None, Some(credentials)) => {
+                pre_verify_x509(client, &image.registration_id, credentials.tls_identity()).await
+            }
+            (None, None) => return Ok(()),
+        };
         self.timings.dps = self.finished(Stage::Dps.as_str(), t);
         self.facts.dps = Some(verification.record());
         match (verification.status, verification.error) {
@@ -86,15 +100,26 @@ pub async fn verify_registration(
     registration_id: &RegistrationId,
     operator: &str,
 ) -> Result<VerifyReport, UnitError> {
-    let client = station.dps_client()?;
     let unit = station
         .store
         .unit_by_registration_id(registration_id)
         .await?;
-    let key = unit
+    let x509_unit = unit
         .as_ref()
-        .and_then(|u| group_key_of(station, u))
-        .unwrap_or(&station.keys.primary);
+        .is_some_and(|u| u.attestation == Attestation::X509);
+    let key = match station.attestor.group_keys() {
+        Some(keys) if !x509_unit => unit
+            .as_ref()
+            .and_then(|u| group_key_of(station, u))
+            .unwrap_or(&keys.primary),
+        _ => {
+            return Err(ProvisionError::X509NotVerifiable {
+                registration_id: registration_id.to_string(),
+            }
+            .into());
+        }
+    };
+    let client = station.dps_client()?;
     let (report, _) = verify_unit(
         station,
         &client,
@@ -125,6 +150,11 @@ pub async fn retry_pending(station: &Station, operator: &str) -> Result<PendingS
     let client = station.dps_client()?;
     let mut offline = false;
     for unit in &units {
+        if unit.attestation == Attestation::X509 {
+            tracing::warn!(mac = %unit.mac, "pending X.509 unit: only the device holds its key; skipped");
+            summary.skipped += 1;
+            continue;
+        }
         let Some(key) = group_key_of(station, unit) else {
             tracing::warn!(mac = %unit.mac, key_id = %unit.key_id, "pending unit's group key is not configured; skipped");
             summary.skipped += 1;
@@ -165,7 +195,7 @@ pub async fn retry_pending(station: &Station, operator: &str) -> Result<PendingS
 
 /// The configured group key a unit's device key was derived from, if it is still configured.
 fn group_key_of<'a>(station: &'a Station, unit: &Unit) -> Option<&'a GroupKey> {
-    let keys = &station.keys;
+    let keys = station.attestor.group_keys()?;
     std::iter::once(&keys.primary)
         .chain(keys.secondary.as_ref())
         .find(|key| *key.id() == unit.key_id)

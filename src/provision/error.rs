@@ -6,7 +6,9 @@ use crate::device::DeviceError;
 use crate::dps::DpsError;
 use crate::identity::Mac;
 use crate::nvs::NvsError;
+use crate::secure_cert::SecureCertError;
 use crate::store::StoreError;
+use crate::x509::X509Error;
 
 /// Errors the pipeline itself raises (the device, store and NVS layers have their own).
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
@@ -46,6 +48,20 @@ pub enum ProvisionError {
         /// Where the last region ends.
         needed: u32,
     },
+    /// `dps verify` was asked for an X.509 unit, whose private key only the device holds.
+    #[error(
+        "{registration_id} authenticates with an X.509 certificate whose private key only the device holds; the station cannot register it with DPS after provisioning"
+    )]
+    #[diagnostic(
+        code(station::provision::x509_not_verifiable),
+        help(
+            "An X.509 unit is pre-verified in line, while its new key is still in memory. To check it again, provision it again (it gets a new certificate, pre-verified with [dps] pre_verify = true), or let the device register itself."
+        )
+    )]
+    X509NotVerifiable {
+        /// The unit.
+        registration_id: String,
+    },
     /// The flash read back differs from what was written.
     #[error(
         "verify failed on {mac}: MD5 of {len} bytes at {offset:#x} is {found}, expected {expected}"
@@ -83,6 +99,14 @@ pub enum UnitError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Nvs(#[from] NvsError),
+    /// The unit's certificate could not be issued.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    X509(#[from] X509Error),
+    /// The unit's esp_secure_cert image could not be built.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    SecureCert(#[from] SecureCertError),
     /// The database failed.
     #[error(transparent)]
     #[diagnostic(transparent)]
@@ -99,4 +123,12 @@ pub enum UnitError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Boot(#[from] BootError),
+}
+
+impl ProvisionError {
+    /// True for a request the station cannot carry out as asked (exit code 2), rather than a
+    /// unit that failed.
+    pub fn is_usage_error(&self) -> bool {
+        matches!(self, ProvisionError::X509NotVerifiable { .. })
+    }
 }

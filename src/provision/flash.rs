@@ -1,5 +1,6 @@
-//! Stages `flash` and `verify`: every `[[firmware]]` image and the NVS image in one flashing
-//! session, then the chip's MD5 of each written region against the image's.
+//! Stages `flash` and `verify`: every `[[firmware]]` image, the `esp_secure_cert` image (X.509
+//! with `[secure_cert]`) and the NVS image in one flashing session, then the chip's MD5 of each
+//! written region against the image's.
 
 use std::time::Instant;
 
@@ -7,7 +8,7 @@ use md5::{Digest as _, Md5};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::{DeviceImage, Event, Failed, ProvisionError, Run, fail};
-use crate::device::{Device, ProgressSender, Region};
+use crate::device::{Device, ProgressSender};
 use crate::record::Stage;
 
 impl<D: Device> Run<'_, D> {
@@ -16,10 +17,7 @@ impl<D: Device> Run<'_, D> {
         self.reached(Stage::Flash, None).await?;
         let t = Instant::now();
         let mut regions = self.station.firmware.clone();
-        regions.push(Region::new(
-            self.station.config.nvs.offset,
-            image.bytes.clone(),
-        ));
+        regions.extend(image.regions(self.station.config.nvs.offset));
         let progress = self
             .events
             .map(|events| forward_progress(events.clone(), self.port.clone()));

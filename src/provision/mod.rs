@@ -1,7 +1,8 @@
 //! One unit through the pipeline of DESIGN.md section 1 (with section 7's boot check), over a
-//! [`Device`]: connect, identify, derive, build, flash, verify, the reset into the application
-//! and its boot check (when `[boot] enabled`), DPS pre-verification (when `[dps] pre_verify`),
-//! record, and the final reset (unless the boot check already reset the unit).
+//! [`Device`]: connect, identify, derive (X.509: issue the unit's certificate), build, flash,
+//! verify, the reset into the application and its boot check (when `[boot] enabled`), DPS
+//! pre-verification (when `[dps] pre_verify`), record, and the final reset (unless the boot
+//! check already reset the unit).
 //!
 //! Each stage lives in the file of its name:
 //!
@@ -35,7 +36,7 @@ use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{field, instrument};
 
-pub use build::DeviceImage;
+pub use build::{DeviceCredential, DeviceImage, SecureCertImage};
 pub use dps::{PendingSummary, VerifyReport, retry_pending, verify_registration};
 pub use error::{ProvisionError, UnitError};
 pub use report::{Event, Outcome, Timings, UnitReport};
@@ -134,6 +135,8 @@ struct Facts {
     /// The device, once identified, with its registration ID.
     identified: Option<(DeviceIdentity, RegistrationId)>,
     image_sha256: Option<String>,
+    /// X.509: the certificate issued at stage `derive`.
+    certificate: Option<crate::record::IssuedCertificate>,
     reprovision: bool,
     /// When the unit, found already provisioned in this batch, was provisioned.
     skipped: Option<String>,

@@ -36,9 +36,11 @@ impl<D: Device> Run<'_, D> {
                 chip: identity.chip.clone(),
                 revision: identity.revision.clone(),
                 flash_size: i64::from(identity.flash_size),
-                key_id: station.keys.primary.id().clone(),
-                secondary_key_id: station.keys.secondary.as_ref().map(|k| k.id().clone()),
+                attestation: station.attestor.kind(),
+                key_id: station.attestor.key_id(),
+                secondary_key_id: station.attestor.secondary_key_id(),
                 image_sha256: self.facts.image_sha256.clone(),
+                certificate: self.facts.certificate.clone(),
                 dps: self.facts.dps.clone(),
             });
         let record = AttemptRecord {
@@ -128,7 +130,8 @@ impl<D: Device> Run<'_, D> {
             timings: self.timings.clone(),
             chip: identified.map(|(identity, _)| identity.chip.clone()),
             image_sha256: self.facts.image_sha256.clone(),
-            key_id: Some(self.station.keys.primary.id().clone()),
+            key_id: Some(self.station.attestor.key_id()),
+            certificate: self.facts.certificate.clone(),
             reprovision: self.facts.reprovision,
             attempt_id,
             dps_status: dps.map_or(DpsStatus::NotRequested, |d| d.status),

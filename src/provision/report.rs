@@ -4,7 +4,7 @@
 use crate::device::FlashProgress;
 use crate::identity::{Mac, RegistrationId};
 use crate::keys::KeyId;
-use crate::record::{DpsStatus, Stage};
+use crate::record::{DpsStatus, IssuedCertificate, Stage};
 
 /// Seconds spent in each stage of one attempt, and what the flash stage had to do again.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
@@ -13,7 +13,11 @@ pub struct Timings {
     pub connect: f64,
     /// MAC, revision, flash size.
     pub identify: f64,
-    /// Registration ID, key derivation and NVS image.
+    /// X.509: issuing the key pair and certificate (symmetric-key derivation takes
+    /// microseconds and is counted in `build`); left out when zero.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub derive: f64,
+    /// Registration ID, key derivation and the images.
     pub build: f64,
     /// Writing every region.
     pub flash: f64,
@@ -64,8 +68,11 @@ pub struct UnitReport {
     pub chip: Option<String>,
     /// SHA-256 of the NVS image, once built.
     pub image_sha256: Option<String>,
-    /// Fingerprint of the group key used.
+    /// Fingerprint of the group key used, or of the signing CA.
     pub key_id: Option<KeyId>,
+    /// X.509: the certificate issued (serial, thumbprint, validity, CA); left out otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<IssuedCertificate>,
     /// Whether this was an audited re-provision of a unit from another batch.
     pub reprovision: bool,
     /// The attempt's row.
@@ -84,6 +91,10 @@ pub struct UnitReport {
     pub warning: Option<String>,
     /// The redacted excerpt of the unit's boot log, when the boot check ran.
     pub boot_log: Option<String>,
+}
+
+fn is_zero(seconds: &f64) -> bool {
+    *seconds == 0.0
 }
 
 /// Pass or fail.

@@ -170,7 +170,7 @@ async fn a_good_unit_is_written_verified_recorded_and_reset() {
     );
     assert_eq!(device.writes, [(0x9000, 0x6000)]);
     assert_eq!(device.resets, 1);
-    let image = DeviceImage::build(&station.config, &station.keys, device.mac).unwrap();
+    let image = DeviceImage::build(&station.config, keys(&station), device.mac).unwrap();
     assert_eq!(&device.flash[0x9000..0xF000], image.bytes.as_slice());
     assert_eq!(
         report.image_sha256.as_deref(),
@@ -351,16 +351,24 @@ fn device_images_are_deterministic_per_mac() {
     let dir = tempfile::tempdir().unwrap();
     let station = rt.block_on(station(dir.path(), ""));
     let mac: Mac = "24:0a:c4:12:34:56".parse().unwrap();
-    let a = DeviceImage::build(&station.config, &station.keys, mac).unwrap();
-    let b = DeviceImage::build(&station.config, &station.keys, mac).unwrap();
-    let other = DeviceImage::build(&station.config, &station.keys, mac.offset(1)).unwrap();
+    let a = DeviceImage::build(&station.config, keys(&station), mac).unwrap();
+    let b = DeviceImage::build(&station.config, keys(&station), mac).unwrap();
+    let other = DeviceImage::build(&station.config, keys(&station), mac.offset(1)).unwrap();
     assert_eq!(a.bytes, b.bytes);
     assert_ne!(a.bytes, other.bytes);
     let entries = crate::nvs::parse(&a.bytes).unwrap();
     assert_eq!(
         entries[1].value,
-        crate::nvs::Value::Str(a.device_key.expose().to_owned())
+        crate::nvs::Value::Str(a.device_key().unwrap().expose().to_owned())
     );
+}
+
+/// The station's group keys (these tests run symmetric-key stations).
+fn keys(station: &Station) -> &crate::keys::GroupKeys {
+    station
+        .attestor
+        .group_keys()
+        .expect("a symmetric-key station")
 }
 
 const BOOT_ON: &str = "[boot]\nenabled = true\ntimeout = 1\n";

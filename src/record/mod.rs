@@ -21,7 +21,10 @@ use std::str::FromStr;
 use crate::identity::{Mac, RegistrationId};
 use crate::keys::KeyId;
 
-pub use row::{Attempt, AuditEntry, Batch, BatchStatus, FailureCount, ManifestRow, Unit, UnitDps};
+pub use row::{
+    Attempt, AuditEntry, Batch, BatchStatus, CertificateRow, FailureCount, IssuedCertificate,
+    ManifestRow, Unit, UnitDps,
+};
 
 /// A stored value that is not one the station writes (a hand-edited row, a newer station's).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -163,6 +166,17 @@ named_enum! {
     }
 }
 
+named_enum! {
+    /// How a unit proves its identity to DPS (`[dps] attestation` when it was written), as
+    /// stored in `units.attestation`.
+    pub enum Attestation ("attestation kind") {
+        /// A device key derived from the enrollment group's key.
+        SymmetricKey = "symmetric-key",
+        /// A key pair and a certificate issued by the station's signing CA.
+        X509 = "x509",
+    }
+}
+
 /// The code of an attempt the station never finished (crash, power loss, kill, drain timeout).
 pub const INTERRUPTED: &str = "station::line::interrupted";
 
@@ -278,6 +292,7 @@ text_column!(
     UnitState,
     AttemptOutcome,
     DpsStatus,
+    Attestation,
 );
 
 #[cfg(test)]
@@ -308,7 +323,7 @@ mod tests {
             .filter(|s| s.may_have_written())
             .map(|s| s.as_str())
             .collect();
-        assert_eq!(wrote, ["flash", "verify", "dps", "record"]);
+        assert_eq!(wrote, ["flash", "verify", "boot", "dps", "record"]);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use crate::identity::{Mac, RegistrationId};
 use crate::keys::KeyId;
 
-use super::{AttemptOutcome, DpsStatus, ErrorCode, Stage, UnitState};
+use super::{AttemptOutcome, Attestation, DpsStatus, ErrorCode, Stage, UnitState};
 
 /// A work order.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
@@ -103,6 +103,64 @@ pub struct Unit {
     pub updated_at: String,
     /// The substatus DPS returned with the assignment (`initialAssignment`, ...).
     pub dps_substatus: Option<String>,
+    /// How it proves its identity to DPS.
+    pub attestation: Attestation,
+    /// X.509: the serial number of the certificate last written to it (uppercase hex).
+    pub cert_serial: Option<String>,
+    /// X.509: that certificate's SHA-256 thumbprint (64 uppercase hex digits).
+    pub cert_thumbprint: Option<String>,
+    /// X.509: when that certificate expires (RFC 3339, UTC).
+    pub cert_not_after: Option<String>,
+}
+
+/// A device certificate the station issued for an attempt: what the records keep of it (never
+/// its private key).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct IssuedCertificate {
+    /// Serial number, uppercase hex (as `openssl x509 -serial` prints it).
+    pub serial: String,
+    /// SHA-256 thumbprint of its DER, 64 uppercase hex digits (as the Azure portal shows it).
+    pub thumbprint: String,
+    /// Start of validity (RFC 3339, UTC).
+    pub not_before: String,
+    /// End of validity (RFC 3339, UTC).
+    pub not_after: String,
+    /// The device key's type (`ecdsa-p256`, `rsa-2048`).
+    pub key_type: String,
+    /// SHA-256 thumbprint of the CA certificate that signed it.
+    pub ca_thumbprint: String,
+}
+
+/// A certificate as the store keeps it: every certificate issued for a unit, in order, so a
+/// unit provisioned again keeps the history of what it held.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
+pub struct CertificateRow {
+    /// Row id.
+    pub id: i64,
+    /// The unit.
+    pub unit_id: i64,
+    /// The attempt that issued it.
+    pub attempt_id: i64,
+    /// The unit's MAC.
+    pub mac: Mac,
+    /// Its subject CN.
+    pub registration_id: RegistrationId,
+    /// Serial number, uppercase hex.
+    pub serial: String,
+    /// SHA-256 thumbprint, uppercase hex.
+    pub thumbprint: String,
+    /// Start of validity.
+    pub not_before: String,
+    /// End of validity.
+    pub not_after: String,
+    /// The device key's type.
+    pub key_type: String,
+    /// The signing CA's thumbprint.
+    pub ca_thumbprint: String,
+    /// The station that issued it.
+    pub station_id: String,
+    /// When the attempt that issued it was recorded.
+    pub issued_at: String,
 }
 
 /// A unit's DPS pre-verification outcome, as recorded on its row.
@@ -220,4 +278,12 @@ pub struct ManifestRow {
     pub assigned_hub: Option<String>,
     /// The device ID DPS assigned, once assigned.
     pub device_id: Option<String>,
+    /// How the unit proves its identity to DPS (`symmetric-key`, `x509`).
+    pub attestation: Attestation,
+    /// X.509: the serial number of its certificate (uppercase hex).
+    pub cert_serial: Option<String>,
+    /// X.509: its certificate's SHA-256 thumbprint (uppercase hex).
+    pub cert_thumbprint: Option<String>,
+    /// X.509: when its certificate expires (RFC 3339, UTC).
+    pub cert_not_after: Option<String>,
 }

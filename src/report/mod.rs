@@ -14,7 +14,7 @@ use sha2::{Digest as _, Sha256};
 use crate::record::{AuditEntry, ManifestRow};
 
 /// The manifest's columns, in order: the CSV header and the JSON keys.
-pub const MANIFEST_COLUMNS: [&str; 16] = [
+pub const MANIFEST_COLUMNS: [&str; 20] = [
     "batch",
     "mac",
     "registration_id",
@@ -31,6 +31,10 @@ pub const MANIFEST_COLUMNS: [&str; 16] = [
     "dps_status",
     "assigned_hub",
     "device_id",
+    "attestation",
+    "cert_serial",
+    "cert_thumbprint",
+    "cert_not_after",
 ];
 
 /// The audit export's columns, in order.

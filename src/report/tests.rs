@@ -18,6 +18,10 @@ fn row(mac: &str) -> ManifestRow {
         dps_status: crate::record::DpsStatus::NotRequested,
         assigned_hub: None,
         device_id: None,
+        attestation: crate::record::Attestation::SymmetricKey,
+        cert_serial: None,
+        cert_thumbprint: None,
+        cert_not_after: None,
     }
 }
 
@@ -32,6 +36,18 @@ fn entry(seq: i64, action: &str, subject: &str, details: &str) -> AuditEntry {
         details: details.into(),
         prev_hash: "0".repeat(64),
         hash: "1".repeat(64),
+    }
+}
+
+/// A unit provisioned with X.509 attestation.
+fn x509_row(mac: &str) -> ManifestRow {
+    ManifestRow {
+        attestation: crate::record::Attestation::X509,
+        group_key_id: "sha256:8899aabbccddeeff".parse().unwrap(),
+        cert_serial: Some("4F3A9C0D2E1B7A6C5D4E3F2A1B0C9D8E".into()),
+        cert_thumbprint: Some("0F".repeat(32)),
+        cert_not_after: Some("2036-11-22T10:00:01.000Z".into()),
+        ..row(mac)
     }
 }
 
@@ -68,7 +84,7 @@ fn manifest_columns_are_the_row_fields_in_order() {
 #[test]
 fn manifest_csv_text_is_stable() {
     insta::assert_snapshot!(render(
-        &[row("24:0a:c4:00:00:01"), row("24:0a:c4:00:00:02")],
+        &[row("24:0a:c4:00:00:01"), x509_row("24:0a:c4:00:00:02")],
         ManifestFormat::Csv
     ));
 }
@@ -76,7 +92,7 @@ fn manifest_csv_text_is_stable() {
 #[test]
 fn manifest_json_text_is_stable_and_parses() {
     let text = render(
-        &[row("24:0a:c4:00:00:01"), row("24:0a:c4:00:00:02")],
+        &[row("24:0a:c4:00:00:01"), x509_row("24:0a:c4:00:00:02")],
         ManifestFormat::Json,
     );
     let parsed: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();

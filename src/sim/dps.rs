@@ -14,10 +14,19 @@
 //! that echoes it would return it. Registering the same ID again keeps its creation time and
 //! hub and reports substatus `reprovisionedToInitialAssignment`.
 //!
+//! For an X.509 enrollment group ([`EmulatorAttestation::X509`]) it serves HTTPS with its own
+//! server certificate ([`super::tls::ServerIdentity`]), asks each client for a certificate, and
+//! authorizes a request as DPS does
+//! (<https://learn.microsoft.com/azure/iot-dps/concepts-x509-attestation>): the client's chain
+//! must lead to one of the group's CA certificates (signatures, validity now, the client-auth
+//! purpose, checked by webpki), and the certificate's subject CN must be the registration ID
+//! called; otherwise HTTP 401 with DPS's error code 401002. A SAS token is not accepted then.
+//!
 //! Faults: the first `throttle` requests get HTTP 429 with `Retry-After`, the next `fail_5xx`
 //! get HTTP 503, `latency` delays every answer, `disabled` makes every registration `disabled`
-//! and `stall` leaves them `assigning` for ever. What it does not model: TLS, X.509 and TPM
-//! attestation, allocation policies, individual enrollments, and the service-side APIs.
+//! and `stall` leaves them `assigning` for ever. What it does not model: TPM attestation,
+//! individual enrollments, certificate revocation (disabled enrollments per certificate),
+//! allocation policies, and the service-side APIs.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -27,12 +36,19 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::connect_info::Connected;
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
+use axum::serve::{IncomingStream, Listener};
+use rustls::server::danger::ClientCertVerifier;
+use rustls_pki_types::{CertificateDer, UnixTime};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::server::TlsStream;
 
 use super::SimError;
+use super::tls::ServerIdentity;
 use crate::dps::sas::{self, SasToken};
 use crate::identity::RegistrationId;
 use crate::keys::GroupKey;
@@ -43,13 +59,29 @@ pub const UNAUTHORIZED: i64 = 401002;
 /// DPS's error code for throttling.
 pub const THROTTLED: i64 = 429001;
 
+/// The enrollment group the emulator plays, by attestation kind.
+#[derive(Debug, Clone)]
+pub enum EmulatorAttestation {
+    /// A symmetric-key group: device SAS tokens are checked against keys derived from this
+    /// group key.
+    SymmetricKey(GroupKey),
+    /// An X.509 group: device client certificates must chain to one of these CA certificates
+    /// (DER), the CA registered (and verified) with DPS.
+    X509 {
+        /// The group's CA certificates.
+        trusted: Vec<CertificateDer<'static>>,
+    },
+}
+
 /// How to run the emulator.
 #[derive(Debug, Clone)]
 pub struct EmulatorOptions {
     /// The ID scope it answers for.
     pub id_scope: String,
-    /// The enrollment group's key, which device tokens are checked against.
-    pub group_key: GroupKey,
+    /// The enrollment group: its key, or the CA it trusts.
+    pub attestation: EmulatorAttestation,
+    /// Serve HTTPS with this identity (required for X.509); plain HTTP without.
+    pub tls: Option<Arc<ServerIdentity>>,
     /// The loopback TCP port; 0 takes any free one.
     pub port: u16,
     /// Answer this many requests with HTTP 429 first.
@@ -71,11 +103,31 @@ pub struct EmulatorOptions {
 }
 
 impl EmulatorOptions {
-    /// Options with the defaults: any port, no faults, no latency, assignment after 200 ms.
+    /// Options for a symmetric-key group, plain HTTP, with the defaults: any port, no faults, no
+    /// latency, assignment after 200 ms.
     pub fn new(id_scope: impl Into<String>, group_key: GroupKey) -> EmulatorOptions {
+        EmulatorOptions::with(id_scope, EmulatorAttestation::SymmetricKey(group_key), None)
+    }
+
+    /// Options for an X.509 group trusting `trusted` (CA certificates, DER), over HTTPS with
+    /// `tls`, with the same defaults.
+    pub fn x509(
+        id_scope: impl Into<String>,
+        trusted: Vec<CertificateDer<'static>>,
+        tls: Arc<ServerIdentity>,
+    ) -> EmulatorOptions {
+        EmulatorOptions::with(id_scope, EmulatorAttestation::X509 { trusted }, Some(tls))
+    }
+
+    fn with(
+        id_scope: impl Into<String>,
+        attestation: EmulatorAttestation,
+        tls: Option<Arc<ServerIdentity>>,
+    ) -> EmulatorOptions {
         EmulatorOptions {
             id_scope: id_scope.into(),
-            group_key,
+            attestation,
+            tls,
             port: 0,
             throttle: 0,
             fail_5xx: 0,
@@ -102,6 +154,8 @@ pub struct RequestLog {
     pub at: Duration,
     /// The `payload` of a register request.
     pub payload: Option<serde_json::Value>,
+    /// The subject CN of the client certificate presented, if any.
+    pub client_certificate: Option<String>,
 }
 
 /// The emulator's own wire types: what it sends, field by field as DPS names them. They are
@@ -175,6 +229,8 @@ struct Registration {
 
 struct Shared {
     options: EmulatorOptions,
+    /// X.509: checks a client's chain against the group's CA certificates.
+    verifier: Option<Arc<dyn ClientCertVerifier>>,
     started: Instant,
     throttle_left: AtomicU32,
     fail_left: AtomicU32,
@@ -194,6 +250,7 @@ impl Shared {
         path: &str,
         status: StatusCode,
         payload: Option<serde_json::Value>,
+        peer: &Peer,
     ) {
         tracing::debug!(
             method,
@@ -207,6 +264,10 @@ impl Shared {
             status: status.as_u16(),
             at: self.started.elapsed(),
             payload,
+            client_certificate: peer
+                .certificates
+                .first()
+                .and_then(|der| crate::x509::subject_common_name(der)),
         });
     }
 
@@ -252,13 +313,15 @@ impl Shared {
         None
     }
 
-    /// Checks the api-version and the SAS token as DPS does; the registration ID on success.
+    /// Checks the api-version and the device's credentials as DPS does: the SAS token, or
+    /// (X.509) the client certificate; the registration ID on success.
     fn authorize(
         &self,
         scope: &str,
         registration_id: &str,
         query: &HashMap<String, String>,
         headers: &HeaderMap,
+        peer: &Peer,
     ) -> Result<RegistrationId, Box<Response>> {
         if query.get("api-version").is_none_or(|v| v.is_empty()) {
             return Err(Box::new(self.error(
@@ -274,6 +337,12 @@ impl Shared {
                 UNAUTHORIZED,
                 &format!("Unauthorized: {why}"),
             ))
+        };
+        let group_key = match &self.options.attestation {
+            EmulatorAttestation::SymmetricKey(group_key) => group_key,
+            EmulatorAttestation::X509 { .. } => {
+                return self.authorize_certificate(scope, registration_id, peer);
+            }
         };
         let Some(header) = headers
             .get(header::AUTHORIZATION)
@@ -308,11 +377,61 @@ impl Shared {
                 "The registration ID is not valid.",
             )));
         };
-        let device_key = self.options.group_key.derive(&id);
+        let device_key = group_key.derive(&id);
         if !token.verify(device_key.expose()) {
             return Err(unauthorized("the signature does not match"));
         }
         Ok(id)
+    }
+
+    /// Authorizes an X.509 device: a client certificate chained to the group's CA, valid now
+    /// and for client authentication, whose subject CN is the registration ID called.
+    fn authorize_certificate(
+        &self,
+        scope: &str,
+        registration_id: &str,
+        peer: &Peer,
+    ) -> Result<RegistrationId, Box<Response>> {
+        let unauthorized = |why: String| {
+            tracing::debug!(registration_id, why, "emulator refused a certificate");
+            Box::new(self.error(
+                StatusCode::UNAUTHORIZED,
+                UNAUTHORIZED,
+                &format!("Unauthorized: {why}"),
+            ))
+        };
+        if !scope.eq_ignore_ascii_case(&self.options.id_scope) {
+            return Err(unauthorized("unknown ID scope".to_owned()));
+        }
+        let Some((end_entity, intermediates)) = peer.certificates.split_first() else {
+            return Err(unauthorized(
+                "no client certificate was presented in the TLS handshake".to_owned(),
+            ));
+        };
+        let Some(verifier) = &self.verifier else {
+            return Err(unauthorized("the group trusts no CA".to_owned()));
+        };
+        verifier
+            .verify_client_cert(end_entity, intermediates, UnixTime::now())
+            .map_err(|e| {
+                unauthorized(format!(
+                    "the certificate does not chain to the enrollment group's CA: {e}"
+                ))
+            })?;
+        let common_name = crate::x509::subject_common_name(end_entity).unwrap_or_default();
+        // DPS takes the subject CN as the registration ID, compared without regard to case.
+        if !common_name.eq_ignore_ascii_case(registration_id) {
+            return Err(unauthorized(format!(
+                "the certificate's CN `{common_name}` is not the registration ID `{registration_id}`"
+            )));
+        }
+        RegistrationId::new(registration_id).map_err(|_| {
+            Box::new(self.error(
+                StatusCode::BAD_REQUEST,
+                400000,
+                "The registration ID is not valid.",
+            ))
+        })
     }
 
     /// The operation status of a registration now.
@@ -341,6 +460,7 @@ impl Shared {
 
 async fn register(
     State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     Path((scope, registration_id)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
@@ -350,23 +470,61 @@ async fn register(
     let path = format!("/{scope}/registrations/{registration_id}/register");
     let body: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
     let payload = body.as_ref().and_then(|b| b.get("payload")).cloned();
-    let response = register_inner(&shared, &scope, &registration_id, &query, &headers, body);
-    shared.record("PUT", &path, response.status(), payload);
+    let request = Request::new(&scope, &registration_id, &query, &headers, &peer);
+    let response = register_inner(&shared, &request, body);
+    shared.record("PUT", &path, response.status(), payload, &peer);
     response
+}
+
+/// What a handler received.
+struct Request<'a> {
+    scope: &'a str,
+    registration_id: &'a str,
+    query: &'a HashMap<String, String>,
+    headers: &'a HeaderMap,
+    peer: &'a Peer,
+}
+
+impl<'a> Request<'a> {
+    fn new(
+        scope: &'a str,
+        registration_id: &'a str,
+        query: &'a HashMap<String, String>,
+        headers: &'a HeaderMap,
+        peer: &'a Peer,
+    ) -> Request<'a> {
+        Request {
+            scope,
+            registration_id,
+            query,
+            headers,
+            peer,
+        }
+    }
+}
+
+impl Shared {
+    /// [`Shared::authorize`] for a request.
+    fn authorize_request(&self, request: &Request<'_>) -> Result<RegistrationId, Box<Response>> {
+        self.authorize(
+            request.scope,
+            request.registration_id,
+            request.query,
+            request.headers,
+            request.peer,
+        )
+    }
 }
 
 fn register_inner(
     shared: &Shared,
-    scope: &str,
-    registration_id: &str,
-    query: &HashMap<String, String>,
-    headers: &HeaderMap,
+    request: &Request<'_>,
     body: Option<serde_json::Value>,
 ) -> Response {
     if let Some(fault) = shared.fault() {
         return fault;
     }
-    let id = match shared.authorize(scope, registration_id, query, headers) {
+    let id = match shared.authorize_request(request) {
         Ok(id) => id,
         Err(response) => return *response,
     };
@@ -429,36 +587,24 @@ fn register_inner(
 
 async fn operation(
     State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     Path((scope, registration_id, operation_id)): Path<(String, String, String)>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
     tokio::time::sleep(shared.options.latency).await;
     let path = format!("/{scope}/registrations/{registration_id}/operations/{operation_id}");
-    let response = operation_inner(
-        &shared,
-        &scope,
-        &registration_id,
-        &operation_id,
-        &query,
-        &headers,
-    );
-    shared.record("GET", &path, response.status(), None);
+    let request = Request::new(&scope, &registration_id, &query, &headers, &peer);
+    let response = operation_inner(&shared, &request, &operation_id);
+    shared.record("GET", &path, response.status(), None, &peer);
     response
 }
 
-fn operation_inner(
-    shared: &Shared,
-    scope: &str,
-    registration_id: &str,
-    operation_id: &str,
-    query: &HashMap<String, String>,
-    headers: &HeaderMap,
-) -> Response {
+fn operation_inner(shared: &Shared, request: &Request<'_>, operation_id: &str) -> Response {
     if let Some(fault) = shared.fault() {
         return fault;
     }
-    let id = match shared.authorize(scope, registration_id, query, headers) {
+    let id = match shared.authorize_request(request) {
         Ok(id) => id,
         Err(response) => return *response,
     };
@@ -529,7 +675,23 @@ impl DpsEmulator {
             addr: addr.to_string(),
             source,
         })?;
+        let verifier = match &options.attestation {
+            EmulatorAttestation::SymmetricKey(_) => None,
+            EmulatorAttestation::X509 { trusted } => Some(client_verifier(trusted)?),
+        };
+        let tls = match (&options.tls, &options.attestation) {
+            (Some(identity), _) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
+                identity.server_config()?,
+            ))),
+            (None, EmulatorAttestation::X509 { .. }) => {
+                return Err(SimError::Tls {
+                    problem: "an X.509 enrollment group authenticates devices in the TLS handshake: the emulator needs a server identity".to_owned(),
+                });
+            }
+            (None, EmulatorAttestation::SymmetricKey(_)) => None,
+        };
         let shared = Arc::new(Shared {
+            verifier,
             throttle_left: AtomicU32::new(options.throttle),
             fail_left: AtomicU32::new(options.fail_5xx),
             options,
@@ -547,26 +709,27 @@ impl DpsEmulator {
             .fallback(not_found)
             .with_state(shared.clone());
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await;
-            if let Err(e) = served {
-                tracing::warn!(error = %e, "DPS emulator stopped");
+        let stopped = async {
+            let _ = stopped.await;
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let task = match tls {
+            None => tokio::spawn(serve(listener, app, stopped)),
+            Some(acceptor) => {
+                tokio::spawn(serve(TlsListener::new(listener, acceptor), app, stopped))
             }
-        });
-        tracing::info!(url = %format!("http://{local}"), "DPS emulator listening");
+        };
+        let url = format!("{scheme}://{local}");
+        tracing::info!(url = %url, "DPS emulator listening");
         Ok(DpsEmulator {
-            url: format!("http://{local}"),
+            url,
             shared,
             shutdown: Some(shutdown),
             task: Some(task),
         })
     }
 
-    /// The base URL, for `[dps] verify_url` (`http://127.0.0.1:PORT`).
+    /// The base URL, for `[dps] verify_url` (`http://127.0.0.1:PORT`, or `https://` with TLS).
     pub fn url(&self) -> &str {
         &self.url
     }
@@ -609,4 +772,139 @@ impl Drop for DpsEmulator {
             task.abort();
         }
     }
+}
+
+/// What the emulator knows of a client's connection: the certificate chain it presented in the
+/// TLS handshake (none over plain HTTP).
+#[derive(Debug, Clone, Default)]
+struct Peer {
+    certificates: Arc<[CertificateDer<'static>]>,
+}
+
+impl Connected<IncomingStream<'_, TcpListener>> for Peer {
+    fn connect_info(_stream: IncomingStream<'_, TcpListener>) -> Peer {
+        Peer::default()
+    }
+}
+
+impl Connected<IncomingStream<'_, TlsListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Peer {
+        let certificates = stream
+            .io()
+            .get_ref()
+            .1
+            .peer_certificates()
+            .map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect())
+            .unwrap_or_default();
+        Peer { certificates }
+    }
+}
+
+/// Serves `app` on `listener` until `stopped`.
+async fn serve<L>(listener: L, app: Router, stopped: impl Future<Output = ()> + Send + 'static)
+where
+    L: Listener,
+    L::Addr: std::fmt::Debug,
+    for<'a> Peer: Connected<IncomingStream<'a, L>>,
+{
+    let served = axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
+        .with_graceful_shutdown(stopped)
+        .await;
+    if let Err(e) = served {
+        tracing::warn!(error = %e, "DPS emulator stopped");
+    }
+}
+
+/// How long a client may take over its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A TCP listener whose connections are handed on once their TLS handshake completed. Each
+/// handshake runs in a task of its own, so a client that stalls in it holds up no other.
+struct TlsListener {
+    local: SocketAddr,
+    ready: tokio::sync::mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    acceptor: tokio::task::JoinHandle<()>,
+}
+
+impl TlsListener {
+    fn new(listener: TcpListener, tls: tokio_rustls::TlsAcceptor) -> TlsListener {
+        let local = listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let (sender, ready) = tokio::sync::mpsc::channel(64);
+        let acceptor = tokio::spawn(async move {
+            loop {
+                let (tcp, addr) = match listener.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "DPS emulator accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let tls = tls.clone();
+                let sender = sender.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            let _ = sender.send((stream, addr)).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(error = %e, %addr, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        TlsListener {
+            local,
+            ready,
+            acceptor,
+        }
+    }
+}
+
+impl Drop for TlsListener {
+    fn drop(&mut self) {
+        self.acceptor.abort();
+    }
+}
+
+impl Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(accepted) => accepted,
+            // The accepting task ended (the emulator is stopping): no more connections.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
+/// The client-certificate verifier of an X.509 group: webpki, with the group's CA
+/// certificates as trust anchors, for the client-authentication purpose.
+fn client_verifier(
+    trusted: &[CertificateDer<'static>],
+) -> Result<Arc<dyn ClientCertVerifier>, SimError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for der in trusted {
+        roots.add(der.clone()).map_err(|e| SimError::Tls {
+            problem: format!(
+                "a CA certificate of the enrollment group cannot be a trust anchor: {e}"
+            ),
+        })?;
+    }
+    rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        crate::tls::provider(),
+    )
+    .build()
+    .map_err(|e| SimError::Tls {
+        problem: format!("the enrollment group's CA: {e}"),
+    })
 }

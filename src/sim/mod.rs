@@ -23,7 +23,9 @@
 //! another chip model.
 //!
 //! [`dps::DpsEmulator`] is the other half of a simulated line: a loopback emulator of the Azure
-//! DPS device REST API that checks SAS tokens against the group key as DPS does.
+//! DPS device REST API that checks SAS tokens against the group key as DPS does, or, for an
+//! X.509 enrollment group, serves TLS ([`tls::ServerIdentity`]) and checks each device's
+//! client certificate against the group's CA.
 //!
 //! A chip reset that samples the strapping pins again (the RTC watchdog's RTC reset, which the
 //! station's `after = "watchdog-reset"` arms over the loader) boots the simulated application
@@ -49,6 +51,7 @@ mod port;
 mod rom;
 mod stub;
 mod timing;
+pub mod tls;
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -149,6 +152,18 @@ pub enum SimError {
     BadOptions {
         /// What is wrong.
         reason: String,
+    },
+    /// The DPS emulator's TLS identity or trust cannot be set up.
+    #[error("the DPS emulator's TLS: {problem}")]
+    #[diagnostic(
+        code(station::sim::tls),
+        help(
+            "--tls-dir must be a directory the emulator may write (it keeps ca.pem, server.pem and server.key there), and --ca-file a PEM file holding the CA certificate(s) the enrollment group trusts."
+        )
+    )]
+    Tls {
+        /// What is wrong.
+        problem: String,
     },
     /// The DPS emulator cannot listen on its address.
     #[error("the DPS emulator cannot listen on {addr}: {source}")]
@@ -370,7 +385,10 @@ impl SimError {
     pub fn is_usage_error(&self) -> bool {
         matches!(
             self,
-            SimError::BadFault { .. } | SimError::BadChip { .. } | SimError::BadOptions { .. }
+            SimError::BadFault { .. }
+                | SimError::BadChip { .. }
+                | SimError::BadOptions { .. }
+                | SimError::Tls { .. }
         )
     }
 }

@@ -6,7 +6,10 @@ use serde_json::json;
 
 use crate::identity::{Mac, RegistrationId};
 use crate::keys::KeyId;
-use crate::record::{Attempt, AttemptOutcome, Batch, ErrorCode, Stage, Unit, UnitDps, UnitState};
+use crate::record::{
+    Attempt, AttemptOutcome, Attestation, Batch, ErrorCode, IssuedCertificate, Stage, Unit,
+    UnitDps, UnitState,
+};
 
 use super::audit::NewEntry;
 
@@ -38,12 +41,17 @@ pub struct UnitFacts {
     pub revision: String,
     /// Flash size in bytes.
     pub flash_size: i64,
-    /// Group key fingerprint.
+    /// How it proves its identity to DPS.
+    pub attestation: Attestation,
+    /// The fingerprint of the station secret behind its credential: the group key, or for
+    /// X.509 the signing CA ([`crate::x509::SigningCa::key_id`]).
     pub key_id: KeyId,
     /// Secondary group key fingerprint.
     pub secondary_key_id: Option<KeyId>,
     /// SHA-256 of the image, once built.
     pub image_sha256: Option<String>,
+    /// X.509: the certificate issued for it, once issued.
+    pub certificate: Option<IssuedCertificate>,
     /// The DPS pre-verification outcome, when it ran.
     pub dps: Option<UnitDps>,
 }
@@ -168,6 +176,10 @@ impl AttemptRecord {
             "reprovision": self.reprovision,
             "started_at": self.started_at,
         });
+        let details = match unit.and_then(|u| u.certificate.as_ref()) {
+            Some(certificate) => with_certificate(details, certificate),
+            None => details,
+        };
         let details = match unit.and_then(|u| u.dps.as_ref()) {
             Some(dps) => with_dps(details, dps),
             None => details,
@@ -192,6 +204,24 @@ impl AttemptRecord {
             started_at: self.started_at.clone(),
         }
     }
+}
+
+/// Adds the certificate an attempt issued to its audit details, naming the CA that signed it
+/// by its SHA-256 thumbprint (the unit's `key_id` is the short form of the same).
+pub(crate) fn with_certificate(
+    mut details: serde_json::Value,
+    certificate: &IssuedCertificate,
+) -> serde_json::Value {
+    details["attestation"] = json!(Attestation::X509);
+    details["certificate"] = json!({
+        "serial": certificate.serial,
+        "thumbprint": certificate.thumbprint,
+        "not_before": certificate.not_before,
+        "not_after": certificate.not_after,
+        "key_type": certificate.key_type,
+        "ca_thumbprint": certificate.ca_thumbprint,
+    });
+    details
 }
 
 /// Adds a unit's DPS outcome to audit details.

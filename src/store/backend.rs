@@ -17,7 +17,9 @@ use super::audit::{ChainReport, NewEntry};
 use super::session::StationOpen;
 use super::{ManifestQuery, StoreError};
 use crate::identity::{Mac, RegistrationId};
-use crate::record::{Attempt, AuditEntry, Batch, BatchStatus, ManifestRow, Stage, Unit, UnitDps};
+use crate::record::{
+    Attempt, AuditEntry, Batch, BatchStatus, CertificateRow, ManifestRow, Stage, Unit, UnitDps,
+};
 
 /// What a database backend provides. Methods are async and return the store's typed rows.
 pub(super) trait Backend {
@@ -110,6 +112,9 @@ pub(super) trait Backend {
     async fn audit_hash_position(&self, hash: &str) -> Result<Option<i64>, StoreError>;
     /// Re-walks the chain in one snapshot, and checks that every attempt's entry exists.
     async fn verify_audit(&self) -> Result<ChainReport, StoreError>;
+
+    /// Every certificate issued for the unit with this MAC, oldest first.
+    async fn certificates_of(&self, mac: &Mac) -> Result<Vec<CertificateRow>, StoreError>;
 
     /// The manifest rows a query selects, in one statement (one snapshot).
     async fn manifest(&self, query: &ManifestQuery) -> Result<Vec<ManifestRow>, StoreError>;

@@ -42,10 +42,12 @@ pub use attempt::{AttemptRecord, AttemptStart, Failure, Recorded, UnitFacts};
 pub use audit::ChainReport;
 pub(crate) use manifest::ManifestQuery;
 pub use manifest::{ManifestExport, ManifestFilter};
-pub use session::StationOpen;
+pub use session::{CaOpen, StationOpen};
 
 use crate::identity::{Mac, RegistrationId};
-use crate::record::{Attempt, AuditEntry, Batch, BatchStatus, Stage, Unit, UnitDps};
+use crate::record::{
+    Attempt, AuditEntry, Batch, BatchStatus, CertificateRow, Stage, Unit, UnitDps,
+};
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
@@ -297,6 +299,12 @@ impl Store {
     /// Provisioned units whose DPS status is pending, oldest change first.
     pub async fn pending_dps_units(&self) -> Result<Vec<Unit>, StoreError> {
         on_backend!(self, db => db.pending_dps_units().await)
+    }
+
+    /// Every X.509 certificate issued for the unit with this MAC, oldest first: the history a
+    /// unit provisioned again keeps.
+    pub async fn certificates_of(&self, mac: &Mac) -> Result<Vec<CertificateRow>, StoreError> {
+        on_backend!(self, db => db.certificates_of(mac).await)
     }
 
     /// Attempts of a batch, oldest first.

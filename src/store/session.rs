@@ -1,5 +1,6 @@
 //! What a station records when it starts work: the configuration it runs with (by SHA-256) and
-//! the group keys it loaded (by key id), each only when it differs from what that station last
+//! the group keys it loaded (by key id) or, with X.509 attestation, the signing CA (by key id
+//! and SHA-256 thumbprint), each only when it differs from what that station last
 //! recorded, so that a station started a thousand times with the same setup adds nothing.
 
 use serde_json::json;
@@ -21,6 +22,19 @@ pub struct StationOpen {
     pub key_id: KeyId,
     /// The secondary group key's fingerprint, if one is configured.
     pub secondary_key_id: Option<KeyId>,
+    /// X.509 attestation: the signing CA (`key_id` is then its short fingerprint).
+    pub ca: Option<CaOpen>,
+}
+
+/// The signing CA a station opened with, as `key.loaded` records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaOpen {
+    /// Its SHA-256 thumbprint (uppercase hex, as the Azure portal shows it).
+    pub thumbprint: String,
+    /// Its subject (RFC 4514).
+    pub subject: String,
+    /// Its expiry (RFC 3339).
+    pub not_after: String,
 }
 
 /// The actions whose last entry for the station decides what is recorded.
@@ -48,10 +62,16 @@ impl StationOpen {
                 entries.push(self.entry(at, CONFIG_CHANGED, path, json!({ "sha256": sha256 })));
             }
         }
-        let key_details = json!({
+        let mut key_details = json!({
             "key_id": self.key_id,
             "secondary_key_id": self.secondary_key_id,
         });
+        if let Some(ca) = &self.ca {
+            key_details["attestation"] = json!("x509");
+            key_details["ca_thumbprint"] = json!(ca.thumbprint);
+            key_details["ca_subject"] = json!(ca.subject);
+            key_details["ca_not_after"] = json!(ca.not_after);
+        }
         if parse(last_keys).as_ref() != Some(&key_details) {
             entries.push(self.entry(at, KEY_LOADED, self.key_id.as_str(), key_details));
         }

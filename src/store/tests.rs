@@ -17,9 +17,11 @@ pub(super) fn facts(mac: &str) -> UnitFacts {
         chip: "esp32".into(),
         revision: "v3.0".into(),
         flash_size: 4 << 20,
+        attestation: crate::record::Attestation::SymmetricKey,
         key_id: "sha256:0011223344556677".parse().unwrap(),
         secondary_key_id: None,
         image_sha256: Some("ab".repeat(32)),
+        certificate: None,
         dps: None,
     }
 }
@@ -66,7 +68,10 @@ async fn open_sets_wal_and_foreign_keys_and_migrates() {
         .fetch_all(store.pool())
         .await
         .unwrap();
-    assert_eq!(tables, ["attempts", "audit_log", "batches", "units"]);
+    assert_eq!(
+        tables,
+        ["attempts", "audit_log", "batches", "certificates", "units"]
+    );
 }
 
 #[tokio::test]

@@ -177,9 +177,11 @@ pub fn attempt_record(
             chip: "esp32".into(),
             revision: "v3.0".into(),
             flash_size: 4 << 20,
+            attestation: station::record::Attestation::SymmetricKey,
             key_id: "sha256:0011223344556677".parse().unwrap(),
             secondary_key_id: None,
             image_sha256: Some("ab".repeat(32)),
+            certificate: None,
             dps: None,
         }),
         failure: failure.map(|(stage, code)| station::store::Failure {

@@ -21,8 +21,8 @@ use super::{ManifestQuery, StoreError};
 use crate::clock::now;
 use crate::identity::{Mac, RegistrationId};
 use crate::record::{
-    Attempt, AttemptOutcome, AuditEntry, Batch, BatchStatus, ErrorCode, ManifestRow, Stage, Unit,
-    UnitDps, UnitState,
+    Attempt, AttemptOutcome, AuditEntry, Batch, BatchStatus, CertificateRow, ErrorCode,
+    ManifestRow, Stage, Unit, UnitDps, UnitState,
 };
 
 /// How long a writer waits for another to release SQLite's lock before giving up.
@@ -352,6 +352,9 @@ impl Backend for Sqlite {
             Some(id) => id,
             None => insert_open_attempt_tx(&mut tx, &record.start()).await?,
         };
+        if let (Some(unit), Some(facts)) = (&unit, &record.unit) {
+            insert_certificate_tx(&mut tx, record, facts, unit.id, attempt_id).await?;
+        }
         let failure = record.failure.as_ref();
         sqlx::query(
             "UPDATE attempts SET unit_id = ?, mac = ?, finished_at = ?, outcome = ?, stage = ?, \
@@ -508,6 +511,15 @@ impl Backend for Sqlite {
         verify::verify_audit(&self.pool).await
     }
 
+    async fn certificates_of(&self, mac: &Mac) -> Result<Vec<CertificateRow>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT * FROM certificates WHERE mac = ? ORDER BY id")
+                .bind(mac)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
     async fn manifest(&self, query: &ManifestQuery) -> Result<Vec<ManifestRow>, StoreError> {
         Ok(sqlx::query_as(MANIFEST_SQL)
             .bind(query.batch_id)
@@ -525,7 +537,8 @@ SELECT b.name AS batch, u.mac, u.registration_id, u.chip, u.revision AS chip_rev
        u.flash_size, u.image_sha256 AS nvs_sha256, u.key_id AS group_key_id, u.provisioned_at, \
        a.operator, u.station_id, a.port, \
        (SELECT COUNT(*) FROM attempts c WHERE c.mac = u.mac) AS attempts, \
-       u.dps_status, u.assigned_hub, u.device_id \
+       u.dps_status, u.assigned_hub, u.device_id, \
+       u.attestation, u.cert_serial, u.cert_thumbprint, u.cert_not_after \
 FROM units u \
 JOIN batches b ON b.id = u.batch_id \
 LEFT JOIN attempts a ON a.id = (SELECT MAX(s.id) FROM attempts s \
@@ -647,11 +660,14 @@ async fn upsert_unit_tx(
         } => (state, failed_stage, provisioned_at),
     };
     // A re-flash keeps the unit's DPS outcome only if the identity it was registered with
-    // (registration ID and group key) is unchanged.
+    // (registration ID and group key, or for X.509 the signing CA) is unchanged. The
+    // certificate columns describe what the last write put on the device, as image_sha256.
+    let certificate = facts.certificate.as_ref();
     sqlx::query(
         "INSERT INTO units (mac, registration_id, batch_id, station_id, chip, revision, flash_size, key_id, \
-         secondary_key_id, image_sha256, state, failed_stage, provisioned_at, updated_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         secondary_key_id, image_sha256, state, failed_stage, provisioned_at, updated_at, \
+         attestation, cert_serial, cert_thumbprint, cert_not_after) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
          ON CONFLICT (mac) DO UPDATE SET \
          dps_status = CASE WHEN units.registration_id = excluded.registration_id AND units.key_id = excluded.key_id THEN units.dps_status ELSE 'not-requested' END, \
          assigned_hub = CASE WHEN units.registration_id = excluded.registration_id AND units.key_id = excluded.key_id THEN units.assigned_hub END, \
@@ -664,7 +680,9 @@ async fn upsert_unit_tx(
          secondary_key_id = excluded.secondary_key_id, image_sha256 = excluded.image_sha256, \
          state = excluded.state, failed_stage = excluded.failed_stage, \
          provisioned_at = COALESCE(excluded.provisioned_at, units.provisioned_at), \
-         updated_at = excluded.updated_at",
+         updated_at = excluded.updated_at, attestation = excluded.attestation, \
+         cert_serial = excluded.cert_serial, cert_thumbprint = excluded.cert_thumbprint, \
+         cert_not_after = excluded.cert_not_after",
     )
     .bind(facts.mac)
     .bind(&facts.registration_id)
@@ -680,11 +698,48 @@ async fn upsert_unit_tx(
     .bind(failed_stage)
     .bind(&provisioned_at)
     .bind(&record.finished_at)
+    .bind(facts.attestation)
+    .bind(certificate.map(|c| &c.serial))
+    .bind(certificate.map(|c| &c.thumbprint))
+    .bind(certificate.map(|c| &c.not_after))
     .execute(&mut **tx)
     .await?;
     unit_by_mac_in(&mut **tx, facts.mac)
         .await?
         .ok_or(StoreError::Sql(sqlx::Error::RowNotFound))
+}
+
+/// Keeps the certificate an attempt issued, if it issued one, in the unit's history.
+async fn insert_certificate_tx(
+    tx: &mut Tx,
+    record: &AttemptRecord,
+    facts: &UnitFacts,
+    unit_id: i64,
+    attempt_id: i64,
+) -> Result<(), StoreError> {
+    let Some(certificate) = &facts.certificate else {
+        return Ok(());
+    };
+    sqlx::query(
+        "INSERT INTO certificates (unit_id, attempt_id, mac, registration_id, serial, thumbprint, \
+         not_before, not_after, key_type, ca_thumbprint, station_id, issued_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(unit_id)
+    .bind(attempt_id)
+    .bind(facts.mac)
+    .bind(&facts.registration_id)
+    .bind(&certificate.serial)
+    .bind(&certificate.thumbprint)
+    .bind(&certificate.not_before)
+    .bind(&certificate.not_after)
+    .bind(&certificate.key_type)
+    .bind(&certificate.ca_thumbprint)
+    .bind(&record.station_id)
+    .bind(&record.finished_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// Writes a unit's DPS outcome inside `tx` and returns the updated row.
