@@ -57,6 +57,9 @@ pub enum Command {
     /// Work orders: open, close and follow batches.
     #[command(subcommand)]
     Batch(BatchCommand),
+    /// One unit's record: its state, every attempt on it and its boot log.
+    #[command(subcommand)]
+    Unit(UnitCommand),
     /// Device keys.
     #[command(subcommand)]
     Key(KeyCommand),
@@ -136,6 +139,17 @@ pub enum BatchCommand {
     Status {
         /// The batch.
         name: Option<String>,
+    },
+}
+
+/// `station unit`.
+#[derive(Debug, Subcommand)]
+pub enum UnitCommand {
+    /// Show a unit's record, every attempt on it (any batch) and the boot log its last boot
+    /// check kept (redacted).
+    Show {
+        /// The unit's MAC (24:0A:C4:12:34:56, 24-0a-c4-12-34-56 or 240ac4123456).
+        mac: String,
     },
 }
 
@@ -455,6 +469,9 @@ pub async fn run(cli: Cli) -> Result<u8> {
     let json = cli.json;
     match cli.command {
         Command::Batch(command) => records::batch(&load_config(&cli.config)?, command, json).await,
+        Command::Unit(UnitCommand::Show { mac }) => {
+            records::unit_show(&load_config(&cli.config)?, &mac, json).await
+        }
         Command::Audit(command) => records::audit(&load_config(&cli.config)?, command, json).await,
         Command::Key(KeyCommand::Derive { registration_id }) => {
             image::key_derive(&load_config(&cli.config)?, &registration_id, json).await

@@ -55,6 +55,7 @@ impl<D: Device> Run<'_, D> {
             failure,
             reprovision: self.facts.reprovision,
             timings: serde_json::to_value(&self.timings).unwrap_or_default(),
+            boot_log: self.facts.boot_log.clone(),
         };
         let recorded = station.store.record_attempt(&record).await?;
         self.timings.record = self.finished(Stage::Record.as_str(), t);

@@ -215,6 +215,8 @@ pub struct Attempt {
     pub audit_seq: Option<i64>,
     /// The process running it, while in progress.
     pub pid: Option<i64>,
+    /// The redacted excerpt of the unit's boot log, when the boot check ran.
+    pub boot_log: Option<String>,
 }
 
 /// One audit entry as stored. Its fields are text on purpose: the hash covers exactly the

@@ -82,7 +82,8 @@ pub enum FirmwareFault {
     Silent,
     /// `bootloop`: hangs in start-up; the interrupt watchdog resets the chip, again and again.
     Bootloop,
-    /// `print-key`: a debug build that logs its device key and a PEM private key.
+    /// `print-key`: a debug build that logs its device key and a PEM private key before its
+    /// registration ID.
     PrintKey,
 }
 
@@ -494,18 +495,11 @@ fn firmware(t: &mut Timeline, app: &SimApp, faults: &[FirmwareFault], flash: &[u
             }
         }
     }
-    let work = work.take().unwrap_or_default();
-    t.log(work, 'I', "dps", &format!("ID scope {}", values[0]), baud);
-    t.log(
-        Duration::ZERO,
-        'I',
-        "dps",
-        &format!("registration id {}", values[1]),
-        baud,
-    );
+    let mut work = work.take().unwrap_or_default();
     if faults.contains(&FirmwareFault::PrintKey) {
+        // A debug build dumps its credentials as it reads them, before the rest.
         let key = read(&app.device_key_key).unwrap_or_default();
-        t.log(ms(1), 'I', "dps", &format!("device key {key}"), baud);
+        t.log(work, 'I', "dps", &format!("device key {key}"), baud);
         // Made-up key material of a P-256 key's size, the same for the same unit.
         let material: Vec<u8> = (0..72u8)
             .map(|i| mac[usize::from(i % 6)] ^ i.wrapping_mul(37))
@@ -517,7 +511,16 @@ fn firmware(t: &mut Timeline, app: &SimApp, faults: &[FirmwareFault], flash: &[u
             &body[64..]
         );
         t.print(Duration::ZERO, pem, baud);
+        work = Duration::ZERO;
     }
+    t.log(work, 'I', "dps", &format!("ID scope {}", values[0]), baud);
+    t.log(
+        Duration::ZERO,
+        'I',
+        "dps",
+        &format!("registration id {}", values[1]),
+        baud,
+    );
 }
 
 #[cfg(test)]
@@ -696,8 +699,17 @@ mod tests {
             &provisioned(),
             MAC,
         ));
-        assert!(log.contains("dps: device key a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2U="));
-        assert!(log.contains("-----BEGIN EC PRIVATE KEY-----\r\n"));
+        let key = log
+            .find("dps: device key a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2U=")
+            .unwrap();
+        let pem = log.find("-----BEGIN EC PRIVATE KEY-----\r\n").unwrap();
+        let id = log
+            .find("dps: registration id sensor-240ac4123456")
+            .unwrap();
+        assert!(
+            key < pem && pem < id,
+            "the key comes before the registration ID"
+        );
     }
 
     #[test]

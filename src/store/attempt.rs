@@ -3,6 +3,7 @@
 //! the attempt ends, and what the audit entry says.
 
 use serde_json::json;
+use sha2::{Digest as _, Sha256};
 
 use crate::identity::{Mac, RegistrationId};
 use crate::keys::KeyId;
@@ -94,6 +95,8 @@ pub struct AttemptRecord {
     pub reprovision: bool,
     /// Seconds per stage, as JSON.
     pub timings: serde_json::Value,
+    /// The redacted excerpt of the unit's boot log, when the boot check ran.
+    pub boot_log: Option<String>,
 }
 
 /// What recording an attempt produced.
@@ -180,10 +183,14 @@ impl AttemptRecord {
             Some(certificate) => with_certificate(details, certificate),
             None => details,
         };
-        let details = match unit.and_then(|u| u.dps.as_ref()) {
+        let mut details = match unit.and_then(|u| u.dps.as_ref()) {
             Some(dps) => with_dps(details, dps),
             None => details,
         };
+        if let Some(log) = &self.boot_log {
+            // The excerpt is stored with the attempt; its hash here proves it unaltered.
+            details["boot_log_sha256"] = json!(hex::encode(Sha256::digest(log.as_bytes())));
+        }
         NewEntry::at(
             &self.finished_at,
             &self.station_id,

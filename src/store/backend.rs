@@ -66,6 +66,8 @@ pub(super) trait Backend {
     async fn pending_dps_units(&self) -> Result<Vec<Unit>, StoreError>;
     /// Attempts of a batch, oldest first.
     async fn attempts_of(&self, batch_id: i64) -> Result<Vec<Attempt>, StoreError>;
+    /// Attempts on the device with this MAC, in any batch, oldest first.
+    async fn attempts_of_mac(&self, mac: &Mac) -> Result<Vec<Attempt>, StoreError>;
 
     /// Opens an attempt's row as in progress, stamped with this process.
     async fn begin_attempt(&self, start: &AttemptStart) -> Result<i64, StoreError>;

@@ -148,6 +148,18 @@ pub enum StoreError {
         /// When.
         closed_at: String,
     },
+    /// No unit with that MAC is recorded.
+    #[error("no unit with MAC {mac} is recorded")]
+    #[diagnostic(
+        code(station::store::no_such_unit),
+        help(
+            "Check the MAC (the chip's, as `batch status` and the manifest show it); a unit is recorded once the station has read its MAC."
+        )
+    )]
+    NoSuchUnit {
+        /// The MAC asked for.
+        mac: Mac,
+    },
     /// An export could not be written where it was going.
     #[error(transparent)]
     #[diagnostic(transparent)]
@@ -165,6 +177,7 @@ impl StoreError {
                 | StoreError::NoSuchBatch { .. }
                 | StoreError::NoOpenBatch { .. }
                 | StoreError::BatchClosed { .. }
+                | StoreError::NoSuchUnit { .. }
         )
     }
 }
@@ -310,6 +323,12 @@ impl Store {
     /// Attempts of a batch, oldest first.
     pub async fn attempts_of(&self, batch_id: i64) -> Result<Vec<Attempt>, StoreError> {
         on_backend!(self, db => db.attempts_of(batch_id).await)
+    }
+
+    /// Attempts on the device with this MAC, in any batch, oldest first (with their boot log
+    /// excerpts: `station unit show`).
+    pub async fn attempts_of_mac(&self, mac: &Mac) -> Result<Vec<Attempt>, StoreError> {
+        on_backend!(self, db => db.attempts_of_mac(mac).await)
     }
 
     /// Records a finished attempt: the unit's row (when the MAC is known), the attempt and its

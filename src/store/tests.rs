@@ -39,6 +39,7 @@ fn attempt(batch: &Batch, mac: Option<&str>, failure: Option<Failure>) -> Attemp
         failure,
         reprovision: false,
         timings: json!({ "flash": 0.5 }),
+        boot_log: None,
     }
 }
 

@@ -192,5 +192,6 @@ pub fn attempt_record(
         }),
         reprovision: false,
         timings: serde_json::json!({}),
+        boot_log: None,
     }
 }

@@ -289,6 +289,15 @@ impl Backend for Sqlite {
         )
     }
 
+    async fn attempts_of_mac(&self, mac: &Mac) -> Result<Vec<Attempt>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT * FROM attempts WHERE mac = ? ORDER BY id")
+                .bind(mac)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
     async fn begin_attempt(&self, start: &AttemptStart) -> Result<i64, StoreError> {
         let mut tx = self.pool.begin().await?;
         let id = insert_open_attempt_tx(&mut tx, start).await?;
@@ -358,8 +367,8 @@ impl Backend for Sqlite {
         let failure = record.failure.as_ref();
         sqlx::query(
             "UPDATE attempts SET unit_id = ?, mac = ?, finished_at = ?, outcome = ?, stage = ?, \
-             error_code = ?, message = ?, reprovision = ?, timings = ?, audit_seq = ?, pid = NULL \
-             WHERE id = ?",
+             error_code = ?, message = ?, reprovision = ?, timings = ?, audit_seq = ?, pid = NULL, \
+             boot_log = ? WHERE id = ?",
         )
         .bind(unit.as_ref().map(|u| u.id))
         .bind(record.unit.as_ref().map(|u| u.mac))
@@ -371,6 +380,7 @@ impl Backend for Sqlite {
         .bind(record.reprovision)
         .bind(record.timings.to_string())
         .bind(audit_seq)
+        .bind(&record.boot_log)
         .bind(attempt_id)
         .execute(&mut *tx)
         .await?;
