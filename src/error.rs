@@ -66,6 +66,21 @@ pub enum Error {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Io(#[from] crate::file::FileError),
+    /// A MAC in an input file that is not a device's own: the same code as every bad MAC,
+    /// with the place it was read.
+    #[error("{at}: {source}")]
+    #[diagnostic(
+        code(station::identity::bad_mac),
+        help(
+            "Write each device's own MAC as six hex bytes (24:0A:C4:12:34:56, 24-0a-c4-12-34-56 or 240ac4123456); all zeros, ff:ff:ff:ff:ff:ff and multicast addresses are no device's."
+        )
+    )]
+    BadMacAt {
+        /// Where (file:line).
+        at: String,
+        /// The MAC's problem.
+        source: crate::identity::IdentityError,
+    },
     /// An input file or argument the station cannot use (a CSV row, a path).
     #[error("{what}: {problem}")]
     #[diagnostic(code(station::input::invalid), help("{fix}"))]
@@ -117,6 +132,7 @@ impl From<crate::provision::UnitError> for Error {
             UnitError::Dps(e) => Error::Dps(e),
             UnitError::Provision(e) => Error::Provision(e),
             UnitError::Boot(e) => Error::Boot(e),
+            UnitError::Identity(e) => Error::Identity(e),
         }
     }
 }
@@ -144,9 +160,11 @@ impl Error {
     /// The process exit code this error maps to (README "Exit codes").
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Config(_) | Error::Key(_) | Error::Identity(_) | Error::BadInput { .. } => {
-                exit::USAGE
-            }
+            Error::Config(_)
+            | Error::Key(_)
+            | Error::Identity(_)
+            | Error::BadMacAt { .. }
+            | Error::BadInput { .. } => exit::USAGE,
             Error::Nvs(e) if e.is_input_error() => exit::USAGE,
             Error::X509(e) if e.is_usage_error() => exit::USAGE,
             Error::SecureCert(e) if e.is_input_error() => exit::USAGE,

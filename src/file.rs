@@ -68,6 +68,14 @@ impl Opened {
     }
 }
 
+impl Opened {
+    /// The opened file itself, for a caller that reads it in pieces (never more than the limit
+    /// it was opened with: wrap it in [`std::io::Read::take`]).
+    pub fn into_file(self) -> File {
+        self.file
+    }
+}
+
 /// Opens a named file that must be a regular file of at most `limit` bytes.
 ///
 /// The path is opened once, without blocking (a FIFO with no writer would otherwise hang the
@@ -136,6 +144,13 @@ fn kind_of(metadata: &Metadata) -> &'static str {
     }
 }
 
+/// The directory a file is in (`.` for a bare name).
+fn directory_of(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
 /// Refuses a write target that exists and is not a regular file; the target itself is looked at,
 /// not what a symlink there points to.
 fn check_target(path: &Path) -> io::Result<()> {
@@ -166,10 +181,7 @@ impl PrivateFile {
     /// file.
     pub fn create(path: &Path) -> io::Result<PrivateFile> {
         check_target(path)?;
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
+        let dir = directory_of(path);
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -212,12 +224,7 @@ impl PrivateFile {
     fn persist(self) -> io::Result<PathBuf> {
         // Checked again: the target may have been replaced while the file was written.
         check_target(&self.path)?;
-        let dir = self
-            .path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."))
-            .to_owned();
+        let dir = directory_of(&self.path).to_owned();
         // On failure the error carries the temporary file, which is removed when it drops.
         self.temp.persist(&self.path).map_err(|e| e.error)?;
         Ok(dir)
@@ -232,6 +239,42 @@ impl Write for PrivateFile {
     fn flush(&mut self) -> io::Result<()> {
         self.temp.flush()
     }
+}
+
+/// Writes `bytes` to a new file at `path`, atomically and with mode 0600, failing if anything
+/// exists there already (a key must never be replaced by another): the temporary file is
+/// linked into place, which fails on an existing name.
+pub fn write_private_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut file = PrivateFile::create(path)?;
+    file.write_all(bytes)?;
+    file.temp.as_file().sync_all()?;
+    file.temp.persist_noclobber(path).map_err(|e| e.error)?;
+    let _ = File::open(directory_of(path)).and_then(|d| d.sync_all());
+    Ok(())
+}
+
+/// Opens a file for appending only, creating it with mode 0600 when missing. A symlink at
+/// `path` is not followed (`O_NOFOLLOW`), and anything but a regular file is refused, so an
+/// append-only log cannot be redirected into another file.
+pub fn open_append(path: &Path) -> io::Result<File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.append(true).create(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options
+            .mode(0o600)
+            .custom_flags((nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK).bits());
+    }
+    let file = options.open(path)?;
+    let metadata = file.metadata()?;
+    if !metadata.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("it is {}, not a regular file", kind_of(&metadata)),
+        ));
+    }
+    Ok(file)
 }
 
 /// Writes `bytes` to `path` as a [`PrivateFile`]: atomically, mode 0600.

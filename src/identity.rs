@@ -17,15 +17,21 @@ pub const MAX_REGISTRATION_ID_LEN: usize = 128;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, miette::Diagnostic)]
 #[non_exhaustive]
 pub enum IdentityError {
-    /// The text is not a MAC address.
-    #[error("`{input}` is not a MAC address")]
+    /// The text is not a MAC address, or the address cannot be a device's own: all zeros,
+    /// the broadcast address, or a multicast address. The same code wherever the MAC came
+    /// from: an argument, a CSV row, a device.
+    #[error("`{input}` is not a usable MAC address: {problem}")]
     #[diagnostic(
         code(station::identity::bad_mac),
-        help("Write six hex bytes: 24:0A:C4:12:34:56, 24-0a-c4-12-34-56 or 240ac4123456.")
+        help(
+            "Write the device's own MAC as six hex bytes: 24:0A:C4:12:34:56, 24-0a-c4-12-34-56 or 240ac4123456. A device reporting such a MAC has unprogrammed or damaged eFuses: set it aside."
+        )
     )]
     BadMac {
         /// What was given.
         input: String,
+        /// Why it is refused.
+        problem: &'static str,
     },
     /// The registration ID breaks a DPS rule.
     #[error("registration ID `{id}` is invalid: {rule}")]
@@ -83,10 +89,39 @@ impl Mac {
 impl FromStr for Mac {
     type Err = IdentityError;
 
-    /// Parses `24:0A:C4:12:34:56`, `24-0a-c4-12-34-56` or `240ac4123456` (any case).
+    /// Parses `24:0A:C4:12:34:56`, `24-0a-c4-12-34-56` or `240ac4123456` (any case) and
+    /// refuses an address no device can have ([`Mac::usable`]).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Mac::parse_any(s)?.usable()
+    }
+}
+
+impl Mac {
+    /// Whether this address can be a device's own: not all zeros (an eFuse never programmed),
+    /// not the broadcast address and not a multicast address (the first byte's low bit set),
+    /// none of which a chip from the factory carries.
+    pub fn usable(self) -> Result<Mac, IdentityError> {
+        let problem = if self.0 == [0; 6] {
+            "it is all zeros"
+        } else if self.0 == [0xFF; 6] {
+            "it is the broadcast address"
+        } else if self.0[0] & 1 == 1 {
+            "it is a multicast address (the first byte is odd)"
+        } else {
+            return Ok(self);
+        };
+        Err(IdentityError::BadMac {
+            input: self.to_string(),
+            problem,
+        })
+    }
+
+    /// Parses the three written forms without asking whether the address is usable: for the
+    /// database's own rows and for a simulator imitating a damaged chip.
+    pub fn parse_any(s: &str) -> Result<Mac, IdentityError> {
         let bad = || IdentityError::BadMac {
             input: s.to_owned(),
+            problem: "it is not six hex bytes",
         };
         let text = s.trim().as_bytes();
         // Where each byte's two hex digits start.

@@ -29,6 +29,11 @@ pub const KEY_FILE_LIMIT: u64 = 64 << 10;
 /// 16 bytes is a truncated paste, not a key.
 pub const MIN_KEY_BYTES: usize = 16;
 
+/// The longest group key accepted, in decoded bytes: DPS takes symmetric keys of 16 to 64 bytes,
+/// so a longer one cannot be the enrollment group's (two keys pasted together, a file of
+/// something else).
+pub const MAX_KEY_BYTES: usize = 64;
+
 /// Errors loading a group key.
 ///
 /// No variant carries any part of the file's contents: a message may end up in a log, a
@@ -144,6 +149,34 @@ pub enum KeyError {
         path: PathBuf,
         /// The decoded length.
         len: usize,
+    },
+    /// The key decodes to more bytes than DPS allows.
+    #[error("group key in {path} decodes to {len} bytes; DPS keys have at most {MAX_KEY_BYTES}")]
+    #[diagnostic(
+        code(station::keys::too_long),
+        help(
+            "The file holds more than one key, or something else: put the enrollment group's Primary Key alone in it (88 characters of base64 for a 64-byte key)."
+        )
+    )]
+    TooLong {
+        /// The key file.
+        path: PathBuf,
+        /// The decoded length.
+        len: usize,
+    },
+    /// The secondary group key file holds the primary key.
+    #[error("secondary group key {secondary} is the same key as the primary {primary}")]
+    #[diagnostic(
+        code(station::keys::same_as_primary),
+        help(
+            "[dps] secondary_group_key_file must hold the enrollment group's Secondary Key: with both the same, rolling the primary over would break every device. Copy the Secondary Key from the portal, or remove secondary_group_key_file."
+        )
+    )]
+    SameAsPrimary {
+        /// The primary key file.
+        primary: PathBuf,
+        /// The secondary key file.
+        secondary: PathBuf,
     },
 }
 
@@ -329,6 +362,12 @@ impl GroupKey {
                 len: key.expose().len(),
             });
         }
+        if key.expose().len() > MAX_KEY_BYTES {
+            return Err(KeyError::TooLong {
+                path,
+                len: key.expose().len(),
+            });
+        }
         let id = KeyId::of(key.expose());
         Ok(GroupKey { key, id })
     }
@@ -360,11 +399,21 @@ pub struct GroupKeys {
 
 impl GroupKeys {
     /// Loads the configured key files.
+    /// A secondary key equal to the primary is refused.
     pub fn load(primary: &Path, secondary: Option<&Path>) -> Result<Self, KeyError> {
-        Ok(GroupKeys {
+        let keys = GroupKeys {
             primary: GroupKey::load(primary)?,
             secondary: secondary.map(GroupKey::load).transpose()?,
-        })
+        };
+        if let (Some(path), Some(second)) = (secondary, &keys.secondary)
+            && second.key.expose() == keys.primary.key.expose()
+        {
+            return Err(KeyError::SameAsPrimary {
+                primary: primary.to_owned(),
+                secondary: path.to_owned(),
+            });
+        }
+        Ok(keys)
     }
 }
 
@@ -387,31 +436,39 @@ fn describe_base64_error(error: &base64::DecodeError) -> String {
     }
 }
 
-/// Refuses a secret file that group or others may read (`KeyError::Exposed`); also used for the
-/// X.509 CA key file.
+/// Who besides the owner may read a key file (`group`, `others` or `group and others`) and its
+/// permission bits; `None` when only the owner may. The one rule for every key the station
+/// holds.
 #[cfg(unix)]
-pub(crate) fn check_permissions(metadata: &std::fs::Metadata, path: &Path) -> Result<(), KeyError> {
+pub fn exposure(metadata: &std::fs::Metadata) -> Option<(&'static str, u32)> {
     use std::os::unix::fs::PermissionsExt as _;
     let mode = metadata.permissions().mode() & 0o777;
     let who = match (mode & 0o070 != 0, mode & 0o007 != 0) {
-        (false, false) => return Ok(()),
+        (false, false) => return None,
         (true, false) => "group",
         (false, true) => "others",
         (true, true) => "group and others",
     };
-    Err(KeyError::Exposed {
-        path: path.display().to_string(),
-        who,
-        mode,
-    })
+    Some((who, mode))
 }
 
+/// Who besides the owner may read a key file: nobody, where permission bits do not exist.
 #[cfg(not(unix))]
-pub(crate) fn check_permissions(
-    _metadata: &std::fs::Metadata,
-    _path: &Path,
-) -> Result<(), KeyError> {
-    Ok(())
+pub fn exposure(_metadata: &std::fs::Metadata) -> Option<(&'static str, u32)> {
+    None
+}
+
+/// Refuses a secret file that group or others may read (`KeyError::Exposed`); also used for the
+/// X.509 CA key file.
+pub(crate) fn check_permissions(metadata: &std::fs::Metadata, path: &Path) -> Result<(), KeyError> {
+    match exposure(metadata) {
+        None => Ok(()),
+        Some((who, mode)) => Err(KeyError::Exposed {
+            path: path.display().to_string(),
+            who,
+            mode,
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -468,7 +525,7 @@ mod tests {
 
     #[test]
     fn mix_ups_are_recognised() {
-        let cases: [(&str, &str); 7] = [
+        let cases: [(&str, &str); 8] = [
             ("", "station::keys::empty"),
             ("\n  \n", "station::keys::empty"),
             (
@@ -485,6 +542,10 @@ mod tests {
             ),
             ("not base64 at all!", "station::keys::not_base64"),
             ("AAAAAAAAAAAAAAAAAAAA", "station::keys::too_short"),
+            (
+                "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4vMDEyMzQ1Njc4OTo7PD0+P0A=",
+                "station::keys::too_long",
+            ),
         ];
         for (text, code) in cases {
             let err = crate::Error::from(key(text).unwrap_err());

@@ -14,6 +14,8 @@
 
 mod armor;
 pub mod boot;
+pub mod certificate;
+pub mod checkpoint;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -27,6 +29,7 @@ pub mod keys;
 pub mod line;
 pub mod nvs;
 pub mod operator;
+pub mod process;
 pub mod provision;
 pub mod record;
 pub mod report;

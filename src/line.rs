@@ -403,7 +403,7 @@ pub async fn run(
         .recover_interrupted(&station_id, &options.operator)
         .await?;
     for attempt in &interrupted {
-        tracing::warn!(attempt = attempt.id, port = %attempt.port, stage = ?attempt.stage, "closed an attempt an earlier run left open");
+        tracing::warn!(attempt = attempt.id, port = %attempt.port, stage = attempt.stage.map(Stage::as_str), "closed an attempt an earlier run left open");
     }
     let status = station.store.batch_status(options.batch.clone()).await?;
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -142,4 +142,56 @@ mod tests {
             vec![vec![0x01, 0x02]]
         );
     }
+
+    // Issue 13: the decoder on arbitrary bytes: never a panic, frames and buffer bounded by
+    // MAX_FRAME whatever arrives, and any payload sent cleanly round-trips however the wire
+    // is cut.
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::{Decoder, END, MAX_FRAME, encode};
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn arbitrary_bytes_never_panic_and_stay_bounded(
+                chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..512), 0..32)
+            ) {
+                let mut decoder = Decoder::default();
+                let mut delivered = 0usize;
+                for chunk in &chunks {
+                    for frame in decoder.feed(chunk) {
+                        prop_assert!(!frame.is_empty() && frame.len() <= MAX_FRAME);
+                        delivered += frame.len();
+                    }
+                    prop_assert!(decoder.frame.len() <= MAX_FRAME);
+                }
+                prop_assert!(delivered <= chunks.iter().map(Vec::len).sum::<usize>());
+            }
+
+            #[test]
+            fn a_runaway_frame_is_cut_not_buffered(fill in any::<u8>().prop_filter("not END", |b| *b != END)) {
+                let mut decoder = Decoder::default();
+                let mut wire = vec![END];
+                wire.extend(std::iter::repeat_n(fill, MAX_FRAME * 2));
+                prop_assert!(decoder.feed(&wire).is_empty());
+                prop_assert!(decoder.frame.len() <= MAX_FRAME);
+                // Its closing delimiter delivers at most MAX_FRAME bytes of it.
+                let frames = decoder.feed(&[END]);
+                prop_assert!(frames.iter().all(|f| f.len() <= MAX_FRAME));
+            }
+
+            #[test]
+            fn payloads_round_trip_however_the_wire_is_cut(
+                payloads in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..300), 1..8),
+                cut in 1usize..64,
+            ) {
+                let wire: Vec<u8> = payloads.iter().flat_map(|p| encode(p)).collect();
+                let mut decoder = Decoder::default();
+                let frames: Vec<Vec<u8>> = wire.chunks(cut).flat_map(|c| decoder.feed(c)).collect();
+                prop_assert_eq!(frames, payloads);
+            }
+        }
+    }
 }

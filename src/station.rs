@@ -7,6 +7,7 @@
 //! the database and records in the audit log the configuration and the key or CA the station
 //! runs with (only when they changed since it last did).
 
+use crate::checkpoint::{Anchor, CheckpointError, CheckpointLog};
 use std::sync::Arc;
 
 use crate::config::ConfigError;
@@ -24,7 +25,9 @@ use crate::store::{CaOpen, StationOpen, Store, StoreError};
 use crate::x509::{CaFiles, DeviceCredentials, IssuePolicy, KeyType, SigningCa, X509Error};
 
 /// The largest `[[firmware]]` image the station reads: the largest flash an ESP32 module has.
-const FIRMWARE_LIMIT: u64 = 16 << 20;
+const FIRMWARE_LIMIT: u64 = crate::flash::MAX_FLASH_SIZE as u64;
+/// The largest `station.toml` hashed for the audit log (as large as the station reads).
+const CONFIG_LIMIT: u64 = 1 << 20;
 
 /// Why a station could not start: every error is the one of the part that failed.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
@@ -278,7 +281,11 @@ impl Station {
         } else {
             None
         };
-        let store = Store::open(&config.station.database).await?;
+        let store = Store::open(&config.station.database)
+            .await?
+            .with_anchor(std::sync::Arc::new(
+                anchor_for(&config).map_err(StoreError::from)?,
+            ));
         let operator = crate::operator::resolve(None, None);
         store
             .record_station_open(&station_open(&config, &attestor, &operator))
@@ -302,17 +309,31 @@ impl Station {
     }
 }
 
+/// What anchors this station's audit chain ([`crate::checkpoint`]): its signing key (made on
+/// first use), its checkpoint file and the system log, as `[audit]` says.
+pub fn anchor_for(config: &Config) -> Result<Anchor, CheckpointError> {
+    Anchor::open(
+        &config.audit.signing_key_file,
+        &config.station.id,
+        CheckpointLog::new(&config.audit.checkpoint_file),
+        config.audit.syslog.clone(),
+        config.audit.checkpoint_every,
+    )
+}
+
 /// What the audit log records of a station opening with `config` (its file hashed as it is now)
 /// and `attestor`. A configuration that was not read from a file (tests build one from text)
 /// records no `config.changed`.
 fn station_open(config: &Config, attestor: &Attestor, operator: &str) -> StationOpen {
     use sha2::{Digest as _, Sha256};
-    let config_file = std::fs::read(&config.path).ok().map(|bytes| {
-        (
-            config.path.display().to_string(),
-            hex::encode(Sha256::digest(bytes)),
-        )
-    });
+    let config_file = crate::file::read_regular(&config.path, CONFIG_LIMIT)
+        .ok()
+        .map(|bytes| {
+            (
+                config.path.display().to_string(),
+                hex::encode(Sha256::digest(bytes)),
+            )
+        });
     StationOpen {
         station_id: config.station.id.clone(),
         operator: operator.to_owned(),

@@ -429,10 +429,10 @@ fn nvs_build_from_csv_is_all_or_nothing() {
             bad_dir.to_str().unwrap(),
         ])
         .expect(2);
-    assert_eq!(error_code(&run), "station::input::invalid");
+    assert_eq!(error_code(&run), "station::identity::bad_mac");
     assert!(
         run.stderr
-            .contains("bad.csv:3: `24:0a:c4:00:00:zz` is not a MAC address"),
+            .contains("bad.csv:3: `24:0a:c4:00:00:zz` is not a usable MAC address"),
         "{}",
         run.stderr
     );

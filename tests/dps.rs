@@ -533,3 +533,129 @@ fn the_daemon_assigns_pending_units_once_dps_is_back() {
     );
     ws.station(&["audit", "verify"]).expect(0);
 }
+
+/// A real TLS server on loopback in front of the DPS emulator: it terminates TLS with a
+/// certificate issued by its own CA (for `name`) and relays the bytes to the emulator.
+struct TlsFront {
+    url: String,
+    ca_pem: String,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl TlsFront {
+    fn start(emulator: &str, name: &str) -> TlsFront {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "station test CA");
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec![name.to_owned()])
+            .unwrap()
+            .signed_by(&leaf_key, &ca)
+            .unwrap();
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![leaf.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let upstream = emulator.trim_start_matches("http://").to_owned();
+        runtime.spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    // A client that refuses the certificate ends the handshake here.
+                    let Ok(mut tls) = acceptor.accept(socket).await else {
+                        return;
+                    };
+                    if let Ok(mut plain) = tokio::net::TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                    }
+                });
+            }
+        });
+        TlsFront {
+            url: format!("https://127.0.0.1:{port}"),
+            ca_pem: ca.pem(),
+            _runtime: runtime,
+        }
+    }
+}
+
+/// Names `ca_pem` as the station's extra trust root ([dps] ca_file).
+fn trust(ws: &Workspace, ca_pem: &str) {
+    std::fs::write(ws.path("front-ca.pem"), ca_pem).unwrap();
+    let config = std::fs::read_to_string(ws.path("station.toml"))
+        .unwrap()
+        .replace(
+            "# ca_file = \"certs/local-dps-ca.pem\"",
+            "ca_file = \"front-ca.pem\"",
+        );
+    std::fs::write(ws.path("station.toml"), config).unwrap();
+}
+
+// Issue 13: an untrusted or invalid server certificate is a configuration or security fault,
+// not an outage: the unit fails at stage dps with station::dps::tls (not pending as
+// unreachable), and `station check` reports it as a setup error.
+#[test]
+fn an_untrusted_dps_certificate_fails_the_unit_with_its_own_code() {
+    let ws = workspace();
+    let dps = DpsSim::start(&ws, "secrets/group.key", &[]);
+    let front = TlsFront::start(&dps.url, "127.0.0.1");
+    write_config(&ws, &front.url);
+    let sim = line(3);
+
+    // The station does not know the front's CA.
+    let failed = provision(&ws, &sim, 0).expect(1).json();
+    assert_eq!(failed["stage"], "dps", "{failed}");
+    assert_eq!(failed["error_code"], "station::dps::tls");
+    assert_eq!(failed["dps_status"], "failed");
+    assert!(
+        failed["message"]
+            .as_str()
+            .unwrap()
+            .contains("UnknownIssuer"),
+        "{failed}"
+    );
+    let checked = ws.station(&["check"]).expect(2);
+    assert!(
+        checked.stdout.contains("FAIL dps") && checked.stdout.contains("station::dps::tls"),
+        "{}",
+        checked.stdout
+    );
+
+    // Trusting it through [dps] ca_file, the same server assigns the next unit.
+    trust(&ws, &front.ca_pem);
+    let assigned = provision(&ws, &sim, 1).expect(0).json();
+    assert_eq!(assigned["dps_status"], "assigned", "{assigned}");
+
+    // A trusted CA but a certificate for another host name is refused as well.
+    let other = TlsFront::start(&dps.url, "dps.example.invalid");
+    write_config(&ws, &other.url);
+    trust(&ws, &other.ca_pem);
+    let failed = provision(&ws, &sim, 2).expect(1).json();
+    assert_eq!(failed["error_code"], "station::dps::tls", "{failed}");
+    assert!(
+        failed["message"]
+            .as_str()
+            .unwrap()
+            .contains("not valid for name"),
+        "{failed}"
+    );
+}

@@ -216,36 +216,34 @@ fn status(ws: &Workspace) -> Value {
         .json()
 }
 
-fn attempts(ws: &Workspace) -> Vec<(Option<String>, String)> {
+/// The rows `sql` selects from the workspace's database.
+fn query<T>(ws: &Workspace, sql: &'static str) -> Vec<T>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> + Send + Unpin,
+{
     let db = ws.path("station.db");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let store = station::store::Store::open(&db).await.unwrap();
-        let rows: Vec<(Option<String>, String)> =
-            sqlx::query_as("SELECT mac, outcome FROM attempts ORDER BY id")
-                .fetch_all(store.pool())
-                .await
-                .unwrap();
+        let rows = sqlx::query_as(sql).fetch_all(store.pool()).await.unwrap();
         store.close().await;
         rows
     })
 }
 
+fn attempts(ws: &Workspace) -> Vec<(Option<String>, String)> {
+    query(ws, "SELECT mac, outcome FROM attempts ORDER BY id")
+}
+
 /// The stages the open (in-progress) attempts have reached, as recorded.
 fn open_attempt_stages(ws: &Workspace) -> Vec<String> {
-    let db = ws.path("station.db");
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let store = station::store::Store::open(&db).await.unwrap();
-        let rows: Vec<String> = sqlx::query_scalar(
-            "SELECT stage FROM attempts WHERE outcome = 'in-progress' ORDER BY id",
-        )
-        .fetch_all(store.pool())
-        .await
-        .unwrap();
-        store.close().await;
-        rows
-    })
+    query::<(String,)>(
+        ws,
+        "SELECT stage FROM attempts WHERE outcome = 'in-progress' ORDER BY id",
+    )
+    .into_iter()
+    .map(|(stage,)| stage)
+    .collect()
 }
 
 #[test]
@@ -668,4 +666,89 @@ fn on_a_terminal_the_daemon_draws_the_live_view() {
         !screen.contains("line: stopped"),
         "the live view, not the plain log: {screen}"
     );
+}
+
+/// The units of the workspace's database: (MAC, registration ID, state, image SHA-256).
+fn units(ws: &Workspace) -> Vec<(String, String, String, Option<String>)> {
+    query(
+        ws,
+        "SELECT mac, registration_id, state, image_sha256 FROM units ORDER BY mac",
+    )
+}
+
+// Issue 13: kill -9 at random points across a batch, then the invariants: no unit shows as
+// provisioned unless its flash holds exactly the recorded image, no unit twice, nothing left
+// in progress, the audit chain (and its checkpoints) intact, and the batch completes.
+#[test]
+fn kill_9_at_random_points_leaves_nothing_falsely_provisioned() {
+    use sha2::Digest as _;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    // A small linear congruential generator: the seed is printed with any failure.
+    let mut state = u64::from(seed) | 1;
+    let mut next = move |below: u64| {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (state >> 33) % below
+    };
+    let target = 10;
+    let ws = workspace(target, 2.0);
+    let mut config = std::fs::read_to_string(ws.path("station.toml")).unwrap();
+    config.push_str("\n[audit]\ncheckpoint_every = 5\nsyslog = \"\"\n");
+    std::fs::write(ws.path("station.toml"), config).unwrap();
+    let line = sim(&ws, target + 4, 3, true, true);
+    let mut kills = 0;
+    for _ in 0..5 {
+        let mut daemon = Daemon::start(&ws, true);
+        // Somewhere between starting up and the middle of a unit's session.
+        std::thread::sleep(Duration::from_millis(200 + next(1800)));
+        daemon.signal(nix::sys::signal::Signal::SIGKILL);
+        daemon.wait();
+        kills += 1;
+    }
+    let mut last = Daemon::start(&ws, true);
+    assert_eq!(last.wait(), 0, "seed {seed}: {:#?}", last.lines());
+
+    let status = status(&ws);
+    assert_eq!(status["in_progress"], 0, "seed {seed}: {status:#}");
+    assert_eq!(status["provisioned"], target, "seed {seed}: {status:#}");
+    let rows = units(&ws);
+    let mut macs: Vec<&String> = rows.iter().map(|r| &r.0).collect();
+    macs.dedup();
+    assert_eq!(macs.len(), rows.len(), "seed {seed}: a MAC recorded twice");
+    let mut ids: Vec<&String> = rows.iter().map(|r| &r.1).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(
+        ids.len(),
+        rows.len(),
+        "seed {seed}: a registration ID twice"
+    );
+    for (mac, _, state, image_sha256) in &rows {
+        if state != "provisioned" {
+            continue;
+        }
+        let device = line
+            .devices()
+            .iter()
+            .find(|d| d.mac().to_string() == *mac)
+            .unwrap();
+        let flash = device.flash();
+        let written = hex::encode(sha2::Sha256::digest(&flash[0x9000..0x9000 + 0x6000]));
+        assert_eq!(
+            Some(&written),
+            image_sha256.as_ref(),
+            "seed {seed}: {mac} shows as provisioned but its flash differs"
+        );
+    }
+    let verified = ws.station(&["--json", "audit", "verify"]).expect(0).json();
+    assert_eq!(
+        verified["checkpoints"]["problems"],
+        serde_json::json!([]),
+        "seed {seed}"
+    );
+    assert_eq!(kills, 5);
 }

@@ -145,8 +145,25 @@ fn manifest_lists_units_in_documented_columns_and_is_audited() {
     let parsed: Vec<serde_json::Value> = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(parsed[2]["mac"], "24:0a:c4:00:00:02");
     assert_eq!(parsed[0]["attempts"], 2);
-    let leftovers: Vec<_> = std::fs::read_dir(ws.path("exports")).unwrap().collect();
-    assert_eq!(leftovers.len(), 1, "no temporary file is left behind");
+    let mut files: Vec<String> = std::fs::read_dir(ws.path("exports"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    // The manifest and the checkpoint it embeds (issue 13); no temporary file left behind.
+    assert_eq!(files, ["manifest.json", "manifest.json.checkpoint.json"]);
+    let sidecar: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(ws.path("exports/manifest.json.checkpoint.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(sidecar["export"]["sha256"], summary["sha256"]);
+    assert_eq!(sidecar["checkpoint"], summary["checkpoint"]);
+    assert!(
+        sidecar["checkpoint"]["public_key"]
+            .as_str()
+            .unwrap()
+            .starts_with("ed25519:")
+    );
 
     let audit = ws
         .station(&["--json", "audit", "show", "--limit", "1"])

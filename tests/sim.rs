@@ -362,6 +362,37 @@ async fn a_held_port_is_busy() {
     assert_eq!(code(error), "station::device::port_busy");
 }
 
+// Issue 13: a stage timeout that abandons a blocking call does not leave the port open and
+// locked for the next session: that one waits until the abandoned call lets go, then gets the
+// chip's own answer (here: silence), never `port_busy`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_session_releases_its_port_for_the_next() {
+    let line = Line::one(vec![Fault {
+        device: None,
+        kind: FaultKind::Silent,
+        at: Trigger::Frame(1),
+    }]);
+    let short = SerialSettings {
+        stage_timeout: Some(Duration::from_millis(300)),
+        ..settings(true, 115_200)
+    };
+    let error = line.device(short.clone()).connect().await.unwrap_err();
+    assert_eq!(code(error), "station::device::stalled");
+    // Right after: the abandoned connect is still running and holds the port.
+    let started = Instant::now();
+    let error = line
+        .device(settings(true, 115_200))
+        .connect()
+        .await
+        .unwrap_err();
+    assert!(started.elapsed() < HANG, "took {:?}", started.elapsed());
+    assert_eq!(code(error), "station::device::no_sync");
+    // And then the port is free for anyone.
+    serialport::new(line.port().to_string_lossy(), 115_200)
+        .open_native()
+        .expect("the port is released");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_port_is_not_found() {
     let dir = tempfile::tempdir().unwrap();

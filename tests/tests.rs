@@ -4,9 +4,11 @@
 // Test helpers outside #[test] functions panic on purpose: a broken fixture is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod anchor;
 mod architecture;
 mod cli;
 mod dps;
+mod harden;
 mod line;
 mod nvs;
 mod provision;

@@ -129,6 +129,10 @@ timeout = 10
 expect = ["dps: registration id {registration_id}"]
 "#;
 
+/// The most devices a demo runs (a batch of 10,000 takes about an hour on 4 ports).
+const DEMO_MAX_DEVICES: usize = 10_000;
+/// The most ports a demo opens.
+const DEMO_MAX_PORTS: usize = 64;
 /// The demo PKI's files in the workspace.
 const ROOT_CA: &str = "pki/root-ca.pem";
 const ISSUING_CA: &str = "pki/issuing-ca.pem";
@@ -137,11 +141,14 @@ const ISSUING_KEY: &str = "secrets/issuing-ca.key";
 const DPS_TLS: &str = "dps-tls";
 
 pub(super) async fn run(args: DemoArgs, json: bool) -> Result<u8> {
-    if args.count == 0 || args.ports == 0 {
+    if !(1..=DEMO_MAX_DEVICES).contains(&args.count) || !(1..=DEMO_MAX_PORTS).contains(&args.ports)
+    {
         return Err(Error::BadInput {
             what: "--count/--ports".to_owned(),
-            problem: "the demo needs at least one device and one port".to_owned(),
-            fix: "Give --count and --ports of 1 or more, e.g. --count 10 --ports 4.".to_owned(),
+            problem: format!(
+                "the demo runs 1 to {DEMO_MAX_DEVICES} devices on 1 to {DEMO_MAX_PORTS} ports"
+            ),
+            fix: "Give --count and --ports in that range, e.g. --count 10 --ports 4.".to_owned(),
         });
     }
     let dir = match &args.dir {
@@ -363,7 +370,7 @@ fn write_config(dir: &Path, verify_url: &str, attestation: AttestationKind) -> R
 /// `station export manifest --batch NAME --out FILE`).
 async fn write_manifest(station: &Station, batch: &str, path: &Path) -> Result<()> {
     let mut file = create_private(path)?;
-    station
+    let export = station
         .store
         .export_manifest(
             &ManifestFilter::batch(batch),
@@ -373,5 +380,13 @@ async fn write_manifest(station: &Station, batch: &str, path: &Path) -> Result<(
             &mut file,
         )
         .await?;
-    commit_private(file)
+    commit_private(file)?;
+    if let Some(checkpoint) = &export.checkpoint {
+        super::write_checkpoint_sidecar(
+            path,
+            checkpoint,
+            super::records::manifest_summary(path, &export),
+        )?;
+    }
+    Ok(())
 }

@@ -2,7 +2,6 @@
 
 use std::io::Write as _;
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::{AttestationKind, OK, SimDpsArgs, print_json};
 use crate::config::Config;
@@ -158,23 +157,12 @@ pub(super) async fn sim_dps(args: SimDpsArgs, json: bool) -> Result<u8> {
             EmulatorOptions::x509(args.id_scope, trusted, tls)
         }
     };
-    let seconds = |value: f64, flag: &str| {
-        if value.is_finite() && (0.0..=600.0).contains(&value) {
-            Ok(Duration::from_secs_f64(value))
-        } else {
-            Err(Error::BadInput {
-                what: flag.to_owned(),
-                problem: format!("{value} is not between 0 and 600 seconds"),
-                fix: "Give seconds, e.g. 0.3".to_owned(),
-            })
-        }
-    };
     options.port = args.port.unwrap_or(0);
     options.throttle = args.throttle;
     options.fail_5xx = args.fail_5xx;
     options.retry_after = args.retry_after;
-    options.latency = seconds(args.latency, "--latency")?;
-    options.assign_delay = seconds(args.assign_delay, "--assign-delay")?;
+    options.latency = args.latency;
+    options.assign_delay = args.assign_delay;
     options.disabled = args.disabled;
     options.stall = args.stall;
     if let Some(hub) = args.hub {

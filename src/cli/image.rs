@@ -1,6 +1,5 @@
 //! `station key derive`, `station nvs build` and `station nvs inspect`.
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
@@ -75,68 +74,181 @@ pub(super) async fn key_derive(config: &Config, registration_id: &str, json: boo
 
 pub(super) async fn nvs_build(config: &Config, args: NvsBuildArgs, json: bool) -> Result<u8> {
     let keys = load_keys(config, "nvs build")?;
-    let (macs, targets): (Vec<Mac>, Vec<PathBuf>) =
-        match (&args.mac, &args.out, &args.csv, &args.out_dir) {
-            (Some(mac), Some(out), None, None) => (vec![mac.parse::<Mac>()?], vec![out.clone()]),
-            (None, None, Some(csv), Some(dir)) => {
-                let macs = read_mac_csv(csv, config)?;
-                let targets = macs
-                    .iter()
-                    .map(|m| dir.join(format!("{}.bin", m.hex())))
-                    .collect();
-                std::fs::create_dir_all(dir).map_err(|e| Error::io("creating", dir, e))?;
-                (macs, targets)
-            }
-            _ => unreachable!("clap enforces --mac with --out or --csv with --out-dir"),
-        };
-    // Build everything before writing anything: a bad row leaves no half-written directory.
-    let images = macs
-        .iter()
-        .map(|mac| DeviceImage::build(config, &keys, *mac))
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    for (image, target) in images.iter().zip(&targets) {
-        write_private(target, &image.bytes)?;
+    match (&args.mac, &args.out, &args.csv, &args.out_dir) {
+        (Some(mac), Some(out), None, None) => build_one(config, &keys, mac, out, json).await,
+        (None, None, Some(csv), Some(dir)) => build_csv(config, &keys, csv, dir, json).await,
+        _ => unreachable!("clap enforces --mac with --out or --csv with --out-dir"),
     }
-    let built: Vec<serde_json::Value> = images
-        .iter()
-        .zip(&targets)
-        .map(|(image, target)| {
+}
+
+/// What `nvs build` prints for one image.
+fn built_json(image: &DeviceImage, target: &Path) -> serde_json::Value {
+    json!({
+        "mac": image.mac,
+        "registration_id": image.registration_id,
+        "file": target.display().to_string(),
+        "bytes": image.bytes.len(),
+        "image_sha256": image.sha256(),
+        "key_id": image.key_id,
+    })
+}
+
+fn print_built(image: &DeviceImage, target: &Path) {
+    println!(
+        "{}  {}  {} bytes  sha256 {}  -> {}",
+        image.mac,
+        image.registration_id,
+        image.bytes.len(),
+        image.sha256(),
+        target.display()
+    );
+}
+
+/// `nvs build --mac MAC --out FILE`.
+async fn build_one(
+    config: &Config,
+    keys: &GroupKeys,
+    mac: &str,
+    out: &Path,
+    json: bool,
+) -> Result<u8> {
+    let image = DeviceImage::build(config, keys, mac.parse::<Mac>()?)?;
+    write_private(out, &image.bytes)?;
+    audit_nvs_build(
+        config,
+        &image.mac.to_string(),
+        json!({ "images": [{ "mac": image.mac, "image_sha256": image.sha256() }], "key_id": keys.primary.id() }),
+    )
+    .await?;
+    if json {
+        print_json(&[built_json(&image, out)]);
+    } else {
+        print_built(&image, out);
+    }
+    Ok(OK)
+}
+
+/// `nvs build --csv FILE --out-dir DIR`: every row is checked first, then one image at a time
+/// is built and written, so memory stays that of one image whatever the CSV's length. The
+/// audit entry holds the count and a SHA-256 over the list (`<mac> <image sha256>` per line, in
+/// CSV order), not the list.
+async fn build_csv(
+    config: &Config,
+    keys: &GroupKeys,
+    csv_path: &Path,
+    dir: &Path,
+    json: bool,
+) -> Result<u8> {
+    use sha2::{Digest as _, Sha256};
+    use std::io::Write as _;
+    let csv = MacCsv::open(csv_path)?;
+    let count = csv.check(config)?;
+    prepare_out_dir(dir)?;
+    let mut list = Sha256::new();
+    let mut written = 0usize;
+    let mut out = std::io::stdout();
+    let mut result = Ok(());
+    let mut first_last: Option<(Mac, Mac)> = None;
+    if json {
+        let _ = writeln!(out, "[");
+    }
+    for mac in csv.macs()? {
+        let step = mac.and_then(|mac| {
+            let image = DeviceImage::build(config, keys, mac)?;
+            let target = dir.join(format!("{}.bin", mac.hex()));
+            write_private(&target, &image.bytes)?;
+            Ok((image, target))
+        });
+        let (image, target) = match step {
+            Ok(done) => done,
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        };
+        list.update(format!("{} {}\n", image.mac, image.sha256()));
+        first_last = Some((first_last.map_or(image.mac, |(first, _)| first), image.mac));
+        if json {
+            let separator = if written == 0 { "" } else { ",\n" };
+            let _ = write!(out, "{separator}{}", built_json(&image, &target));
+        } else {
+            print_built(&image, &target);
+        }
+        written += 1;
+    }
+    if json {
+        let _ = writeln!(out, "\n]");
+    }
+    let _ = out.flush();
+    // Images written are device keys handed out: audited even when a later one failed.
+    if written > 0 {
+        audit_nvs_build(
+            config,
+            &csv_path.display().to_string(),
             json!({
-                "mac": image.mac,
-                "registration_id": image.registration_id,
-                "file": target.display().to_string(),
-                "bytes": image.bytes.len(),
-                "image_sha256": image.sha256(),
-                "key_id": image.key_id,
-            })
-        })
-        .collect();
+                "count": written,
+                "rows": count,
+                "first_mac": first_last.map(|(first, _)| first),
+                "last_mac": first_last.map(|(_, last)| last),
+                "images_sha256": hex::encode(list.finalize()),
+                "csv_sha256": csv.sha256,
+                "key_id": keys.primary.id(),
+            }),
+        )
+        .await?;
+    }
+    result.map(|()| OK)
+}
+
+/// Records that images (which hold device keys) were handed out.
+async fn audit_nvs_build(config: &Config, subject: &str, details: serde_json::Value) -> Result<()> {
     let store = open_store(config).await?;
     store
         .append_audit(
             &config.station.id,
             &operator(None),
             "nvs.build",
-            &args.csv.as_ref().map_or_else(|| macs[0].to_string(), |csv| csv.display().to_string()),
-            json!({ "images": built.iter().map(|b| json!({ "mac": b["mac"], "image_sha256": b["image_sha256"] })).collect::<Vec<_>>(), "key_id": keys.primary.id() }),
+            subject,
+            details,
         )
         .await?;
     store.close().await;
-    if json {
-        print_json(&built);
-    } else {
-        for b in &built {
-            println!(
-                "{}  {}  {} bytes  sha256 {}  -> {}",
-                b["mac"].as_str().unwrap_or_default(),
-                b["registration_id"].as_str().unwrap_or_default(),
-                b["bytes"],
-                b["image_sha256"].as_str().unwrap_or_default(),
-                b["file"].as_str().unwrap_or_default()
-            );
+    Ok(())
+}
+
+/// Makes sure `--out-dir` exists: an existing directory is used, a missing one is created
+/// (mode 0700) only when its parent exists, so a mistyped path does not grow a tree of
+/// directories; anything else is refused before a row is read.
+fn prepare_out_dir(dir: &Path) -> Result<()> {
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => return Ok(()),
+        Ok(_) => {
+            return Err(Error::BadInput {
+                what: format!("--out-dir {}", dir.display()),
+                problem: "it exists and is not a directory".to_owned(),
+                fix: "Give a directory for the images (it is created if only its last part is missing).".to_owned(),
+            });
         }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io("reading", dir, e)),
     }
-    Ok(OK)
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !parent.is_dir() {
+        return Err(Error::BadInput {
+            what: format!("--out-dir {}", dir.display()),
+            problem: format!("its parent {} does not exist", parent.display()),
+            fix: "Create the parent directory first, or check the path for a typo; the station creates only the last directory of --out-dir.".to_owned(),
+        });
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(dir)
+        .map_err(|e| Error::io("creating", dir, e))
 }
 
 /// Errors in a MAC CSV, naming the line.
@@ -144,65 +256,170 @@ fn csv_error(path: &Path, line: u64, problem: impl std::fmt::Display) -> Error {
     Error::BadInput {
         what: format!("{}:{line}", path.display()),
         problem: problem.to_string(),
-        fix: "The CSV needs a header row with a `mac` column (and optionally `registration_id`), one device per row."
+        fix: "The CSV needs a header row with one `mac` column (and optionally one `registration_id`), one device per row."
             .to_owned(),
     }
 }
 
-/// Reads the `mac` column (and checks an optional `registration_id` column against the
-/// template) of every row; refuses duplicates.
-fn read_mac_csv(path: &Path, config: &Config) -> Result<Vec<Mac>> {
-    let mut reader = csv::ReaderBuilder::new()
-        .trim(csv::Trim::All)
-        .from_path(path)
-        .map_err(|e| csv_error(path, 1, e))?;
-    let headers = reader.headers().map_err(|e| csv_error(path, 1, e))?.clone();
-    let column = |name: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(name));
-    let mac_col = column("mac").ok_or_else(|| csv_error(path, 1, "there is no `mac` column"))?;
-    let id_col = column("registration_id");
-    let ignored: Vec<&str> = headers
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != mac_col && Some(*i) != id_col)
-        .map(|(_, h)| h)
-        .collect();
-    if !ignored.is_empty() {
-        eprintln!(
-            "note: {} columns ignored: {}",
-            path.display(),
-            ignored.join(", ")
-        );
-    }
-    let mut macs = Vec::new();
-    let mut seen = BTreeSet::new();
-    for record in reader.records() {
-        let record =
-            record.map_err(|e| csv_error(path, e.position().map_or(0, |p| p.line()), e))?;
-        let line = record.position().map_or(0, |p| p.line());
-        let text = record.get(mac_col).unwrap_or_default();
-        let mac: Mac = text.parse().map_err(|e| csv_error(path, line, e))?;
-        if !seen.insert(mac) {
-            return Err(csv_error(path, line, format!("MAC {mac} appears twice")));
+/// The largest MAC CSV read: a million rows of MAC and registration ID are about 50 MB.
+const CSV_LIMIT: u64 = 64 << 20;
+
+/// A MAC CSV opened once (a regular file of bounded size) and read twice: once to check every
+/// row, once to build.
+struct MacCsv {
+    path: PathBuf,
+    file: std::fs::File,
+    mac_col: usize,
+    id_col: Option<usize>,
+    sha256: String,
+}
+
+impl MacCsv {
+    fn open(path: &Path) -> Result<MacCsv> {
+        use sha2::{Digest as _, Sha256};
+        use std::io::Read as _;
+        let opened = crate::file::open_regular(path, CSV_LIMIT)
+            .map_err(|e| Error::io("reading", path, e))?;
+        let file = opened.into_file();
+        let mut digest = Sha256::new();
+        let mut buffer = [0u8; 64 << 10];
+        let mut reader = (&file).take(CSV_LIMIT);
+        loop {
+            let n = reader
+                .read(&mut buffer)
+                .map_err(|e| Error::io("reading", path, e))?;
+            if n == 0 {
+                break;
+            }
+            digest.update(&buffer[..n]);
         }
-        if let Some(given) = id_col.and_then(|i| record.get(i)).filter(|s| !s.is_empty()) {
-            let expected = config.dps.registration_id.render(&mac);
-            if given != expected.as_str() {
+        let mut csv = MacCsv {
+            path: path.to_owned(),
+            file,
+            mac_col: 0,
+            id_col: None,
+            sha256: hex::encode(digest.finalize()),
+        };
+        let headers = csv
+            .reader()?
+            .headers()
+            .map_err(|e| csv_error(path, 1, e))?
+            .clone();
+        let columns = |name: &str| -> Vec<usize> {
+            headers
+                .iter()
+                .enumerate()
+                .filter(|(_, h)| h.eq_ignore_ascii_case(name))
+                .map(|(i, _)| i)
+                .collect()
+        };
+        let macs = columns("mac");
+        let ids = columns("registration_id");
+        for (name, found) in [("mac", &macs), ("registration_id", &ids)] {
+            if found.len() > 1 {
                 return Err(csv_error(
                     path,
-                    line,
+                    1,
                     format!(
-                        "registration_id `{given}` differs from `{expected}`, which [dps] registration_id = \"{}\" gives for {mac}",
-                        config.dps.registration_id.as_str()
+                        "there are {} `{name}` columns (columns {}); which one is meant is unclear",
+                        found.len(),
+                        found
+                            .iter()
+                            .map(|i| (i + 1).to_string())
+                            .collect::<Vec<_>>()
+                            .join(" and ")
                     ),
                 ));
             }
         }
-        macs.push(mac);
+        csv.mac_col = *macs
+            .first()
+            .ok_or_else(|| csv_error(path, 1, "there is no `mac` column"))?;
+        csv.id_col = ids.first().copied();
+        let ignored: Vec<&str> = headers
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != csv.mac_col && Some(*i) != csv.id_col)
+            .map(|(_, h)| h)
+            .collect();
+        if !ignored.is_empty() {
+            eprintln!(
+                "note: {} columns ignored: {}",
+                path.display(),
+                crate::support::shown(&ignored.join(", "))
+            );
+        }
+        Ok(csv)
     }
-    if macs.is_empty() {
-        return Err(csv_error(path, 2, "there are no rows"));
+
+    /// A reader from the file's start.
+    fn reader(&self) -> Result<csv::Reader<std::io::Take<&std::fs::File>>> {
+        use std::io::{Read as _, Seek as _};
+        (&self.file)
+            .seek(std::io::SeekFrom::Start(0))
+            .map_err(|e| Error::io("reading", &self.path, e))?;
+        Ok(csv::ReaderBuilder::new()
+            .trim(csv::Trim::All)
+            .from_reader((&self.file).take(CSV_LIMIT)))
     }
-    Ok(macs)
+
+    /// Checks every row (a usable MAC, no MAC twice, a `registration_id` that matches the
+    /// template) and returns how many there are.
+    fn check(&self, config: &Config) -> Result<usize> {
+        let mut seen = std::collections::HashSet::new();
+        let mut rows = 0;
+        for row in self.rows()? {
+            let (line, mac, given) = row?;
+            if !seen.insert(mac) {
+                return Err(csv_error(
+                    &self.path,
+                    line,
+                    format!("MAC {mac} appears twice"),
+                ));
+            }
+            if let Some(given) = given.filter(|s| !s.is_empty()) {
+                let expected = config.dps.registration_id.render(&mac);
+                if given != expected.as_str() {
+                    return Err(csv_error(
+                        &self.path,
+                        line,
+                        format!(
+                            "registration_id `{}` differs from `{expected}`, which [dps] registration_id = \"{}\" gives for {mac}",
+                            crate::support::shown(&given),
+                            config.dps.registration_id.as_str()
+                        ),
+                    ));
+                }
+            }
+            rows += 1;
+        }
+        if rows == 0 {
+            return Err(csv_error(&self.path, 2, "there are no rows"));
+        }
+        Ok(rows)
+    }
+
+    /// The MACs, in order (already checked by [`MacCsv::check`]).
+    fn macs(&self) -> Result<impl Iterator<Item = Result<Mac>> + '_> {
+        Ok(self.rows()?.map(|row| row.map(|(_, mac, _)| mac)))
+    }
+
+    /// Each row's line, MAC and `registration_id` cell.
+    fn rows(&self) -> Result<impl Iterator<Item = Result<(u64, Mac, Option<String>)>> + '_> {
+        let reader = self.reader()?;
+        Ok(reader.into_records().map(move |record| {
+            let record = record
+                .map_err(|e| csv_error(&self.path, e.position().map_or(0, |p| p.line()), e))?;
+            let line = record.position().map_or(0, |p| p.line());
+            let text = record.get(self.mac_col).unwrap_or_default();
+            let mac: Mac = text.parse().map_err(|source| Error::BadMacAt {
+                at: format!("{}:{line}", self.path.display()),
+                source,
+            })?;
+            let given = self.id_col.and_then(|i| record.get(i)).map(str::to_owned);
+            Ok((line, mac, given))
+        }))
+    }
 }
 
 /// Writes a file readable by its owner only, atomically (a reader never sees half an image).

@@ -7,7 +7,6 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{IsTerminal as _, Write as _};
 use std::sync::Arc;
-use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
@@ -24,6 +23,11 @@ use crate::station::Station;
 use crate::store::StoreError;
 
 pub(super) async fn run(config: Config, args: RunArgs, json: bool) -> Result<u8> {
+    // Said before the live view takes the terminal; stderr, so --json output stays one stream.
+    for warning in &config.warnings {
+        eprintln!("warning: {warning}");
+        tracing::warn!(warning = warning.as_str(), "configuration warning");
+    }
     let station = Arc::new(Station::open(config).await?);
     let batch = station
         .store
@@ -37,11 +41,8 @@ pub(super) async fn run(config: Config, args: RunArgs, json: bool) -> Result<u8>
         .into());
     }
     let mut options = LineOptions::new(batch.clone(), attempt_operator(&batch));
-    options.drain = Duration::try_from_secs_f64(args.drain).unwrap_or(options.drain);
-    options.dps_retry = Duration::try_from_secs_f64(args.dps_retry)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .unwrap_or(options.dps_retry);
+    options.drain = args.drain;
+    options.dps_retry = args.dps_retry;
     let (events, receiver) = unbounded_channel();
     let renderer = tokio::spawn(View::choose(json, args.plain).render(receiver));
     let result = line::run(Arc::clone(&station), options, events, wait_for_shutdown()).await;

@@ -11,12 +11,14 @@ mod records;
 mod unit;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::Config;
 use crate::error::{Error, Result, exit};
 use crate::store::Store;
+use crate::support::bounded;
 
 /// Provisioning station for ESP32 factory lines: reads each chip's MAC, derives its Azure DPS
 /// device key from the enrollment-group key, flashes an ESP-IDF NVS image and records the unit
@@ -92,14 +94,14 @@ pub struct RunArgs {
     pub batch: Option<String>,
     /// Seconds units in flight may take to finish after SIGINT/SIGTERM before they are
     /// recorded interrupted.
-    #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
-    pub drain: f64,
+    #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = seconds)]
+    pub drain: Duration,
     /// Log one plain line per event even on a terminal (no live view).
     #[arg(long)]
     pub plain: bool,
     /// Seconds between retries of units DPS could not be reached for (`pre_verify` on).
-    #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
-    pub dps_retry: f64,
+    #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = positive_seconds)]
+    pub dps_retry: Duration,
 }
 
 /// `station provision`.
@@ -121,13 +123,15 @@ pub struct ProvisionArgs {
 pub enum BatchCommand {
     /// Open a work order; a station works one batch at a time.
     Open {
-        /// A unique name, e.g. the work-order number.
+        /// A unique name, e.g. the work-order number (1 to 128 characters, no control
+        /// characters).
+        #[arg(value_parser = label)]
         name: String,
         /// How many units the batch should provision.
         #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
         target: i64,
         /// Who is responsible (default: $STATION_OPERATOR, else the login name).
-        #[arg(long, value_name = "ID")]
+        #[arg(long, value_name = "ID", value_parser = label)]
         operator: Option<String>,
     },
     /// Close a batch (default: the open one).
@@ -252,13 +256,22 @@ pub enum AuditCommand {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
-    /// Re-walk the hash chain; exit 0 with the count verified, or exit 1 naming the first entry
-    /// that does not match.
+    /// Re-walk the hash chain and hold it against the station's signed checkpoints; exit 0
+    /// with the count verified, or exit 1 naming the first entry that does not match, or the
+    /// checkpoint that shows the log cut short or rewritten.
     Verify {
-        /// A head hash recorded at an earlier review: also check that this entry is still in
-        /// the chain.
+        /// A head hash recorded at an earlier review (16 to 64 hex digits, any case): also
+        /// check that this entry is still in the chain.
         #[arg(long, value_name = "HASH")]
         head: Option<String>,
+        /// Checkpoint files to hold the chain against (repeatable; default: the station's
+        /// [audit] checkpoint_file).
+        #[arg(long, value_name = "FILE")]
+        checkpoints: Vec<PathBuf>,
+        /// The station public key to trust (`ed25519:...`, or a file holding it; default: the
+        /// station's own signing key).
+        #[arg(long, value_name = "KEY")]
+        public_key: Option<String>,
     },
 }
 
@@ -321,11 +334,11 @@ pub struct SimDpsArgs {
     #[arg(long = "fail-5xx", value_name = "N", default_value_t = 0)]
     pub fail_5xx: u32,
     /// Delay every answer by this many seconds (e.g. 0.3).
-    #[arg(long, value_name = "SECONDS", default_value_t = 0.0)]
-    pub latency: f64,
+    #[arg(long, value_name = "SECONDS", default_value = "0", value_parser = seconds)]
+    pub latency: Duration,
     /// Seconds a registration stays `assigning`.
-    #[arg(long, value_name = "SECONDS", default_value_t = 0.2)]
-    pub assign_delay: f64,
+    #[arg(long, value_name = "SECONDS", default_value = "0.2", value_parser = seconds)]
+    pub assign_delay: Duration,
     /// The Retry-After seconds sent with a 429.
     #[arg(long, value_name = "SECONDS", default_value_t = 1)]
     pub retry_after: u64,
@@ -378,8 +391,9 @@ pub struct SimDevicesArgs {
     /// The link's baud rate at power-up (wire time is charged at the current rate).
     #[arg(long, default_value_t = 115_200)]
     pub baud: u32,
-    /// The first device's MAC; the others count up from it (default: distinct per run).
-    #[arg(long)]
+    /// The first device's MAC; the others count up from it (default: distinct per run). Any
+    /// address is taken, so that a chip with blank eFuses (00:00:00:00:00:00) can be imitated.
+    #[arg(long, value_parser = crate::identity::Mac::parse_any)]
     pub base_mac: Option<crate::identity::Mac>,
     /// Inject a fault (repeatable): into the link, [DEVICE:]unplug|corrupt|noise|silent
     /// @bytes|frame|block=N; or into the application a reset boots, [DEVICE:]boot-panic|psram|
@@ -403,24 +417,24 @@ pub struct SimDevicesArgs {
     pub ports: Option<usize>,
     /// Act as the line operator: take a device off its port once the host has talked to it and
     /// left it idle this many seconds, then plug in the next waiting device.
-    #[arg(long, value_name = "SECONDS")]
-    pub leave_after_idle: Option<f64>,
+    #[arg(long, value_name = "SECONDS", value_parser = seconds)]
+    pub leave_after_idle: Option<Duration>,
     /// Seconds a port stays empty between two devices.
-    #[arg(long, value_name = "SECONDS", default_value_t = 0.3)]
-    pub swap_gap: f64,
+    #[arg(long, value_name = "SECONDS", default_value = "0.3", value_parser = seconds)]
+    pub swap_gap: Duration,
     /// Milliseconds each reply takes to reach the host after it left the chip: the USB-serial
     /// bridge's latency timer (CP210x, CH34x about 1; FTDI parts default to 16).
-    #[arg(long, value_name = "MS", default_value_t = 1.0)]
-    pub usb_latency_ms: f64,
+    #[arg(long, value_name = "MS", default_value = "1.0", value_parser = milliseconds)]
+    pub usb_latency_ms: Duration,
     /// Milliseconds to erase one 4 KiB flash sector.
-    #[arg(long, value_name = "MS", default_value_t = 45.0)]
-    pub sector_erase_ms: f64,
+    #[arg(long, value_name = "MS", default_value = "45.0", value_parser = milliseconds)]
+    pub sector_erase_ms: Duration,
     /// Milliseconds to erase one 64 KiB flash block.
-    #[arg(long, value_name = "MS", default_value_t = 150.0)]
-    pub block_erase_ms: f64,
+    #[arg(long, value_name = "MS", default_value = "150.0", value_parser = milliseconds)]
+    pub block_erase_ms: Duration,
     /// Milliseconds to program one 256-byte flash page.
-    #[arg(long, value_name = "MS", default_value_t = 0.7)]
-    pub page_program_ms: f64,
+    #[arg(long, value_name = "MS", default_value = "0.7", value_parser = milliseconds)]
+    pub page_program_ms: Duration,
     /// Charge no time at all: no wire time, USB latency or flash work (for fast tests).
     #[arg(long)]
     pub instant: bool,
@@ -462,6 +476,70 @@ pub struct DemoArgs {
     /// partition and pre-verified over TLS client authentication).
     #[arg(long, value_enum, default_value = "symmetric-key")]
     pub attestation: AttestationKind,
+}
+
+/// The longest name or label taken from the command line (a batch, an operator).
+const MAX_LABEL: usize = 128;
+
+/// A name from the command line that goes into records: 1 to 128 characters, no control
+/// characters (a pasted file or a terminal escape is no batch name).
+fn label(text: &str) -> std::result::Result<String, String> {
+    let count = text.chars().count();
+    if count == 0 || count > MAX_LABEL {
+        return Err(format!(
+            "it is {count} characters long; give 1 to {MAX_LABEL}"
+        ));
+    }
+    if text.chars().any(char::is_control) {
+        return Err("it holds control characters (a line break, a tab, an escape)".to_owned());
+    }
+    Ok(text.to_owned())
+}
+
+/// The longest time a command-line flag takes, in seconds (a day).
+const MAX_SECONDS: f64 = 86_400.0;
+
+/// Seconds from the command line: a number from 0 to a day (`0.5`, `60`).
+fn seconds(text: &str) -> std::result::Result<Duration, String> {
+    let value: f64 = text.trim().parse().map_err(|_| {
+        format!(
+            "`{}` is not a number of seconds",
+            crate::support::shown(text)
+        )
+    })?;
+    if !(value.is_finite() && (0.0..=MAX_SECONDS).contains(&value)) {
+        return Err(format!(
+            "{} is not between 0 and {MAX_SECONDS} seconds",
+            crate::support::shown(text.trim())
+        ));
+    }
+    Ok(Duration::from_secs_f64(value))
+}
+
+/// Milliseconds from the command line: a number from 0 to a minute (`0.7`, `45`).
+fn milliseconds(text: &str) -> std::result::Result<Duration, String> {
+    let value: f64 = text.trim().parse().map_err(|_| {
+        format!(
+            "`{}` is not a number of milliseconds",
+            crate::support::shown(text)
+        )
+    })?;
+    if !(value.is_finite() && (0.0..=60_000.0).contains(&value)) {
+        return Err(format!(
+            "{} is not between 0 and 60000 milliseconds",
+            crate::support::shown(text.trim())
+        ));
+    }
+    Ok(Duration::from_secs_f64(value / 1000.0))
+}
+
+/// Seconds from the command line, more than 0.
+fn positive_seconds(text: &str) -> std::result::Result<Duration, String> {
+    let duration = seconds(text)?;
+    if duration.is_zero() {
+        return Err("it must be more than 0 seconds".to_owned());
+    }
+    Ok(duration)
 }
 
 /// Runs a parsed command line; returns the process exit code.
@@ -508,8 +586,39 @@ fn load_config(path: &Path) -> Result<Config> {
     Ok(Config::load(path)?)
 }
 
+/// Opens the database for a command that records: its chain is anchored by the station's
+/// signed checkpoints ([`crate::station::anchor_for`]).
 async fn open_store(config: &Config) -> Result<Store> {
+    let anchor = crate::station::anchor_for(config).map_err(crate::store::StoreError::from)?;
+    Ok(Store::open(&config.station.database)
+        .await?
+        .with_anchor(std::sync::Arc::new(anchor)))
+}
+
+/// Opens the database for a command that only reads (no key is made, no checkpoint written).
+async fn open_store_to_read(config: &Config) -> Result<Store> {
     Ok(Store::open(&config.station.database).await?)
+}
+
+/// Writes the checkpoint an export embedded beside the file it went to: `FILE.checkpoint.json`
+/// (mode 0600, atomically). CSV and JSON manifests keep their exact shape (QA tools parse
+/// them), so the checkpoint travels beside them.
+fn write_checkpoint_sidecar(
+    out: &Path,
+    checkpoint: &crate::checkpoint::Checkpoint,
+    export: serde_json::Value,
+) -> Result<PathBuf> {
+    let mut name = out.as_os_str().to_owned();
+    name.push(".checkpoint.json");
+    let path = PathBuf::from(name);
+    let text = serde_json::to_string_pretty(&serde_json::json!({
+        "export": export,
+        "checkpoint": checkpoint,
+    }))
+    .unwrap_or_default();
+    crate::file::write_private(&path, format!("{text}\n").as_bytes())
+        .map_err(|e| Error::io("writing", &path, e))?;
+    Ok(path)
 }
 
 /// Who is responsible for an act outside a unit's attempt ([`crate::operator::resolve`]).
@@ -525,9 +634,67 @@ fn print_json(value: &impl serde::Serialize) {
     }
 }
 
+/// The code of every command-line usage error (an unknown flag, a missing or malformed value).
+pub const USAGE_CODE: &str = "station::cli::usage";
+
+/// Reports an argument the parser refused as every other error is reported (`error:`,
+/// `code: station::cli::usage`, `hint:`; with `--json` also the JSON error object on stdout)
+/// and returns the exit code: 2, or 0 for `--help` and `--version`, which are printed as they
+/// are.
+pub fn usage_error(error: &clap::Error) -> u8 {
+    use clap::error::ErrorKind;
+    if matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+    ) {
+        let _ = error.print();
+        return OK;
+    }
+    let text = error.render().to_string();
+    let (message, rest) = if error.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        // `station nvs`: the parser shows the group's help; say what is missing above it.
+        eprint!("{text}");
+        ("a command is missing".to_owned(), "")
+    } else {
+        let (first, rest) = text.split_once('\n').unwrap_or((text.as_str(), ""));
+        (
+            bounded(first.trim().trim_start_matches("error:").trim()),
+            rest,
+        )
+    };
+    // The parser's usage line and tip, as one sentence-like hint.
+    let detail: Vec<&str> = rest
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with("For more information"))
+        .collect();
+    let mut hint = bounded(&detail.join(" "));
+    if !hint.is_empty() {
+        hint.push_str(". ");
+    }
+    hint.push_str(
+        "Run `station --help` (or `station COMMAND --help`) for the commands and their flags.",
+    );
+    eprintln!("error: {message}\n  code: {USAGE_CODE}\n  hint: {hint}");
+    let json = std::env::args_os().skip(1).any(|arg| arg == "--json");
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "error": { "code": USAGE_CODE, "message": message, "hint": hint, "exit_code": exit::USAGE }
+            })
+        );
+    }
+    exit::USAGE
+}
+
 /// Renders an error for the terminal: message, code and hint.
 pub fn render_error(error: &Error) -> String {
-    let mut out = format!("error: {error}\n  code: {}", error.code());
+    let mut out = format!(
+        "error: {}\n  code: {}",
+        bounded(&error.to_string()),
+        error.code()
+    );
     if let Some(hint) = error.hint() {
         out.push_str(&format!("\n  hint: {hint}"));
     }
@@ -537,7 +704,7 @@ pub fn render_error(error: &Error) -> String {
 /// The error as a JSON object, for `--json` callers.
 pub fn error_json(error: &Error) -> serde_json::Value {
     serde_json::json!({
-        "error": { "code": error.code(), "message": error.to_string(), "hint": error.hint(), "exit_code": error.exit_code() }
+        "error": { "code": error.code(), "message": bounded(&error.to_string()), "hint": error.hint(), "exit_code": error.exit_code() }
     })
 }
 

@@ -2,10 +2,13 @@
 //! `station check`.
 
 use std::io::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::image::{commit_private, create_private, write_private};
-use super::{AuditCommand, BatchCommand, ManifestArgs, OK, open_store, operator, print_json};
+use super::{
+    AuditCommand, BatchCommand, ManifestArgs, OK, open_store, open_store_to_read, operator,
+    print_json, write_checkpoint_sidecar,
+};
 use crate::config::{Attestation, Config, CredentialStorage, X509Config};
 use crate::error::{Error, Result, exit};
 use crate::keys::GroupKeys;
@@ -175,10 +178,11 @@ fn print_status(status: &BatchStatus) {
 }
 
 pub(super) async fn audit(config: &Config, command: AuditCommand, json: bool) -> Result<u8> {
-    let store = open_store(config).await?;
     let code = match command {
         AuditCommand::Show { batch, limit } => {
+            let store = open_store_to_read(config).await?;
             let entries = store.audit_entries_of(batch.as_deref(), limit).await?;
+            store.close().await;
             if json {
                 print_json(&entries);
             } else {
@@ -190,67 +194,216 @@ pub(super) async fn audit(config: &Config, command: AuditCommand, json: bool) ->
             OK
         }
         AuditCommand::Export { format, out } => {
+            let store = open_store(config).await?;
+            let checkpoint = store.checkpoint("audit.export").await?;
             let entries = store.audit_entries().await?;
+            store.close().await;
             let mut buffer = Vec::new();
             report::write_audit(&entries, format, &mut buffer)
                 .map_err(|e| Error::io("encoding", "audit export", e))?;
             match out {
-                Some(path) => write_private(&path, &buffer)?,
+                Some(path) => {
+                    write_private(&path, &buffer)?;
+                    if let Some(checkpoint) = &checkpoint {
+                        write_checkpoint_sidecar(
+                            &path,
+                            checkpoint,
+                            serde_json::json!({ "kind": "audit", "entries": entries.len() }),
+                        )?;
+                    }
+                }
                 None => std::io::stdout()
                     .write_all(&buffer)
                     .map_err(|e| Error::io("writing", "stdout", e))?,
             }
             OK
         }
-        AuditCommand::Verify { head } => {
-            let report = store.verify_audit().await?;
-            let head_found = match &head {
-                None => None,
-                Some(hash) => Some(
-                    store
-                        .audit_hash_position(hash)
-                        .await?
-                        .is_some_and(|seq| seq <= report.entries),
-                ),
-            };
-            let intact = report.first_break.is_none() && head_found != Some(false);
-            if json {
-                print_json(&serde_json::json!({
-                    "intact": intact,
-                    "entries": report.entries,
-                    "head_hash": report.head_hash,
-                    "first_break": report.first_break,
-                    "expected_head_found": head_found,
-                }));
-            } else if let Some(broken) = &report.first_break {
-                println!(
-                    "audit chain BROKEN at entry {}: {}",
-                    broken.seq, broken.problem
-                );
-                println!(
-                    "entries before it verify; the last good hash is {}",
-                    report.head_hash
-                );
-            } else if head_found == Some(false) {
-                println!(
-                    "audit chain of {} entries is internally consistent, but the expected head {} is NOT in it: the log was rewritten or cut short",
-                    report.entries,
-                    head.as_deref().unwrap_or_default()
-                );
-            } else {
-                println!(
-                    "audit chain intact: {} entries verified, head hash {}",
-                    report.entries, report.head_hash
-                );
-                if head_found == Some(true) {
-                    println!("the expected head is in the chain");
-                }
-            }
-            if intact { OK } else { exit::FAILED }
-        }
+        AuditCommand::Verify {
+            head,
+            checkpoints,
+            public_key,
+        } => verify(config, head, checkpoints, public_key, json).await?,
     };
-    store.close().await;
     Ok(code)
+}
+
+/// `station audit verify`: the chain, the `--head` of an earlier review, and the checkpoints.
+async fn verify(
+    config: &Config,
+    head: Option<String>,
+    checkpoint_files: Vec<PathBuf>,
+    public_key: Option<String>,
+    json: bool,
+) -> Result<u8> {
+    use crate::store::{CheckpointFinding, CheckpointReport, HeadCheck};
+    // Arguments first: a malformed one is a usage error, whatever the log holds.
+    let head = head
+        .map(|text| {
+            crate::store::head_prefix(&text).map_err(|problem| Error::BadInput {
+                what: "--head".to_owned(),
+                problem,
+                fix: "Give the head hash `station audit verify` printed at the earlier review (all 64 hex digits, or at least the first 16).".to_owned(),
+            })
+        })
+        .transpose()?;
+    let trusted = match &public_key {
+        Some(given) => Some(
+            crate::checkpoint::PublicKey::from_argument(given)
+                .map_err(crate::store::StoreError::from)?,
+        ),
+        None => match crate::checkpoint::StationKey::load(&config.audit.signing_key_file) {
+            Ok(key) => Some(key.public()),
+            Err(crate::checkpoint::CheckpointError::KeyUnreadable { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                None
+            }
+            Err(e) => return Err(crate::store::StoreError::from(e).into()),
+        },
+    };
+    let explicit = !checkpoint_files.is_empty();
+    let sources = if explicit {
+        checkpoint_files
+    } else {
+        vec![config.audit.checkpoint_file.clone()]
+    };
+
+    let store = open_store_to_read(config).await?;
+    let chain = store.verify_audit().await?;
+    let head_check = match &head {
+        None => None,
+        Some(prefix) => Some(match store.find_head(prefix).await? {
+            HeadCheck::Found(seq) if seq <= chain.entries => HeadCheck::Found(seq),
+            HeadCheck::Found(_) => HeadCheck::Missing,
+            other => other,
+        }),
+    };
+    if head_check == Some(HeadCheck::Ambiguous) {
+        store.close().await;
+        return Err(Error::BadInput {
+            what: "--head".to_owned(),
+            problem: format!(
+                "{} matches more than one entry",
+                head.as_deref().unwrap_or_default()
+            ),
+            fix: "Give more digits of the head hash, up to all 64.".to_owned(),
+        });
+    }
+    let mut report = CheckpointReport::default();
+    let mut notes = Vec::new();
+    for source in &sources {
+        let log = crate::checkpoint::CheckpointLog::new(source);
+        let lines = match log.read().map_err(crate::store::StoreError::from)? {
+            Some(lines) => lines,
+            None if explicit => {
+                store.close().await;
+                return Err(Error::BadInput {
+                    what: format!("--checkpoints {}", source.display()),
+                    problem: "there is no such file".to_owned(),
+                    fix: "Give a checkpoint file the station wrote ([audit] checkpoint_file) or a copy of it.".to_owned(),
+                });
+            }
+            None => {
+                notes.push(format!(
+                    "no checkpoint file at {}: the chain was held against nothing outside the database",
+                    source.display()
+                ));
+                continue;
+            }
+        };
+        match &trusted {
+            Some(key) => {
+                store
+                    .verify_checkpoints(
+                        &config.station.id,
+                        &chain,
+                        &source.display().to_string(),
+                        &lines,
+                        key,
+                        &mut report,
+                    )
+                    .await?;
+            }
+            None if !lines.is_empty() => report.problems.push(CheckpointFinding {
+                source: source.display().to_string(),
+                seq: None,
+                problem: format!(
+                    "{} checkpoint(s) cannot be checked: the station signing key {} is missing (give the station's public key with --public-key)",
+                    lines.len(),
+                    config.audit.signing_key_file.display()
+                ),
+            }),
+            None => {}
+        }
+    }
+    store.close().await;
+
+    let intact = chain.first_break.is_none()
+        && head_check != Some(HeadCheck::Missing)
+        && report.problems.is_empty();
+    if json {
+        print_json(&serde_json::json!({
+            "intact": intact,
+            "entries": chain.entries,
+            "head_hash": chain.head_hash,
+            "first_break": chain.first_break,
+            "expected_head_found": head_check.map(|h| matches!(h, HeadCheck::Found(_))),
+            "checkpoints": report,
+            "public_key": trusted.map(|k| k.to_string()),
+            "notes": notes,
+        }));
+    } else {
+        if let Some(broken) = &chain.first_break {
+            println!(
+                "audit chain BROKEN at entry {}: {}",
+                broken.seq, broken.problem
+            );
+            println!(
+                "entries before it verify; the last good hash is {}",
+                chain.head_hash
+            );
+        } else if head_check == Some(HeadCheck::Missing) {
+            println!(
+                "audit chain of {} entries is internally consistent, but the expected head {} is NOT in it: the log was rewritten or cut short",
+                chain.entries,
+                head.as_deref().unwrap_or_default()
+            );
+        } else {
+            println!(
+                "audit chain intact: {} entries verified, head hash {}",
+                chain.entries, chain.head_hash
+            );
+            if matches!(head_check, Some(HeadCheck::Found(_))) {
+                println!("the expected head is in the chain");
+            }
+        }
+        for finding in &report.problems {
+            println!(
+                "checkpoint FAILED ({}): {}",
+                finding.source, finding.problem
+            );
+        }
+        if report.checked > 0 || report.other_stations > 0 {
+            println!(
+                "checkpoints: {} of {} agree with the chain{}{}",
+                report.matched,
+                report.checked,
+                report.latest.as_ref().map_or_else(String::new, |c| format!(
+                    "; the latest vouches for entry {} at {}",
+                    c.seq, c.at
+                )),
+                if report.other_stations > 0 {
+                    format!("; {} of other stations not checked", report.other_stations)
+                } else {
+                    String::new()
+                }
+            );
+        }
+        for note in &notes {
+            println!("note: {note}");
+        }
+    }
+    Ok(if intact { OK } else { exit::FAILED })
 }
 
 /// Parses a `--since`/`--until` bound ([`crate::clock::parse_time`]).
@@ -289,6 +442,9 @@ pub(super) async fn export_manifest(config: &Config, args: ManifestArgs, json: b
                 .export_manifest(&filter, args.format, station_id, &who, &mut file)
                 .await?;
             commit_private(file)?;
+            if let Some(checkpoint) = &export.checkpoint {
+                write_checkpoint_sidecar(path, checkpoint, manifest_summary(path, &export))?;
+            }
             export
         }
         None => {
@@ -297,6 +453,10 @@ pub(super) async fn export_manifest(config: &Config, args: ManifestArgs, json: b
                 .export_manifest(&filter, args.format, station_id, &who, &mut out)
                 .await?;
             out.flush().map_err(|e| Error::io("writing", "stdout", e))?;
+            // stdout is the manifest: the checkpoint it embeds goes to stderr.
+            if let Some(checkpoint) = &export.checkpoint {
+                eprintln!("checkpoint: {}", checkpoint.to_line());
+            }
             export
         }
     };
@@ -310,6 +470,7 @@ pub(super) async fn export_manifest(config: &Config, args: ManifestArgs, json: b
                 "bytes": export.bytes,
                 "sha256": export.sha256,
                 "audit_seq": export.audit_seq,
+                "checkpoint": export.checkpoint,
             }));
         } else {
             println!(
@@ -322,6 +483,21 @@ pub(super) async fn export_manifest(config: &Config, args: ManifestArgs, json: b
         }
     }
     Ok(OK)
+}
+
+/// What a manifest's checkpoint file says of the manifest beside it.
+pub(super) fn manifest_summary(
+    path: &Path,
+    export: &crate::store::ManifestExport,
+) -> serde_json::Value {
+    serde_json::json!({
+        "kind": "manifest",
+        "file": path.file_name().map(|n| n.to_string_lossy().into_owned()),
+        "rows": export.rows,
+        "bytes": export.bytes,
+        "sha256": export.sha256,
+        "audit_seq": export.audit_seq,
+    })
 }
 
 /// One line of `station check`.
@@ -368,11 +544,14 @@ pub(super) async fn check(config_path: &Path, json: bool) -> Result<u8> {
     let mut checks = Vec::new();
     let config = match Config::load(config_path) {
         Ok(config) => {
-            checks.push(Check::new(
-                "config",
-                true,
-                format!("{} is valid", config_path.display()),
-            ));
+            checks.push(Check {
+                warnings: config.warnings.clone(),
+                ..Check::new(
+                    "config",
+                    true,
+                    format!("{} is valid", config_path.display()),
+                )
+            });
             Some(config)
         }
         Err(e) => {
@@ -403,8 +582,16 @@ pub(super) async fn check(config_path: &Path, json: bool) -> Result<u8> {
             },
             Attestation::X509(x509) => check_signing_ca(config, x509),
         });
-        match crate::store::Store::open(&config.station.database).await {
-            Ok(store) => {
+        match crate::store::Store::open_existing(&config.station.database).await {
+            Ok(None) => checks.push(Check::new(
+                "database",
+                true,
+                format!(
+                    "{} does not exist yet: the first command that records (batch open, provision, run) creates it",
+                    config.station.database.display()
+                ),
+            )),
+            Ok(Some(store)) => {
                 let report = store.verify_audit().await?;
                 let open = store.open_batch_of(&config.station.id).await?;
                 checks.push(Check::new(
@@ -429,6 +616,7 @@ pub(super) async fn check(config_path: &Path, json: bool) -> Result<u8> {
             }
             Err(e) => checks.push(Check::failed("database", e.into())),
         }
+        checks.push(check_anchor(config));
         let found: Vec<String> = crate::line::discover(&config.serial)
             .into_iter()
             .filter(|p| p.exists())
@@ -472,6 +660,45 @@ pub(super) async fn check(config_path: &Path, json: bool) -> Result<u8> {
     } else {
         exit::FAILED
     })
+}
+
+/// The station's signing key (its public key is what auditors keep) and its checkpoint file.
+/// Nothing is made here: a missing key is made by the first command that records.
+fn check_anchor(config: &Config) -> Check {
+    use crate::checkpoint::{CheckpointError, CheckpointLog, StationKey};
+    let audit = &config.audit;
+    let key = match StationKey::load(&audit.signing_key_file) {
+        Ok(key) => key,
+        Err(CheckpointError::KeyUnreadable { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            return Check::new(
+                "audit",
+                true,
+                format!(
+                    "no station signing key yet: the first command that records makes {} and writes checkpoints to {}",
+                    audit.signing_key_file.display(),
+                    audit.checkpoint_file.display()
+                ),
+            );
+        }
+        Err(e) => return Check::misconfigured("audit", crate::store::StoreError::from(e).into()),
+    };
+    let last = match CheckpointLog::new(&audit.checkpoint_file).last_of(&config.station.id) {
+        Ok(Some(c)) => format!("last checkpoint: entry {} at {}", c.seq, c.at),
+        Ok(None) => "no checkpoint yet".to_owned(),
+        Err(e) => return Check::failed("audit", crate::store::StoreError::from(e).into()),
+    };
+    Check::new(
+        "audit",
+        true,
+        format!(
+            "station public key {} ({}); checkpoints in {}, {last}",
+            key.public(),
+            audit.signing_key_file.display(),
+            audit.checkpoint_file.display()
+        ),
+    )
 }
 
 /// X.509 attestation's signing CA: loaded and checked as the line would (valid now, CA:TRUE,
@@ -557,6 +784,8 @@ async fn check_dps(config: &Config) -> Check {
             true,
             format!("{url} answers (HTTP {status}); pre_verify is on"),
         ),
+        // An untrusted server is the station's setup (trust, a proxy), not an outage.
+        Err(e) if e.is_usage_error() => Check::misconfigured("dps", e.into()),
         Err(e) => Check::failed("dps", e.into()),
     }
 }

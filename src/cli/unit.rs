@@ -176,17 +176,17 @@ pub(super) async fn sim_devices(args: SimDevicesArgs) -> Result<u8> {
         },
         wire_time: !args.instant,
         timing: crate::sim::SimTiming {
-            usb_latency: milliseconds(args.usb_latency_ms, "--usb-latency-ms")?,
-            sector_erase: milliseconds(args.sector_erase_ms, "--sector-erase-ms")?,
-            block_erase: milliseconds(args.block_erase_ms, "--block-erase-ms")?,
-            page_program: milliseconds(args.page_program_ms, "--page-program-ms")?,
+            usb_latency: args.usb_latency_ms,
+            sector_erase: args.sector_erase_ms,
+            block_erase: args.block_erase_ms,
+            page_program: args.page_program_ms,
             ..crate::sim::SimTiming::default()
         },
         xtal_error_ppm: args.xtal_error_ppm,
         preload: Vec::new(),
         ports: args.ports,
-        leave_after_idle: seconds(args.leave_after_idle, "--leave-after-idle")?,
-        swap_gap: seconds(Some(args.swap_gap), "--swap-gap")?.unwrap_or_default(),
+        leave_after_idle: args.leave_after_idle,
+        swap_gap: args.swap_gap,
     })?;
     let mut stdout = std::io::stdout();
     for port in line.ports() {
@@ -224,30 +224,6 @@ pub(super) async fn sim_devices(args: SimDevicesArgs) -> Result<u8> {
     wait_for_shutdown().await;
     drop(line);
     Ok(OK)
-}
-
-/// A non-negative number of milliseconds from the command line.
-fn milliseconds(value: f64, flag: &str) -> Result<std::time::Duration> {
-    std::time::Duration::try_from_secs_f64(value / 1000.0).map_err(|_| {
-        crate::error::Error::BadInput {
-            what: flag.to_owned(),
-            problem: format!("`{value}` is not a number of milliseconds"),
-            fix: "Give a non-negative number of milliseconds, e.g. 0.7.".to_owned(),
-        }
-    })
-}
-
-/// A non-negative number of seconds from the command line.
-fn seconds(value: Option<f64>, flag: &str) -> Result<Option<std::time::Duration>> {
-    value
-        .map(|s| {
-            std::time::Duration::try_from_secs_f64(s).map_err(|_| crate::error::Error::BadInput {
-                what: flag.to_owned(),
-                problem: format!("`{s}` is not a number of seconds"),
-                fix: "Give a non-negative number of seconds, e.g. 0.5.".to_owned(),
-            })
-        })
-        .transpose()
 }
 
 /// Waits for SIGINT or SIGTERM.

@@ -191,6 +191,24 @@ pub enum ConfigError {
         /// How to fix it.
         fix: String,
     },
+    /// A certificate file (an `[nvs.entries]` root CA) that no device could use.
+    #[error("{at}: {key}: {path}: {problem}")]
+    #[diagnostic(
+        code(station::config::bad_certificate),
+        help(
+            "Give the PEM of the root CA the device's TLS connections chain to: for Azure IoT Hub and DPS that is DigiCert Global Root G2 (DigiCertGlobalRootG2.crt.pem from DigiCert), current and unexpired."
+        )
+    )]
+    BadCertificate {
+        /// Where.
+        at: Location,
+        /// The key naming the file.
+        key: String,
+        /// The resolved path.
+        path: PathBuf,
+        /// What is wrong.
+        problem: Box<crate::certificate::CertificateProblem>,
+    },
     /// A file named by the configuration cannot be read.
     #[error("{at}: {key}: cannot read {path}: {source}")]
     #[diagnostic(

@@ -20,6 +20,16 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) firmware: Vec<Spanned<RawFirmware>>,
     pub(super) boot: Option<Spanned<RawBoot>>,
+    pub(super) audit: Option<Spanned<RawAudit>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAudit {
+    pub(super) signing_key_file: Option<Spanned<String>>,
+    pub(super) checkpoint_file: Option<Spanned<String>>,
+    pub(super) checkpoint_every: Option<Spanned<i64>>,
+    pub(super) syslog: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -293,7 +293,8 @@ fn value_that_cannot_fit_the_partition_names_the_entry() {
 #[test]
 fn entry_file_is_read_relative_to_the_config() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("ca.pem"), "-----BEGIN CERTIFICATE-----\n").unwrap();
+    let root = include_str!("../../fixtures/certs/DigiCertGlobalRootG2.pem");
+    std::fs::write(dir.path().join("ca.pem"), root).unwrap();
     let text = MINIMAL.to_owned() + "root_ca = { file = \"ca.pem\" }\n";
     let config = Config::parse(&text, &dir.path().join("station.toml")).unwrap();
     assert!(

@@ -24,7 +24,28 @@ pub struct Config {
     pub firmware: Vec<FirmwareImage>,
     /// `[boot]`: the boot check after flashing.
     pub boot: BootConfig,
+    /// `[audit]`: where the chain's signed checkpoints go.
+    pub audit: AuditConfig,
+    /// What is allowed but deserves attention (a root CA that expires within 90 days):
+    /// `station check` and `station run` show these.
+    pub warnings: Vec<String>,
 }
+
+/// `[audit]`: the station's signing key and where its checkpoints go.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// The station's Ed25519 signing key (resolved); made on first use.
+    pub signing_key_file: PathBuf,
+    /// The append-only checkpoint file (resolved).
+    pub checkpoint_file: PathBuf,
+    /// At least one checkpoint every this many audit entries.
+    pub checkpoint_every: i64,
+    /// The system log socket checkpoints also go to, when it exists; `None`: not sent.
+    pub syslog: Option<PathBuf>,
+}
+
+/// The default of `[audit] checkpoint_every`.
+pub const DEFAULT_CHECKPOINT_EVERY: i64 = 100;
 
 /// `[station]`.
 #[derive(Debug, Clone)]

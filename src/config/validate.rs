@@ -8,17 +8,18 @@ use toml::Spanned;
 
 use super::error::{ConfigError, Location};
 use super::raw::{
-    RawBoot, RawConfig, RawDps, RawEntryValue, RawFirmware, RawNvs, RawSecureCert, RawSerial,
-    RawStation,
+    RawAudit, RawBoot, RawConfig, RawDps, RawEntryValue, RawFirmware, RawNvs, RawSecureCert,
+    RawSerial, RawStation,
 };
 use super::types::*;
 use super::{
     DEFAULT_API_VERSION, DEFAULT_DPS_ENDPOINT, DEFAULT_VERIFY_TIMEOUT, MAX_VERIFY_TIMEOUT,
 };
-use crate::flash::SECTOR_SIZE;
+use crate::flash::{MAX_FLASH_SIZE, SECTOR_SIZE, region_end};
 use crate::identity::RegistrationIdTemplate;
 use crate::keys::DEVICE_KEY_LEN;
 use crate::nvs::{self, MAX_KEY_LEN as NVS_KEY_MAX, MIN_PARTITION_SIZE};
+use crate::support::shown;
 
 /// `[boot] timeout` bounds.
 const MIN_BOOT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(100);
@@ -32,6 +33,29 @@ const MAX_BOOT_PATTERN_LEN: usize = 256;
 
 /// The smallest NVS partition, as `[nvs] size` is written.
 const NVS_MIN_SIZE: u32 = MIN_PARTITION_SIZE as u32;
+
+/// The longest `[serial] probe_interval`: a unit left on its port is noticed within the hour.
+const MAX_PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// The largest `[audit] checkpoint_every`.
+const MAX_CHECKPOINT_EVERY: i64 = 100_000;
+
+/// How close to its expiry a device's root CA gets a warning, in days.
+const EXPIRY_WARNING_DAYS: i64 = 90;
+
+/// Now, in Unix seconds (certificates are checked against the station's clock).
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// Whether an `[nvs.entries]` file is a certificate to check: its key names one (`root_ca`,
+/// `ca_cert`, `server_cert`) or its text holds a PEM block.
+fn is_certificate(key: &str, contents: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    key.contains("cert")
+        || key.split(['_', '-', '.']).any(|part| part == "ca")
+        || contents.contains("-----BEGIN")
+}
 
 /// Parses `10c4:ea60`.
 fn parse_usb_id(text: &str) -> Option<(u16, u16)> {
@@ -170,6 +194,14 @@ impl Ctx<'_> {
         }
         let firmware = self.firmware(raw.firmware, &nvs, &dps)?;
         let boot = self.boot(raw.boot, &serial)?;
+        let audit = self.audit(raw.audit, &dps)?;
+        let mut warnings = self.certificate_warnings(&nvs);
+        if audit.checkpoint_file.parent() == station.database.parent() {
+            warnings.push(format!(
+                "[audit] checkpoint_file {} is in the database's directory: whoever can rewrite the database there can also remove its checkpoints; keep them elsewhere (the default is beside the group key)",
+                audit.checkpoint_file.display()
+            ));
+        }
         let config = Config {
             path: self.path.to_owned(),
             station,
@@ -177,6 +209,8 @@ impl Ctx<'_> {
             nvs,
             serial,
             firmware,
+            audit,
+            warnings,
             boot,
         };
         self.check_fit(&config, size_span)?;
@@ -190,7 +224,7 @@ impl Ctx<'_> {
             return Err(self.bad_value(
                 raw.id.span(),
                 "[station] id",
-                format!("{id:?} is not a usable station id"),
+                format!("{:?} is not a usable station id", shown(id)),
                 "Use 1 to 64 characters without spaces, e.g. \"line1-st1\"; it is stamped on every record.",
             ));
         }
@@ -211,11 +245,14 @@ impl Ctx<'_> {
     ) -> Result<DpsConfig, ConfigError> {
         let attestation = self.attestation(&raw, span, secure_cert)?;
         let id_scope = raw.id_scope.get_ref();
-        if id_scope.is_empty() || !id_scope.chars().all(|c| c.is_ascii_alphanumeric()) {
+        if id_scope.is_empty()
+            || id_scope.len() > 64
+            || !id_scope.chars().all(|c| c.is_ascii_alphanumeric())
+        {
             return Err(self.bad_value(
                 raw.id_scope.span(),
                 "[dps] id_scope",
-                format!("{id_scope:?} is not a DPS ID scope"),
+                format!("{:?} is not a DPS ID scope", shown(id_scope)),
                 "Copy the ID Scope from the DPS overview page in the Azure portal (it looks like 0ne00ABCDEF).",
             ));
         }
@@ -224,6 +261,7 @@ impl Ctx<'_> {
             Some(endpoint) => {
                 let host = endpoint.get_ref();
                 if host.is_empty()
+                    || host.len() > 253
                     || host.contains("://")
                     || host.contains('/')
                     || host.contains(char::is_whitespace)
@@ -231,7 +269,7 @@ impl Ctx<'_> {
                     return Err(self.bad_value(
                         endpoint.span(),
                         "[dps] endpoint",
-                        format!("{host:?} is not a host name"),
+                        format!("{:?} is not a host name", shown(host)),
                         "Write the DPS host alone, without https:// or a path, e.g. \"global.azure-devices-provisioning.net\".",
                     ));
                 }
@@ -242,11 +280,14 @@ impl Ctx<'_> {
             None => format!("https://{endpoint}"),
             Some(url) => {
                 let text = url.get_ref();
-                if !(text.starts_with("https://") || text.starts_with("http://")) {
+                if !(text.starts_with("https://") || text.starts_with("http://"))
+                    || text.len() > 2048
+                    || text.contains(char::is_whitespace)
+                {
                     return Err(self.bad_value(
                         url.span(),
                         "[dps] verify_url",
-                        format!("{text:?} is not an http(s) URL"),
+                        format!("{:?} is not an http(s) URL", shown(text)),
                         "Write a URL such as \"http://127.0.0.1:8443\" (a local DPS emulator) or leave it out to use https://{endpoint}.",
                     ));
                 }
@@ -258,9 +299,26 @@ impl Ctx<'_> {
                 at: self.at(raw.registration_id.span()),
                 source,
             })?;
-        let api_version = raw
-            .api_version
-            .map_or_else(|| DEFAULT_API_VERSION.to_owned(), Spanned::into_inner);
+        let api_version = match raw.api_version {
+            None => DEFAULT_API_VERSION.to_owned(),
+            Some(version) => {
+                let text = version.get_ref();
+                if text.is_empty()
+                    || text.len() > 32
+                    || !text
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+                {
+                    return Err(self.bad_value(
+                        version.span(),
+                        "[dps] api_version",
+                        format!("{:?} is not an API version", shown(text)),
+                        "Leave it out for 2021-10-01, or give a DPS device API version such as \"2021-10-01\".",
+                    ));
+                }
+                version.into_inner()
+            }
+        };
         let verify_timeout = match raw.verify_timeout {
             None => DEFAULT_VERIFY_TIMEOUT,
             Some(seconds) => {
@@ -326,6 +384,58 @@ impl Ctx<'_> {
             ca_file: raw.ca_file.map(|f| self.resolve(f.get_ref())),
             verify_timeout: std::time::Duration::from_secs(verify_timeout),
             payload,
+        })
+    }
+
+    fn audit(
+        &self,
+        raw: Option<Spanned<RawAudit>>,
+        dps: &DpsConfig,
+    ) -> Result<AuditConfig, ConfigError> {
+        let raw = raw.map(Spanned::into_inner);
+        let (key_file, checkpoint_file, every, syslog) = match raw {
+            None => (None, None, None, None),
+            Some(raw) => (
+                raw.signing_key_file,
+                raw.checkpoint_file,
+                raw.checkpoint_every,
+                raw.syslog,
+            ),
+        };
+        // Beside the station's secret (the group key, or the CA key for X.509): the directory
+        // its secrets live in, and not the database's.
+        let secret = match &dps.attestation {
+            Attestation::SymmetricKey(keys) => &keys.group_key_file,
+            Attestation::X509(x509) => &x509.ca_key_file,
+        };
+        let secrets = secret.parent().unwrap_or(Path::new("")).to_owned();
+        let checkpoint_every = match every {
+            None => DEFAULT_CHECKPOINT_EVERY,
+            Some(n) if (1..=MAX_CHECKPOINT_EVERY).contains(n.get_ref()) => n.into_inner(),
+            Some(n) => {
+                return Err(self.bad_value(
+                    n.span(),
+                    "[audit] checkpoint_every",
+                    format!("{} is outside 1 to {MAX_CHECKPOINT_EVERY}", n.get_ref()),
+                    "Give how many audit entries may pass between two checkpoints; 100 is usual (a checkpoint is also written at every batch close and export).",
+                ));
+            }
+        };
+        Ok(AuditConfig {
+            signing_key_file: key_file.map_or_else(
+                || secrets.join("station-signing.key"),
+                |f| self.resolve(f.get_ref()),
+            ),
+            checkpoint_file: checkpoint_file.map_or_else(
+                || secrets.join("checkpoints.jsonl"),
+                |f| self.resolve(f.get_ref()),
+            ),
+            checkpoint_every,
+            syslog: match syslog {
+                None => Some(PathBuf::from("/dev/log")),
+                Some(s) if s.get_ref().is_empty() => None,
+                Some(s) => Some(self.resolve(s.get_ref())),
+            },
         })
     }
 
@@ -595,6 +705,24 @@ impl Ctx<'_> {
                 "Use at least 0x3000, matching the NVS partition in the firmware's partition table.",
             ));
         }
+        if region_end(offset, u64::from(size)).is_none() {
+            // Name the key that is out of range: the size alone, or the offset it starts at.
+            let (span, key) = match (&raw.size, &raw.offset) {
+                (Some(s), _) if *s.get_ref() > MAX_FLASH_SIZE => (s.span(), "[nvs] size"),
+                (_, Some(o)) => (o.span(), "[nvs] offset"),
+                (Some(s), None) => (s.span(), "[nvs] size"),
+                (None, None) => (raw.namespace.span(), "[nvs]"),
+            };
+            return Err(self.bad_value(
+                span,
+                key,
+                format!(
+                    "the partition at offset {offset:#x} of size {size:#x} ends beyond the {} MiB flash an ESP32 module has at most",
+                    MAX_FLASH_SIZE >> 20
+                ),
+                "Copy offset and size of the nvs partition from the firmware's partition table (e.g. offset = 0x9000, size = 0x6000); both are far below 16 MiB.",
+            ));
+        }
         let namespace = self.nvs_name(&raw.namespace, "namespace")?;
         let entries_span = raw.entries.span();
         let mut entries = Vec::new();
@@ -642,14 +770,32 @@ impl Ctx<'_> {
                             source,
                         },
                     )?;
+                    let key = format!("[nvs.entries] {name}");
                     let contents = String::from_utf8(bytes).map_err(|_| {
                         self.bad_value(
                             value.span(),
-                            &format!("[nvs.entries] {name}"),
+                            &key,
                             format!("{} is not UTF-8 text", path.display()),
                             "Entries are stored as strings; give a PEM (text) file, not DER.",
                         )
                     })?;
+                    if is_certificate(&name, &contents) {
+                        crate::certificate::check_bundle(&contents, now()).map_err(|problem| {
+                            ConfigError::BadCertificate {
+                                at: self.at(value.span()),
+                                key: key.clone(),
+                                path: path.clone(),
+                                problem: Box::new(problem),
+                            }
+                        })?;
+                    } else if contents.trim().is_empty() {
+                        return Err(self.bad_value(
+                            value.span(),
+                            &key,
+                            format!("{} is empty", path.display()),
+                            "Name the file whose contents the firmware expects under this key; an empty value is surely a mistake.",
+                        ));
+                    }
                     EntryValue::File { path, contents }
                 }
             };
@@ -731,7 +877,7 @@ impl Ctx<'_> {
                         self.bad_value(
                             span.clone(),
                             "[serial] usb_ids",
-                            format!("`{id}` is not a USB vendor:product pair"),
+                            format!("`{}` is not a USB vendor:product pair", shown(id)),
                             "Write each as four hex digits, a colon and four hex digits, e.g. \"10c4:ea60\" (lsusb shows them).",
                         )
                     })?
@@ -757,12 +903,18 @@ impl Ctx<'_> {
             Some(s) => Some(
                 std::time::Duration::try_from_secs_f64(*s.get_ref())
                     .ok()
-                    .filter(|d| *d >= std::time::Duration::from_millis(100))
+                    .filter(|d| {
+                        (std::time::Duration::from_millis(100)..=MAX_PROBE_INTERVAL).contains(d)
+                    })
                     .ok_or_else(|| {
                         self.bad_value(
                             s.span(),
                             "[serial] probe_interval",
-                            format!("{} is not 0 or at least 0.1 seconds", s.get_ref()),
+                            format!(
+                                "{} is not 0 or 0.1 to {} seconds",
+                                s.get_ref(),
+                                MAX_PROBE_INTERVAL.as_secs()
+                            ),
                             "Give seconds between MAC probes of a finished unit left on its port (2 is usual), or 0 to rely on the port disappearing.",
                         )
                     })?,
@@ -797,15 +949,37 @@ impl Ctx<'_> {
             let item = item.into_inner();
             let offset = self.aligned(&item.offset, "[[firmware]] offset")?;
             let file = self.resolve(item.file.get_ref());
-            let size = std::fs::metadata(&file)
+            // Opened and checked here (a regular file no larger than any flash), read when a
+            // station opens.
+            let size = crate::file::open_regular(&file, u64::from(MAX_FLASH_SIZE))
                 .map_err(|source| ConfigError::FileUnreadable {
                     at: self.at(item.file.span()),
                     key: "[[firmware]] file".to_owned(),
                     path: file.clone(),
                     source,
                 })?
+                .metadata
                 .len();
-            let end = u64::from(offset) + size;
+            if size == 0 {
+                return Err(self.bad_value(
+                    item.file.span(),
+                    "[[firmware]] file",
+                    format!("{} is empty", file.display()),
+                    "Name the built image (e.g. build/app.bin); an empty file would erase the region and write nothing.",
+                ));
+            }
+            let Some(end) = region_end(offset, size).map(u64::from) else {
+                return Err(self.bad_value(
+                    item.offset.span(),
+                    "[[firmware]] offset",
+                    format!(
+                        "{} ({size} bytes) at {offset:#x} ends beyond the {} MiB flash an ESP32 module has at most",
+                        file.display(),
+                        MAX_FLASH_SIZE >> 20
+                    ),
+                    "Copy the offset from the firmware's partition table (e.g. 0x10000 for the app).",
+                ));
+            };
             let overlaps = |start: u32, len: u64| {
                 u64::from(offset) < u64::from(start) + len && u64::from(start) < end
             };
@@ -980,6 +1154,34 @@ impl Ctx<'_> {
                 })
             })
             .collect()
+    }
+
+    /// A warning for each certificate of an `[nvs.entries]` file that expires within
+    /// [`EXPIRY_WARNING_DAYS`] (already checked valid at load).
+    fn certificate_warnings(&self, nvs: &NvsConfig) -> Vec<String> {
+        let now = now();
+        let mut warnings = Vec::new();
+        for entry in &nvs.entries {
+            let EntryValue::File { path, contents } = &entry.value else {
+                continue;
+            };
+            if !is_certificate(&entry.key, contents) {
+                continue;
+            }
+            let Ok(bundle) = crate::certificate::check_bundle(contents, now) else {
+                continue;
+            };
+            for certificate in bundle.expiring_within(now, EXPIRY_WARNING_DAYS * 86_400) {
+                warnings.push(format!(
+                    "[nvs.entries] {}: {}: the certificate {} expires on {}, within {EXPIRY_WARNING_DAYS} days: devices flashed with it will stop trusting their servers then; replace it with its successor",
+                    entry.key,
+                    path.display(),
+                    certificate.subject,
+                    certificate.expiry_date()
+                ));
+            }
+        }
+        warnings
     }
 
     /// Builds the image a device would get, with values of the exact lengths every device's

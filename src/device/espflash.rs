@@ -1,8 +1,15 @@
 //! [`EspflashDevice`]: the async shell around the blocking session. espflash is blocking, so
 //! every stage runs inside [`tokio::task::spawn_blocking`] with the session moved into the task
-//! and back, bounded by [`SerialSettings::stage_timeout`] if one is set.
+//! and back, bounded by [`SerialSettings::stage_timeout`] if one is set. A call the timeout
+//! abandons still holds the port until espflash gives up on it; the next session on that port
+//! waits for it to let go instead of failing `port_busy`.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{LazyLock, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
 
 use super::plan::check_regions;
 use super::session::Session;
@@ -10,6 +17,41 @@ use super::{
     Device, DeviceError, DeviceIdentity, Operation, ProgressSender, Region, SerialSettings,
     WriteReport,
 };
+use crate::support::lock;
+
+/// How long a new session waits for a port whose previous call a stage timeout abandoned:
+/// longer than espflash's longest command timeout for a region the station writes.
+const RELEASE_WAIT: Duration = Duration::from_secs(120);
+
+/// Ports whose blocking call a stage timeout abandoned, each with a flag that turns true once
+/// the call has ended and its session (and so the port and its lock) has been dropped.
+static HELD: LazyLock<Mutex<HashMap<PathBuf, watch::Receiver<bool>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// Marks `port` held until `task` ends; the task's result (the session) is dropped then,
+/// closing the port.
+fn abandon<T: Send + 'static>(port: &Path, task: tokio::task::JoinHandle<T>) {
+    let (done, held) = watch::channel(false);
+    lock(&HELD).insert(port.to_owned(), held);
+    tokio::spawn(async move {
+        drop(task.await);
+        let _ = done.send(true);
+    });
+}
+
+/// Waits (at most [`RELEASE_WAIT`]) until no abandoned call holds `port`.
+async fn released(port: &Path) {
+    let held = lock(&HELD).get(port).cloned();
+    let Some(mut held) = held else {
+        return;
+    };
+    tracing::debug!(port = %port.display(), "waiting for an abandoned call to release the port");
+    let _ = tokio::time::timeout(RELEASE_WAIT, held.wait_for(|done| *done)).await;
+    let mut map = lock(&HELD);
+    if map.get(port).is_some_and(|h| *h.borrow()) {
+        map.remove(port);
+    }
+}
 
 /// A [`Device`] driven over espflash's connection (see the module documentation of
 /// [`crate::device`]).
@@ -61,22 +103,26 @@ impl EspflashDevice {
         result
     }
 
-    /// Awaits a blocking task, bounded by the stage timeout if one is set.
-    async fn join<T>(
+    /// Awaits a blocking task, bounded by the stage timeout if one is set. A task the timeout
+    /// abandons keeps the port open (and locked) until espflash's own timeouts end its call:
+    /// the port is marked held until then, and the next session on it waits ([`released`]).
+    async fn join<T: Send + 'static>(
         &self,
         during: Operation,
-        task: tokio::task::JoinHandle<T>,
+        mut task: tokio::task::JoinHandle<T>,
     ) -> Result<T, DeviceError> {
         let joined = match self.settings.stage_timeout {
-            Some(limit) => {
-                tokio::time::timeout(limit, task)
-                    .await
-                    .map_err(|_| DeviceError::Stalled {
+            Some(limit) => match tokio::time::timeout(limit, &mut task).await {
+                Ok(joined) => joined,
+                Err(_) => {
+                    abandon(&self.port, task);
+                    return Err(DeviceError::Stalled {
                         port: self.port.clone(),
                         during,
                         limit,
-                    })?
-            }
+                    });
+                }
+            },
             None => task.await,
         };
         joined.map_err(|e| DeviceError::Espflash {
@@ -97,6 +143,7 @@ impl Device for EspflashDevice {
     async fn connect(&mut self) -> Result<(), DeviceError> {
         // A second connect starts a fresh session.
         self.session = None;
+        released(&self.port).await;
         self.flash_size = None;
         let port = self.port.clone();
         let settings = self.settings.clone();

@@ -229,8 +229,8 @@ impl Session {
                 self.chip.revision(&mut self.connection).ok(),
             ),
         };
-        let mac = mac_text
-            .parse::<Mac>()
+        // Whether the address is usable is the pipeline's question (stage identify).
+        let mac = Mac::parse_any(&mac_text)
             .map_err(|_| protocol(format!("the chip reported MAC `{mac_text}`")))?;
         let revision = revision.map_or_else(
             || "unknown".to_owned(),

@@ -166,12 +166,7 @@ impl DpsClient {
             let answer = match request.send().await {
                 Ok(response) => self.answer(registration_id, response, x509).await?,
                 Err(e) if e.is_timeout() => return Err(timeout()),
-                Err(e) => {
-                    return Err(DpsError::Unreachable {
-                        url: self.base.clone(),
-                        detail: error_chain_text(&e),
-                    });
-                }
+                Err(e) => return Err(DpsError::no_answer(&self.base, &e)),
             };
             let wait = match answer {
                 Answer::Retry {
@@ -180,7 +175,12 @@ impl DpsClient {
                 } => {
                     let wait = self.policy.backoff(retries, retry_after, jitter());
                     retries += 1;
-                    tracing::debug!(http.status = status, retry = retries, wait = ?wait, "DPS asks to retry");
+                    tracing::debug!(
+                        http.status = status,
+                        retry = retries,
+                        wait_seconds = wait.as_secs_f64(),
+                        "DPS asks to retry"
+                    );
                     if Instant::now() + wait >= deadline {
                         return Err(if status == 429 {
                             DpsError::Throttled {
@@ -206,7 +206,11 @@ impl DpsClient {
                     };
                     match status.status.as_str() {
                         "assigned" => {
-                            tracing::info!(hub = ?state.assigned_hub, substatus = ?state.substatus, "DPS assigned the device");
+                            tracing::info!(
+                                hub = state.assigned_hub.as_deref(),
+                                substatus = state.substatus.as_deref(),
+                                "DPS assigned the device"
+                            );
                             return Ok(state);
                         }
                         "failed" => {
@@ -262,7 +266,11 @@ impl DpsClient {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        tracing::debug!(http.status = status, retry_after = ?retry_after, "DPS answered");
+        tracing::debug!(
+            http.status = status,
+            retry_after_seconds = retry_after.map(|d| d.as_secs()),
+            "DPS answered"
+        );
         if status == 429 || (500..600).contains(&status) {
             return Ok(Answer::Retry {
                 status,
@@ -329,10 +337,7 @@ impl DpsClient {
             .await
         {
             Ok(response) => Ok(response.status().as_u16()),
-            Err(e) => Err(DpsError::Unreachable {
-                url: self.base.clone(),
-                detail: error_chain_text(&e),
-            }),
+            Err(e) => Err(DpsError::no_answer(&self.base, &e)),
         }
     }
 }

@@ -130,6 +130,22 @@ pub enum DpsError {
         /// What failed (DNS, connection refused, TLS).
         detail: String,
     },
+    /// The TLS handshake with DPS failed: the server's certificate is not trusted or not valid
+    /// for the host, or the server speaks no TLS the station accepts. A configuration or
+    /// security fault, not an outage: the unit fails, it is not left pending.
+    #[error("TLS with {url} failed: {detail}")]
+    #[diagnostic(
+        code(station::dps::tls),
+        help(
+            "The station does not trust the server at [dps] verify_url, so it sent no device credentials. If that is Azure DPS, something between the station and Azure intercepts TLS (a proxy or firewall): have it let the DPS host through untouched. For a local emulator over TLS, name its CA in [dps] ca_file. Check the station's clock too: a certificate is valid only between its dates."
+        )
+    )]
+    Tls {
+        /// The base URL.
+        url: String,
+        /// What the TLS library reported (`invalid peer certificate: UnknownIssuer`, ...).
+        detail: String,
+    },
     /// No final answer within `[dps] verify_timeout`.
     #[error("DPS gave no final answer for {registration_id} within {seconds:.1} s")]
     #[diagnostic(
@@ -172,6 +188,27 @@ pub enum DpsError {
     },
 }
 
+/// The TLS library's error in an error's chain. An `io::Error` wrapping one hides it from
+/// `source()` (which skips to the wrapped error's own source), and connectors nest `io::Error`s,
+/// so each link is also unwrapped.
+fn tls_failure<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut link = Some(error);
+    while let Some(current) = link {
+        let mut inner: Option<&(dyn std::error::Error + 'static)> = Some(current);
+        while let Some(candidate) = inner {
+            if let Some(tls) = candidate.downcast_ref::<rustls::Error>() {
+                return Some(tls);
+            }
+            inner = candidate
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .map(|e| e as &(dyn std::error::Error + 'static));
+        }
+        link = current.source();
+    }
+    None
+}
+
 fn code_suffix(code: Option<i64>) -> String {
     code.map(|c| format!(", DPS error {c}")).unwrap_or_default()
 }
@@ -189,9 +226,26 @@ impl DpsError {
         )
     }
 
-    /// True for a bad configuration rather than a DPS answer (exit code 2).
+    /// True for a bad configuration rather than a DPS answer (exit code 2): a client that
+    /// cannot be set up, a server the station does not trust.
     pub fn is_usage_error(&self) -> bool {
-        matches!(self, DpsError::Client { .. })
+        matches!(self, DpsError::Client { .. } | DpsError::Tls { .. })
+    }
+
+    /// What a request that got no HTTP answer means: [`DpsError::Tls`] when the TLS handshake
+    /// failed (a rustls error anywhere in the chain), else [`DpsError::Unreachable`].
+    pub(crate) fn no_answer(url: &str, error: &(dyn std::error::Error + 'static)) -> DpsError {
+        let detail = crate::support::error_chain_text(error);
+        match tls_failure(error) {
+            Some(tls) => DpsError::Tls {
+                url: url.to_owned(),
+                detail: tls.to_string(),
+            },
+            None => DpsError::Unreachable {
+                url: url.to_owned(),
+                detail,
+            },
+        }
     }
 
     /// DPS's own numeric error code, when it gave one.

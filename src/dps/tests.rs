@@ -630,7 +630,9 @@ async fn a_station_that_does_not_trust_the_emulator_cannot_reach_it() {
         .register_x509(&id(), credentials.tls_identity())
         .await
         .unwrap_err();
-    assert!(matches!(error, DpsError::Unreachable { .. }), "{error:?}");
+    // Issue 13: an untrusted server is a configuration or security fault, not an outage.
+    assert!(matches!(error, DpsError::Tls { .. }), "{error:?}");
+    assert!(!error.is_transient());
     assert!(
         error.to_string().to_lowercase().contains("certificate"),
         "{error}"

@@ -165,6 +165,55 @@ pub enum NvsError {
         reason: String,
     },
 
+    /// The image is smaller than the smallest partition ESP-IDF can use.
+    #[error(
+        "the NVS image is {len:#x} bytes, below ESP-IDF's minimum partition of 3 pages (0x3000)"
+    )]
+    #[diagnostic(
+        code(station::nvs::too_small),
+        help(
+            "ESP-IDF refuses an NVS partition under 3 pages; read the whole partition ([nvs].size bytes from [nvs].offset), or fix the partition table."
+        )
+    )]
+    TooSmall {
+        /// The image's length in bytes.
+        len: usize,
+    },
+
+    /// Every byte is 0xFF: an erased partition, with nothing in it.
+    #[error("the NVS image is erased (all {len:#x} bytes are 0xFF): it holds no entries")]
+    #[diagnostic(
+        code(station::nvs::erased),
+        help(
+            "Nothing was written to this partition, or the dump was read from the wrong offset: check [nvs].offset and provision the unit again."
+        )
+    )]
+    Erased {
+        /// The image's length in bytes.
+        len: usize,
+    },
+
+    /// The same key is stored twice in one namespace: the device reads only one of them.
+    #[error(
+        "key `{key}` is stored twice in namespace `{namespace}` (pages {first_page} and {page})"
+    )]
+    #[diagnostic(
+        code(station::nvs::duplicate_key),
+        help(
+            "A key must be unique in its namespace; which copy the firmware reads is undefined. Rebuild the image with `station nvs build` and flash it again."
+        )
+    )]
+    DuplicateKey {
+        /// The namespace.
+        namespace: String,
+        /// The key.
+        key: String,
+        /// The page holding the first copy.
+        first_page: usize,
+        /// The page holding the second.
+        page: usize,
+    },
+
     /// A page header is malformed: unknown state or version, or data on a page marked empty.
     #[error("NVS page {page} (offset {offset:#x}): {problem}")]
     #[diagnostic(
@@ -265,6 +314,9 @@ impl NvsError {
             | NvsError::TooManyNamespaces { .. }
             | NvsError::DoesNotFit { .. } => true,
             NvsError::Truncated { .. }
+            | NvsError::TooSmall { .. }
+            | NvsError::Erased { .. }
+            | NvsError::DuplicateKey { .. }
             | NvsError::NotAnImage { .. }
             | NvsError::BadPage { .. }
             | NvsError::BadPageCrc { .. }

@@ -7,17 +7,21 @@ use super::format::{
     crc32, data_entries, entry_header_crc, entry_offset, entry_state, item_type, page_header_crc,
     read_u16, read_u32,
 };
-use super::{Entry, NvsError, Value};
+use super::{Entry, MAX_BLOB_LEN, MIN_PARTITION_SIZE, NvsError, Value};
 
 /// Decodes an NVS image: every written entry, in page sequence order and entry order, with the
 /// chunks of each multi-page blob joined into one [`Value::Blob`] at the position of its index
 /// entry. Namespace entries are not returned; each entry carries its namespace's name.
 ///
-/// An erased image (all `0xFF`) is an empty partition and yields no entries. Erased entries
-/// are skipped, as ESP-IDF skips them. Anything damaged is an error naming the page and entry:
-/// a bad page or entry CRC, an unknown page state or item type, a blob with chunks missing, an
-/// entry in a namespace that is never defined. See [`NvsError::is_input_error`]: all of these
-/// return `false`.
+/// Erased entries are skipped, as ESP-IDF skips them. What the station would not have built is
+/// an error: an image under 3 pages (ESP-IDF's minimum), an erased image (all `0xFF`: nothing
+/// was written), a key stored twice in a namespace. So is anything damaged, naming the page and
+/// entry: a bad page or entry CRC, an unknown page state or item type, a blob with chunks
+/// missing, an entry in a namespace that is never defined. See [`NvsError::is_input_error`]:
+/// all of these return `false`.
+///
+/// Time and memory are linear in the image's size whatever its bytes say: no length read from
+/// the image is trusted before it is checked against what the image holds.
 pub fn parse(image: &[u8]) -> Result<Vec<Entry>, NvsError> {
     if image.is_empty() {
         return Err(NvsError::NotAnImage {
@@ -27,10 +31,13 @@ pub fn parse(image: &[u8]) -> Result<Vec<Entry>, NvsError> {
     if !image.len().is_multiple_of(PAGE_SIZE) {
         return Err(NvsError::Truncated { len: image.len() });
     }
+    if image.len() < MIN_PARTITION_SIZE {
+        return Err(NvsError::TooSmall { len: image.len() });
+    }
     let pages: Vec<&[u8]> = image.chunks_exact(PAGE_SIZE).collect();
     if !pages.iter().any(|page| looks_like_a_page(page)) {
         if image.iter().all(|&b| b == 0xFF) {
-            return Ok(Vec::new());
+            return Err(NvsError::Erased { len: image.len() });
         }
         return Err(NvsError::NotAnImage {
             reason: format!(
@@ -271,9 +278,10 @@ fn key_bytes(entry: &[u8]) -> &[u8] {
     &field[..end]
 }
 
-/// Resolves namespace indexes to names (namespace entries may sit on any page) and joins each
-/// blob index with its chunks.
+/// Resolves namespace indexes to names (namespace entries may sit on any page), joins each
+/// blob index with its chunks, and refuses a key stored twice in a namespace.
 fn assemble(items: Vec<Found<'_>>) -> Result<Vec<Entry>, NvsError> {
+    use std::collections::HashMap;
     let mut names: Vec<Option<&str>> = vec![None; 256];
     for item in &items {
         if let Kind::Namespace(index) = item.kind {
@@ -294,22 +302,43 @@ fn assemble(items: Vec<Found<'_>>) -> Result<Vec<Entry>, NvsError> {
                 )
             })
     };
+    // Every chunk by (namespace, key, chunk index): a blob finds each of its chunks at once, so
+    // the time stays linear however many blobs and chunks an image claims.
+    let mut chunks: HashMap<(u8, &str, u8), usize> = HashMap::new();
+    for (position, item) in items.iter().enumerate() {
+        if let Kind::Chunk { index, .. } = item.kind {
+            chunks
+                .entry((item.ns, &item.key, index))
+                .or_insert(position);
+        }
+    }
 
     let mut used = vec![false; items.len()];
+    let mut seen: HashMap<(u8, &str), usize> = HashMap::new();
     let mut entries = Vec::new();
     for (position, item) in items.iter().enumerate() {
         let value = match &item.kind {
             Kind::Namespace(_) | Kind::Chunk { .. } => continue,
             Kind::Value(value) => value.clone(),
             &Kind::BlobIndex { size, count, start } => {
-                let mut data = Vec::with_capacity(size as usize);
+                let size = size as usize;
+                if size > MAX_BLOB_LEN {
+                    return Err(NvsError::bad_entry(
+                        item.page,
+                        item.slot,
+                        format!(
+                            "blob `{}` claims {size} bytes; NVS blobs hold at most {MAX_BLOB_LEN}",
+                            item.key
+                        ),
+                    ));
+                }
+                let mut data = Vec::with_capacity(size);
                 for index in u16::from(start)..u16::from(start) + u16::from(count) {
-                    let chunk = items.iter().enumerate().position(|(other, candidate)| {
-                        !used[other]
-                            && candidate.ns == item.ns
-                            && candidate.key == item.key
-                            && matches!(candidate.kind, Kind::Chunk { index: i, .. } if u16::from(i) == index)
-                    });
+                    let chunk = u8::try_from(index)
+                        .ok()
+                        .and_then(|index| chunks.get(&(item.ns, item.key.as_str(), index)))
+                        .copied()
+                        .filter(|&chunk| !used[chunk]);
                     let Some(chunk) = chunk else {
                         return Err(NvsError::bad_entry(
                             item.page,
@@ -319,10 +348,20 @@ fn assemble(items: Vec<Found<'_>>) -> Result<Vec<Entry>, NvsError> {
                     };
                     used[chunk] = true;
                     if let Kind::Chunk { data: bytes, .. } = items[chunk].kind {
+                        if data.len() + bytes.len() > size {
+                            return Err(NvsError::bad_entry(
+                                item.page,
+                                item.slot,
+                                format!(
+                                    "blob `{}` has more bytes in its chunks than its index says ({size})",
+                                    item.key
+                                ),
+                            ));
+                        }
                         data.extend_from_slice(bytes);
                     }
                 }
-                if data.len() != size as usize {
+                if data.len() != size {
                     return Err(NvsError::bad_entry(
                         item.page,
                         item.slot,
@@ -337,8 +376,18 @@ fn assemble(items: Vec<Found<'_>>) -> Result<Vec<Entry>, NvsError> {
             }
         };
         used[position] = true;
+        let namespace = namespace_of(item)?;
+        if let Some(&first) = seen.get(&(item.ns, item.key.as_str())) {
+            return Err(NvsError::DuplicateKey {
+                namespace,
+                key: item.key.clone(),
+                first_page: items[first].page,
+                page: item.page,
+            });
+        }
+        seen.insert((item.ns, &item.key), position);
         entries.push(Entry {
-            namespace: namespace_of(item)?,
+            namespace,
             key: item.key.clone(),
             value,
         });
@@ -394,8 +443,30 @@ mod tests {
     }
 
     #[test]
-    fn erased_image_is_an_empty_partition() {
-        assert_eq!(parse(&[0xFF; 0x3000]).expect("parses"), Vec::new());
+    fn erased_small_and_duplicate_images_are_problems() {
+        let erased = parse(&[0xFF; 0x3000]).expect_err("erased");
+        assert_eq!(code(&erased), "station::nvs::erased");
+        let image = build(&sample(), 0x5000).expect("builds");
+        let small = parse(&image[..2 * PAGE_SIZE]).expect_err("two pages");
+        assert_eq!(code(&small), "station::nvs::too_small");
+        // The same key twice: page 0's `count` entry copied over page 0's free entries.
+        let entries = vec![
+            Entry::new("dps", "k", Value::U8(1)),
+            Entry::new("dps", "other", Value::U8(2)),
+        ];
+        let mut image = build(&entries, 0x3000).expect("builds");
+        // Rename `other` to `k` and reseal its CRC.
+        let at = entry_offset(0, 2);
+        image[at + 8..at + 24].fill(0);
+        image[at + 8] = b'k';
+        reseal(&mut image, at);
+        let duplicate = parse(&image).expect_err("duplicate");
+        assert_eq!(
+            code(&duplicate),
+            "station::nvs::duplicate_key",
+            "{duplicate}"
+        );
+        assert!(duplicate.to_string().contains("`k`"), "{duplicate}");
     }
 
     #[test]
@@ -440,6 +511,14 @@ mod tests {
             (
                 parse(&[0u8; 0x3000]).expect_err("zeros"),
                 "station::nvs::not_an_image",
+            ),
+            (
+                parse(&[0xFF; 0x3000]).expect_err("erased"),
+                "station::nvs::erased",
+            ),
+            (
+                parse(&[0xFF; 0x2000]).expect_err("small"),
+                "station::nvs::too_small",
             ),
             // Page header CRC.
             (
@@ -529,5 +608,93 @@ mod tests {
                 .starts_with("NVS page 0 entry 1 (offset 0x60, key `id_scope`): data CRC is 0x"),
             "{error}"
         );
+    }
+
+    // Issue 13: the reader on arbitrary bytes: never a panic, and never more out than in (so
+    // memory stays bounded by the image, whatever lengths its entries claim).
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::super::format::{
+            ENTRY_SIZE, ENTRY_WRITTEN, entry_header_crc, entry_offset,
+        };
+        use super::super::super::{Entry, PAGE_SIZE, Value, build};
+        use super::super::parse;
+
+        fn decoded_bytes(entries: &[Entry]) -> usize {
+            entries
+                .iter()
+                .map(|e| {
+                    e.key.len()
+                        + e.namespace.len()
+                        + match &e.value {
+                            Value::Str(s) => s.len(),
+                            Value::Blob(b) => b.len(),
+                            _ => 8,
+                        }
+                })
+                .sum()
+        }
+
+        fn image() -> Vec<u8> {
+            build(
+                &[
+                    Entry::new("dps", "reg_id", Value::Str("sensor-240ac4000001".into())),
+                    Entry::new(
+                        "dps",
+                        "blob",
+                        Value::Blob((0..5000).map(|i| i as u8).collect()),
+                    ),
+                    Entry::new("app", "n", Value::U32(7)),
+                ],
+                0x5000,
+            )
+            .expect("builds")
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..3 * PAGE_SIZE + 7)) {
+                if let Ok(entries) = parse(&bytes) {
+                    prop_assert!(decoded_bytes(&entries) <= bytes.len());
+                }
+            }
+
+            #[test]
+            fn arbitrary_pages_never_panic(pages in proptest::collection::vec(
+                proptest::collection::vec(any::<u8>(), PAGE_SIZE..=PAGE_SIZE), 3..5)) {
+                let bytes: Vec<u8> = pages.concat();
+                if let Ok(entries) = parse(&bytes) {
+                    prop_assert!(decoded_bytes(&entries) <= bytes.len());
+                }
+            }
+
+            // Entries overwritten with arbitrary bytes under a valid header CRC reach past the
+            // CRC checks into spans, sizes, chunk counts and namespaces.
+            #[test]
+            fn resealed_arbitrary_entries_never_panic(
+                edits in proptest::collection::vec(
+                    (0usize..4, 0usize..16, proptest::collection::vec(any::<u8>(), ENTRY_SIZE..=ENTRY_SIZE)),
+                    1..6,
+                )
+            ) {
+                let mut bytes = image();
+                for (page, slot, entry) in edits {
+                    // Marked written in the page's bitmap, so the reader takes it.
+                    let bit = page * PAGE_SIZE + 32 + slot / 4;
+                    let shift = (slot % 4) * 2;
+                    bytes[bit] = (bytes[bit] & !(0b11 << shift)) | (ENTRY_WRITTEN << shift);
+                    let at = entry_offset(page, slot);
+                    bytes[at..at + ENTRY_SIZE].copy_from_slice(&entry);
+                    let crc = entry_header_crc(&bytes[at..at + ENTRY_SIZE]);
+                    bytes[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
+                }
+                if let Ok(entries) = parse(&bytes) {
+                    prop_assert!(decoded_bytes(&entries) <= bytes.len());
+                }
+            }
+        }
     }
 }

@@ -4,7 +4,7 @@
 use crate::boot::BootError;
 use crate::device::DeviceError;
 use crate::dps::DpsError;
-use crate::identity::Mac;
+use crate::identity::{IdentityError, Mac};
 use crate::nvs::NvsError;
 use crate::secure_cert::SecureCertError;
 use crate::store::StoreError;
@@ -123,6 +123,10 @@ pub enum UnitError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Boot(#[from] BootError),
+    /// The device reported a MAC no device can have.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Identity(#[from] IdentityError),
 }
 
 impl ProvisionError {

@@ -34,7 +34,12 @@ impl<D: Device> Run<'_, D> {
             .identify()
             .await
             .map_err(fail(Stage::Identify, false))?;
-        let mac = identity.mac;
+        // A blank or damaged eFuse reads as all zeros, all ones or a multicast address: such a
+        // unit would share its registration ID with every other like it.
+        let mac = identity
+            .mac
+            .usable()
+            .map_err(fail(Stage::Identify, false))?;
         let registration_id = self.station.config.dps.registration_id.render(&mac);
         let span = tracing::Span::current();
         span.record("mac", tracing::field::display(mac));
@@ -49,20 +54,25 @@ impl<D: Device> Run<'_, D> {
         self.facts.identified = Some((identity, registration_id));
 
         let config = &self.station.config;
+        // Offsets and sizes were bounded at load time; the sums are still taken in u64, so no
+        // value can wrap past the check.
         let regions_end = self
             .station
             .firmware
             .iter()
-            .map(|r| r.offset + r.data.len() as u32)
-            .chain(std::iter::once(config.nvs.offset + config.nvs.size))
+            .map(|r| u64::from(r.offset) + r.data.len() as u64)
+            .chain(std::iter::once(
+                u64::from(config.nvs.offset) + u64::from(config.nvs.size),
+            ))
             .max()
             .unwrap_or(0);
-        if regions_end > flash_size {
+        if regions_end > u64::from(flash_size) {
+            let needed = u32::try_from(regions_end).unwrap_or(u32::MAX);
             return Err(fail(Stage::Identify, false)(
                 ProvisionError::FlashTooSmall {
                     mac,
                     flash_size,
-                    needed: regions_end,
+                    needed,
                 },
             ));
         }

@@ -90,7 +90,11 @@ impl<D: Device> Run<'_, D> {
         match &report.stage {
             None => tracing::info!(seconds = report.seconds, "unit provisioned"),
             Some(stage) => {
-                tracing::warn!(stage = stage.as_str(), error.code = ?report.error_code, "unit failed");
+                tracing::warn!(
+                    stage = stage.as_str(),
+                    error.code = report.error_code.as_deref(),
+                    "unit failed"
+                );
             }
         }
         Ok(report)

@@ -217,6 +217,12 @@ pub struct Attempt {
     pub pid: Option<i64>,
     /// The redacted excerpt of the unit's boot log, when the boot check ran.
     pub boot_log: Option<String>,
+    /// The boot that process ran in, while in progress.
+    #[serde(skip)]
+    pub pid_boot_id: Option<String>,
+    /// When that process started (clock ticks since boot), while in progress.
+    #[serde(skip)]
+    pub pid_started: Option<i64>,
 }
 
 /// One audit entry as stored. Its fields are text on purpose: the hash covers exactly the

@@ -458,6 +458,9 @@ fn firmware(t: &mut Timeline, app: &SimApp, faults: &[FirmwareFault], flash: &[u
     let work = ms(9);
     let entries = match nvs::parse(flash.get(start..end).unwrap_or_default()) {
         Ok(entries) => entries,
+        // nvs_flash_init() formats an erased partition and succeeds: the namespace is then
+        // simply not there.
+        Err(nvs::NvsError::Erased { .. }) => Vec::new(),
         Err(_) => {
             t.log(
                 work,

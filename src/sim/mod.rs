@@ -574,6 +574,11 @@ struct SlotContext {
     app: SimApp,
 }
 
+/// The most devices one simulated line holds (each has its own flash).
+pub const MAX_DEVICES: usize = 100_000;
+/// The most pseudo-terminal ports one simulated line opens.
+pub const MAX_PORTS: usize = 512;
+
 impl SimLine {
     /// Creates the devices, plugs the first ones into the ports and starts serving them.
     pub fn start(opts: SimOptions) -> Result<SimLine, SimError> {
@@ -581,6 +586,14 @@ impl SimLine {
         if opts.count == 0 || opts.baud == 0 || port_count == 0 || opts.app.baud == 0 {
             return Err(SimError::BadOptions {
                 reason: "the device count, port count and baud rates must be positive".to_owned(),
+            });
+        }
+        if opts.count > MAX_DEVICES || port_count > MAX_PORTS {
+            return Err(SimError::BadOptions {
+                reason: format!(
+                    "{} devices on {port_count} ports: the simulator makes at most {MAX_DEVICES} devices on {MAX_PORTS} ports",
+                    opts.count
+                ),
             });
         }
         if port_count > opts.count {

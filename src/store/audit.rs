@@ -356,9 +356,14 @@ fn parallel_check<T: Sync>(
             .chunks(part)
             .map(|chunk| scope.spawn(|| run(chunk)))
             .collect();
+        // A worker that panicked has no verdict for its entries: its panic is the caller's,
+        // never an empty (and so shorter, silently passing) list.
         handles
             .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
+            .flat_map(|h| {
+                h.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
             .collect()
     })
 }
@@ -497,6 +502,25 @@ mod tests {
         let broken = verify_chain(&entries).first_break.unwrap();
         assert_eq!(broken.seq, edited as i64 + 1);
         assert!(broken.problem.contains("edited"), "{}", broken.problem);
+    }
+
+    // Issue 13: a worker's panic reaches the caller instead of cutting the verdicts short.
+    #[test]
+    fn a_panicking_worker_is_not_taken_for_no_result() {
+        if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+            return;
+        }
+        let items: Vec<usize> = (0..PARALLEL_FROM * 2).collect();
+        let last = items.len() - 1;
+        let outcome = std::panic::catch_unwind(|| {
+            parallel_check(&items, |&item, _| {
+                assert!(item != last, "worker fails on the last item");
+                true
+            })
+        });
+        assert!(outcome.is_err(), "the panic must reach the caller");
+        let all = parallel_check(&items, |_, _| true);
+        assert_eq!(all.len(), items.len());
     }
 
     #[test]

@@ -110,8 +110,14 @@ pub(super) trait Backend {
         batch: Option<&str>,
         limit: Option<u32>,
     ) -> Result<Vec<AuditEntry>, StoreError>;
-    /// The seq of the entry with this hash.
-    async fn audit_hash_position(&self, hash: &str) -> Result<Option<i64>, StoreError>;
+    /// The seqs of the entries whose hash starts with `prefix` (lowercase hex), at most two:
+    /// one names the entry, two say the prefix is ambiguous.
+    async fn audit_hash_prefix(&self, prefix: &str) -> Result<Vec<i64>, StoreError>;
+    /// The head of the chain holding `station_id`'s entries: its last seq and hash.
+    async fn audit_head(&self, station_id: &str) -> Result<Option<(i64, String)>, StoreError>;
+    /// The hash of entry `seq` of the chain holding `station_id`'s entries.
+    async fn audit_hash_at(&self, station_id: &str, seq: i64)
+    -> Result<Option<String>, StoreError>;
     /// Re-walks the chain in one snapshot, and checks that every attempt's entry exists.
     async fn verify_audit(&self) -> Result<ChainReport, StoreError>;
 

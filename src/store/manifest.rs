@@ -67,6 +67,9 @@ pub struct ManifestExport {
     pub sha256: String,
     /// The audit entry that records the export.
     pub audit_seq: i64,
+    /// The signed checkpoint of the chain written just before the export, when the station
+    /// signs checkpoints: QA keeps it with the manifest, an anchor outside the station.
+    pub checkpoint: Option<crate::checkpoint::Checkpoint>,
 }
 
 impl Store {
@@ -98,6 +101,7 @@ impl Store {
         out: &mut W,
     ) -> Result<ManifestExport, StoreError> {
         let rows = self.manifest(filter).await?;
+        let checkpoint = self.checkpoint("manifest.export").await?;
         let mut hashing = report::HashingWriter::new(out);
         report::write_manifest(&rows, format, &mut hashing)
             .map_err(|e| FileError::new("writing", "the manifest", e))?;
@@ -107,6 +111,9 @@ impl Store {
         details["rows"] = json!(rows.len());
         details["bytes"] = json!(bytes);
         details["sha256"] = json!(sha256);
+        if let Some(checkpoint) = &checkpoint {
+            details["checkpoint_seq"] = json!(checkpoint.seq);
+        }
         let subject = filter.batch.as_deref().unwrap_or("all batches");
         let entry = NewEntry::at(
             &now(),
@@ -117,11 +124,13 @@ impl Store {
             details,
         );
         let audit_seq = on_backend!(self, db => db.append_audit(&entry).await)?;
+        self.checkpoint_if_due().await;
         Ok(ManifestExport {
             rows: rows.len(),
             bytes,
             sha256,
             audit_seq,
+            checkpoint,
         })
     }
 }

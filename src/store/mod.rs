@@ -13,6 +13,7 @@
 //! | `attempt.rs` | what an attempt records and the rules for its unit and audit entry |
 //! | `audit.rs` | the chain's canonical encoding, hashing and verification walk |
 //! | `manifest.rs` | the manifest's filter and its audited export |
+//! | `checkpoint.rs` | signed checkpoints of the chain: when they are written, how the chain is checked against them |
 //! | `session.rs` | what a station records when it starts |
 //! | `backend.rs` | the trait a database backend implements |
 //! | `sqlite/` | the SQLite backend: pool, queries, transaction helpers, the packed verify |
@@ -29,6 +30,7 @@ macro_rules! on_backend {
 pub mod attempt;
 pub mod audit;
 mod backend;
+mod checkpoint;
 mod manifest;
 mod session;
 mod sqlite;
@@ -40,6 +42,9 @@ use sqlx::SqlitePool;
 
 pub use attempt::{AttemptRecord, AttemptStart, Failure, Recorded, UnitFacts};
 pub use audit::ChainReport;
+pub use checkpoint::{
+    CheckpointFinding, CheckpointReport, HEAD_PREFIX_MIN, HeadCheck, head_prefix,
+};
 pub(crate) use manifest::ManifestQuery;
 pub use manifest::{ManifestExport, ManifestFilter};
 pub use session::{CaOpen, StationOpen};
@@ -164,6 +169,10 @@ pub enum StoreError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Output(#[from] crate::file::FileError),
+    /// A checkpoint could not be written or read, or the station key is unusable.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Checkpoint(#[from] crate::checkpoint::CheckpointError),
 }
 
 impl StoreError {
@@ -178,7 +187,7 @@ impl StoreError {
                 | StoreError::NoOpenBatch { .. }
                 | StoreError::BatchClosed { .. }
                 | StoreError::NoSuchUnit { .. }
-        )
+        ) || matches!(self, StoreError::Checkpoint(e) if e.is_usage_error())
     }
 }
 
@@ -194,6 +203,8 @@ enum Db {
 pub struct Store {
     db: Db,
     path: PathBuf,
+    /// Where checkpoints of the chain go, when the station signs them.
+    anchor: Option<std::sync::Arc<crate::checkpoint::Anchor>>,
 }
 
 impl Store {
@@ -205,7 +216,25 @@ impl Store {
         Ok(Store {
             db: Db::Sqlite(sqlite::Sqlite::open(path).await?),
             path: path.to_owned(),
+            anchor: None,
         })
+    }
+
+    /// Opens and migrates the database file if it exists; `None` when it does not (nothing is
+    /// created: `station check` looks without touching).
+    pub async fn open_existing(path: &Path) -> Result<Option<Store>, StoreError> {
+        match std::fs::metadata(path) {
+            Ok(_) => Ok(Some(Store {
+                db: Db::Sqlite(sqlite::Sqlite::open_existing(path).await?),
+                path: path.to_owned(),
+                anchor: None,
+            })),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::Open {
+                path: path.to_owned(),
+                source: sqlx::Error::Io(e),
+            }),
+        }
     }
 
     /// The database file.
@@ -232,7 +261,10 @@ impl Store {
         operator: &str,
         station_id: &str,
     ) -> Result<Batch, StoreError> {
-        on_backend!(self, db => db.open_batch(name, target, operator, station_id).await)
+        let batch =
+            on_backend!(self, db => db.open_batch(name, target, operator, station_id).await)?;
+        self.checkpoint_if_due().await;
+        Ok(batch)
     }
 
     /// Closes the named batch, or the station's open batch when `name` is `None`.
@@ -242,7 +274,9 @@ impl Store {
         operator: &str,
         station_id: &str,
     ) -> Result<BatchStatus, StoreError> {
-        on_backend!(self, db => db.close_batch(name, operator, station_id).await)
+        let status = on_backend!(self, db => db.close_batch(name, operator, station_id).await)?;
+        self.checkpoint("batch.close").await?;
+        Ok(status)
     }
 
     /// The open batch of a station, if any.
@@ -339,7 +373,9 @@ impl Store {
     /// failed; a failure before any write (a refused re-provision, a wrong chip) leaves an
     /// existing unit's state alone.
     pub async fn record_attempt(&self, record: &AttemptRecord) -> Result<Recorded, StoreError> {
-        on_backend!(self, db => db.record_attempt(record).await)
+        let recorded = on_backend!(self, db => db.record_attempt(record).await)?;
+        self.checkpoint_if_due().await;
+        Ok(recorded)
     }
 
     /// Opens an attempt's row as in progress before anything touches the device, so that a
@@ -373,7 +409,9 @@ impl Store {
         station_id: &str,
         operator: &str,
     ) -> Result<Vec<Attempt>, StoreError> {
-        on_backend!(self, db => db.recover_interrupted(station_id, operator).await)
+        let closed = on_backend!(self, db => db.recover_interrupted(station_id, operator).await)?;
+        self.checkpoint_if_due().await;
+        Ok(closed)
     }
 
     /// Records a later DPS outcome for a unit (`station dps verify`), with a `unit.dps_verified`
@@ -385,7 +423,10 @@ impl Store {
         station_id: &str,
         operator: &str,
     ) -> Result<Unit, StoreError> {
-        on_backend!(self, db => db.record_dps(unit_id, dps, station_id, operator).await)
+        let unit =
+            on_backend!(self, db => db.record_dps(unit_id, dps, station_id, operator).await)?;
+        self.checkpoint_if_due().await;
+        Ok(unit)
     }
 
     /// Appends one audit entry on its own (an act outside a unit's attempt, such as deriving a
@@ -406,7 +447,9 @@ impl Store {
             subject,
             details,
         );
-        on_backend!(self, db => db.append_audit(&entry).await)
+        let seq = on_backend!(self, db => db.append_audit(&entry).await)?;
+        self.checkpoint_if_due().await;
+        Ok(seq)
     }
 
     /// Records that a station opened with a configuration and keys: `config.changed` (subject:
@@ -415,7 +458,9 @@ impl Store {
     /// differ from the last ones recorded, in one transaction. Returns how many entries it
     /// appended.
     pub async fn record_station_open(&self, open: &StationOpen) -> Result<usize, StoreError> {
-        on_backend!(self, db => db.record_station_open(open).await)
+        let appended = on_backend!(self, db => db.record_station_open(open).await)?;
+        self.checkpoint_if_due().await;
+        Ok(appended)
     }
 
     /// The whole audit log in chain order.
@@ -437,9 +482,9 @@ impl Store {
         on_backend!(self, db => db.audit_entries_of(batch, limit).await)
     }
 
-    /// The seq of the entry with this hash, if the log holds one.
-    pub async fn audit_hash_position(&self, hash: &str) -> Result<Option<i64>, StoreError> {
-        on_backend!(self, db => db.audit_hash_position(hash).await)
+    /// The seqs of the entries whose hash starts with `prefix` (lowercase hex), at most two.
+    pub async fn audit_hash_prefix(&self, prefix: &str) -> Result<Vec<i64>, StoreError> {
+        on_backend!(self, db => db.audit_hash_prefix(prefix).await)
     }
 
     /// Re-walks the audit chain, and checks that every attempt's audit entry is still there (a

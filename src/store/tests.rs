@@ -404,10 +404,19 @@ async fn attempts_left_open_by_a_dead_process_become_interrupted() {
         .await
         .unwrap();
     let connecting = store.begin_attempt(&start_of(&batch)).await.unwrap();
-    // A row of a process that still runs (pid 1) is left alone.
+    // A row of a process that still runs (pid 1, written before stamps were kept) is left
+    // alone.
     let alive = store.begin_attempt(&start_of(&batch)).await.unwrap();
-    sqlx::query("UPDATE attempts SET pid = 1 WHERE id = ?")
+    sqlx::query("UPDATE attempts SET pid = 1, pid_boot_id = NULL, pid_started = NULL WHERE id = ?")
         .bind(alive)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    // Issue 13: pid 1 runs, but not the process that opened this row (it started at another
+    // tick): a reused pid does not keep the attempt open.
+    let reused = store.begin_attempt(&start_of(&batch)).await.unwrap();
+    sqlx::query("UPDATE attempts SET pid = 1, pid_started = -1 WHERE id = ?")
+        .bind(reused)
         .execute(store.pool())
         .await
         .unwrap();
@@ -415,7 +424,7 @@ async fn attempts_left_open_by_a_dead_process_become_interrupted() {
     // This process's own ID stands for a dead process that had it before.
     let closed = store.recover_interrupted("st1", "ops").await.unwrap();
     let ids: Vec<i64> = closed.iter().map(|a| a.id).collect();
-    assert_eq!(ids, [flashing, connecting]);
+    assert_eq!(ids, [flashing, connecting, reused]);
     assert!(
         closed
             .iter()
@@ -437,10 +446,10 @@ async fn attempts_left_open_by_a_dead_process_become_interrupted() {
     let status = store.batch_status(batch).await.unwrap();
     assert_eq!(
         (status.provisioned, status.interrupted, status.in_progress),
-        (0, 2, 1)
+        (0, 3, 1)
     );
     assert_eq!(status.failures[0].error_code.as_str(), INTERRUPTED);
-    assert_eq!(status.failures[0].count, 2);
+    assert_eq!(status.failures[0].count, 3);
     let report = store.verify_audit().await.unwrap();
     assert!(report.first_break.is_none(), "{report:?}");
     let actions: Vec<String> = store
@@ -452,7 +461,7 @@ async fn attempts_left_open_by_a_dead_process_become_interrupted() {
         .collect();
     assert_eq!(
         actions.iter().filter(|a| *a == "unit.interrupted").count(),
-        2
+        3
     );
 }
 

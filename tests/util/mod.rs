@@ -107,6 +107,14 @@ impl Run {
     }
 }
 
+/// The first 600 characters of some output, for a failure message.
+pub fn cut(text: &str) -> String {
+    match text.char_indices().nth(600) {
+        Some((at, _)) => format!("{}... ({} bytes)", &text[..at], text.len()),
+        None => text.to_owned(),
+    }
+}
+
 /// Every encoding of a secret worth searching for: the text, its decoded bytes as hex (lower
 /// and upper case), and a distinctive slice of each.
 pub fn secret_forms(base64_text: &str) -> Vec<Vec<u8>> {

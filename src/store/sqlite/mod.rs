@@ -20,6 +20,7 @@ use super::session::{CONFIG_CHANGED, KEY_LOADED, StationOpen};
 use super::{ManifestQuery, StoreError};
 use crate::clock::now;
 use crate::identity::{Mac, RegistrationId};
+use crate::process::ProcessStamp;
 use crate::record::{
     Attempt, AttemptOutcome, AuditEntry, Batch, BatchStatus, CertificateRow, ErrorCode,
     ManifestRow, Stage, Unit, UnitDps, UnitState,
@@ -43,9 +44,18 @@ impl Sqlite {
             path: path.to_owned(),
             source: sqlx::Error::Io(source),
         })?;
+        Sqlite::connect(path).await
+    }
+
+    /// Opens and migrates an existing database file; never creates one.
+    pub(super) async fn open_existing(path: &Path) -> Result<Sqlite, StoreError> {
+        Sqlite::connect(path).await
+    }
+
+    async fn connect(path: &Path) -> Result<Sqlite, StoreError> {
         let options = SqliteConnectOptions::new()
             .filename(path)
-            .create_if_missing(true)
+            .create_if_missing(false)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
@@ -92,19 +102,16 @@ fn create_private(path: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Whether the process that opened an attempt still runs. A row without a process, or with
-/// this process's own ID (left by an earlier process that had the same ID), counts as dead.
-fn process_alive(pid: Option<i64>) -> bool {
-    let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) else {
-        return false;
-    };
-    if pid <= 0 || pid as u32 == std::process::id() {
-        return false;
-    }
-    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
-        Ok(()) => true,
-        Err(errno) => errno == nix::errno::Errno::EPERM,
-    }
+/// Whether the process that opened an attempt still runs ([`ProcessStamp::is_running`]).
+fn process_alive(attempt: &Attempt) -> bool {
+    attempt.pid.is_some_and(|pid| {
+        ProcessStamp {
+            pid,
+            boot_id: attempt.pid_boot_id.clone(),
+            started: attempt.pid_started,
+        }
+        .is_running()
+    })
 }
 
 impl Backend for Sqlite {
@@ -368,7 +375,7 @@ impl Backend for Sqlite {
         sqlx::query(
             "UPDATE attempts SET unit_id = ?, mac = ?, finished_at = ?, outcome = ?, stage = ?, \
              error_code = ?, message = ?, reprovision = ?, timings = ?, audit_seq = ?, pid = NULL, \
-             boot_log = ? WHERE id = ?",
+             pid_boot_id = NULL, pid_started = NULL, boot_log = ? WHERE id = ?",
         )
         .bind(unit.as_ref().map(|u| u.id))
         .bind(record.unit.as_ref().map(|u| u.mac))
@@ -405,7 +412,7 @@ impl Backend for Sqlite {
         .fetch_all(&mut *tx)
         .await?;
         let mut closed = Vec::new();
-        for attempt in open.into_iter().filter(|a| !process_alive(a.pid)) {
+        for attempt in open.into_iter().filter(|a| !process_alive(a)) {
             let at = now();
             let batch = batch_by_id_in(&mut *tx, attempt.batch_id).await?;
             let interruption = Interruption::of(&attempt, &batch, &at, station_id, operator);
@@ -430,7 +437,7 @@ impl Backend for Sqlite {
             let seq = append_audit_tx(&mut tx, &interruption.entry).await?;
             let row: Attempt = sqlx::query_as(
                 "UPDATE attempts SET outcome = ?, finished_at = ?, error_code = ?, message = ?, \
-                 unit_id = ?, audit_seq = ?, pid = NULL WHERE id = ? RETURNING *",
+                 unit_id = ?, audit_seq = ?, pid = NULL, pid_boot_id = NULL, pid_started = NULL WHERE id = ? RETURNING *",
             )
             .bind(AttemptOutcome::Interrupted)
             .bind(&at)
@@ -508,10 +515,34 @@ impl Backend for Sqlite {
         .await?)
     }
 
-    async fn audit_hash_position(&self, hash: &str) -> Result<Option<i64>, StoreError> {
+    async fn audit_hash_prefix(&self, prefix: &str) -> Result<Vec<i64>, StoreError> {
+        // Hashes are lowercase hex: every hash starting with `prefix` sorts between it and
+        // `prefix` followed by `g`, a range the hash column's unique index answers.
+        Ok(sqlx::query_scalar(
+            "SELECT seq FROM audit_log WHERE hash >= ?1 AND hash < ?1 || 'g' ORDER BY seq LIMIT 2",
+        )
+        .bind(prefix)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    // One SQLite file holds one chain, whichever stations write to it.
+    async fn audit_head(&self, _station_id: &str) -> Result<Option<(i64, String)>, StoreError> {
         Ok(
-            sqlx::query_scalar("SELECT seq FROM audit_log WHERE hash = ?")
-                .bind(hash)
+            sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn audit_hash_at(
+        &self,
+        _station_id: &str,
+        seq: i64,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT hash FROM audit_log WHERE seq = ?")
+                .bind(seq)
                 .fetch_optional(&self.pool)
                 .await?,
         )
@@ -639,9 +670,10 @@ async fn status_tx(tx: &mut Tx, batch: Batch) -> Result<BatchStatus, StoreError>
 }
 
 async fn insert_open_attempt_tx(tx: &mut Tx, start: &AttemptStart) -> Result<i64, StoreError> {
+    let process = ProcessStamp::current();
     Ok(sqlx::query_scalar(
-        "INSERT INTO attempts (batch_id, station_id, operator, port, started_at, outcome, stage, timings, pid) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, '{}', ?) RETURNING id",
+        "INSERT INTO attempts (batch_id, station_id, operator, port, started_at, outcome, stage, timings, pid, \
+         pid_boot_id, pid_started) VALUES (?, ?, ?, ?, ?, ?, ?, '{}', ?, ?, ?) RETURNING id",
     )
     .bind(start.batch_id)
     .bind(&start.station_id)
@@ -650,7 +682,9 @@ async fn insert_open_attempt_tx(tx: &mut Tx, start: &AttemptStart) -> Result<i64
     .bind(&start.started_at)
     .bind(AttemptOutcome::InProgress)
     .bind(Stage::Connect)
-    .bind(i64::from(std::process::id()))
+    .bind(process.pid)
+    .bind(&process.boot_id)
+    .bind(process.started)
     .fetch_one(&mut **tx)
     .await?)
 }
