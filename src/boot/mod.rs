@@ -34,6 +34,13 @@ use crate::config::{BootConfig, TemplateValues};
 use judge::{Judge, Lines, Verdict};
 use redact::{Excerpt, Redactor};
 
+/// After a `fail` line, the console is read on until it is quiet this long (a panic's register
+/// dump and backtrace follow its first line within milliseconds)...
+const TAIL_QUIET: Duration = Duration::from_millis(150);
+/// ...or for this long at most, or until the next reset banner: the excerpt then holds the
+/// whole crash report for the firmware team, not just the line that failed the unit.
+const TAIL_MAX: Duration = Duration::from_secs(1);
+
 /// One unit's boot check: its patterns rendered, its keys to redact.
 pub struct BootCheck {
     expect: Vec<String>,
@@ -117,7 +124,12 @@ pub async fn watch<R: AsyncRead + Unpin>(mut console: R, check: &BootCheck) -> B
                 match log.take_verdict() {
                     Verdict::Pending => {}
                     Verdict::Pass => break None,
-                    Verdict::Fail(error) => break Some(error),
+                    Verdict::Fail(error) => {
+                        if !matches!(error, BootError::ResetLoop { .. }) {
+                            read_tail(&mut console, &mut lines, &mut log, &mut buf, deadline).await;
+                        }
+                        break Some(error);
+                    }
                 }
             }
             Ok(Err(e)) => break Some(port_gone(e.to_string(), start)),
@@ -163,6 +175,32 @@ pub async fn watch<R: AsyncRead + Unpin>(mut console: R, check: &BootCheck) -> B
     report
 }
 
+/// Reads what the unit prints after the line that failed it, to keep it (not to judge it):
+/// until the console is quiet for [`TAIL_QUIET`], the next ROM reset banner, [`TAIL_MAX`] or
+/// the check's deadline, whichever comes first.
+async fn read_tail<R: AsyncRead + Unpin>(
+    console: &mut R,
+    lines: &mut Lines,
+    log: &mut Log<'_>,
+    buf: &mut [u8],
+    deadline: tokio::time::Instant,
+) {
+    let end = deadline.min(tokio::time::Instant::now() + TAIL_MAX);
+    let mut reset = false;
+    while !reset {
+        let quiet = end.min(tokio::time::Instant::now() + TAIL_QUIET);
+        match tokio::time::timeout_at(quiet, console.read(buf)).await {
+            Ok(Ok(n)) if n > 0 => lines.feed(&buf[..n], |line| {
+                if !reset {
+                    reset = line.starts_with("rst:0x");
+                    log.keep(&line);
+                }
+            }),
+            _ => return,
+        }
+    }
+}
+
 /// The log as it is read: judged, redacted, kept.
 struct Log<'a> {
     judge: Judge<'a>,
@@ -175,7 +213,18 @@ struct Log<'a> {
 
 impl Log<'_> {
     fn line(&mut self, line: String) {
-        let kept = self.redactor.line(&line);
+        let kept = self.keep(&line);
+        if self.verdict == Verdict::Pending {
+            // A line inside a PEM block is never quoted: only its redaction could be.
+            let quoted = || kept.map_or_else(|| "[redacted]".to_owned(), |k| k.trim().to_owned());
+            self.verdict = self.judge.line(&line, quoted);
+        }
+    }
+
+    /// Redacts the line and keeps it in the excerpt; returns what was kept (`None` inside a
+    /// PEM private key).
+    fn keep(&mut self, line: &str) -> Option<String> {
+        let kept = self.redactor.line(line);
         if let Some(kept) = &kept {
             tracing::trace!(line = %kept, "boot log");
             self.excerpt.push(kept.clone());
@@ -183,11 +232,7 @@ impl Log<'_> {
                 self.last = Some(kept.trim().to_owned());
             }
         }
-        if self.verdict == Verdict::Pending {
-            // A line inside a PEM block is never quoted: only its redaction could be.
-            let quoted = || kept.map_or_else(|| "[redacted]".to_owned(), |k| k.trim().to_owned());
-            self.verdict = self.judge.line(&line, quoted);
-        }
+        kept
     }
 
     fn take_verdict(&mut self) -> Verdict {

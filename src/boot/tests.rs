@@ -202,3 +202,63 @@ async fn the_port_going_away_fails_the_check_at_once() {
     assert!(report.elapsed < Duration::from_secs(1));
     assert!(matches!(report.verdict, Err(BootError::PortGone { .. })));
 }
+
+#[tokio::test]
+async fn after_a_fail_line_the_crash_report_is_kept_up_to_the_next_reset() {
+    let (mut device, console) = tokio::io::duplex(4096);
+    let check = check(Duration::from_secs(30));
+    let writer = async {
+        device
+            .write_all(b"rst:0x10 (RTCWDT_RTC_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)\r\n")
+            .await
+            .unwrap();
+        device
+            .write_all(b"Guru Meditation Error: Core  0 panic'ed (LoadProhibited). Exception was unhandled.\r\n")
+            .await
+            .unwrap();
+        // The register dump and backtrace follow in later reads.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        device
+            .write_all(b"\r\nBacktrace: 0x400d5e37:0x3ffb4f30 0x400d6b49:0x3ffb4f60\r\n\r\nRebooting...\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        device
+            .write_all(b"ets Jul 29 2019 12:21:46\r\n\r\nrst:0xc (SW_CPU_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)\r\nconfigsip: 0\r\n")
+            .await
+            .unwrap();
+        // The next boot goes on; the check has what it needs and must not wait for it.
+        device
+    };
+    let started = std::time::Instant::now();
+    let (report, _device) = tokio::join!(watch(console, &check), writer);
+    assert!(matches!(report.verdict, Err(BootError::Panic { .. })));
+    assert!(
+        report.log.contains("Backtrace: 0x400d5e37:0x3ffb4f30")
+            && report.log.contains("Rebooting...")
+            && report
+                .log
+                .ends_with("rst:0xc (SW_CPU_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)\n"),
+        "{}",
+        report.log
+    );
+    assert!(started.elapsed() < TAIL_MAX + Duration::from_millis(500));
+}
+
+#[tokio::test]
+async fn after_a_fail_line_a_quiet_console_ends_the_read() {
+    let (mut device, console) = tokio::io::duplex(4096);
+    device
+        .write_all(b"rst:0x10 (RTCWDT_RTC_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)\r\nE (300) cpu_start: Failed to init external RAM!\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let report = watch(console, &check(Duration::from_secs(30))).await;
+    assert!(matches!(report.verdict, Err(BootError::Psram { .. })));
+    let waited = started.elapsed();
+    assert!(
+        waited >= TAIL_QUIET && waited < TAIL_MAX,
+        "the check waited {waited:?}"
+    );
+    drop(device);
+}
