@@ -70,6 +70,8 @@ async fn run(units: usize, boot: bool) -> Result<Vec<Row>, Error> {
         operator: "bench".into(),
         reprovision: false,
         skip_provisioned: false,
+        claim_at_start: false,
+        hold_records: false,
     };
     let line = SimLine::start(SimOptions {
         count: units,

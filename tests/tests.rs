@@ -12,6 +12,7 @@ mod dps;
 mod harden;
 mod line;
 mod nvs;
+mod postgres;
 mod provision;
 mod report;
 mod secure_cert;

@@ -23,7 +23,7 @@ use crate::keys::KeyId;
 
 pub use row::{
     Attempt, AuditEntry, Batch, BatchStatus, CertificateRow, FailureCount, IssuedCertificate,
-    ManifestRow, Unit, UnitDps,
+    ManifestRow, StationCount, Unit, UnitDps,
 };
 
 /// A stored value that is not one the station writes (a hand-edited row, a newer station's).
