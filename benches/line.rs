@@ -13,7 +13,9 @@
 //! `-- --dps 0,0.3` repeats the runs with DPS pre-verification at those emulator latencies;
 //! `-- --mqtt 0,0.3` (issue 18) compares pre-verification over REST and over MQTT, each without
 //! and with the hub test message, against `station sim dps --tls-dir` (TLS on loopback for both
-//! transports) at those latencies, on 4 ports unless `--ports` says otherwise).
+//! transports) at those latencies, on 4 ports unless `--ports` says otherwise);
+//! `-- --boot` runs them with the boot check on: `[serial] after = "watchdog-reset"`, each
+//! simulated unit booting its application at 115200 with wire time after its flash).
 
 use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
@@ -63,10 +65,14 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-fn run(ports: usize, units: usize, dps: Option<Dps>) -> Sample {
+fn run(ports: usize, units: usize, dps: Option<Dps>, boot: bool) -> Sample {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let root = dir.path();
     let mut config_text = common::config(r#"["ports/ttySIM*"]"#, 921_600, true);
+    if boot {
+        config_text = config_text.replace("after = \"no-reset\"", "after = \"watchdog-reset\"")
+            + "\n[boot]\nenabled = true\n";
+    }
     let config = common::workspace(root, &config_text);
     let key = root.join("group.key");
     // With a DPS latency, every unit is pre-verified against `station sim dps` on loopback.
@@ -220,6 +226,7 @@ fn main() {
         .map(|v| v.split(',').filter_map(|p| p.parse().ok()).collect())
         .unwrap_or_else(|| vec![1, 4, 8]);
     // `--dps 0,0.3`: repeat the runs with pre-verification at these emulator latencies (s).
+    let boot = args.iter().any(|a| a == "--boot");
     let dps: Vec<f64> = value("--dps")
         .map(|v| v.split(',').filter_map(|p| p.parse().ok()).collect())
         .unwrap_or_default();
@@ -260,6 +267,7 @@ fn main() {
                         hub,
                         tls: true,
                     }),
+                    boot,
                 );
                 println!(
                     "{:>10.1} {:>9} {:>4} {:>4}/{:<3} {:>8.1} {:>10.1} {:>8.3} {:>8.3} {:>10.3}",
@@ -295,6 +303,7 @@ fn main() {
                         hub: false,
                         tls: false,
                     }),
+                    boot,
                 );
                 println!(
                     "{:>5} {:>10.1} {:>10.1} {:>11.1}",
@@ -309,7 +318,12 @@ fn main() {
     }
 
     println!(
-        "line: batch of {units} at 921600 baud, stub, ROM-faithful simulator (wire time, 1 ms USB latency, flash erase/program time), simulated operator swapping units"
+        "line: batch of {units} at 921600 baud, stub, ROM-faithful simulator (wire time, 1 ms USB latency, flash erase/program time), simulated operator swapping units{}",
+        if boot {
+            "; boot check on (watchdog reset, the application's boot log at 115200 with wire time)"
+        } else {
+            ""
+        }
     );
     println!(
         "{:>5} {:>9} {:>10} {:>11} {:>10} {:>13}",
@@ -317,7 +331,7 @@ fn main() {
     );
     let mut single: Option<f64> = None;
     for &ports in &port_counts {
-        let sample = run(ports, units, None);
+        let sample = run(ports, units, None, boot);
         let per_minute = sample.passed as f64 / sample.wall * 60.0;
         if ports == 1 {
             single = Some(per_minute);
@@ -337,7 +351,10 @@ fn main() {
         );
     }
     // Memory with 16 ports open: the daemon's peak over a batch of 32 on 16 ports.
-    let sample = run(16, 32, None);
+    if boot {
+        return;
+    }
+    let sample = run(16, 32, None, false);
     println!(
         "memory: 16 ports open, {}/{} units in {:.1} s: daemon peak RSS {:.1} MiB",
         sample.passed,

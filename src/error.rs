@@ -62,6 +62,10 @@ pub enum Error {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Sim(#[from] crate::sim::SimError),
+    /// A unit's application did not confirm its configuration.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Boot(#[from] crate::boot::BootError),
     /// A file the station needs could not be read or written.
     #[error(transparent)]
     #[diagnostic(transparent)]
@@ -132,6 +136,7 @@ impl From<crate::provision::UnitError> for Error {
             UnitError::Dps(e) => Error::Dps(e),
             UnitError::Provision(e) => Error::Provision(e),
             UnitError::Hub(e) => Error::Hub(e),
+            UnitError::Boot(e) => Error::Boot(e),
             UnitError::Identity(e) => Error::Identity(e),
         }
     }

@@ -8,9 +8,12 @@
 //!
 //! The pure cores ([`keys`], [`identity`], [`nvs`], [`report`]) never touch a port, the network
 //! or the database; [`device`], [`sim`] and [`store`] are the I/O shells around them, and
-//! [`provision`] orchestrates one unit through the pipeline of `DESIGN.md` section 1.
+//! [`provision`] orchestrates one unit through the pipeline of `DESIGN.md` section 1; with
+//! `[boot]` on, [`boot`] then reads the application's console and passes the unit only when
+//! its firmware confirms its own configuration.
 
 mod armor;
+pub mod boot;
 pub mod certificate;
 pub mod checkpoint;
 pub mod cli;

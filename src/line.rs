@@ -825,7 +825,9 @@ async fn new_device_on_same_node(context: &Context, port: &Path, last: &mut Last
 }
 
 /// Reads the MAC of whatever answers on `port` through the ROM loader alone (no stub, a few
-/// seconds at most), then lets it go as `[serial] after` says.
+/// seconds at most), then leaves it in the loader: a new unit found by a probe must still be
+/// there for its provisioning (a reset per `[serial] after` would boot it into its unflashed
+/// application, out of reach of a line without DTR/RTS).
 async fn probe(context: &Context, port: &Path) -> Option<Mac> {
     let mut settings = SerialSettings::from(&context.station.config.serial);
     settings.stub = false;
@@ -835,7 +837,7 @@ async fn probe(context: &Context, port: &Path) -> Option<Mac> {
         Ok(()) => device.identify().await.ok().map(|identity| identity.mac),
         Err(_) => None,
     };
-    let _ = device.reset().await;
+    device.release().await;
     mac
 }
 

@@ -613,3 +613,152 @@ fn kill_9_at_random_points_leaves_nothing_falsely_provisioned() {
     );
     assert_eq!(kills, 5);
 }
+
+/// Issue 14: the boot check on every port, concurrently with flashing on the others; a unit
+/// whose firmware fails to start is FAIL with its reason and stays on the line, failed.
+#[test]
+fn an_eight_port_line_with_the_boot_check_passes_six_units_and_fails_two_at_boot() {
+    let config = crate::boot::boot_config(10.0, "");
+    // Probes every 0.5 s: the units that stay on their ports are probed while the test waits.
+    let ws = workspace_with(8, 0.5, config);
+    let (faults, app_faults) = station::sim::FaultSpec::split(
+        ["2:boot-panic", "5:psram"]
+            .iter()
+            .map(|f| f.parse::<station::sim::FaultSpec>().unwrap()),
+    );
+    let line = SimLine::start(SimOptions {
+        count: 8,
+        ports: Some(8),
+        link_dir: Some(ws.path("ports")),
+        flash_dir: Some(ws.path("flash")),
+        faults,
+        app_faults,
+        ..SimOptions::default()
+    })
+    .unwrap();
+    let daemon = Daemon::start(&ws, true);
+    daemon.wait_for("eight units", |events| {
+        events.iter().filter(|e| e["event"] == "unit").count() == 8
+    });
+    let units = daemon.units();
+    let failed: Vec<(&str, &str, &str)> = units
+        .iter()
+        .filter(|u| u["outcome"] == "failed")
+        .map(|u| {
+            (
+                u["mac"].as_str().unwrap(),
+                u["stage"].as_str().unwrap(),
+                u["error_code"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let mac = |i: usize| line.devices()[i].mac().to_string();
+    let mut expected = vec![
+        (mac(2), "boot", "station::boot::panic"),
+        (mac(5), "boot", "station::boot::psram"),
+    ];
+    expected.sort();
+    let mut failed: Vec<(String, &str, &str)> = failed
+        .into_iter()
+        .map(|(m, s, c)| (m.to_owned(), s, c))
+        .collect();
+    failed.sort();
+    assert_eq!(failed, expected, "{units:#?}");
+    assert_eq!(
+        units
+            .iter()
+            .filter(|u| u["outcome"] == "provisioned")
+            .count(),
+        6
+    );
+    // Every unit went through stage boot, each on its own port.
+    let events = daemon.events();
+    let booted: std::collections::HashSet<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "stage" && e["stage"] == "boot")
+        .map(|e| e["port"].as_str().unwrap())
+        .collect();
+    assert_eq!(booted.len(), 8);
+    // The failed units stay on the line, failed: waiting to be taken off, not retried.
+    for i in [2, 5] {
+        assert!(events.iter().any(|e| e["event"] == "waiting"
+            && e["reason"] == "unit_failed"
+            && e["mac"] == mac(i).as_str()));
+    }
+    // Units running their application do not answer the loader's probe: none is taken for a
+    // new device and flashed again (a probe gives up on a silent port after 3 s).
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(daemon.units().len(), 8, "no unit was tried again");
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    let mut daemon = daemon;
+    assert_eq!(daemon.wait(), 0);
+    let status = status(&ws);
+    assert_eq!(
+        (status["provisioned"].as_i64(), status["failed"].as_i64()),
+        (Some(6), Some(2))
+    );
+    ws.station(&["audit", "verify"]).expect(0);
+}
+
+/// Issue 14, the operator's view: the plain log shows the stage `boot`, then PASS, or FAIL with
+/// the firmware's reason, its code and the hint, and tells the operator to set the unit aside;
+/// the unit put in its place passes and the batch completes.
+#[test]
+fn the_plain_log_shows_the_boot_stage_and_a_failed_boot_with_its_reason_and_hint() {
+    let config = crate::boot::boot_config(10.0, "");
+    let ws = workspace_with(2, 2.0, config);
+    let (faults, app_faults) =
+        station::sim::FaultSpec::split(["1:psram".parse::<station::sim::FaultSpec>().unwrap()]);
+    let line = SimLine::start(SimOptions {
+        count: 3,
+        ports: Some(2),
+        link_dir: Some(ws.path("ports")),
+        flash_dir: Some(ws.path("flash")),
+        leave_after_idle: Some(Duration::from_millis(1000)),
+        swap_gap: Duration::from_millis(250),
+        faults,
+        app_faults,
+        ..SimOptions::default()
+    })
+    .unwrap();
+    let mut daemon = Daemon::start(&ws, false);
+    assert_eq!(daemon.wait(), 0, "{:#?}", daemon.lines());
+    let lines = daemon.lines();
+    let bad = line.devices()[1].mac().to_string();
+    assert!(
+        lines.iter().any(|l| l.ends_with("  boot")),
+        "the stage shows: {lines:#?}"
+    );
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("PASS  ")).count(),
+        2,
+        "{lines:#?}"
+    );
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with("FAIL  ") && l.contains(&bad))
+        .unwrap_or_else(|| panic!("no FAIL line for {bad}: {lines:#?}"));
+    let fail = &lines[at];
+    assert!(
+        fail.contains("at boot: the firmware cannot start its PSRAM")
+            && fail.contains("PSRAM ID read error")
+            && fail.ends_with("[station::boot::psram]"),
+        "{fail}"
+    );
+    assert!(
+        lines[at + 1].trim_start().starts_with("hint: ") && lines[at + 1].contains("CONFIG_SPIRAM"),
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("failed: take it off and set it aside")),
+        "{lines:#?}"
+    );
+    assert!(lines.iter().all(|l| !l.contains('\u{1b}')), "{lines:#?}");
+    let status = status(&ws);
+    assert_eq!(
+        (status["provisioned"].as_i64(), status["failed"].as_i64()),
+        (Some(2), Some(1))
+    );
+}

@@ -695,3 +695,80 @@ async fn a_line_of_devices_has_distinct_macs_ports_and_faults() {
         "links are removed on drop"
     );
 }
+
+/// Issue 14: a chip reset by its RTC watchdog, armed over the loader, samples its strapping
+/// pins again and boots its application, which reads the NVS partition the session wrote and
+/// logs it; the host is already at the console's rate, so it reads the log from the ROM's
+/// banner on, through tokio-serial.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watchdog_reset_boots_the_application_which_reads_its_nvs() {
+    use tokio::io::AsyncReadExt as _;
+    for stub in [true, false] {
+        let line = Line::start(SimOptions::default());
+        let image = station::nvs::build(
+            &[
+                station::nvs::Entry::new(
+                    "dps",
+                    "id_scope",
+                    station::nvs::Value::Str("0ne00ABCDEF".into()),
+                ),
+                station::nvs::Entry::new(
+                    "dps",
+                    "reg_id",
+                    station::nvs::Value::Str("sensor-from-nvs".into()),
+                ),
+            ],
+            0x6000,
+        )
+        .unwrap();
+        let mut device = line.device(SerialSettings {
+            after: AfterReset::WatchdogReset,
+            ..settings(stub, 921_600)
+        });
+        device.connect().await.unwrap();
+        device
+            .write(vec![Region::new(0x9000, image.clone())], None)
+            .await
+            .unwrap();
+        assert_eq!(device.md5(0x9000, 0x6000).await.unwrap(), md5(&image));
+        let started = Instant::now();
+        let mut console = device.boot(115_200).await.unwrap();
+        let mut log = Vec::new();
+        let mut buf = [0u8; 512];
+        while !String::from_utf8_lossy(&log).contains("registration id sensor-from-nvs") {
+            let n = tokio::time::timeout(Duration::from_secs(5), console.read(&mut buf))
+                .await
+                .expect("the application prints its log")
+                .unwrap();
+            assert!(n > 0, "the port stays open");
+            log.extend_from_slice(&buf[..n]);
+        }
+        let log = String::from_utf8_lossy(&log);
+        assert!(
+            log.starts_with(
+                "ets Jul 29 2019 12:21:46\r\n\r\nrst:0x10 (RTCWDT_RTC_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)\r\n"
+            ),
+            "stub {stub}: {log}"
+        );
+        assert!(log.contains("dps: ID scope 0ne00ABCDEF"));
+        // The realistic model: the log takes its time at 115200.
+        assert!(started.elapsed() > Duration::from_millis(300));
+        let device = &line.sim.devices()[0];
+        assert_eq!(device.state(), SimState::Application);
+        assert_eq!(device.stats().boots, 1);
+    }
+}
+
+/// A hard reset needs RTS: on a pseudo-terminal it fails, and nothing boots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hard_reset_on_a_pseudo_terminal_cannot_boot_the_application() {
+    let line = Line::one(Vec::new());
+    let mut device = line.device(SerialSettings {
+        after: AfterReset::HardReset,
+        ..settings(true, 115_200)
+    });
+    device.connect().await.unwrap();
+    let error = device.boot(115_200).await.unwrap_err();
+    assert_eq!(code(error), "station::device::reset_failed");
+    assert_ne!(line.sim.devices()[0].state(), SimState::Application);
+}

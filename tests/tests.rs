@@ -6,6 +6,7 @@
 
 mod anchor;
 mod architecture;
+mod boot;
 mod cli;
 mod dps;
 mod harden;

@@ -34,7 +34,7 @@ use crate::line::{self, LineOptions};
 use crate::report::ManifestFormat;
 use crate::sim::dps::{DpsEmulator, EmulatorOptions};
 use crate::sim::tls::ServerIdentity;
-use crate::sim::{SimLine, SimOptions};
+use crate::sim::{SimApp, SimLine, SimOptions};
 use crate::station::Station;
 use crate::store::ManifestFilter;
 
@@ -114,11 +114,19 @@ const DEMO_SERIAL: &str = r#"
 [serial]
 ports = ["ports/ttySIM*"]
 baud = 921600
-# Pseudo-terminals have no DTR/RTS lines: the simulated chips wait in download mode.
+# Pseudo-terminals have no DTR/RTS lines: the simulated chips wait in download mode, and the
+# reset into the application is the chip's RTC watchdog, armed over the loader.
 before = "no-reset"
-after = "no-reset"
+after = "watchdog-reset"
 chip = "esp32"
 stub = true
+
+[boot]
+# Each unit passes only once its firmware logs the registration ID it read from NVS.
+enabled = true
+baud = 115200
+timeout = 10
+expect = ["dps: registration id {registration_id}"]
 "#;
 
 /// The most devices a demo runs (a batch of 10,000 takes about an hour on 4 ports).
@@ -177,8 +185,10 @@ pub(super) async fn run(args: DemoArgs, json: bool) -> Result<u8> {
     let station = Arc::new(Station::open(config).await?);
     let station_id = station.config.station.id.clone();
     let ports = args.ports.min(args.count);
-    // The simulated operator takes each unit off its port once the station has left it idle,
-    // and plugs in the next one.
+    // The simulated operator takes each unit off its port once its serial line has been quiet
+    // for a while (the station done with it, its application done printing), and plugs in
+    // the next one. The simulated firmware reads the NVS partition the demo writes.
+    let nvs = &station.config.nvs;
     let line = SimLine::start(SimOptions {
         count: args.count,
         ports: Some(ports),
@@ -186,6 +196,13 @@ pub(super) async fn run(args: DemoArgs, json: bool) -> Result<u8> {
         flash_dir: Some(dir.join("flash")),
         leave_after_idle: Some(Duration::from_millis(800)),
         swap_gap: Duration::from_millis(300),
+        app: SimApp {
+            baud: station.config.boot.baud,
+            nvs_offset: nvs.offset,
+            nvs_size: nvs.size,
+            namespace: nvs.namespace.clone(),
+            ..SimApp::default()
+        },
         ..SimOptions::default()
     })?;
 

@@ -59,6 +59,10 @@ pub enum Command {
     /// Work orders: open, close and follow batches.
     #[command(subcommand)]
     Batch(BatchCommand),
+    /// One unit: its record (state, every attempt, its boot log), or revoke it (scrapped,
+    /// returned) or restore it.
+    #[command(subcommand)]
+    Unit(UnitCommand),
     /// Device keys.
     #[command(subcommand)]
     Key(KeyCommand),
@@ -77,9 +81,6 @@ pub enum Command {
     /// Azure DPS pre-verification.
     #[command(subcommand)]
     Dps(DpsCommand),
-    /// One recorded unit: revoke it (scrapped, returned) or restore it.
-    #[command(subcommand)]
-    Unit(UnitCommand),
     /// Simulated hardware for tests and demos.
     #[command(subcommand)]
     Sim(SimCommand),
@@ -146,6 +147,33 @@ pub enum BatchCommand {
     Status {
         /// The batch.
         name: Option<String>,
+    },
+}
+
+/// `station unit`.
+#[derive(Debug, Subcommand)]
+pub enum UnitCommand {
+    /// Show a unit's record, every attempt on it (any batch) and the boot log its last boot
+    /// check kept (redacted).
+    Show {
+        /// The unit's MAC (24:0A:C4:12:34:56, 24-0a-c4-12-34-56 or 240ac4123456).
+        mac: String,
+    },
+    /// Revoke a provisioned unit (scrapped or returned): recorded and audited, shown in
+    /// manifests (`revoked_at`), refused by the line; with [dps.service] DPS is given a disabled
+    /// individual enrollment for it, otherwise the portal steps are printed.
+    Revoke {
+        /// The unit's MAC (aa:bb:cc:dd:ee:ff).
+        mac: crate::identity::Mac,
+        /// Why (kept in the ledger and the audit log).
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+    },
+    /// Undo a revocation: the ledger clears it and, with [dps.service], DPS lets the unit in
+    /// again (its disabled individual enrollment is deleted, or its own re-enabled).
+    Restore {
+        /// The unit's MAC.
+        mac: crate::identity::Mac,
     },
 }
 
@@ -301,27 +329,6 @@ pub enum DpsCommand {
     },
 }
 
-/// `station unit`.
-#[derive(Debug, Subcommand)]
-pub enum UnitCommand {
-    /// Revoke a provisioned unit (scrapped or returned): recorded and audited, shown in
-    /// manifests (`revoked_at`), refused by the line; with [dps.service] DPS is given a disabled
-    /// individual enrollment for it, otherwise the portal steps are printed.
-    Revoke {
-        /// The unit's MAC (aa:bb:cc:dd:ee:ff).
-        mac: crate::identity::Mac,
-        /// Why (kept in the ledger and the audit log).
-        #[arg(long, value_name = "TEXT")]
-        reason: String,
-    },
-    /// Undo a revocation: the ledger clears it and, with [dps.service], DPS lets the unit in
-    /// again (its disabled individual enrollment is deleted, or its own re-enabled).
-    Restore {
-        /// The unit's MAC.
-        mac: crate::identity::Mac,
-    },
-}
-
 /// `station sim`.
 #[derive(Debug, Subcommand)]
 pub enum SimCommand {
@@ -430,9 +437,23 @@ pub struct SimDevicesArgs {
     /// address is taken, so that a chip with blank eFuses (00:00:00:00:00:00) can be imitated.
     #[arg(long, value_parser = crate::identity::Mac::parse_any)]
     pub base_mac: Option<crate::identity::Mac>,
-    /// Inject a fault: [DEVICE:]unplug|corrupt|noise|silent@bytes|frame|block=N (repeatable).
+    /// Inject a fault (repeatable): into the link, [DEVICE:]unplug|corrupt|noise|silent
+    /// @bytes|frame|block=N; or into the application a reset boots, [DEVICE:]boot-panic|psram|
+    /// no-config|silent|bootloop|print-key.
     #[arg(long = "fault", value_name = "SPEC")]
-    pub faults: Vec<crate::sim::Fault>,
+    pub faults: Vec<crate::sim::FaultSpec>,
+    /// The application's console rate (the ROM's banner stays at 115200).
+    #[arg(long, value_name = "BAUD", default_value_t = 115_200)]
+    pub app_baud: u32,
+    /// The NVS namespace the application reads its DPS settings from.
+    #[arg(long, value_name = "NAME", default_value = "dps")]
+    pub app_namespace: String,
+    /// The offset of the application's NVS partition (its partition table's).
+    #[arg(long, value_name = "OFFSET", default_value = "0x9000", value_parser = parse_number)]
+    pub app_nvs_offset: u32,
+    /// The size of the application's NVS partition.
+    #[arg(long, value_name = "SIZE", default_value = "0x6000", value_parser = parse_number)]
+    pub app_nvs_size: u32,
     /// How many ports (default: one per device); the other devices wait for a free port.
     #[arg(long)]
     pub ports: Option<usize>,
@@ -468,6 +489,15 @@ pub struct SimDevicesArgs {
         allow_negative_numbers = true
     )]
     pub xtal_error_ppm: i32,
+}
+
+/// A number written in decimal or, with `0x`, in hex.
+fn parse_number(text: &str) -> std::result::Result<u32, String> {
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.map_err(|_| format!("`{text}` is not a number (write 36864 or 0x9000)"))
 }
 
 /// `station demo`.

@@ -1,4 +1,5 @@
-//! `station batch`, `station audit`, `station export manifest` and `station check`.
+//! `station batch`, `station unit show`, `station audit`, `station export manifest` and
+//! `station check`.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -73,6 +74,78 @@ pub(super) async fn batch(config: &Config, command: BatchCommand, json: bool) ->
         }
     }
     store.close().await;
+    Ok(OK)
+}
+
+/// `station unit show MAC`: the unit's row, its attempts and its last boot log excerpt.
+pub(super) async fn unit_show(config: &Config, mac: &str, json: bool) -> Result<u8> {
+    let mac: crate::identity::Mac = mac.parse()?;
+    let store = open_store(config).await?;
+    let unit = store
+        .unit_by_mac(&mac)
+        .await?
+        .ok_or(crate::store::StoreError::NoSuchUnit { mac })?;
+    let attempts = store.attempts_of_mac(&mac).await?;
+    let batch = store.batch_by_id(unit.batch_id).await?;
+    store.close().await;
+    if json {
+        print_json(&serde_json::json!({
+            "unit": unit,
+            "batch": batch.name,
+            "attempts": attempts,
+        }));
+        return Ok(OK);
+    }
+    println!(
+        "{}  {}  {}  batch {}  station {}",
+        unit.mac, unit.registration_id, unit.state, batch.name, unit.station_id
+    );
+    println!(
+        "  chip {} {}, {} bytes of flash; key {}; image sha256 {}",
+        unit.chip,
+        unit.revision,
+        unit.flash_size,
+        unit.key_id,
+        unit.image_sha256.as_deref().unwrap_or("-")
+    );
+    match (&unit.provisioned_at, unit.failed_stage) {
+        (Some(at), _) => println!("  provisioned {at}; DPS {}", unit.dps_status),
+        (None, Some(stage)) => println!("  failed at {stage}; DPS {}", unit.dps_status),
+        (None, None) => println!("  DPS {}", unit.dps_status),
+    }
+    println!("attempts ({}):", attempts.len());
+    for attempt in &attempts {
+        println!(
+            "  #{:<6} {}  {:<12} {:<9} {}  {}{}",
+            attempt.id,
+            attempt.started_at,
+            attempt.outcome,
+            attempt.stage.map_or("", |s| s.as_str()),
+            attempt.port,
+            attempt
+                .error_code
+                .as_ref()
+                .map_or_else(String::new, |c| format!("[{c}] ")),
+            attempt.message.as_deref().unwrap_or_default()
+        );
+    }
+    match attempts.iter().rev().find(|a| a.boot_log.is_some()) {
+        Some(attempt) => {
+            let log = attempt.boot_log.as_deref().unwrap_or_default();
+            if log.is_empty() {
+                println!(
+                    "boot log of attempt #{}: the unit printed nothing",
+                    attempt.id
+                );
+            } else {
+                println!("boot log of attempt #{} (redacted):", attempt.id);
+            }
+            for line in log.lines() {
+                println!("  | {line}");
+            }
+        }
+        None => println!("no boot log: the boot check did not run on this unit"),
+    }
     Ok(OK)
 }
 

@@ -55,17 +55,20 @@ pub(super) async fn provision(config: Config, args: ProvisionArgs, json: bool) -
     })
 }
 
-/// `station unit revoke` / `restore`: exit 0 when the ledger and DPS are as asked (or the
-/// portal steps were printed), 1 when DPS could not be changed (the decision is recorded;
-/// running the command again retries DPS).
+/// `station unit show`, `revoke` and `restore`. Revoke and restore exit 0 when the ledger and
+/// DPS are as asked (or the portal steps were printed), 1 when DPS could not be changed (the
+/// decision is recorded; running the command again retries DPS).
 pub(super) async fn unit_command(config: Config, command: UnitCommand, json: bool) -> Result<u8> {
+    let (mac, reason) = match command {
+        UnitCommand::Show { mac } => return super::records::unit_show(&config, &mac, json).await,
+        UnitCommand::Revoke { mac, reason } => (mac, Some(reason)),
+        UnitCommand::Restore { mac } => (mac, None),
+    };
     let station = Station::open(config).await?;
     let operator = super::operator(None);
-    let report = match &command {
-        UnitCommand::Revoke { mac, reason } => {
-            provision::revoke(&station, mac, reason, &operator).await
-        }
-        UnitCommand::Restore { mac } => provision::restore(&station, mac, &operator).await,
+    let report = match &reason {
+        Some(reason) => provision::revoke(&station, &mac, reason, &operator).await,
+        None => provision::restore(&station, &mac, &operator).await,
     };
     station.store.close().await;
     let report = report?;
@@ -251,6 +254,7 @@ pub(super) fn print_report(report: &UnitReport) {
 }
 
 pub(super) async fn sim_devices(args: SimDevicesArgs) -> Result<u8> {
+    let (faults, app_faults) = crate::sim::FaultSpec::split(args.faults);
     let line = SimLine::start(SimOptions {
         count: args.count,
         link_dir: args.link_dir,
@@ -258,7 +262,15 @@ pub(super) async fn sim_devices(args: SimDevicesArgs) -> Result<u8> {
         baud: args.baud,
         chip: args.chip,
         base_mac: args.base_mac,
-        faults: args.faults,
+        faults,
+        app_faults,
+        app: crate::sim::SimApp {
+            baud: args.app_baud,
+            nvs_offset: args.app_nvs_offset,
+            nvs_size: args.app_nvs_size,
+            namespace: args.app_namespace,
+            ..crate::sim::SimApp::default()
+        },
         wire_time: !args.instant,
         timing: crate::sim::SimTiming {
             usb_latency: args.usb_latency_ms,

@@ -85,7 +85,7 @@ pub enum ConfigError {
     #[diagnostic(
         code(station::config::bad_template),
         help(
-            "Entry values may use {{id_scope}}, {{registration_id}}, {{device_key}}, {{secondary_device_key}}, {{dps_host}}, {{mac}} and {{station_id}}; write a literal brace nowhere."
+            "Entry values may use {{id_scope}}, {{registration_id}}, {{device_key}}, {{secondary_device_key}}, {{dps_host}}, {{mac}} and {{station_id}}; [boot] patterns the same but no key; write a literal brace nowhere."
         )
     )]
     BadTemplate {

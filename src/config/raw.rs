@@ -20,6 +20,7 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) firmware: Vec<Spanned<RawFirmware>>,
     pub(super) hub: Option<Spanned<RawHub>>,
+    pub(super) boot: Option<Spanned<RawBoot>>,
     pub(super) audit: Option<Spanned<RawAudit>>,
 }
 
@@ -156,4 +157,15 @@ pub(super) struct RawSecureCert {
 pub(super) struct RawFirmware {
     pub(super) offset: Spanned<u32>,
     pub(super) file: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBoot {
+    pub(super) enabled: Option<Spanned<bool>>,
+    pub(super) baud: Option<Spanned<u32>>,
+    pub(super) timeout: Option<Spanned<f64>>,
+    pub(super) expect: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) fail: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) keep_log: Option<Spanned<i64>>,
 }

@@ -446,6 +446,117 @@ fn dps_payload_table_becomes_json() {
     assert_error(&text, "station::config::bad_value", 9, "[dps.payload]");
 }
 
+#[test]
+fn boot_check_is_off_by_default_with_the_documented_defaults() {
+    let config = parse(MINIMAL).unwrap();
+    let boot = &config.boot;
+    assert!(!boot.enabled);
+    assert_eq!(boot.baud, 115_200);
+    assert_eq!(boot.timeout, std::time::Duration::from_secs(10));
+    assert_eq!(boot.keep_log, 4096);
+    let texts = |patterns: &[BootPattern]| -> Vec<String> {
+        patterns.iter().map(|p| p.text.clone()).collect()
+    };
+    assert_eq!(texts(&boot.expect), DEFAULT_BOOT_EXPECT);
+    // Every default fail pattern parses (none is lost by `BootConfig::default`).
+    assert_eq!(texts(&boot.fail), DEFAULT_BOOT_FAIL);
+}
+
+#[test]
+fn boot_patterns_render_with_the_units_values() {
+    let text = MINIMAL.to_owned()
+        + "\n[serial]\nafter = \"watchdog-reset\"\n\n[boot]\nenabled = true\nbaud = 921600\n\
+           timeout = 2.5\nexpect = [\"dps: registration id {registration_id}\", \"scope {id_scope} on {mac}\"]\n\
+           fail = [\"Guru Meditation\"]\nkeep_log = 1024\n";
+    let config = parse(&text).unwrap();
+    assert_eq!(config.serial.after, AfterReset::WatchdogReset);
+    let boot = &config.boot;
+    assert!(boot.enabled);
+    assert_eq!(boot.baud, 921_600);
+    assert_eq!(boot.timeout, std::time::Duration::from_millis(2500));
+    assert_eq!(boot.keep_log, 1024);
+    let values = TemplateValues {
+        id_scope: "0ne00ABCDEF",
+        registration_id: "sensor-240ac4123456",
+        device_key: "never",
+        secondary_device_key: "never",
+        dps_host: "h",
+        mac: "240ac4123456",
+        station_id: "st",
+        device_cert: "never",
+        device_private_key: "never",
+        ca_chain: "never",
+    };
+    let rendered: Vec<String> = boot.expect.iter().map(|p| p.render(&values)).collect();
+    assert_eq!(
+        rendered,
+        [
+            "dps: registration id sensor-240ac4123456",
+            "scope 0ne00ABCDEF on 240ac4123456"
+        ]
+    );
+    assert_eq!(boot.fail.len(), 1);
+    // Whole seconds are seconds too.
+    let config = parse(&text.replace("timeout = 2.5", "timeout = 3")).unwrap();
+    assert_eq!(config.boot.timeout, std::time::Duration::from_secs(3));
+}
+
+#[test]
+fn boot_values_are_checked() {
+    let serial = MINIMAL.to_owned() + "\n[serial]\nafter = \"hard-reset\"\n\n[boot]\n";
+    // Line 22 is the first line of [boot].
+    assert_error(
+        &(MINIMAL.to_owned() + "\n[serial]\nafter = \"no-reset\"\n\n[boot]\nenabled = true\n"),
+        "station::config::bad_value",
+        22,
+        "after = \"no-reset\"",
+    );
+    assert_error(
+        &(serial.clone() + "enabled = true\nexpect = [\"device key {device_key}\"]\n"),
+        "station::config::bad_template",
+        23,
+        "may not name a device key",
+    );
+    assert_error(
+        &(serial.clone() + "fail = [\"{serial}\"]\n"),
+        "station::config::bad_template",
+        22,
+        "unknown placeholder",
+    );
+    assert_error(
+        &(serial.clone() + "enabled = true\nexpect = []\n"),
+        "station::config::bad_value",
+        21,
+        "no pattern to wait for",
+    );
+    assert_error(
+        &(serial.clone() + "expect = [\"\"]\n"),
+        "station::config::bad_value",
+        22,
+        "0 characters",
+    );
+    for (line, needle) in [
+        ("timeout = 0", "outside"),
+        ("timeout = 301", "outside"),
+        ("baud = 300", "outside"),
+        ("keep_log = 10", "outside"),
+        ("keep_log = 2000000", "outside"),
+    ] {
+        assert_error(
+            &(serial.clone() + line + "\n"),
+            "station::config::bad_value",
+            22,
+            needle,
+        );
+    }
+    assert_error(
+        &(serial + "expected = [\"x\"]\n"),
+        "station::config::unknown_key",
+        22,
+        "expected",
+    );
+}
+
 // Issue 15: `[station] database` is a SQLite file or a PostgreSQL URL, whose password never
 // sits in station.toml.
 #[test]

@@ -24,6 +24,8 @@ pub struct Config {
     pub firmware: Vec<FirmwareImage>,
     /// `[hub]`: the test message to the hub DPS assigns.
     pub hub: HubConfig,
+    /// `[boot]`: the boot check after flashing.
+    pub boot: BootConfig,
     /// `[audit]`: where the chain's signed checkpoints go.
     pub audit: AuditConfig,
     /// What is allowed but deserves attention (a root CA that expires within 90 days):
@@ -622,9 +624,20 @@ pub enum AfterReset {
     /// Pulse RTS so the chip reboots into its new configuration.
     #[default]
     HardReset,
+    /// Reset the chip with its RTC watchdog, armed over the serial loader: a chip reset that
+    /// samples the strapping pins again, so the chip boots its application without DTR/RTS
+    /// (ports without modem lines: pseudo-terminals, some jigs; esptool's `watchdog-reset`).
+    WatchdogReset,
     /// Touch no line and leave the chip in the ROM loader (the stub, if running, is left with
     /// a soft reset).
     NoReset,
+}
+
+impl AfterReset {
+    /// Whether the chip ends up running its application.
+    pub fn boots_application(self) -> bool {
+        matches!(self, AfterReset::HardReset | AfterReset::WatchdogReset)
+    }
 }
 
 /// The chip model the line expects (`[serial] chip`), as espflash 4.7 names the models it
@@ -691,5 +704,114 @@ impl NvsConfig {
                 }),
             })
             .collect()
+    }
+}
+
+/// `[boot]`: after the verified flash, reset the unit into its application, read its console
+/// and pass it only when the firmware says it read this unit's configuration.
+#[derive(Debug, Clone)]
+pub struct BootConfig {
+    /// Whether the boot check runs. Off by default.
+    pub enabled: bool,
+    /// The application's console rate (`CONFIG_ESP_CONSOLE_UART_BAUDRATE`).
+    pub baud: u32,
+    /// How long after the reset every `expect` pattern must have appeared.
+    pub timeout: std::time::Duration,
+    /// Text that must all appear, each in some line of the log.
+    pub expect: Vec<BootPattern>,
+    /// Text that fails the unit at once.
+    pub fail: Vec<BootPattern>,
+    /// The most bytes of the log kept with the attempt.
+    pub keep_log: usize,
+}
+
+/// The default of `[boot] baud`: ESP-IDF's default console rate.
+pub const DEFAULT_BOOT_BAUD: u32 = 115_200;
+/// The default of `[boot] timeout`, in seconds.
+pub const DEFAULT_BOOT_TIMEOUT: f64 = 10.0;
+/// The default of `[boot] keep_log`, in bytes.
+pub const DEFAULT_BOOT_KEEP_LOG: usize = 4096;
+/// The default of `[boot] expect`: the line of the firmware contract (README, "The boot check").
+pub const DEFAULT_BOOT_EXPECT: &[&str] = &["dps: registration id {registration_id}"];
+/// The default of `[boot] fail`: what ESP-IDF and the ESP32 ROM print when a unit cannot run:
+/// a panic, an abort, a brownout, a watchdog firing (or the reset it causes), PSRAM that is
+/// configured but not on the board, and a ROM that finds no bootable image.
+pub const DEFAULT_BOOT_FAIL: &[&str] = &[
+    "Guru Meditation Error",
+    "abort() was called",
+    "Brownout detector was triggered",
+    "Task watchdog got triggered",
+    "TG0WDT_SYS_RESET",
+    "TG1WDT_SYS_RESET",
+    "PSRAM ID read error",
+    "Failed to init external RAM",
+    "invalid header: 0x",
+    "flash read err",
+];
+
+impl Default for BootConfig {
+    /// The check off, with the documented defaults for when it is turned on.
+    fn default() -> Self {
+        // The defaults are valid patterns (a unit test parses each).
+        let patterns = |texts: &[&str]| {
+            texts
+                .iter()
+                .filter_map(|text| BootPattern::parse(text).ok())
+                .collect()
+        };
+        BootConfig {
+            enabled: false,
+            baud: DEFAULT_BOOT_BAUD,
+            timeout: std::time::Duration::from_secs_f64(DEFAULT_BOOT_TIMEOUT),
+            expect: patterns(DEFAULT_BOOT_EXPECT),
+            fail: patterns(DEFAULT_BOOT_FAIL),
+            keep_log: DEFAULT_BOOT_KEEP_LOG,
+        }
+    }
+}
+
+/// One `[boot] expect` or `fail` pattern: text to find in a line of the boot log, with the
+/// placeholders of entry templates except the keys (a firmware that prints its key is exactly
+/// what the boot check must not ask for).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootPattern {
+    /// As written in `station.toml`.
+    pub text: String,
+    template: ValueTemplate,
+}
+
+impl BootPattern {
+    /// Parses a pattern; the error says what is wrong with it.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let template = ValueTemplate::parse(text)?;
+        let key = [
+            Field::DeviceKey,
+            Field::SecondaryDeviceKey,
+            Field::DevicePrivateKey,
+        ];
+        if key.into_iter().any(|f| template.uses(f)) {
+            return Err(
+                "a pattern may not name a device key: the firmware must never print its key"
+                    .to_owned(),
+            );
+        }
+        if let Some(field) = [Field::DeviceCert, Field::CaChain]
+            .into_iter()
+            .find(|&f| template.uses(f))
+        {
+            return Err(format!(
+                "{{{}}} is a PEM of many lines; a pattern is looked for in one line",
+                field.name()
+            ));
+        }
+        Ok(BootPattern {
+            text: text.to_owned(),
+            template,
+        })
+    }
+
+    /// The text to look for on one unit.
+    pub fn render(&self, values: &TemplateValues<'_>) -> String {
+        self.template.render(values)
     }
 }

@@ -8,8 +8,8 @@ use toml::Spanned;
 
 use super::error::{ConfigError, Location};
 use super::raw::{
-    RawAudit, RawConfig, RawDps, RawDpsService, RawEntryValue, RawFirmware, RawHub, RawNvs,
-    RawSecureCert, RawSerial, RawStation,
+    RawAudit, RawBoot, RawConfig, RawDps, RawDpsService, RawEntryValue, RawFirmware, RawHub,
+    RawNvs, RawSecureCert, RawSerial, RawStation,
 };
 use super::types::*;
 use super::{
@@ -20,6 +20,16 @@ use crate::identity::RegistrationIdTemplate;
 use crate::keys::DEVICE_KEY_LEN;
 use crate::nvs::{self, MAX_KEY_LEN as NVS_KEY_MAX, MIN_PARTITION_SIZE};
 use crate::support::shown;
+
+/// `[boot] timeout` bounds.
+const MIN_BOOT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(100);
+const MAX_BOOT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+/// `[boot] keep_log` bounds, in bytes.
+const MIN_BOOT_KEEP_LOG: usize = 256;
+const MAX_BOOT_KEEP_LOG: usize = 1 << 20;
+/// At most this many `[boot] expect` or `fail` patterns, each at most this many characters.
+const MAX_BOOT_PATTERNS: usize = 32;
+const MAX_BOOT_PATTERN_LEN: usize = 256;
 
 /// The smallest NVS partition, as `[nvs] size` is written.
 const NVS_MIN_SIZE: u32 = MIN_PARTITION_SIZE as u32;
@@ -184,6 +194,7 @@ impl Ctx<'_> {
         }
         let firmware = self.firmware(raw.firmware, &nvs, &dps)?;
         let hub = self.hub(raw.hub, &dps)?;
+        let boot = self.boot(raw.boot, &serial)?;
         let audit = self.audit(raw.audit, &dps)?;
         let mut warnings = self.certificate_warnings(&nvs);
         // A shared server's files are not on the station: only a SQLite file's directory counts.
@@ -205,6 +216,7 @@ impl Ctx<'_> {
             hub,
             audit,
             warnings,
+            boot,
         };
         self.check_fit(&config, size_span)?;
         Ok(config)
@@ -1257,6 +1269,135 @@ impl Ctx<'_> {
             images.push(FirmwareImage { offset, file, size });
         }
         Ok(images)
+    }
+
+    fn boot(
+        &self,
+        raw: Option<Spanned<RawBoot>>,
+        serial: &SerialConfig,
+    ) -> Result<BootConfig, ConfigError> {
+        let defaults = BootConfig::default();
+        let Some(raw) = raw else {
+            return Ok(defaults);
+        };
+        let section = raw.span();
+        let raw = raw.into_inner();
+        let enabled = raw.enabled.as_ref().is_some_and(|e| *e.get_ref());
+        if enabled && !serial.after.boots_application() {
+            let span = raw.enabled.as_ref().map_or(section.clone(), Spanned::span);
+            return Err(self.bad_value(
+                span,
+                "[boot] enabled",
+                "the boot check needs the unit reset into its application, but [serial] after = \"no-reset\" leaves it in the loader",
+                "Set [serial] after = \"hard-reset\" (RTS resets the chip), or \"watchdog-reset\" on ports without DTR/RTS (pseudo-terminals, some jigs).",
+            ));
+        }
+        let baud = match raw.baud {
+            None => defaults.baud,
+            Some(baud) if !(9_600..=3_000_000).contains(baud.get_ref()) => {
+                return Err(self.bad_value(
+                    baud.span(),
+                    "[boot] baud",
+                    format!("{} is outside 9600..=3000000", baud.get_ref()),
+                    "Give the application's console rate, CONFIG_ESP_CONSOLE_UART_BAUDRATE in its sdkconfig (ESP-IDF's default is 115200).",
+                ));
+            }
+            Some(baud) => baud.into_inner(),
+        };
+        let timeout = match raw.timeout {
+            None => defaults.timeout,
+            Some(seconds) => std::time::Duration::try_from_secs_f64(*seconds.get_ref())
+                .ok()
+                .filter(|d| (MIN_BOOT_TIMEOUT..=MAX_BOOT_TIMEOUT).contains(d))
+                .ok_or_else(|| {
+                    self.bad_value(
+                        seconds.span(),
+                        "[boot] timeout",
+                        format!(
+                            "{} seconds is outside {} to {}",
+                            seconds.get_ref(),
+                            MIN_BOOT_TIMEOUT.as_secs_f64(),
+                            MAX_BOOT_TIMEOUT.as_secs()
+                        ),
+                        "Give the seconds from the reset until the firmware has printed every expected line, with room to spare: 10 suits most ESP-IDF applications.",
+                    )
+                })?,
+        };
+        let expect = match raw.expect {
+            None => defaults.expect,
+            Some(list) => self.boot_patterns(list, "[boot] expect")?,
+        };
+        if enabled && expect.is_empty() {
+            return Err(self.bad_value(
+                section,
+                "[boot] expect",
+                "no pattern to wait for: every unit would pass without proving anything",
+                "List what the firmware prints once it has read its configuration, e.g. expect = [\"dps: registration id {registration_id}\"].",
+            ));
+        }
+        let fail = match raw.fail {
+            None => defaults.fail,
+            Some(list) => self.boot_patterns(list, "[boot] fail")?,
+        };
+        let keep_log = match raw.keep_log {
+            None => defaults.keep_log,
+            Some(n) => usize::try_from(*n.get_ref())
+                .ok()
+                .filter(|n| (MIN_BOOT_KEEP_LOG..=MAX_BOOT_KEEP_LOG).contains(n))
+                .ok_or_else(|| {
+                    self.bad_value(
+                        n.span(),
+                        "[boot] keep_log",
+                        format!(
+                            "{} bytes is outside {MIN_BOOT_KEEP_LOG} to {MAX_BOOT_KEEP_LOG}",
+                            n.get_ref()
+                        ),
+                        "Give how many bytes of each unit's boot log to keep with its attempt; 4096 holds a whole ESP-IDF boot.",
+                    )
+                })?,
+        };
+        Ok(BootConfig {
+            enabled,
+            baud,
+            timeout,
+            expect,
+            fail,
+            keep_log,
+        })
+    }
+
+    fn boot_patterns(
+        &self,
+        list: Spanned<Vec<Spanned<String>>>,
+        key: &str,
+    ) -> Result<Vec<BootPattern>, ConfigError> {
+        if list.get_ref().len() > MAX_BOOT_PATTERNS {
+            return Err(self.bad_value(
+                list.span(),
+                key,
+                format!("{} patterns; at most {MAX_BOOT_PATTERNS} are checked", list.get_ref().len()),
+                "Keep the few lines that prove the point; each is looked for in every line of every boot.",
+            ));
+        }
+        list.into_inner()
+            .into_iter()
+            .map(|text| {
+                let len = text.get_ref().chars().count();
+                if len == 0 || len > MAX_BOOT_PATTERN_LEN {
+                    return Err(self.bad_value(
+                        text.span(),
+                        key,
+                        format!("a pattern of {len} characters"),
+                        format!("Give 1 to {MAX_BOOT_PATTERN_LEN} characters of one log line, without the timestamp, e.g. \"dps: registration id {{registration_id}}\"."),
+                    ));
+                }
+                BootPattern::parse(text.get_ref()).map_err(|problem| ConfigError::BadTemplate {
+                    at: self.at(text.span()),
+                    key: key.to_owned(),
+                    problem,
+                })
+            })
+            .collect()
     }
 
     /// A warning for each certificate of an `[nvs.entries]` file that expires within

@@ -217,7 +217,7 @@ pub enum DeviceError {
     #[diagnostic(
         code(station::device::reset_failed),
         help(
-            "Ports without DTR/RTS (pseudo-terminals, bare UARTs) need [serial] after = \"no-reset\"; otherwise press RESET on the unit."
+            "Ports without DTR/RTS (pseudo-terminals, bare UARTs) need [serial] after = \"watchdog-reset\" (or \"no-reset\" without the boot check); otherwise press RESET on the unit."
         )
     )]
     ResetFailed {

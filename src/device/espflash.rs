@@ -134,6 +134,8 @@ impl EspflashDevice {
 }
 
 impl Device for EspflashDevice {
+    type Console = tokio_serial::SerialStream;
+
     fn port(&self) -> &Path {
         &self.port
     }
@@ -203,6 +205,27 @@ impl Device for EspflashDevice {
             session.reset()
         });
         self.join(Operation::Resetting, task).await?
+    }
+
+    async fn boot(&mut self, baud: u32) -> Result<Self::Console, DeviceError> {
+        let session = self
+            .session
+            .take()
+            .ok_or_else(|| DeviceError::NotConnected {
+                port: self.port.clone(),
+            })?;
+        self.flash_size = None;
+        let span = tracing::Span::current();
+        let task = tokio::task::spawn_blocking(move || {
+            let _unit = span.enter();
+            session.boot(baud)
+        });
+        let serial = self.join(Operation::Resetting, task).await??;
+        // The same open port, now read asynchronously; its exclusive lock stays held.
+        tokio_serial::SerialStream::try_from(serial).map_err(|e| DeviceError::ResetFailed {
+            port: self.port.clone(),
+            detail: format!("cannot read the port asynchronously: {e}"),
+        })
     }
 
     async fn release(&mut self) {

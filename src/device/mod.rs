@@ -3,8 +3,8 @@
 //! [`Device`] is what the pipeline sees: `connect` (reset into the ROM loader, sync, detect and
 //! check the chip, switch to the working baud rate, start the flasher stub, detect the flash),
 //! `identify` (MAC, chip, revision, flash size), `write` (every region in one flashing
-//! session), `md5` (the verify step) and `reset`. Keeping them separate lets the pipeline record
-//! which stage failed.
+//! session), `md5` (the verify step), `reset`, and `boot` (reset into the application and hand
+//! over its console). Keeping them separate lets the pipeline record which stage failed.
 //!
 //! [`EspflashDevice`] implements it over the serial-loader protocol
 //! (<https://docs.espressif.com/projects/esptool/en/latest/esp32/advanced-topics/serial-protocol.html>),
@@ -19,7 +19,8 @@
 //! - `stub`: starting espflash's flasher stub without its connect timeouts;
 //! - `plan`: what each region needs on the wire (pure);
 //! - `classify`: espflash's errors as [`DeviceError`]s;
-//! - `espflash`: [`EspflashDevice`], the async shell that runs the session in blocking tasks.
+//! - `espflash`: [`EspflashDevice`], the async shell that runs the session in blocking tasks,
+//!   and hands the port over to `tokio-serial` for the application's console.
 
 mod classify;
 pub mod error;
@@ -106,6 +107,9 @@ pub type ProgressSender = UnboundedSender<FlashProgress>;
 
 /// One ESP32 on a serial port, driven stage by stage.
 pub trait Device: Send {
+    /// The running application's console, as [`Device::boot`] hands it over.
+    type Console: tokio::io::AsyncRead + Unpin + Send + 'static;
+
     /// The port the device is on.
     fn port(&self) -> &Path;
 
@@ -136,6 +140,14 @@ pub trait Device: Send {
 
     /// Ends the session per `after` and closes the port.
     fn reset(&mut self) -> impl Future<Output = Result<(), DeviceError>> + Send;
+
+    /// Ends the session by resetting the chip into its application (per `after`, which must
+    /// be a reset) and hands over the port as the application's console at `baud`, switched
+    /// before the reset takes effect so that nothing the chip prints is lost.
+    fn boot(
+        &mut self,
+        baud: u32,
+    ) -> impl Future<Output = Result<Self::Console, DeviceError>> + Send;
 
     /// Ends the session without resetting the chip, as far as it still answers: leaves it in
     /// the ROM loader at the rate the loader listens at after reset (the stub is left with a

@@ -72,6 +72,22 @@ pub(crate) const MAX_RESTARTS: u32 = 3;
 /// Data block sizes: what the ROM buffers, and the stub's.
 const ROM_BLOCK: u32 = 0x400;
 const STUB_BLOCK: u32 = 0x4000;
+/// ESP32: the RTC watchdog's registers (ESP-IDF, `soc/esp32/include/soc/rtc_cntl_reg.h`).
+const ESP32_RTC_WDT_CONFIG0: u32 = 0x3FF4_808C;
+const ESP32_RTC_WDT_CONFIG1: u32 = 0x3FF4_8090;
+const ESP32_RTC_WDT_WPROTECT: u32 = 0x3FF4_80A4;
+/// What unlocks the RTC watchdog's registers for writing.
+const RTC_WDT_WKEY: u32 = 0x50D8_3AA1;
+/// ESP32 WDTCONFIG0: enabled; stage 0 resets the RTC domain as well (`RTC_WDT_STG_SEL_RESET_RTC`,
+/// a chip reset that samples the strapping pins again); CPU and system reset signals 3.2 us.
+const ESP32_RTC_WDT_RESET_RTC: u32 = (1 << 31) | (4 << 28) | (7 << 14) | (7 << 11);
+/// The other chips' WDTCONFIG0 as esptool's and espflash's watchdog reset set it.
+const RTC_WDT_RESET_NEWER: u32 = (1 << 31) | (5 << 28) | (1 << 8) | 2;
+/// Stage 0's timeout in RTC slow-clock cycles: about 27 ms at the ESP32's 150 kHz RC clock.
+/// The reply to the write that arms it must reach the host, and the host switch to the
+/// console's rate, before the ROM prints its banner: with an FTDI bridge's 16 ms latency timer
+/// esptool's 2000 cycles (13 ms) would lose the banner's first line.
+pub(crate) const RTC_WDT_TIMEOUT_CYCLES: u32 = 4000;
 
 /// A connected device.
 #[derive(Debug)]
@@ -406,6 +422,7 @@ impl Session {
     pub(crate) fn reset(mut self) -> Result<(), DeviceError> {
         let result = match (self.after, self.stub, self.rom_scale) {
             (AfterReset::HardReset, _, _) => self.connection.reset(),
+            (AfterReset::WatchdogReset, _, _) => self.arm_watchdog(),
             (AfterReset::NoReset, true, _) => leave_stub(&mut self.connection),
             // Leave the ROM at the rate it listens at after reset, so that the next session
             // (which syncs at 115200, with no reset to bring the ROM back) finds it.
@@ -425,6 +442,71 @@ impl Session {
                 detail: other.to_string(),
             },
         })
+    }
+
+    /// Resets the chip into its application as `[serial] after` says and hands over the port,
+    /// still open, at `baud`: the host's UART is moved to the application's console rate before
+    /// the reset takes effect, so the boot log is read from its first byte. Ends the session.
+    pub(crate) fn boot(mut self, baud: u32) -> Result<TTYPort, DeviceError> {
+        let result = match self.after {
+            // RTS pulls EN low; DTR (GPIO0) stays released, so the chip boots from flash.
+            AfterReset::HardReset => self
+                .connection
+                .set_baud(baud)
+                .and_then(|()| self.connection.reset()),
+            // The watchdog fires about 27 ms after it is armed: time enough for the arming
+            // write to be answered at the old rate and for the host to switch.
+            AfterReset::WatchdogReset => self
+                .arm_watchdog()
+                .and_then(|()| self.connection.set_baud(baud)),
+            AfterReset::NoReset => {
+                return Err(DeviceError::ResetFailed {
+                    port: self.port,
+                    detail: "[serial] after = \"no-reset\" leaves the chip in the loader, so its application never starts".to_owned(),
+                });
+            }
+        };
+        let port = self.port.clone();
+        result.map_err(|e| match classify(e, &port, Operation::Resetting) {
+            e @ DeviceError::Unplugged { .. } => e,
+            other => DeviceError::ResetFailed {
+                port,
+                detail: other.to_string(),
+            },
+        })?;
+        tracing::debug!(port = %self.port.display(), baud, after = ?self.after, "reset into the application");
+        Ok(self.connection.into_serial())
+    }
+
+    /// Arms the chip's RTC watchdog to reset the whole chip (esptool's `watchdog-reset`): the
+    /// strapping pins are sampled again, so a chip whose GPIO0 is released boots its
+    /// application, with no DTR/RTS involved. Works from the ROM loader and from the stub.
+    fn arm_watchdog(&mut self) -> Result<(), espflash::Error> {
+        let (wprotect, config0, config1, value) = match self.chip {
+            Chip::Esp32 => (
+                ESP32_RTC_WDT_WPROTECT,
+                ESP32_RTC_WDT_CONFIG0,
+                ESP32_RTC_WDT_CONFIG1,
+                ESP32_RTC_WDT_RESET_RTC,
+            ),
+            chip => match (chip.wdt_wprotect(), chip.wdt_config0(), chip.wdt_config1()) {
+                (Some(wprotect), Some(config0), Some(config1)) => {
+                    (wprotect, config0, config1, RTC_WDT_RESET_NEWER)
+                }
+                _ => {
+                    return Err(espflash::Error::UnsupportedFeature {
+                        chip,
+                        feature: "the RTC watchdog reset".into(),
+                    });
+                }
+            },
+        };
+        // No write-protect again afterwards: the reset it causes restores the lock, and a
+        // write the chip could not answer before resetting would only wait for a timeout.
+        let c = &mut self.connection;
+        c.write_reg(wprotect, RTC_WDT_WKEY, None)?;
+        c.write_reg(config1, RTC_WDT_TIMEOUT_CYCLES, None)?;
+        c.write_reg(config0, value, None)
     }
 
     /// Leaves the chip in the ROM loader at 115200 without touching DTR/RTS, as far as it

@@ -1,6 +1,7 @@
 //! The pipeline's errors: its own refusals ([`ProvisionError`]) and [`UnitError`], any error a
 //! unit's stage can end with. Both keep the code and hint of the part that failed.
 
+use crate::boot::BootError;
 use crate::device::DeviceError;
 use crate::dps::DpsError;
 use crate::hub::HubError;
@@ -176,6 +177,10 @@ pub enum UnitError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Hub(#[from] HubError),
+    /// The unit's application did not confirm its configuration.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Boot(#[from] BootError),
     /// The device reported a MAC no device can have.
     #[error(transparent)]
     #[diagnostic(transparent)]

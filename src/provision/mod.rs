@@ -1,8 +1,9 @@
-//! One unit through the pipeline of DESIGN.md section 1, over a [`Device`]: connect, identify,
-//! derive (X.509: issue the unit's certificate; individual enrollment: make its key), enroll
-//! (individual enrollment), build, flash, verify, DPS pre-verification (when `[dps]
-//! pre_verify`), the test message to the assigned hub (when `[hub] test_message`), record,
-//! reset.
+//! One unit through the pipeline of DESIGN.md section 1 (with section 7's boot check), over a
+//! [`Device`]: connect, identify, derive (X.509: issue the unit's certificate; individual
+//! enrollment: make its key), enroll (individual enrollment), build, flash, verify, the reset
+//! into the application and its boot check (when `[boot] enabled`), DPS pre-verification (when
+//! `[dps] pre_verify`), the test message to the assigned hub (when `[hub] test_message`), record,
+//! and the final reset (unless the boot check already reset the unit).
 //!
 //! Each stage lives in the file of its name:
 //!
@@ -11,6 +12,7 @@
 //! | connect, identify (chip, flash size, already provisioned?) | `identify.rs` |
 //! | derive, build ([`DeviceImage`]) | `build.rs` |
 //! | flash, verify | `flash.rs` |
+//! | boot (reset into the application, its boot log judged) | `boot.rs` |
 //! | dps (and the later retries: [`verify_registration`], [`retry_pending`]) | `dps.rs` |
 //! | hub: the test message to the assigned hub | `hub.rs` |
 //! | revocation and restoration of a recorded unit ([`revoke`], [`restore`]) | `revoke.rs` |
@@ -23,6 +25,7 @@
 //! carries the port, and the MAC and registration ID once known; each stage's time is traced as
 //! an event (`stage finished`, with `stage` and `seconds`).
 
+mod boot;
 mod build;
 mod dps;
 mod error;
@@ -165,6 +168,10 @@ struct Facts {
     enrollment: EnrollmentKind,
     /// The test message to the hub, when sent.
     hub: Option<UnitHub>,
+    /// The device was reset into its application (the session is over).
+    booted: bool,
+    /// The redacted excerpt of its boot log.
+    boot_log: Option<String>,
     /// The attempt that last recorded the unit provisioned, when identify read it.
     seen_provisioning: Option<i64>,
 }
@@ -191,6 +198,7 @@ impl<D: Device> Run<'_, D> {
         };
         let image = self.build(mac).await?;
         self.flash(&image).await?;
+        self.boot(&image).await?;
         self.pre_verify(&image).await?;
         self.hub_test(&image).await
     }

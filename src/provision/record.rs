@@ -64,23 +64,30 @@ impl<D: Device> Run<'_, D> {
             failure,
             reprovision: self.facts.reprovision,
             timings: serde_json::to_value(&self.timings).unwrap_or_default(),
+            boot_log: self.facts.boot_log.clone(),
         };
         let recorded = self.record_holding(&record).await?;
         self.timings.record = self.finished(Stage::Record.as_str(), t);
 
         // The unit is recorded: a failed reset no longer changes its outcome.
         let mut warning = None;
-        if result.is_ok() && recorded.conflict.is_none() {
-            let t = Instant::now();
-            if let Err(e) = self.device.reset().await {
-                warning = Some(format!("provisioned, but the final reset failed: {e}"));
-                tracing::warn!(error = %e, "reset after provisioning failed");
+        match (
+            self.facts.booted,
+            result.is_ok() && recorded.conflict.is_none(),
+        ) {
+            // The boot check reset it into its application, which runs now, pass or fail.
+            (true, _) => {}
+            (false, true) => {
+                let t = Instant::now();
+                if let Err(e) = self.device.reset().await {
+                    warning = Some(format!("provisioned, but the final reset failed: {e}"));
+                    tracing::warn!(error = %e, "reset after provisioning failed");
+                }
+                self.timings.reset = self.finished("reset", t);
             }
-            self.timings.reset = self.finished("reset", t);
-        } else {
             // A failed unit stays in the loader for a retry, but where the next session (or
             // the line's probe) finds it: the ROM loader at 115200.
-            self.device.release().await;
+            (false, false) => self.device.release().await,
         }
 
         let mut report = self.report(recorded.attempt_id);
@@ -183,6 +190,7 @@ impl<D: Device> Run<'_, D> {
                 .map_or(HubStatus::NotRequested, |h| h.status),
             hub_error: self.facts.hub.as_ref().and_then(|h| h.error.clone()),
             warning: None,
+            boot_log: self.facts.boot_log.clone(),
         }
     }
 }

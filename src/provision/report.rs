@@ -27,6 +27,10 @@ pub struct Timings {
     pub flash: f64,
     /// MD5 of every region.
     pub verify: f64,
+    /// The boot check: from the reset into the application to the verdict on its log.
+    pub boot: f64,
+    /// Of that, asking for the reset (DTR/RTS, or arming the RTC watchdog over the loader).
+    pub boot_reset: f64,
     /// DPS pre-verification.
     pub dps: f64,
     /// The test message to the assigned hub; left out when zero.
@@ -98,6 +102,8 @@ pub struct UnitReport {
     pub hub_error: Option<String>,
     /// A problem after the unit was recorded (a failed final reset).
     pub warning: Option<String>,
+    /// The redacted excerpt of the unit's boot log, when the boot check ran.
+    pub boot_log: Option<String>,
 }
 
 fn is_zero(seconds: &f64) -> bool {

@@ -17,6 +17,8 @@ struct Script {
     write: Option<fn(&Path) -> DeviceError>,
     corrupt_flash: bool,
     flash_size: u32,
+    /// What the application prints after [`Device::boot`].
+    boot_log: Vec<u8>,
 }
 
 /// A device that keeps its flash in memory and fails where the script says.
@@ -27,6 +29,7 @@ struct FakeDevice {
     flash: Vec<u8>,
     writes: Vec<(u32, usize)>,
     resets: usize,
+    boots: usize,
 }
 
 impl FakeDevice {
@@ -43,11 +46,14 @@ impl FakeDevice {
             flash: vec![0xFF; flash_size as usize],
             writes: Vec::new(),
             resets: 0,
+            boots: 0,
         }
     }
 }
 
 impl Device for FakeDevice {
+    type Console = std::io::Cursor<Vec<u8>>;
+
     fn port(&self) -> &Path {
         &self.port
     }
@@ -91,6 +97,11 @@ impl Device for FakeDevice {
     async fn reset(&mut self) -> Result<(), DeviceError> {
         self.resets += 1;
         Ok(())
+    }
+
+    async fn boot(&mut self, _baud: u32) -> Result<Self::Console, DeviceError> {
+        self.boots += 1;
+        Ok(std::io::Cursor::new(self.script.boot_log.clone()))
     }
 }
 
@@ -360,4 +371,109 @@ fn keys(station: &Station) -> &crate::keys::GroupKeys {
         .attestor
         .group_keys()
         .expect("a symmetric-key station")
+}
+
+const BOOT_ON: &str = "[boot]\nenabled = true\ntimeout = 1\n";
+
+fn boot_log(lines: &[&str]) -> Vec<u8> {
+    lines
+        .iter()
+        .map(|l| format!("{l}\r\n"))
+        .collect::<String>()
+        .into_bytes()
+}
+
+#[tokio::test]
+async fn with_the_boot_check_a_unit_passes_once_its_firmware_names_its_registration_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let station = station(dir.path(), BOOT_ON).await;
+    let mut device = FakeDevice::new(
+        "24:0a:c4:00:00:05",
+        Script {
+            boot_log: boot_log(&[
+                "rst:0x1 (POWERON_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)",
+                "I (339) dps: registration id sensor-240ac4000005",
+            ]),
+            ..Script::default()
+        },
+    );
+    let (events, mut receiver) = tokio::sync::mpsc::unbounded_channel();
+    let report = provision(
+        &mut device,
+        &station,
+        &request(&station).await,
+        Some(&events),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.outcome, Outcome::Provisioned, "{report:?}");
+    assert_eq!(
+        (device.boots, device.resets),
+        (1, 0),
+        "booted, not reset again"
+    );
+    assert!(
+        report
+            .boot_log
+            .as_deref()
+            .is_some_and(|log| log.contains("dps: registration id sensor-240ac4000005")),
+        "{report:?}"
+    );
+    assert!(report.timings.boot > 0.0);
+    drop(events);
+    let mut stages = Vec::new();
+    while let Some(event) = receiver.recv().await {
+        if let Event::Stage { stage, .. } = event {
+            stages.push(stage);
+        }
+    }
+    assert_eq!(
+        stages[3..],
+        [Stage::Flash, Stage::Verify, Stage::Boot, Stage::Record]
+    );
+}
+
+#[tokio::test]
+async fn a_unit_whose_firmware_panics_fails_at_boot_and_is_marked_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let station = station(dir.path(), BOOT_ON).await;
+    let mut device = FakeDevice::new(
+        "24:0a:c4:00:00:06",
+        Script {
+            boot_log: boot_log(&[
+                "rst:0x1 (POWERON_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)",
+                "Guru Meditation Error: Core  0 panic'ed (LoadProhibited). Exception was unhandled.",
+                "I (339) dps: registration id sensor-240ac4000006",
+            ]),
+            ..Script::default()
+        },
+    );
+    let report = provision(&mut device, &station, &request(&station).await, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.outcome, report.stage, report.error_code.as_deref()),
+        (
+            Outcome::Failed,
+            Some(Stage::Boot),
+            Some("station::boot::panic")
+        )
+    );
+    assert!(
+        report
+            .hint
+            .as_deref()
+            .unwrap()
+            .contains("Guru Meditation Error")
+    );
+    let unit = station
+        .store
+        .unit_by_mac(&"24:0a:c4:00:00:06".parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (unit.state.as_str(), unit.failed_stage.map(Stage::as_str)),
+        ("failed", Some("boot"))
+    );
 }

@@ -110,6 +110,9 @@ named_enum! {
         Flash = "flash",
         /// Compare the MD5 of the written regions.
         Verify = "verify",
+        /// Reset into the application and read its boot log until it confirms its
+        /// configuration (`[boot]`).
+        Boot = "boot",
         /// Pre-verify against DPS.
         Dps = "dps",
         /// Send a test message to the assigned IoT hub as the device.
@@ -125,7 +128,7 @@ impl Stage {
     pub fn may_have_written(self) -> bool {
         matches!(
             self,
-            Stage::Flash | Stage::Verify | Stage::Dps | Stage::Hub | Stage::Record
+            Stage::Flash | Stage::Verify | Stage::Boot | Stage::Dps | Stage::Hub | Stage::Record
         )
     }
 }
@@ -359,7 +362,7 @@ mod tests {
             .filter(|s| s.may_have_written())
             .map(|s| s.as_str())
             .collect();
-        assert_eq!(wrote, ["flash", "verify", "dps", "hub", "record"]);
+        assert_eq!(wrote, ["flash", "verify", "boot", "dps", "hub", "record"]);
     }
 
     #[test]

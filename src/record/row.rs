@@ -271,6 +271,8 @@ pub struct Attempt {
     pub audit_seq: Option<i64>,
     /// The process running it, while in progress.
     pub pid: Option<i64>,
+    /// The redacted excerpt of the unit's boot log, when the boot check ran.
+    pub boot_log: Option<String>,
     /// The boot that process ran in, while in progress.
     #[serde(skip)]
     pub pid_boot_id: Option<String>,

@@ -7,7 +7,10 @@
 //! `0x3FF6_607C` (revision bit 2), UART0's clock divider at `0x3FF4_0014` (how hosts estimate the
 //! crystal), and the SPI1 user-command registers at `0x3FF4_2000` that hosts drive to read the
 //! flash JEDEC ID. The chip-detect word at `0x4000_1000` lies in ROM and differs per chip model.
-//! Registers the model does not know read as zero; writes are remembered and read back.
+//! The RTC watchdog (`RTC_CNTL_WDTCONFIG0/1`, `RTC_CNTL_WDTWPROTECT` at `0x3FF4_808C`..,
+//! ESP-IDF's `soc/esp32/include/soc/rtc_cntl_reg.h`) can be armed, as esptool's and the
+//! station's watchdog reset do. Registers the model does not know read as zero; writes are
+//! remembered and read back.
 
 use std::collections::HashMap;
 
@@ -43,6 +46,38 @@ const EFUSE_WORD5: u32 = 1 << 20;
 const APB_CTL_DATE_VALUE: u32 = 0x9604_2000;
 /// GPIO strapping as latched in UART download mode (`boot:0x3`).
 const STRAP_DOWNLOAD_BOOT: u32 = 0x03;
+
+/// The ESP32's RTC watchdog: configuration, stage 0 timeout, write protection.
+const RTC_WDT_CONFIG0: u32 = 0x3FF4_808C;
+const RTC_WDT_CONFIG1: u32 = 0x3FF4_8090;
+const RTC_WDT_FEED: u32 = 0x3FF4_80A0;
+const RTC_WDT_WPROTECT: u32 = 0x3FF4_80A4;
+/// The value of WDTWPROTECT that lets the watchdog's registers be written (also its value
+/// after reset).
+const RTC_WDT_WKEY: u32 = 0x50D8_3AA1;
+/// WDTCONFIG0: enable bit and stage 0's action (bits 28..31).
+const RTC_WDT_EN: u32 = 1 << 31;
+const RTC_WDT_STG0_SHIFT: u32 = 28;
+/// The RTC slow clock the watchdog counts: the ESP32's internal 150 kHz RC oscillator.
+const RTC_SLOW_CLOCK_HZ: u64 = 150_000;
+
+/// What the RTC watchdog does when stage 0 expires (`RTC_WDT_STG_SEL_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WatchdogAction {
+    /// Resets the CPU or the digital system: the strapping pins keep their latched values.
+    ResetKeepingStraps,
+    /// Resets the RTC domain too: a chip reset, which samples the strapping pins again.
+    ResetChip,
+}
+
+/// The RTC watchdog, armed: what it does and when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Watchdog {
+    /// How long after it was armed stage 0 expires.
+    pub(crate) after: std::time::Duration,
+    /// What it does then.
+    pub(crate) action: WatchdogAction,
+}
 
 /// SPI1 USER2 after the ESP32 ROM's flash set-up (command bit length field 4), as recorded.
 const ESP32_ROM_SPI_USER2: u32 = 0x4000_0000;
@@ -100,6 +135,8 @@ pub(crate) struct Registers {
     spi: SpiLayout,
     /// Reads of SPI_CMD that still report the transaction busy; hosts poll until it clears.
     spi_busy_reads: u8,
+    /// The RTC watchdog, once armed and until the loader takes it.
+    watchdog: Option<Watchdog>,
 }
 
 impl Registers {
@@ -123,6 +160,7 @@ impl Registers {
             written,
             spi,
             spi_busy_reads: 0,
+            watchdog: None,
         }
     }
 
@@ -202,12 +240,61 @@ impl Registers {
 
     /// Writes the bits of `value` selected by `mask`.
     pub(crate) fn write(&mut self, addr: u32, value: u32, mask: u32) {
+        let watchdog = self.chip == SimChip::Esp32
+            && matches!(addr, RTC_WDT_CONFIG0 | RTC_WDT_CONFIG1 | RTC_WDT_FEED);
+        if watchdog && !self.watchdog_unlocked() {
+            // Write-protected: the hardware ignores the write.
+            return;
+        }
         let old = self.written.get(&addr).copied().unwrap_or(0);
         let new = (old & !mask) | (value & mask);
         self.written.insert(addr, new);
         if addr == self.spi.base && new & SPI_CMD_USR != 0 {
             self.run_spi_command();
         }
+        if watchdog && addr == RTC_WDT_CONFIG0 {
+            self.arm_watchdog(new);
+        }
+    }
+
+    fn watchdog_unlocked(&self) -> bool {
+        self.written
+            .get(&RTC_WDT_WPROTECT)
+            .is_none_or(|&key| key == RTC_WDT_WKEY)
+    }
+
+    /// Stage 0 of an enabled RTC watchdog that resets something: armed to fire after its
+    /// timeout (WDTCONFIG1 cycles of the slow clock). An interrupt-only or disabled watchdog
+    /// resets nothing.
+    fn arm_watchdog(&mut self, config0: u32) {
+        let action = match (config0 >> RTC_WDT_STG0_SHIFT) & 0x7 {
+            2 | 3 => WatchdogAction::ResetKeepingStraps,
+            4 => WatchdogAction::ResetChip,
+            _ => {
+                self.watchdog = None;
+                return;
+            }
+        };
+        if config0 & RTC_WDT_EN == 0 {
+            self.watchdog = None;
+            return;
+        }
+        // After reset WDTCONFIG1 holds 128000 cycles (ESP-IDF's register description).
+        let cycles = u64::from(
+            self.written
+                .get(&RTC_WDT_CONFIG1)
+                .copied()
+                .unwrap_or(128_000),
+        );
+        self.watchdog = Some(Watchdog {
+            after: std::time::Duration::from_nanos(cycles * 1_000_000_000 / RTC_SLOW_CLOCK_HZ),
+            action,
+        });
+    }
+
+    /// The RTC watchdog armed since the last call, if any.
+    pub(crate) fn take_watchdog(&mut self) -> Option<Watchdog> {
+        self.watchdog.take()
     }
 
     /// Stores `bytes` at `addr` (RAM written by MEM_DATA).
@@ -351,6 +438,36 @@ mod tests {
         let drifted = Registers::new(SimChip::Esp32, Mac([0; 6]), 30_000);
         let ratio = f64::from(drifted.rom_xtal_estimate()) / 41_200_000.0;
         assert!((ratio - 1.0).abs() < 1e-3, "{ratio}");
+    }
+
+    #[test]
+    fn the_rtc_watchdog_arms_only_when_unlocked_enabled_and_resetting() {
+        let mut regs = esp32();
+        // esptool's and the station's sequence: unlock, timeout, enable, lock.
+        regs.write(RTC_WDT_WPROTECT, RTC_WDT_WKEY, u32::MAX);
+        regs.write(RTC_WDT_CONFIG1, 2000, u32::MAX);
+        regs.write(
+            RTC_WDT_CONFIG0,
+            RTC_WDT_EN | (4 << 28) | (7 << 14) | (7 << 11),
+            u32::MAX,
+        );
+        regs.write(RTC_WDT_WPROTECT, 0, u32::MAX);
+        let armed = regs.take_watchdog().unwrap();
+        assert_eq!(armed.action, WatchdogAction::ResetChip);
+        assert_eq!(armed.after.as_micros(), 13_333, "2000 cycles at 150 kHz");
+        assert_eq!(regs.take_watchdog(), None, "taken once");
+        // Locked: ignored.
+        regs.write(RTC_WDT_CONFIG0, RTC_WDT_EN | (4 << 28), u32::MAX);
+        assert_eq!(regs.take_watchdog(), None);
+        // Unlocked, but an interrupt-only stage resets nothing.
+        regs.write(RTC_WDT_WPROTECT, RTC_WDT_WKEY, u32::MAX);
+        regs.write(RTC_WDT_CONFIG0, RTC_WDT_EN | (1 << 28), u32::MAX);
+        assert_eq!(regs.take_watchdog(), None);
+        regs.write(RTC_WDT_CONFIG0, RTC_WDT_EN | (3 << 28), u32::MAX);
+        assert_eq!(
+            regs.take_watchdog().map(|w| w.action),
+            Some(WatchdogAction::ResetKeepingStraps)
+        );
     }
 
     #[test]

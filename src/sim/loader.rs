@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use super::SimChip;
-use super::chip::Registers;
+use super::chip::{Registers, Watchdog, WatchdogAction};
 use super::flash::Flash;
 use super::rom::RomLoader;
 use super::stub::Stub;
@@ -67,8 +67,11 @@ pub(crate) enum Mode {
     Rom,
     /// The flasher stub, uploaded to RAM and running.
     Stub,
-    /// The loader has been left; the firmware runs and ignores the protocol.
+    /// The loader has been left without a reset (FLASH_END, RUN_USER_CODE); nothing answers.
     Firmware,
+    /// A chip reset with GPIO0 released booted the application from flash; it prints its log
+    /// and ignores the protocol.
+    Application,
 }
 
 /// What handling a frame asks the port to do, in order.
@@ -83,6 +86,8 @@ pub(crate) enum Output {
     /// The chip is busy this long (erasing, programming, hashing) before it goes on with the
     /// next output, or, after the last one, before it takes the next request.
     Work(Duration),
+    /// The RTC watchdog was armed: it resets the chip after its timeout.
+    Watchdog(Watchdog),
 }
 
 /// The hardware of one simulated chip, driven by whichever program runs.
@@ -134,6 +139,7 @@ pub(crate) struct Loader {
     chip: Chip,
     rom: RomLoader,
     stub: Stub,
+    mac: Mac,
 }
 
 impl Loader {
@@ -159,7 +165,13 @@ impl Loader {
             },
             rom: RomLoader::new(chip),
             stub: Stub::default(),
+            mac,
         }
+    }
+
+    /// The MAC burned into its eFuse.
+    pub(crate) fn mac(&self) -> Mac {
+        self.mac
     }
 
     /// Which program answers.
@@ -189,7 +201,7 @@ impl Loader {
     /// Handles one decoded frame from the host.
     pub(crate) fn handle(&mut self, frame: &[u8]) -> Vec<Output> {
         let (mut outputs, next) = match self.mode {
-            Mode::Firmware => return Vec::new(),
+            Mode::Firmware | Mode::Application => return Vec::new(),
             Mode::Rom => self.rom.handle(&mut self.chip, frame),
             Mode::Stub => self.stub.handle(&mut self.chip, frame),
         };
@@ -200,19 +212,39 @@ impl Loader {
                 self.stub = Stub::default();
                 outputs.extend(self.stub.start(&mut self.chip));
             }
-            Next::Reset => {
-                self.mode = Mode::Rom;
-                self.rom = RomLoader::new(self.rom.chip());
-                self.chip.baud = self.chip.power_up_baud;
-                self.chip.rom_link_baud = self.chip.power_up_baud;
-                outputs.push(Output::SetBaud(self.chip.power_up_baud));
-            }
+            Next::Reset => outputs.push(self.enter_download_mode()),
             Next::RunFirmware => {
                 self.mode = Mode::Firmware;
                 outputs.extend(self.chip.commit());
             }
         }
+        if let Some(watchdog) = self.chip.regs.take_watchdog() {
+            outputs.push(Output::Watchdog(watchdog));
+        }
         outputs
+    }
+
+    /// A reset with the download-mode straps still latched: the ROM loader starts afresh at
+    /// its power-up rate.
+    fn enter_download_mode(&mut self) -> Output {
+        self.mode = Mode::Rom;
+        self.rom = RomLoader::new(self.rom.chip());
+        self.stub = Stub::default();
+        self.chip.baud = self.chip.power_up_baud;
+        self.chip.rom_link_baud = self.chip.power_up_baud;
+        Output::SetBaud(self.chip.power_up_baud)
+    }
+
+    /// The RTC watchdog fires. A chip reset samples the strapping pins again: GPIO0 was
+    /// released after the host's download-mode reset, so the chip boots its application
+    /// (`true`). A lesser reset keeps the latched download mode: the ROM loader again.
+    pub(crate) fn watchdog_fires(&mut self, action: WatchdogAction) -> (bool, Output) {
+        let output = self.enter_download_mode();
+        let boots = action == WatchdogAction::ResetChip;
+        if boots {
+            self.mode = Mode::Application;
+        }
+        (boots, output)
     }
 }
 

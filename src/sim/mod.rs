@@ -27,12 +27,22 @@
 //! X.509 enrollment group, serves TLS ([`tls::ServerIdentity`]) and checks each device's
 //! client certificate against the group's CA.
 //!
+//! A chip reset that samples the strapping pins again (the RTC watchdog's RTC reset, which the
+//! station's `after = "watchdog-reset"` arms over the loader) boots the simulated application
+//! ([`SimApp`]): it prints the ROM's banner, the second-stage bootloader's and the
+//! application's log in ESP-IDF's format at its console rate, reads its own NVS partition from
+//! the simulated flash with the station's NVS reader and logs the ID scope and registration ID
+//! it found, or why it could not; [`FirmwareFault`]s make it crash, miss its PSRAM, read
+//! another namespace, stay silent, loop through resets or print its key.
+//!
 //! What the serial simulator does not model: DTR/RTS (a pseudo-terminal has no modem lines, so
-//! hosts must use "no reset" before and after), the ROM's baud-rate detection (it listens at
-//! [`SimOptions::baud`] after power-up and reset), secure boot and flash encryption, and
-//! firmware: once the ROM loader is left (FLASH_END in ROM mode, RUN_USER_CODE in the stub) the
-//! device stays silent until the simulation restarts.
+//! hosts must use "no reset" before, and "no reset" or the watchdog reset after), the ROM's
+//! baud-rate detection (it listens at [`SimOptions::baud`] after power-up and reset), secure
+//! boot and flash encryption, and the firmware's code (it is taken as present; only its NVS
+//! partition is read from flash). Leaving the ROM loader without a reset (FLASH_END in ROM
+//! mode, RUN_USER_CODE in the stub) leaves the device silent.
 
+mod app;
 mod chip;
 pub mod dps;
 mod flash;
@@ -56,6 +66,7 @@ use std::time::{Duration, Instant};
 use crate::identity::Mac;
 use crate::support::lock;
 
+pub use app::{FirmwareFault, SimApp};
 pub use port::SimStats;
 pub use timing::SimTiming;
 
@@ -112,7 +123,7 @@ pub enum SimError {
     #[diagnostic(
         code(station::sim::bad_fault),
         help(
-            "Write [DEVICE:]KIND@TRIGGER=N with KIND unplug, corrupt, noise or silent and TRIGGER bytes, frame or block, e.g. `unplug@bytes=40000`, `noise@block=2` or `1:silent@block=2`."
+            "Write [DEVICE:]KIND@TRIGGER=N with KIND unplug, corrupt, noise or silent and TRIGGER bytes, frame or block, e.g. `unplug@bytes=40000`, `noise@block=2` or `1:silent@block=2`; or a firmware fault [DEVICE:]KIND with KIND boot-panic, psram, no-config, silent, bootloop or print-key, e.g. `3:psram`."
         )
     )]
     BadFault {
@@ -302,6 +313,74 @@ impl FromStr for Fault {
     }
 }
 
+/// A firmware fault for one device, or for all of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AppFault {
+    /// The device index it applies to; `None` for every device.
+    pub device: Option<usize>,
+    /// How its application misbehaves.
+    pub kind: FirmwareFault,
+}
+
+/// What `--fault` takes: a fault of the link (`[DEVICE:]KIND@TRIGGER=N`) or of the
+/// application (`[DEVICE:]KIND`, no trigger: it acts when the application boots).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FaultSpec {
+    /// A fault of the serial link or the loader.
+    Link(Fault),
+    /// A fault of the application.
+    App(AppFault),
+}
+
+impl FromStr for FaultSpec {
+    type Err = SimError;
+
+    /// Parses `unplug@bytes=40000`, `1:silent@block=2`, or `3:psram`, `bootloop`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.contains('@') {
+            return s.parse().map(FaultSpec::Link);
+        }
+        let (device, kind) = match s.split_once(':') {
+            Some((index, kind)) => (
+                Some(
+                    index
+                        .trim()
+                        .parse::<usize>()
+                        .map_err(|_| SimError::BadFault {
+                            input: s.to_owned(),
+                            reason: "the device index is not a number".to_owned(),
+                        })?,
+                ),
+                kind,
+            ),
+            None => (None, s),
+        };
+        let kind = kind.trim().parse().map_err(|()| SimError::BadFault {
+            input: s.to_owned(),
+            reason: format!(
+                "a fault without @TRIGGER is a firmware fault: {}",
+                FirmwareFault::NAMES
+            ),
+        })?;
+        Ok(FaultSpec::App(AppFault { device, kind }))
+    }
+}
+
+impl FaultSpec {
+    /// The link faults and the firmware faults of a list.
+    pub fn split(specs: impl IntoIterator<Item = FaultSpec>) -> (Vec<Fault>, Vec<AppFault>) {
+        let mut link = Vec::new();
+        let mut app = Vec::new();
+        for spec in specs {
+            match spec {
+                FaultSpec::Link(fault) => link.push(fault),
+                FaultSpec::App(fault) => app.push(fault),
+            }
+        }
+        (link, app)
+    }
+}
+
 impl SimError {
     /// True for a bad option, fault spec or chip name (the CLI maps it to exit code 2).
     pub fn is_usage_error(&self) -> bool {
@@ -336,8 +415,12 @@ pub struct SimOptions {
     /// followed by three bytes drawn from the process ID and the clock, so MACs differ per
     /// device and per run.
     pub base_mac: Option<Mac>,
-    /// Faults to inject.
+    /// Faults to inject into the link.
     pub faults: Vec<Fault>,
+    /// Faults of the application a chip reset boots.
+    pub app_faults: Vec<AppFault>,
+    /// The application every device runs once a chip reset boots it.
+    pub app: SimApp,
     /// Whether to charge time at all: wire time (10 bits per byte at the current baud), the USB
     /// latency and the flash work of [`SimOptions::timing`]. Off makes unit tests fast; on
     /// makes a session take as long as it would on real hardware.
@@ -372,6 +455,8 @@ impl Default for SimOptions {
             chip: SimChip::Esp32,
             base_mac: None,
             faults: Vec::new(),
+            app_faults: Vec::new(),
+            app: SimApp::default(),
             wire_time: true,
             timing: SimTiming::default(),
             xtal_error_ppm: 0,
@@ -391,8 +476,10 @@ pub enum SimState {
     RomLoader,
     /// The flasher stub answers.
     Stub,
-    /// The loader was left; the device no longer answers.
+    /// The loader was left without a reset; the device no longer answers.
     Firmware,
+    /// A chip reset booted the application, which prints its log and ignores the protocol.
+    Application,
     /// An unplug fault fired; the pseudo-terminal is gone.
     Unplugged,
 }
@@ -471,6 +558,7 @@ struct Slot {
 struct Plan {
     shared: Arc<port::Shared>,
     faults: Vec<Fault>,
+    firmware_faults: Vec<FirmwareFault>,
     flash_file: Option<PathBuf>,
 }
 
@@ -484,6 +572,7 @@ struct SlotContext {
     baud: u32,
     leave_after_idle: Option<Duration>,
     swap_gap: Duration,
+    app: SimApp,
 }
 
 /// The most devices one simulated line holds (each has its own flash).
@@ -495,9 +584,9 @@ impl SimLine {
     /// Creates the devices, plugs the first ones into the ports and starts serving them.
     pub fn start(opts: SimOptions) -> Result<SimLine, SimError> {
         let port_count = opts.ports.unwrap_or(opts.count);
-        if opts.count == 0 || opts.baud == 0 || port_count == 0 {
+        if opts.count == 0 || opts.baud == 0 || port_count == 0 || opts.app.baud == 0 {
             return Err(SimError::BadOptions {
-                reason: "the device count, port count and baud rate must be positive".to_owned(),
+                reason: "the device count, port count and baud rates must be positive".to_owned(),
             });
         }
         if opts.count > MAX_DEVICES || port_count > MAX_PORTS {
@@ -523,16 +612,22 @@ impl SimLine {
                         .to_owned(),
             });
         }
-        if let Some(fault) = opts
+        let beyond = |device: Option<usize>| device.is_some_and(|d| d >= opts.count);
+        let stray = opts
             .faults
             .iter()
-            .find(|f| f.device.is_some_and(|d| d >= opts.count))
-        {
+            .filter(|f| beyond(f.device))
+            .map(|f| format!("{f:?}"))
+            .chain(
+                opts.app_faults
+                    .iter()
+                    .filter(|f| beyond(f.device))
+                    .map(|f| format!("{f:?}")),
+            )
+            .next();
+        if let Some(fault) = stray {
             return Err(SimError::BadOptions {
-                reason: format!(
-                    "{fault:?} names a device beyond the {} simulated",
-                    opts.count
-                ),
+                reason: format!("{fault} names a device beyond the {} simulated", opts.count),
             });
         }
         for dir in [&opts.link_dir, &opts.flash_dir].into_iter().flatten() {
@@ -558,6 +653,12 @@ impl SimLine {
                 .iter()
                 .filter(|f| f.device.is_none_or(|d| d == index))
                 .copied()
+                .collect();
+            let firmware_faults = opts
+                .app_faults
+                .iter()
+                .filter(|f| f.device.is_none_or(|d| d == index))
+                .map(|f| f.kind)
                 .collect();
             let shared = Arc::new(port::Shared::new(loader::Loader::new(
                 opts.chip,
@@ -586,6 +687,7 @@ impl SimLine {
             plans.push_back(Plan {
                 shared: Arc::clone(&shared),
                 faults,
+                firmware_faults,
                 flash_file: flash_file.clone(),
             });
             devices.push(SimDevice {
@@ -603,6 +705,7 @@ impl SimLine {
             baud: opts.baud,
             leave_after_idle: opts.leave_after_idle,
             swap_gap: opts.swap_gap,
+            app: opts.app.clone(),
         };
         let mut line = SimLine {
             devices,
@@ -713,6 +816,8 @@ fn serve_port(
             stop: Arc::clone(&context.stop),
             leave_after_idle: context.leave_after_idle,
             pull: Arc::clone(&pull),
+            app: context.app.clone(),
+            firmware_faults: plan.firmware_faults,
         };
         let ended = serve.run();
         if ended == port::Ended::Stopped {
@@ -823,6 +928,46 @@ mod tests {
         ] {
             assert!(bad.parse::<Fault>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn firmware_faults_parse_without_a_trigger() {
+        assert_eq!(
+            "3:psram".parse::<FaultSpec>().unwrap(),
+            FaultSpec::App(AppFault {
+                device: Some(3),
+                kind: FirmwareFault::Psram
+            })
+        );
+        // `silent` with a trigger silences the loader; without one, the application.
+        assert!(matches!(
+            "silent@frame=2".parse::<FaultSpec>().unwrap(),
+            FaultSpec::Link(Fault {
+                kind: FaultKind::Silent,
+                ..
+            })
+        ));
+        assert_eq!(
+            "silent".parse::<FaultSpec>().unwrap(),
+            FaultSpec::App(AppFault {
+                device: None,
+                kind: FirmwareFault::Silent
+            })
+        );
+        for name in ["boot-panic", "no-config", "bootloop", "print-key"] {
+            assert!(matches!(
+                name.parse::<FaultSpec>().unwrap(),
+                FaultSpec::App(_)
+            ));
+        }
+        for bad in ["melt", "x:psram", "psram@"] {
+            assert!(bad.parse::<FaultSpec>().is_err(), "{bad}");
+        }
+        let (link, app) = FaultSpec::split([
+            "unplug@bytes=9".parse().unwrap(),
+            "1:bootloop".parse().unwrap(),
+        ]);
+        assert_eq!((link.len(), app.len()), (1, 1));
     }
 
     #[test]

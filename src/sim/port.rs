@@ -1,11 +1,14 @@
 //! The I/O shell of a simulated device: a pseudo-terminal pair, a thread that serves its master
-//! side through the [`Loader`], the link's clock and fault injection.
+//! side through the [`Loader`], the link's clock, fault injection, and the resets that boot the
+//! simulated application (whose console output it sends as the chip prints it).
 //!
 //! The clock: bytes from the host arrive over the wire at the chip's baud rate (10 bits per
 //! byte); a request is handled once all of it has arrived and the chip has finished its
 //! previous work; the work the loader reports ([`Output::Work`]: erasing, programming,
 //! hashing) delays what follows it; a reply leaves the UART after its wire time and reaches the
-//! host after the USB-serial bridge's latency. The serving thread never sleeps through
+//! host after the USB-serial bridge's latency. An armed RTC watchdog fires after its own
+//! timeout whatever the host does; the boot that follows prints at the times of its
+//! transcript (`app`), the ROM's lines at 115200 and the rest at the application's rate. The serving thread never sleeps through
 //! anything: it keeps two queues (requests received, packets on their way) and acts on each
 //! when its time comes. If the host's port runs at another rate than the chip's UART (read from
 //! the terminal's settings), bytes come out as garbage both ways, as on a real UART.
@@ -27,6 +30,8 @@ use std::time::{Duration, Instant};
 use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 
+use super::app::{self, FirmwareFault, ResetCause, SimApp};
+use super::chip::WatchdogAction;
 use super::loader::{Loader, Mode, Output, is_flash_data};
 use super::{Fault, FaultKind, SimState, Trigger, flash};
 use crate::slip;
@@ -61,6 +66,16 @@ pub struct SimStats {
     pub work_time: Duration,
     /// Requests the chip answered: each costs the host one wait for the USB bridge.
     pub turnarounds: u64,
+    /// Times the application booted (a reset that ran it from flash).
+    pub boots: u64,
+    /// When the RTC watchdog was last armed over the loader.
+    pub watchdog_armed_at: Option<Instant>,
+    /// Console bytes (ROM, bootloader, application) that reached the host.
+    pub console_bytes: u64,
+    /// Console bytes dropped because nobody read the port (a USB bridge's buffer overflows).
+    pub console_dropped: u64,
+    /// When the last console byte reached the host.
+    pub console_last_at: Option<Instant>,
 }
 
 /// A pseudo-terminal pair: the master the simulator serves, and its own slave handle.
@@ -178,6 +193,7 @@ impl Shared {
             Mode::Rom => SimState::RomLoader,
             Mode::Stub => SimState::Stub,
             Mode::Firmware => SimState::Firmware,
+            Mode::Application => SimState::Application,
         }
     }
 
@@ -205,6 +221,10 @@ pub(crate) struct Serve {
     pub(crate) leave_after_idle: Option<Duration>,
     /// Set to take the device off its port now (see [`super::SimLine::replace`]).
     pub(crate) pull: Arc<AtomicBool>,
+    /// The application a chip reset boots.
+    pub(crate) app: SimApp,
+    /// How that application misbehaves.
+    pub(crate) firmware_faults: Vec<FirmwareFault>,
 }
 
 /// Why a device stopped being served.
@@ -240,12 +260,35 @@ struct Link {
     chip_free: Instant,
     /// Frames received, with the time their last byte arrived.
     inbox: VecDeque<(Instant, Vec<u8>)>,
-    /// SLIP-encoded packets for the host, with the time they reach it and the rate they were
-    /// sent at.
-    outbox: VecDeque<(Instant, Vec<u8>, u32)>,
+    /// What goes to the host, with the time it reaches it and the rate it was sent at:
+    /// SLIP-encoded packets, and console output.
+    outbox: VecDeque<Outgoing>,
     silent: bool,
     corrupt_next_reply: bool,
     fired: Vec<bool>,
+    /// The next reset and what causes it: an armed watchdog, or the application's own.
+    reset_at: Option<(Instant, Reset)>,
+    /// When bytes last went either way: the simulated operator waits for a quiet line.
+    last_traffic: Option<Instant>,
+}
+
+/// Bytes on their way to the host.
+#[derive(Debug)]
+struct Outgoing {
+    due: Instant,
+    bytes: Vec<u8>,
+    baud: u32,
+    /// Console output: nobody may be reading it, and what does not fit is lost.
+    console: bool,
+}
+
+/// What resets the chip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reset {
+    /// The RTC watchdog armed over the loader.
+    Watchdog(WatchdogAction),
+    /// The application restarted or was reset by its own watchdog.
+    Application(ResetCause),
 }
 
 /// How far apart the host's and the chip's baud rates may be before bytes come out wrong:
@@ -266,37 +309,45 @@ impl Serve {
             silent: false,
             corrupt_next_reply: false,
             fired: vec![false; self.faults.len()],
+            reset_at: None,
+            last_traffic: None,
         };
         let mut decoder = slip::Decoder::default();
         let mut buf = vec![0u8; 4096];
-        let mut last_traffic: Option<Instant> = None;
         while !self.stopped() {
             if self.pull.swap(false, Ordering::SeqCst) {
                 return Ended::Pulled;
             }
             self.deliver(&mut link);
             self.process_ready(&mut link);
+            if let Some((at, reset)) = link.reset_at.filter(|(at, _)| *at <= Instant::now()) {
+                link.reset_at = None;
+                self.reset(&mut link, at, reset);
+            }
             let now = Instant::now();
             let next_event = [
-                link.outbox.front().map(|(due, _, _)| *due),
+                link.outbox.front().map(|o| o.due),
                 link.inbox
                     .front()
                     .map(|(ready, _)| (*ready).max(link.chip_free)),
+                link.reset_at.map(|(at, _)| at),
             ]
             .into_iter()
             .flatten()
             .min();
             let wait = next_event.map_or(TICK, |at| at.saturating_duration_since(now).min(TICK));
             if !self.pty.readable(wait) {
-                let busy = !link.inbox.is_empty() || !link.outbox.is_empty();
-                if let (Some(idle), Some(last), false) = (self.leave_after_idle, last_traffic, busy)
+                let busy =
+                    !link.inbox.is_empty() || !link.outbox.is_empty() || link.reset_at.is_some();
+                if let (Some(idle), Some(last), false) =
+                    (self.leave_after_idle, link.last_traffic, busy)
                     && last.elapsed() >= idle
                 {
                     return Ended::Pulled;
                 }
                 continue;
             }
-            last_traffic = Some(Instant::now());
+            link.last_traffic = Some(Instant::now());
             let n = match self.pty.master.read(&mut buf) {
                 Ok(0) => continue,
                 Ok(n) => n,
@@ -418,10 +469,60 @@ impl Serve {
                         }
                     }
                     Output::Commit => self.commit(),
+                    Output::Watchdog(watchdog) => {
+                        // The watchdog runs on its own clock, charged even without wire time:
+                        // the host must be listening at the console's rate before it fires.
+                        lock(&self.shared.stats).watchdog_armed_at = Some(at);
+                        link.reset_at =
+                            Some((at + watchdog.after, Reset::Watchdog(watchdog.action)));
+                    }
                 }
             }
             link.chip_free = at;
         }
+    }
+
+    /// The chip resets at `at`: requests on their way are lost; a reset that samples the
+    /// strapping pins (GPIO0 released) boots the application, whose log is queued at the
+    /// times it prints it; a reset that keeps download mode brings the ROM loader back, which
+    /// announces itself.
+    fn reset(&mut self, link: &mut Link, at: Instant, reset: Reset) {
+        link.inbox.clear();
+        link.chip_free = at;
+        let transcript = {
+            let mut loader = lock(&self.shared.loader);
+            let cause = match reset {
+                Reset::Watchdog(action) => {
+                    let (boots, baud) = loader.watchdog_fires(action);
+                    if let Output::SetBaud(baud) = baud {
+                        link.baud = baud;
+                    }
+                    if !boots {
+                        drop(loader);
+                        let banner = "ets Jul 29 2019 12:21:46\r\n\r\nrst:0x9 (RTCWDT_SYS_RESET),boot:0x3 (DOWNLOAD_BOOT(UART0/UART1/SDIO_REI_REO_V2))\r\nwaiting for download\r\n";
+                        self.queue_console(link, at, banner.as_bytes().to_vec(), link.baud);
+                        return;
+                    }
+                    ResetCause::RtcWatchdog
+                }
+                Reset::Application(cause) => cause,
+            };
+            let mac = loader.mac().0;
+            app::boot(
+                &self.app,
+                &self.firmware_faults,
+                cause,
+                loader.flash().bytes(),
+                mac,
+            )
+        };
+        lock(&self.shared.stats).boots += 1;
+        for line in transcript.lines {
+            self.queue_console(link, at + line.at, line.text.into_bytes(), line.baud);
+        }
+        link.reset_at = transcript
+            .then
+            .map(|(after, cause)| (at + after, Reset::Application(cause)));
     }
 
     /// Queues a packet the chip starts sending at `at`: it leaves the UART after its wire time
@@ -434,35 +535,71 @@ impl Serve {
             }
         }
         let bytes = slip::encode(&packet);
-        lock(&self.shared.stats).wire_time += wire(bytes.len(), link.baud);
+        self.send(link, at, bytes, link.baud, false);
+    }
+
+    /// Queues console output the chip starts printing at `at` at `baud` (the ROM's rate may
+    /// differ from the application's).
+    fn queue_console(&self, link: &mut Link, at: Instant, bytes: Vec<u8>, baud: u32) {
+        self.send(link, at, bytes, baud, true);
+    }
+
+    fn send(&self, link: &mut Link, at: Instant, bytes: Vec<u8>, baud: u32, console: bool) {
+        lock(&self.shared.stats).wire_time += wire(bytes.len(), baud);
         let due = if self.wire_time {
-            link.tx_done = link.tx_done.max(at) + wire(bytes.len(), link.baud);
+            link.tx_done = link.tx_done.max(at) + wire(bytes.len(), baud);
             link.tx_done + self.usb_latency
         } else {
             at
         };
-        link.outbox.push_back((due, bytes, link.baud));
+        link.outbox.push_back(Outgoing {
+            due,
+            bytes,
+            baud,
+            console,
+        });
     }
 
     /// Writes to the terminal what has reached the host by now.
     fn deliver(&mut self, link: &mut Link) {
-        while link
-            .outbox
-            .front()
-            .is_some_and(|(due, _, _)| *due <= Instant::now())
-        {
-            let Some((_, mut bytes, baud)) = link.outbox.pop_front() else {
+        while link.outbox.front().is_some_and(|o| o.due <= Instant::now()) {
+            let Some(mut out) = link.outbox.pop_front() else {
                 return;
             };
-            if !self.rates_agree(baud) {
+            if !self.rates_agree(out.baud) {
                 // The host's UART, at another rate, reads garbage: never a frame delimiter.
-                bytes.fill(0xFF);
+                out.bytes.fill(0xFF);
             }
-            self.write_all(&bytes);
+            if out.console {
+                let written = self.write_some(&out.bytes);
+                let now = Instant::now();
+                link.last_traffic = Some(now);
+                let mut stats = lock(&self.shared.stats);
+                stats.console_bytes += written as u64;
+                stats.console_dropped += (out.bytes.len() - written) as u64;
+                stats.console_last_at = Some(now);
+                continue;
+            }
+            self.write_all(&out.bytes);
             let mut stats = lock(&self.shared.stats);
-            stats.bytes_sent += bytes.len() as u64;
+            stats.bytes_sent += out.bytes.len() as u64;
             stats.frames_sent += 1;
         }
+    }
+
+    /// Writes what the terminal takes now and drops the rest, as a USB bridge drops what
+    /// nobody reads; how much was written.
+    fn write_some(&mut self, bytes: &[u8]) -> usize {
+        let mut written = 0;
+        while written < bytes.len() {
+            match self.pty.master.write(&bytes[written..]) {
+                Ok(0) => break,
+                Ok(n) => written += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        written
     }
 
     fn write_all(&mut self, bytes: &[u8]) {

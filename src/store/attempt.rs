@@ -4,6 +4,7 @@
 //! for one more unit, and what the audit entry says.
 
 use serde_json::json;
+use sha2::{Digest as _, Sha256};
 
 use crate::identity::{Mac, RegistrationId};
 use crate::keys::KeyId;
@@ -161,6 +162,8 @@ pub struct AttemptRecord {
     pub reprovision: bool,
     /// Seconds per stage, as JSON.
     pub timings: serde_json::Value,
+    /// The redacted excerpt of the unit's boot log, when the boot check ran.
+    pub boot_log: Option<String>,
 }
 
 /// What recording an attempt produced.
@@ -294,6 +297,10 @@ impl AttemptRecord {
         }
         if let Some(hub) = unit.and_then(|u| u.hub.as_ref()) {
             details["hub"] = json!({ "status": hub.status, "error": hub.error });
+        }
+        if let Some(log) = &self.boot_log {
+            // The excerpt is stored with the attempt; its hash here proves it unaltered.
+            details["boot_log_sha256"] = json!(hex::encode(Sha256::digest(log.as_bytes())));
         }
         NewEntry::at(
             &self.finished_at,

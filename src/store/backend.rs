@@ -148,6 +148,8 @@ pub(super) struct AttemptEnd<'a> {
     pub(super) timings: &'a str,
     /// The audit entry written with it.
     pub(super) audit_seq: i64,
+    /// The redacted excerpt of the unit's boot log, when the boot check ran.
+    pub(super) boot_log: Option<&'a str>,
 }
 
 /// A batch's counts, read in one snapshot.
@@ -296,6 +298,8 @@ pub(super) trait Tx: Send {
 
     /// Attempts of a batch, oldest first.
     async fn attempts_of(&mut self, batch_id: i64) -> Result<Vec<Attempt>, StoreError>;
+    /// Attempts on the device with this MAC, in any batch, oldest first.
+    async fn attempts_of_mac(&mut self, mac: Mac) -> Result<Vec<Attempt>, StoreError>;
     /// The station's attempts in progress, oldest first.
     async fn open_attempts(&mut self, station_id: &str) -> Result<Vec<Attempt>, StoreError>;
     /// Whether the attempt is still in progress.

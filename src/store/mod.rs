@@ -253,11 +253,11 @@ pub enum StoreError {
     #[diagnostic(
         code(station::store::no_such_unit),
         help(
-            "Check the MAC (the manifest lists every provisioned unit); a unit is recorded once the station has read its MAC."
+            "Check the MAC (the chip's, as `batch status` and the manifest show it); a unit is recorded once the station has read its MAC."
         )
     )]
     NoSuchUnit {
-        /// The MAC.
+        /// The MAC asked for.
         mac: Mac,
     },
     /// An export could not be written where it was going.
@@ -573,6 +573,12 @@ impl Store {
     /// Attempts of a batch, oldest first.
     pub async fn attempts_of(&self, batch_id: i64) -> Result<Vec<Attempt>, StoreError> {
         on_backend!(self, db => ops::attempts_of(db, batch_id).await)
+    }
+
+    /// Attempts on the device with this MAC, in any batch, oldest first (with their boot log
+    /// excerpts: `station unit show`).
+    pub async fn attempts_of_mac(&self, mac: &Mac) -> Result<Vec<Attempt>, StoreError> {
+        on_backend!(self, db => ops::attempts_of_mac(db, mac).await)
     }
 
     /// Records a finished attempt: the unit's row (when the MAC is known), the attempt and its

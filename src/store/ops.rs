@@ -458,6 +458,7 @@ pub(super) async fn record_attempt<B: Backend>(
             reprovision: record.reprovision,
             timings: &timings,
             audit_seq,
+            boot_log: record.boot_log.as_deref(),
         },
     )
     .await?;
@@ -714,4 +715,12 @@ pub(super) async fn attempts_of<B: Backend>(
     batch_id: i64,
 ) -> Result<Vec<Attempt>, StoreError> {
     read!(db, |tx| tx.attempts_of(batch_id).await?)
+}
+
+/// Attempts on the device with this MAC, in any batch, oldest first.
+pub(super) async fn attempts_of_mac<B: Backend>(
+    db: &B,
+    mac: &Mac,
+) -> Result<Vec<Attempt>, StoreError> {
+    read!(db, |tx| tx.attempts_of_mac(*mac).await?)
 }

@@ -333,6 +333,15 @@ macro_rules! common_queries {
             )
         }
 
+        async fn attempts_of_mac(&mut self, mac: $crate::identity::Mac) -> Result<Vec<$crate::record::Attempt>, $crate::store::StoreError> {
+            Ok(
+                sqlx::query_as("SELECT * FROM attempts WHERE mac = $1 ORDER BY id")
+                    .bind(mac)
+                    .fetch_all(&mut *self.0)
+                    .await?,
+            )
+        }
+
         async fn open_attempts(&mut self, station_id: &str) -> Result<Vec<$crate::record::Attempt>, $crate::store::StoreError> {
             Ok(sqlx::query_as(
                 "SELECT * FROM attempts WHERE station_id = $1 AND outcome = 'in-progress' ORDER BY id",
@@ -436,7 +445,8 @@ macro_rules! common_queries {
             sqlx::query(
                 "UPDATE attempts SET unit_id = $1, mac = $2, finished_at = $3, outcome = $4, stage = $5, \
                  error_code = $6, message = $7, reprovision = $8, timings = $9, audit_seq = $10, \
-                 pid = NULL, pid_boot_id = NULL, pid_started = NULL, claim_until = NULL WHERE id = $11",
+                 pid = NULL, pid_boot_id = NULL, pid_started = NULL, claim_until = NULL, \
+                 boot_log = $11 WHERE id = $12",
             )
             .bind(end.unit_id)
             .bind(end.mac)
@@ -448,6 +458,7 @@ macro_rules! common_queries {
             .bind(end.reprovision)
             .bind(end.timings)
             .bind(end.audit_seq)
+            .bind(end.boot_log)
             .bind(id)
             .execute(&mut *self.0)
             .await?;

@@ -139,6 +139,7 @@ on_both_backends!(
     every_stations_chain_is_verified_or_one,
     a_unit_keeps_the_history_of_its_certificates,
     each_station_checkpoints_its_own_chain,
+    an_attempt_keeps_its_boot_log_and_its_hash_is_audited,
 );
 
 /// Sets up the unit facts of `record` as the pipeline's identify would: the attempt that last
@@ -194,6 +195,7 @@ fn attempt(batch: &Batch, mac: Option<&str>, failure: Option<Failure>) -> Attemp
         failure,
         reprovision: false,
         timings: json!({ "flash": 0.5 }),
+        boot_log: None,
     }
 }
 
@@ -281,8 +283,16 @@ async fn sqlite_file_made_before_the_migrations_moved_still_opens() {
         let before = Store::inspect(&database).await.unwrap().unwrap();
         let info = before.describe().await.unwrap();
         let (applied, pending): (usize, &[i64]) = match upto {
-            None => (4, &[20261126000000, 20261130000000, 20261201000000]),
-            Some(_) => (6, &[20261201000000]),
+            None => (
+                4,
+                &[
+                    20261126000000,
+                    20261130000000,
+                    20261201000000,
+                    20261203000000,
+                ],
+            ),
+            Some(_) => (6, &[20261201000000, 20261203000000]),
         };
         assert_eq!((info.backend, info.migrations.applied), ("sqlite", applied));
         assert_eq!(info.migrations.pending, pending);
@@ -1282,5 +1292,43 @@ async fn each_station_checkpoints_its_own_chain(db: TestDb) {
             .iter()
             .any(|p| p.seq == Some(last.seq) && p.problem.contains("cut short")),
         "{report:?}"
+    );
+}
+
+// Issue 14 on both backends: the boot log excerpt stored with its attempt, found by MAC in any
+// batch, and its SHA-256 in the attempt's audit entry.
+async fn an_attempt_keeps_its_boot_log_and_its_hash_is_audited(db: TestDb) {
+    use sha2::{Digest as _, Sha256};
+    let store = &db.store;
+    let batch = store.open_batch("WO-1", 3, "ana", "st1").await.unwrap();
+    let mac = "24:0a:c4:00:00:0b";
+    let log = "rst:0x10 (RTCWDT_RTC_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)\nI (339) dps: registration id sensor-240ac400000b\n";
+    let mut failed = attempt(&batch, Some(mac), Some(failure("boot", false)));
+    failed.boot_log = Some("Guru Meditation Error: Core  0 panic'ed\n".into());
+    record(store, failed).await;
+    let mut passed = attempt(&batch, Some(mac), None);
+    passed.boot_log = Some(log.into());
+    record(store, passed).await;
+    record(store, attempt(&batch, Some("24:0a:c4:00:00:0c"), None)).await;
+
+    let attempts = store.attempts_of_mac(&mac.parse().unwrap()).await.unwrap();
+    let logs: Vec<Option<&str>> = attempts.iter().map(|a| a.boot_log.as_deref()).collect();
+    assert_eq!(
+        logs,
+        [Some("Guru Meditation Error: Core  0 panic'ed\n"), Some(log)]
+    );
+    let entries = store.audit_entries().await.unwrap();
+    let entry = entries
+        .iter()
+        .rev()
+        .find(|e| {
+            e.action == "unit.provisioned"
+                && (e.subject == mac || e.subject.contains("240ac400000b"))
+        })
+        .unwrap();
+    let details: serde_json::Value = serde_json::from_str(&entry.details).unwrap();
+    assert_eq!(
+        details["boot_log_sha256"],
+        hex::encode(Sha256::digest(log.as_bytes()))
     );
 }

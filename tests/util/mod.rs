@@ -214,5 +214,6 @@ pub fn attempt_record(
         }),
         reprovision: false,
         timings: serde_json::json!({}),
+        boot_log: None,
     }
 }

@@ -32,6 +32,7 @@ fn attempt(
         }),
         reprovision: false,
         timings: json!({}),
+        boot_log: None,
     }
 }
 
