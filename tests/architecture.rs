@@ -300,7 +300,10 @@ fn actual(modules: &BTreeSet<String>, reexports: &BTreeMap<String, String>) -> G
             path.pop();
         }
         // The crate root and the binary; test modules in files of their own.
-        if path == ["lib"] || path == ["main"] || path.iter().any(|p| p == "tests") {
+        if path == ["lib"]
+            || path == ["main"]
+            || path.iter().any(|p| p == "tests" || p.starts_with("tests_"))
+        {
             continue;
         }
         let top = path[0].clone();

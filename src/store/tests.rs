@@ -289,10 +289,11 @@ async fn sqlite_file_made_before_the_migrations_moved_still_opens() {
                     20261126000000,
                     20261130000000,
                     20261201000000,
+                    20261202000000,
                     20261203000000,
                 ],
             ),
-            Some(_) => (6, &[20261201000000, 20261203000000]),
+            Some(_) => (6, &[20261201000000, 20261202000000, 20261203000000]),
         };
         assert_eq!((info.backend, info.migrations.applied), ("sqlite", applied));
         assert_eq!(info.migrations.pending, pending);
