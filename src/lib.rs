@@ -21,6 +21,7 @@ pub mod dps;
 pub mod error;
 pub mod file;
 pub mod flash;
+pub mod http;
 pub mod identity;
 pub mod keys;
 pub mod line;
@@ -37,6 +38,7 @@ pub mod station;
 pub mod store;
 pub mod support;
 pub mod tls;
+pub mod web;
 pub mod x509;
 
 pub use error::{Error, Result};

@@ -6,7 +6,9 @@
 
 mod anchor;
 mod architecture;
+mod browser;
 mod cli;
+mod dashboard;
 mod dps;
 mod harden;
 mod line;

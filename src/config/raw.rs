@@ -20,6 +20,13 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) firmware: Vec<Spanned<RawFirmware>>,
     pub(super) audit: Option<Spanned<RawAudit>>,
+    pub(super) http: Option<Spanned<RawHttp>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHttp {
+    pub(super) token_file: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -199,6 +199,12 @@ impl Ctx<'_> {
             serial,
             firmware,
             audit,
+            http: HttpConfig {
+                token_file: raw
+                    .http
+                    .and_then(|http| http.into_inner().token_file)
+                    .map(|f| self.resolve(f.get_ref())),
+            },
             warnings,
         };
         self.check_fit(&config, size_span)?;

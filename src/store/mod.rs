@@ -15,6 +15,7 @@
 //! | `manifest.rs` | the manifest's filter and its audited export |
 //! | `checkpoint.rs` | signed checkpoints of the chain: when they are written, how the chain is checked against them |
 //! | `session.rs` | what a station records when it starts |
+//! | `dashboard.rs` | what the supervisor dashboard reads |
 //! | `backend.rs` | the trait a database backend implements |
 //! | `sqlite/` | the SQLite backend: pool, queries, transaction helpers, the packed verify |
 
@@ -31,6 +32,7 @@ pub mod attempt;
 pub mod audit;
 mod backend;
 mod checkpoint;
+mod dashboard;
 mod manifest;
 mod session;
 mod sqlite;

@@ -3,6 +3,7 @@
 //! IMMEDIATE`, taking SQLite's write lock before reading the chain's head, so concurrent writers
 //! (several ports, several processes) can never fork it.
 
+mod dashboard;
 mod verify;
 
 use std::path::Path;
