@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
 
-use crate::dashboard::{FAULT, FAULT_CODE, Served, sim, workspace};
+use crate::dashboard::{FAULT, FAULT_CODE, Served, configure_token, sim, workspace};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -160,6 +160,15 @@ impl Browser {
         }
     }
 
+    /// Types `text` into the field with id `field` and clicks the button `button` selects.
+    async fn submit(&self, field: &str, text: &str, button: &str) {
+        let client = self.client();
+        let input = client.find(Locator::Id(field)).await.unwrap();
+        input.send_keys(text).await.unwrap();
+        let button = client.find(Locator::Css(button)).await.unwrap();
+        button.click().await.unwrap();
+    }
+
     /// The text of the first element `css` selects.
     async fn text(&self, css: &str) -> String {
         self.client()
@@ -253,20 +262,7 @@ async fn the_dashboard_follows_a_live_line_in_chromium() {
 
     let failed_mac = line.devices()[1].mac().to_string();
     client.goto(&url(addr, "/unit")).await.unwrap();
-    client
-        .find(Locator::Id("q"))
-        .await
-        .unwrap()
-        .send_keys(&failed_mac)
-        .await
-        .unwrap();
-    client
-        .find(Locator::Css("form.search button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.submit("q", &failed_mac, "form.search button").await;
     browser
         .wait_until("the unit's attempts", "document.getElementById('attempts')")
         .await;
@@ -311,10 +307,8 @@ async fn with_a_token_the_browser_signs_in_first() {
         return;
     };
     let ws = workspace(1);
-    let config = std::fs::read_to_string(ws.path("station.toml")).unwrap()
-        + "\n[http]\ntoken_file = \"secrets/dashboard.token\"\n";
-    std::fs::write(ws.path("station.toml"), config).unwrap();
     let token = "supervisor-token-for-chromium";
+    configure_token(&ws);
     ws.write_key("secrets/dashboard.token", token);
     let served = Served::start(&ws, &["serve", "--listen", "127.0.0.1:0"]);
     let browser = Browser::start(&chromium, &chromedriver).await;
@@ -322,37 +316,13 @@ async fn with_a_token_the_browser_signs_in_first() {
     client.goto(&url(served.addr, "/audit")).await.unwrap();
     assert_eq!(client.title().await.unwrap(), "Sign in · station");
     browser.screenshot("login").await;
-    client
-        .find(Locator::Id("token"))
-        .await
-        .unwrap()
-        .send_keys("not-the-token-at-all")
-        .await
-        .unwrap();
-    client
-        .find(Locator::Css("form.login button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser
+        .submit("token", "not-the-token-at-all", "form.login button")
+        .await;
     browser
         .wait_until("the refusal", "document.querySelector('p.problem')")
         .await;
-    client
-        .find(Locator::Id("token"))
-        .await
-        .unwrap()
-        .send_keys(token)
-        .await
-        .unwrap();
-    client
-        .find(Locator::Css("form.login button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.submit("token", token, "form.login button").await;
     browser
         .wait_until("the line page", "document.getElementById('stations')")
         .await;

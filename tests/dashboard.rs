@@ -30,6 +30,13 @@ pub fn workspace(target: usize) -> Workspace {
     ws
 }
 
+/// Names `secrets/dashboard.token` as the workspace's `[http] token_file`.
+pub fn configure_token(ws: &Workspace) {
+    let config = std::fs::read_to_string(ws.path("station.toml")).unwrap()
+        + "\n[http]\ntoken_file = \"secrets/dashboard.token\"\n";
+    std::fs::write(ws.path("station.toml"), config).unwrap();
+}
+
 /// `count` devices taking turns on `ports` ports, each taken off once the station leaves it
 /// idle, with `faults`.
 pub fn sim(ws: &Workspace, count: usize, ports: usize, faults: &[&str]) -> SimLine {
@@ -405,9 +412,7 @@ fn off_loopback_the_dashboard_needs_its_token() {
         refused.json()["error"]["code"],
         "station::http::token_required"
     );
-    let config = std::fs::read_to_string(ws.path("station.toml")).unwrap()
-        + "\n[http]\ntoken_file = \"secrets/dashboard.token\"\n";
-    std::fs::write(ws.path("station.toml"), config).unwrap();
+    configure_token(&ws);
     let token = "floor-supervisor-token-7f3a9c";
     std::fs::write(ws.path("secrets/dashboard.token"), token).unwrap();
     let exposed = ws
