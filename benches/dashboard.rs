@@ -72,7 +72,7 @@ async fn fill(store: &Store, units: u32) {
         .open_batch("WO-BENCH", i64::from(units), "bench", "bench-st1")
         .await
         .expect("batch");
-    let pool = store.pool();
+    let pool = store.sqlite_pool().expect("a SQLite store");
     let mut tx = pool.begin().await.expect("transaction");
     let (mut seq, mut prev) = (0i64, "0".repeat(64));
     for i in 0..units {

@@ -59,6 +59,8 @@ async fn run(units: usize, dps: Option<&str>) -> Result<(f64, f64), Error> {
         operator: "bench".into(),
         reprovision: false,
         skip_provisioned: false,
+        claim_at_start: false,
+        hold_records: false,
     };
     let line = SimLine::start(SimOptions {
         count: units,

@@ -117,6 +117,8 @@ async fn run(
         operator: "bench".into(),
         reprovision: false,
         skip_provisioned: false,
+        claim_at_start: false,
+        hold_records: false,
     };
     // Old data: an NVS partition a firmware filled with entries, no sector erased.
     let preload = if old_data {

@@ -109,7 +109,7 @@ async fn bench(sizes: Sizes) {
 
 #[allow(clippy::unwrap_used)]
 async fn populate(store: &Store, sizes: &Sizes) {
-    let mut tx: Transaction<'static, Sqlite> = store.pool().begin().await.unwrap();
+    let mut tx: Transaction<'static, Sqlite> = store.sqlite_pool().unwrap().begin().await.unwrap();
     sqlx::query(
         "INSERT INTO batches (id, name, target, operator, station_id, opened_at) \
          VALUES (1, 'WO-BENCH', ?, 'bench', 'bench-st1', '2026-11-25T06:00:00.000Z')",

@@ -187,7 +187,7 @@ impl StationKey {
             source,
         };
         let opened = crate::file::open_regular(path, KEY_FILE_LIMIT).map_err(unreadable)?;
-        if let Some((who, mode)) = crate::keys::exposure(&opened.metadata) {
+        if let Some((who, mode)) = crate::file::readable_by(&opened.metadata) {
             return Err(CheckpointError::KeyExposed {
                 path: path.display().to_string(),
                 who,

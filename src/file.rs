@@ -107,6 +107,29 @@ pub fn open_regular(path: &Path, limit: u64) -> io::Result<Opened> {
     })
 }
 
+/// Who besides its owner may read a file: `Some(("group" | "others" | "group and others",
+/// mode))`, or `None` for mode 0600 or stricter. Secret files (group keys, CA keys, the database
+/// password) must answer `None`; check the metadata of the opened file ([`Opened::metadata`]).
+pub fn readable_by(metadata: &Metadata) -> Option<(&'static str, u32)> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = metadata.permissions().mode() & 0o777;
+        let who = match (mode & 0o070 != 0, mode & 0o007 != 0) {
+            (false, false) => return None,
+            (true, false) => "group",
+            (false, true) => "others",
+            (true, true) => "group and others",
+        };
+        Some((who, mode))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = metadata;
+        None
+    }
+}
+
 /// Reads a named file of at most `limit` bytes that must be a regular file ([`open_regular`]).
 pub fn read_regular(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
     open_regular(path, limit)?.read()

@@ -129,7 +129,7 @@ impl Token {
             source,
         };
         let opened = crate::file::open_regular(path, TOKEN_FILE_LIMIT).map_err(unreadable)?;
-        if let Some((who, mode)) = crate::keys::exposure(&opened.metadata) {
+        if let Some((who, mode)) = crate::file::readable_by(&opened.metadata) {
             return Err(HttpError::TokenExposed {
                 path: path.display().to_string(),
                 who,

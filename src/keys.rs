@@ -436,32 +436,10 @@ fn describe_base64_error(error: &base64::DecodeError) -> String {
     }
 }
 
-/// Who besides the owner may read a key file (`group`, `others` or `group and others`) and its
-/// permission bits; `None` when only the owner may. The one rule for every key the station
-/// holds.
-#[cfg(unix)]
-pub fn exposure(metadata: &std::fs::Metadata) -> Option<(&'static str, u32)> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let mode = metadata.permissions().mode() & 0o777;
-    let who = match (mode & 0o070 != 0, mode & 0o007 != 0) {
-        (false, false) => return None,
-        (true, false) => "group",
-        (false, true) => "others",
-        (true, true) => "group and others",
-    };
-    Some((who, mode))
-}
-
-/// Who besides the owner may read a key file: nobody, where permission bits do not exist.
-#[cfg(not(unix))]
-pub fn exposure(_metadata: &std::fs::Metadata) -> Option<(&'static str, u32)> {
-    None
-}
-
 /// Refuses a secret file that group or others may read (`KeyError::Exposed`); also used for the
 /// X.509 CA key file.
 pub(crate) fn check_permissions(metadata: &std::fs::Metadata, path: &Path) -> Result<(), KeyError> {
-    match exposure(metadata) {
+    match crate::file::readable_by(metadata) {
         None => Ok(()),
         Some((who, mode)) => Err(KeyError::Exposed {
             path: path.display().to_string(),

@@ -8,6 +8,15 @@
 //! different MAC. Units run in parallel up to `[serial] max_parallel`, and no unit starts once
 //! the units provisioned plus those in flight reach the batch's target.
 //!
+//! The batch may be shared with other stations (a PostgreSQL database): a unit starts only while
+//! the units provisioned in the batch (by every station), the slots other stations hold and this
+//! daemon's units in flight leave room, and each unit claims its slot in the database once
+//! identified ([`crate::store::Store::claim_slot`]).
+//!
+//! When the database cannot be reached, the daemon starts no new unit and says so (a coded
+//! error on every view); a unit that finishes meanwhile is held, neither PASS nor FAIL, until
+//! its record is written; the daemon polls the database and resumes when it answers.
+//!
 //! The daemon stops when the batch is complete or on SIGINT/SIGTERM: it starts nothing new, lets
 //! the units in flight finish (within a bounded wait), records everything and returns. Attempts a
 //! crashed daemon left open are closed as `interrupted` when the next one starts.
@@ -33,6 +42,7 @@ use crate::provision::{self, Event, Outcome, Request, UnitReport};
 use crate::record::Batch;
 use crate::record::Stage;
 use crate::station::Station;
+use crate::store::StoreError;
 use crate::support::lock;
 
 /// How the daemon runs.
@@ -95,6 +105,8 @@ pub enum WaitReason {
     UnitFailed,
     /// The batch's target is covered by units provisioned and in flight.
     BatchFull,
+    /// The database cannot be reached: no unit starts until it answers.
+    DatabaseOffline,
 }
 
 /// Why the daemon stops.
@@ -190,6 +202,26 @@ pub enum LineEvent {
         reason: StopReason,
         /// Units still in flight, which it lets finish.
         in_flight: usize,
+    },
+    /// The database cannot be reached: the daemon starts no new unit and holds the records of
+    /// units that finish until it answers again.
+    DatabaseOffline {
+        /// The stable code (`station::store::unreachable`).
+        error_code: String,
+        /// The error.
+        message: String,
+    },
+    /// The database answers again: units start again.
+    DatabaseBack {
+        /// How long it was unreachable.
+        seconds: f64,
+    },
+    /// A finished unit's record is held until the database answers (it is not PASS yet).
+    RecordHeld {
+        /// The port.
+        port: String,
+        /// The unit, if identified.
+        mac: Option<Mac>,
     },
     /// Units left `pending` by an unreachable DPS were retried (only when some changed).
     DpsRetried {
@@ -312,6 +344,8 @@ impl Counts {
 /// What every port's task shares.
 struct Context {
     station: Arc<Station>,
+    /// Since when the database has been unreachable, if it is.
+    offline: Mutex<Option<Instant>>,
     request: Request,
     events: UnboundedSender<LineEvent>,
     permits: Semaphore,
@@ -337,17 +371,76 @@ impl Context {
         let _ = tokio::time::timeout(self.poll, stop.wait_for(|s| *s)).await;
     }
 
-    /// Takes a place in the batch for one more unit, unless units provisioned and in flight
-    /// already cover the target.
-    fn reserve(&self) -> bool {
+    /// Takes a place in the batch for one more unit, unless the units provisioned (by every
+    /// station), the slots other stations hold and this daemon's units in flight already cover
+    /// the target.
+    async fn reserve(&self) -> bool {
+        if !self.has_room(0) {
+            return false;
+        }
+        let station_id = &self.station.config.station.id;
+        let room = match self
+            .station
+            .store
+            .batch_room(self.request.batch.id, station_id)
+            .await
+        {
+            Ok(room) => room,
+            Err(error) => {
+                if error.is_unreachable() {
+                    self.go_offline(&crate::record::ErrorCode::of(&error), &error.to_string());
+                } else {
+                    tracing::warn!(error = %error, "cannot read the batch's count");
+                }
+                return false;
+            }
+        };
         let mut counts = lock(&self.counts);
         let tally = &mut counts.tally;
-        if tally.provisioned + tally.in_flight as i64 >= tally.target {
+        tally.provisioned = room.provisioned;
+        if room.provisioned >= tally.target || room.closed {
+            self.complete.send_replace(true);
+            return false;
+        }
+        if room.provisioned + room.claimed_elsewhere + tally.in_flight as i64 >= tally.target {
             return false;
         }
         tally.in_flight += 1;
         counts.first_start.get_or_insert_with(Instant::now);
         true
+    }
+
+    /// Whether, by this daemon's own counters, `more` units besides those in flight leave room.
+    fn has_room(&self, more: i64) -> bool {
+        let counts = lock(&self.counts);
+        let tally = &counts.tally;
+        tally.provisioned + tally.in_flight as i64 + more < tally.target
+    }
+
+    /// Notes that the database cannot be reached (once, until it is back).
+    fn go_offline(&self, error_code: &crate::record::ErrorCode, message: &str) {
+        let mut offline = lock(&self.offline);
+        if offline.is_none() {
+            *offline = Some(Instant::now());
+            tracing::warn!(error.code = %error_code, error = message, "database unreachable: starting no new unit");
+            self.emit(LineEvent::DatabaseOffline {
+                error_code: error_code.to_string(),
+                message: message.to_owned(),
+            });
+        }
+    }
+
+    fn is_offline(&self) -> bool {
+        lock(&self.offline).is_some()
+    }
+
+    /// Notes that the database answers again.
+    fn back_online(&self) {
+        if let Some(since) = lock(&self.offline).take() {
+            let seconds = since.elapsed().as_secs_f64();
+            tracing::info!(seconds, "database reachable again");
+            self.emit(LineEvent::DatabaseBack { seconds });
+        }
     }
 
     fn release(&self) {
@@ -360,9 +453,9 @@ impl Context {
         let provisioned = self
             .station
             .store
-            .batch_status(self.request.batch.clone())
+            .batch_room(self.request.batch.id, &self.station.config.station.id)
             .await
-            .map(|s| s.provisioned)
+            .map(|room| room.provisioned)
             .ok();
         let tally = {
             let mut counts = lock(&self.counts);
@@ -416,6 +509,8 @@ pub async fn run(
             operator: options.operator.clone(),
             reprovision: false,
             skip_provisioned: true,
+            claim_at_start: true,
+            hold_records: true,
         },
         events: events.clone(),
         permits: Semaphore::new(serial.max_parallel),
@@ -432,6 +527,7 @@ pub async fn run(
         record_failed: record_failed_tx,
         poll: options.poll,
         station: Arc::clone(&station),
+        offline: Mutex::new(None),
     });
     context.emit(LineEvent::Started {
         batch: options.batch.name.clone(),
@@ -448,6 +544,11 @@ pub async fn run(
     let mut dps_retry = tokio::time::interval(options.dps_retry);
     dps_retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut retrying: Option<tokio::task::JoinHandle<()>> = None;
+    let mut pinging: Option<tokio::task::JoinHandle<()>> = None;
+    // Other stations may complete or close a shared batch: its count is read every second.
+    let mut refresh = tokio::time::interval(Duration::from_secs(1));
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut refreshing: Option<tokio::task::JoinHandle<()>> = None;
     tokio::pin!(shutdown);
     let reason = if status.provisioned >= status.batch.target {
         StopReason::BatchComplete
@@ -463,6 +564,18 @@ pub async fn run(
                             tasks.spawn(serve_port(Arc::clone(&context), port));
                         }
                     }
+                    if context.is_offline()
+                        && pinging.as_ref().is_none_or(tokio::task::JoinHandle::is_finished)
+                    {
+                        pinging = Some(tokio::spawn(ping(Arc::clone(&context))));
+                    }
+                }
+                _ = refresh.tick() => {
+                    if !context.is_offline()
+                        && refreshing.as_ref().is_none_or(tokio::task::JoinHandle::is_finished)
+                    {
+                        refreshing = Some(tokio::spawn(refresh_count(Arc::clone(&context))));
+                    }
                 }
                 _ = dps_retry.tick(), if station.dps.is_some() => {
                     if retrying.as_ref().is_none_or(tokio::task::JoinHandle::is_finished) {
@@ -474,6 +587,9 @@ pub async fn run(
     };
     if let Some(retrying) = retrying {
         retrying.abort();
+    }
+    for task in [pinging, refreshing].into_iter().flatten() {
+        task.abort();
     }
     stop_tx.send_replace(true);
     context.emit(LineEvent::Stopping {
@@ -501,6 +617,29 @@ pub async fn run(
     Ok(tally)
 }
 
+/// Reads the batch's count: complete (or closed) by whichever station, the daemon stops.
+async fn refresh_count(context: Arc<Context>) {
+    let station_id = &context.station.config.station.id;
+    if let Ok(room) = context
+        .station
+        .store
+        .batch_room(context.request.batch.id, station_id)
+        .await
+    {
+        lock(&context.counts).tally.provisioned = room.provisioned;
+        if room.provisioned >= room.target || room.closed {
+            context.complete.send_replace(true);
+        }
+    }
+}
+
+/// Asks the database whether it answers again.
+async fn ping(context: Arc<Context>) {
+    if context.station.store.ping().await.is_ok() {
+        context.back_online();
+    }
+}
+
 /// Retries the units DPS could not be asked about yet, in the background of the line.
 #[tracing::instrument(name = "line_dps_retry", skip_all)]
 async fn retry_pending(context: Arc<Context>) {
@@ -524,7 +663,7 @@ async fn serve_port(context: Arc<Context>, port: PathBuf) {
     let name = port.display().to_string();
     let mut present = false;
     let mut last: Option<Last> = None;
-    let mut told_full = false;
+    let mut announced = Announced::default();
     let progress = forward_progress(Arc::clone(&context));
     while !context.stopping() {
         let node = port_node(&port);
@@ -550,19 +689,21 @@ async fn serve_port(context: Arc<Context>, port: PathBuf) {
             context.pause().await;
             continue;
         }
-        if !context.reserve() {
-            if !told_full {
-                told_full = true;
-                context.emit(LineEvent::Waiting {
-                    port: name.clone(),
-                    reason: WaitReason::BatchFull,
-                    mac: None,
-                });
-            }
-            context.pause().await;
+        if context.is_offline() {
+            announced
+                .wait(&context, &name, WaitReason::DatabaseOffline)
+                .await;
             continue;
         }
-        told_full = false;
+        if !context.reserve().await {
+            if context.is_offline() {
+                context.pause().await;
+            } else {
+                announced.wait(&context, &name, WaitReason::BatchFull).await;
+            }
+            continue;
+        }
+        announced = Announced::default();
         let Ok(_permit) = context.permits.acquire().await else {
             context.release();
             return;
@@ -583,6 +724,26 @@ async fn serve_port(context: Arc<Context>, port: PathBuf) {
         drop(device);
         let report = match result {
             Ok(report) => report,
+            Err(StoreError::BatchFull { .. }) => {
+                // Other stations took the last slots between the count and the claim: nothing
+                // touched the device; it waits like any port of a full batch.
+                context.release();
+                announced.wait(&context, &name, WaitReason::BatchFull).await;
+                continue;
+            }
+            Err(StoreError::BatchClosed { .. }) => {
+                context.release();
+                context.complete.send_replace(true);
+                return;
+            }
+            Err(error) if error.is_unreachable() => {
+                // Nothing of the unit was recorded (its attempt could not even be opened, or
+                // a stage could not be noted and the record was not held): the device is left
+                // as it is, to be provisioned once the database answers.
+                context.release();
+                context.go_offline(&crate::record::ErrorCode::of(&error), &error.to_string());
+                continue;
+            }
             Err(error) => {
                 context.release();
                 context.emit(LineEvent::RecordFailed {
@@ -617,6 +778,25 @@ async fn serve_port(context: Arc<Context>, port: PathBuf) {
             seen,
             probed: Instant::now(),
         });
+    }
+}
+
+/// The wait a port last announced, so that each is said once.
+#[derive(Debug, Default)]
+struct Announced(Option<WaitReason>);
+
+impl Announced {
+    /// Announces (once) that the port waits, and why; then pauses one poll period.
+    async fn wait(&mut self, context: &Context, port: &str, reason: WaitReason) {
+        if self.0 != Some(reason) {
+            self.0 = Some(reason);
+            context.emit(LineEvent::Waiting {
+                port: port.to_owned(),
+                reason,
+                mac: None,
+            });
+        }
+        context.pause().await;
     }
 }
 
@@ -680,6 +860,17 @@ fn forward_progress(context: Arc<Context>) -> UnboundedSender<Event> {
                     mac,
                     registration_id,
                 },
+                Event::RecordHeld {
+                    port,
+                    mac,
+                    error_code,
+                    message,
+                } => {
+                    if let Ok(code) = error_code.parse() {
+                        context.go_offline(&code, &message);
+                    }
+                    LineEvent::RecordHeld { port, mac }
+                }
             };
             context.emit(event);
         }

@@ -281,11 +281,12 @@ impl Station {
         } else {
             None
         };
-        let store = Store::open(&config.station.database)
-            .await?
-            .with_anchor(std::sync::Arc::new(
-                anchor_for(&config).map_err(StoreError::from)?,
-            ));
+        let store =
+            Store::connect(&config.station.database)
+                .await?
+                .with_anchor(std::sync::Arc::new(
+                    anchor_for(&config).map_err(StoreError::from)?,
+                ));
         let operator = crate::operator::resolve(None, None);
         store
             .record_station_open(&station_open(&config, &attestor, &operator))
@@ -384,7 +385,7 @@ mod tests {
             (config, keys)
         };
         let (config, keys) = load();
-        let store = Store::open(&config.station.database).await.unwrap();
+        let store = Store::connect(&config.station.database).await.unwrap();
         let open = |config: &Config, keys: &GroupKeys| {
             station_open(config, &Attestor::SymmetricKey(keys.clone()), "ops")
         };

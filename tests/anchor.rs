@@ -43,7 +43,7 @@ fn tamper(ws: &Workspace, statements: &[&str]) {
             .unwrap();
         for statement in statements {
             sqlx::query(sqlx::AssertSqlSafe(*statement))
-                .execute(store.pool())
+                .execute(store.sqlite_pool().unwrap())
                 .await
                 .unwrap();
         }
@@ -60,7 +60,7 @@ fn rewrite_tail(ws: &Workspace, from: i64) {
             .await
             .unwrap();
         sqlx::query("DROP TRIGGER audit_log_refuses_update")
-            .execute(store.pool())
+            .execute(store.sqlite_pool().unwrap())
             .await
             .unwrap();
         let mut entries = store.audit_entries().await.unwrap();
@@ -76,7 +76,7 @@ fn rewrite_tail(ws: &Workspace, from: i64) {
                 .bind(&entries[i].prev_hash)
                 .bind(&entries[i].hash)
                 .bind(entries[i].seq)
-                .execute(store.pool())
+                .execute(store.sqlite_pool().unwrap())
                 .await
                 .unwrap();
         }

@@ -98,11 +98,11 @@ fn audit_verify_passes_then_names_the_first_tampered_entry() {
             .await
             .unwrap();
         sqlx::query("DROP TRIGGER audit_log_refuses_update")
-            .execute(store.pool())
+            .execute(store.sqlite_pool().unwrap())
             .await
             .unwrap();
         sqlx::query("UPDATE audit_log SET operator = 'mallory' WHERE seq = 2")
-            .execute(store.pool())
+            .execute(store.sqlite_pool().unwrap())
             .await
             .unwrap();
         store.close().await;

@@ -288,7 +288,7 @@ fn audit_show_is_a_table_filtered_by_batch_and_limit() {
 fn long_chain(ws: &Workspace, count: i64) {
     runtime().block_on(async {
         let store = Store::open(&ws.path("station.db")).await.unwrap();
-        let mut tx = store.pool().begin().await.unwrap();
+        let mut tx = store.sqlite_pool().unwrap().begin().await.unwrap();
         let mut prev_hash = GENESIS.to_owned();
         for seq in 1..=count {
             let at = format!("2026-11-25T10:{:02}:{:02}.{:03}Z", seq / 60_000 % 60, seq / 1000 % 60, seq % 1000);
@@ -322,7 +322,7 @@ fn tamper(ws: &Workspace, statements: &[&str]) {
     runtime().block_on(async {
         let store = Store::open(&ws.path("station.db")).await.unwrap();
         // One connection: a TEMP table lives on the connection that made it.
-        let mut conn = store.pool().acquire().await.unwrap();
+        let mut conn = store.sqlite_pool().unwrap().acquire().await.unwrap();
         for sql in [
             "DROP TRIGGER IF EXISTS audit_log_refuses_update",
             "DROP TRIGGER IF EXISTS audit_log_refuses_delete",

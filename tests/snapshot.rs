@@ -11,6 +11,15 @@ fn redactions(ws: &Workspace) -> insta::Settings {
     let dir = ws.dir.path().display().to_string();
     settings.add_filter(&regex_escape(&dir), "[WORKSPACE]");
     settings.add_filter(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z", "[TIME]");
+    // Rates over records made microseconds apart, and the SQLite library's version.
+    settings.add_filter(r"\d+\.\d+ units/min", "[RATE] units/min");
+    settings.add_filter(
+        r#""units_per_minute": \d+(\.\d+)?"#,
+        r#""units_per_minute": [RATE]"#,
+    );
+    settings.add_filter(r"SQLite 3\.\d+\.\d+", "SQLite [VERSION]");
+    // The station's signing key is made on first use.
+    settings.add_filter(r"ed25519:[A-Za-z0-9+/]{43}=", "ed25519:[PUBLIC KEY]");
     settings.set_prepend_module_to_snapshot(false);
     settings
 }
@@ -103,8 +112,16 @@ fn batch_status_text_and_json() {
 fn check_says_what_is_fine_and_what_is_wrong() {
     let ws = workspace();
     redactions(&ws).bind(|| {
+        // Before the first batch: no database file yet, and `check` does not make one.
         insta::assert_snapshot!(
             "check_ok",
+            shown(&ws.station_logging("off", &["check"]).expect(0))
+        );
+        assert!(!ws.path("station.db").exists());
+        ws.station(&["batch", "open", "WO-1", "--target", "5"])
+            .expect(0);
+        insta::assert_snapshot!(
+            "check_ok_with_database",
             shown(&ws.station_logging("off", &["check"]).expect(0))
         );
         use std::os::unix::fs::PermissionsExt as _;

@@ -13,6 +13,7 @@ mod dps;
 mod harden;
 mod line;
 mod nvs;
+mod postgres;
 mod provision;
 mod report;
 mod secure_cert;

@@ -211,6 +211,7 @@ fn waiting(reason: WaitReason) -> &'static str {
         WaitReason::BatchFull => {
             "waiting: the batch's target is covered by units done and in flight"
         }
+        WaitReason::DatabaseOffline => "waiting: the database is unreachable",
     }
 }
 
@@ -273,6 +274,19 @@ fn plain(event: &LineEvent) -> Option<String> {
             "line: {}: starting no new units; {in_flight} in flight finishing",
             stop_reason(*reason)
         ),
+        LineEvent::DatabaseOffline {
+            error_code,
+            message,
+        } => format!(
+            "ERROR line: {message} [{error_code}]: starting no new unit; finished units are recorded when it answers"
+        ),
+        LineEvent::DatabaseBack { seconds } => {
+            format!("line: the database answers again after {seconds:.1} s: resuming")
+        }
+        LineEvent::RecordHeld { port, mac } => format!(
+            "{port}  {}  NOT recorded yet: waiting for the database (not PASS until recorded)",
+            mac.map_or_else(|| "(MAC unknown)".to_owned(), |m| m.to_string())
+        ),
         LineEvent::DpsRetried {
             assigned,
             failed,
@@ -301,6 +315,8 @@ pub(super) struct Live {
     units: BTreeMap<String, String>,
     failures: VecDeque<String>,
     footer: ProgressBar,
+    /// The header's name for the batch.
+    batch: String,
 }
 
 const GREEN: &str = "\x1b[32m";
@@ -328,6 +344,7 @@ impl Live {
             units: BTreeMap::new(),
             failures: VecDeque::new(),
             footer,
+            batch: String::new(),
         }
     }
 
@@ -355,7 +372,8 @@ impl Live {
     fn event(&mut self, event: &LineEvent) {
         match event {
             LineEvent::Started { batch, tally, .. } => {
-                self.header.set_prefix(format!("batch {batch}"));
+                self.batch = format!("batch {batch}");
+                self.header.set_prefix(self.batch.clone());
                 self.tally(tally);
             }
             LineEvent::PortUp { port } => self.port(port).set_message("device connected"),
@@ -424,9 +442,27 @@ impl Live {
                 ));
             }
             LineEvent::Waiting { port, reason, .. } => {
-                if *reason == WaitReason::BatchFull {
+                if matches!(reason, WaitReason::BatchFull | WaitReason::DatabaseOffline) {
                     self.port(port).set_message(waiting(*reason));
                 }
+            }
+            LineEvent::DatabaseOffline { .. } => {
+                if let Some(line) = plain(event) {
+                    self.header.set_prefix("DATABASE UNREACHABLE");
+                    self.footer.set_message(format!("{RED}{line}{RESET}"));
+                }
+            }
+            LineEvent::DatabaseBack { .. } => {
+                if let Some(line) = plain(event) {
+                    self.header.set_prefix(self.batch.clone());
+                    self.footer.set_message(line);
+                }
+            }
+            LineEvent::RecordHeld { port, mac } => {
+                let mac = mac.map_or_else(String::new, |m| m.to_string());
+                self.port(port).set_message(format!(
+                    "{YELLOW}HOLD{RESET}  {mac}  not recorded yet: waiting for the database"
+                ));
             }
             LineEvent::Stopping { reason, in_flight } => {
                 self.header

@@ -72,6 +72,9 @@ pub enum Command {
     /// The auditor's views of the provisioning log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// The database's schema.
+    #[command(subcommand)]
+    Db(DbCommand),
     /// Azure DPS pre-verification.
     #[command(subcommand)]
     Dps(DpsCommand),
@@ -258,14 +261,20 @@ pub enum AuditCommand {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
-    /// Re-walk the hash chain and hold it against the station's signed checkpoints; exit 0
-    /// with the count verified, or exit 1 naming the first entry that does not match, or the
-    /// checkpoint that shows the log cut short or rewritten.
+    /// Re-walk the hash chain (on a shared database: every station's chain) and hold it
+    /// against the station's signed checkpoints; exit 0 with the count verified, or exit 1
+    /// naming the first entry that does not match, or the checkpoint that shows the log cut
+    /// short or rewritten.
     Verify {
         /// A head hash recorded at an earlier review (16 to 64 hex digits, any case): also
         /// check that this entry is still in the chain.
         #[arg(long, value_name = "HASH")]
         head: Option<String>,
+        /// Only the chain of this station (on SQLite, whose file keeps one chain for every
+        /// station, the whole chain); its checkpoints are the ones checked (default: this
+        /// station's).
+        #[arg(long, value_name = "ID")]
+        station: Option<String>,
         /// Checkpoint files to hold the chain against (repeatable; default: the station's
         /// [audit] checkpoint_file).
         #[arg(long, value_name = "FILE")]
@@ -275,6 +284,15 @@ pub enum AuditCommand {
         #[arg(long, value_name = "KEY")]
         public_key: Option<String>,
     },
+}
+
+/// `station db`.
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Apply the migrations the database lacks and say what it is: backend, version, schema.
+    /// On a shared PostgreSQL database run it once per station update, with the owner's
+    /// credentials (station users may not change the schema).
+    Migrate,
 }
 
 /// `station dps`.
@@ -534,6 +552,9 @@ pub async fn run(cli: Cli) -> Result<u8> {
     match cli.command {
         Command::Batch(command) => records::batch(&load_config(&cli.config)?, command, json).await,
         Command::Audit(command) => records::audit(&load_config(&cli.config)?, command, json).await,
+        Command::Db(DbCommand::Migrate) => {
+            records::db_migrate(&load_config(&cli.config)?, json).await
+        }
         Command::Key(KeyCommand::Derive { registration_id }) => {
             image::key_derive(&load_config(&cli.config)?, &registration_id, json).await
         }
@@ -574,14 +595,14 @@ fn load_config(path: &Path) -> Result<Config> {
 /// signed checkpoints ([`crate::station::anchor_for`]).
 async fn open_store(config: &Config) -> Result<Store> {
     let anchor = crate::station::anchor_for(config).map_err(crate::store::StoreError::from)?;
-    Ok(Store::open(&config.station.database)
+    Ok(Store::connect(&config.station.database)
         .await?
         .with_anchor(std::sync::Arc::new(anchor)))
 }
 
 /// Opens the database for a command that only reads (no key is made, no checkpoint written).
 async fn open_store_to_read(config: &Config) -> Result<Store> {
-    Ok(Store::open(&config.station.database).await?)
+    Ok(Store::connect(&config.station.database).await?)
 }
 
 /// Writes the checkpoint an export embedded beside the file it went to: `FILE.checkpoint.json`

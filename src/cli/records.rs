@@ -14,7 +14,7 @@ use crate::keys::GroupKeys;
 use crate::record::BatchStatus;
 use crate::report;
 use crate::station::Issuer;
-use crate::store::ManifestFilter;
+use crate::store::{ChainReport, ManifestFilter, Store};
 use crate::x509::CaWarning;
 
 pub(super) async fn batch(config: &Config, command: BatchCommand, json: bool) -> Result<u8> {
@@ -102,6 +102,27 @@ fn print_status(status: &BatchStatus) {
             "", failure.count, failure.error_code, failure.stage
         );
     }
+    let rate = |rate: Option<f64>| rate.map_or_else(String::new, |r| format!(", {r:.1} units/min"));
+    if status.stations.len() > 1 {
+        println!(
+            "{:<20} all stations: {} provisioned{}",
+            "",
+            status.provisioned,
+            rate(status.units_per_minute)
+        );
+    }
+    for station in &status.stations {
+        println!(
+            "{:<20} station {}: {} provisioned, {} attempts ({} failed), {} in progress{}",
+            "",
+            station.station_id,
+            station.provisioned,
+            station.attempts,
+            station.failed_attempts,
+            station.in_progress,
+            rate(station.units_per_minute)
+        );
+    }
 }
 
 pub(super) async fn audit(config: &Config, command: AuditCommand, json: bool) -> Result<u8> {
@@ -147,17 +168,20 @@ pub(super) async fn audit(config: &Config, command: AuditCommand, json: bool) ->
         }
         AuditCommand::Verify {
             head,
+            station,
             checkpoints,
             public_key,
-        } => verify(config, head, checkpoints, public_key, json).await?,
+        } => verify(config, head, station, checkpoints, public_key, json).await?,
     };
     Ok(code)
 }
 
-/// `station audit verify`: the chain, the `--head` of an earlier review, and the checkpoints.
+/// `station audit verify`: every chain (or one station's), the `--head` of an earlier review,
+/// and the checkpoints of one station (`--station`, else this one) against its chain.
 async fn verify(
     config: &Config,
     head: Option<String>,
+    station: Option<String>,
     checkpoint_files: Vec<PathBuf>,
     public_key: Option<String>,
     json: bool,
@@ -196,15 +220,20 @@ async fn verify(
     };
 
     let store = open_store_to_read(config).await?;
-    let chain = store.verify_audit().await?;
+    let reports = store.verify_audit_chains(station.as_deref()).await?;
+    let chain = ChainReport::combined(&reports);
     let head_check = match &head {
         None => None,
-        Some(prefix) => Some(match store.find_head(prefix).await? {
-            HeadCheck::Found(seq) if seq <= chain.entries => HeadCheck::Found(seq),
-            HeadCheck::Found(_) => HeadCheck::Missing,
-            other => other,
-        }),
+        Some(prefix) => Some(store.find_head(prefix, &reports).await?),
     };
+    // Checkpoints are signed by one station: they are held against the chain holding its
+    // entries (SQLite: the file's one chain; PostgreSQL: its own, empty if it wrote none).
+    let signer = station.as_deref().unwrap_or(&config.station.id);
+    let signer_chain = reports
+        .iter()
+        .find(|r| r.station_id.as_deref().is_none_or(|s| s == signer))
+        .cloned()
+        .unwrap_or_else(|| ChainReport::combined(&[]));
     if head_check == Some(HeadCheck::Ambiguous) {
         store.close().await;
         return Err(Error::BadInput {
@@ -242,8 +271,8 @@ async fn verify(
             Some(key) => {
                 store
                     .verify_checkpoints(
-                        &config.station.id,
-                        &chain,
+                        signer,
+                        &signer_chain,
                         &source.display().to_string(),
                         &lines,
                         key,
@@ -275,34 +304,60 @@ async fn verify(
             "head_hash": chain.head_hash,
             "first_break": chain.first_break,
             "expected_head_found": head_check.map(|h| matches!(h, HeadCheck::Found(_))),
+            "chains": reports,
             "checkpoints": report,
             "public_key": trusted.map(|k| k.to_string()),
             "notes": notes,
         }));
     } else {
-        if let Some(broken) = &chain.first_break {
-            println!(
-                "audit chain BROKEN at entry {}: {}",
-                broken.seq, broken.problem
-            );
-            println!(
-                "entries before it verify; the last good hash is {}",
-                chain.head_hash
-            );
-        } else if head_check == Some(HeadCheck::Missing) {
-            println!(
-                "audit chain of {} entries is internally consistent, but the expected head {} is NOT in it: the log was rewritten or cut short",
-                chain.entries,
-                head.as_deref().unwrap_or_default()
-            );
-        } else {
-            println!(
-                "audit chain intact: {} entries verified, head hash {}",
-                chain.entries, chain.head_hash
-            );
-            if matches!(head_check, Some(HeadCheck::Found(_))) {
-                println!("the expected head is in the chain");
+        for one in &reports {
+            let name = one
+                .station_id
+                .as_ref()
+                .map_or_else(String::new, |s| format!("station {s}: "));
+            match &one.first_break {
+                Some(broken) => {
+                    println!(
+                        "{name}audit chain BROKEN at entry {}: {}",
+                        broken.seq, broken.problem
+                    );
+                    println!(
+                        "{name}entries before it verify; the last good hash is {}",
+                        one.head_hash
+                    );
+                }
+                None => println!(
+                    "{name}audit chain intact: {} entries verified, head hash {}",
+                    one.entries, one.head_hash
+                ),
             }
+        }
+        if reports.len() != 1 || reports[0].station_id.is_some() {
+            let broken = reports.iter().filter(|r| r.first_break.is_some()).count();
+            println!(
+                "audit chains of {} station(s): {} entries; {}",
+                reports.len(),
+                chain.entries,
+                if broken == 0 {
+                    "all intact".to_owned()
+                } else {
+                    format!("{broken} BROKEN")
+                }
+            );
+        }
+        match head_check {
+            Some(HeadCheck::Missing) => println!(
+                "the audit log of {} entries{}, but the expected head {} is NOT in it: the log was rewritten or cut short",
+                chain.entries,
+                if chain.first_break.is_none() {
+                    " is internally consistent"
+                } else {
+                    ""
+                },
+                head.as_deref().unwrap_or_default()
+            ),
+            Some(HeadCheck::Found(_)) => println!("the expected head is in the chain"),
+            _ => {}
         }
         for finding in &report.problems {
             println!(
@@ -331,6 +386,25 @@ async fn verify(
         }
     }
     Ok(if intact { OK } else { exit::FAILED })
+}
+
+/// `station db migrate`.
+pub(super) async fn db_migrate(config: &Config, json: bool) -> Result<u8> {
+    let info = Store::migrate(&config.station.database).await?;
+    if json {
+        print_json(&serde_json::json!({
+            "database": config.station.database.to_string(),
+            "backend": info.backend,
+            "version": info.version,
+            "migrations": info.migrations,
+        }));
+    } else {
+        println!(
+            "database {}: {}, {}",
+            config.station.database, info.version, info.migrations
+        );
+    }
+    Ok(OK)
 }
 
 /// Parses a `--since`/`--until` bound ([`crate::clock::parse_time`]).
@@ -509,40 +583,7 @@ pub(super) async fn check(config_path: &Path, json: bool) -> Result<u8> {
             },
             Attestation::X509(x509) => check_signing_ca(config, x509),
         });
-        match crate::store::Store::open_existing(&config.station.database).await {
-            Ok(None) => checks.push(Check::new(
-                "database",
-                true,
-                format!(
-                    "{} does not exist yet: the first command that records (batch open, provision, run) creates it",
-                    config.station.database.display()
-                ),
-            )),
-            Ok(Some(store)) => {
-                let report = store.verify_audit().await?;
-                let open = store.open_batch_of(&config.station.id).await?;
-                checks.push(Check::new(
-                    "database",
-                    report.first_break.is_none(),
-                    format!(
-                        "{}: audit chain {} ({} entries); {}",
-                        config.station.database.display(),
-                        if report.first_break.is_none() {
-                            "intact"
-                        } else {
-                            "BROKEN (run `station audit verify`)"
-                        },
-                        report.entries,
-                        open.map_or_else(
-                            || "no open batch".to_owned(),
-                            |b| format!("open batch {}", b.name)
-                        )
-                    ),
-                ));
-                store.close().await;
-            }
-            Err(e) => checks.push(Check::failed("database", e.into())),
-        }
+        checks.push(check_database(config).await);
         checks.push(check_anchor(config));
         let found: Vec<String> = crate::line::discover(&config.serial)
             .into_iter()
@@ -587,6 +628,73 @@ pub(super) async fn check(config_path: &Path, json: bool) -> Result<u8> {
     } else {
         exit::FAILED
     })
+}
+
+/// The database: backend, version, migrations; the audit chains; the station's open batch.
+/// Nothing is created or migrated (a SQLite file is opened read-only).
+async fn check_database(config: &Config) -> Check {
+    let database = &config.station.database;
+    let store = match Store::inspect(database).await {
+        Ok(Some(store)) => store,
+        Ok(None) => {
+            return Check::new(
+                "database",
+                true,
+                format!(
+                    "{database} does not exist yet: the first command that records (batch open, provision, run) creates it"
+                ),
+            );
+        }
+        Err(e) if e.is_usage_error() => return Check::misconfigured("database", e.into()),
+        Err(e) => return Check::failed("database", e.into()),
+    };
+    let checked = async {
+        let info = store.describe().await?;
+        let schema = format!("{}, {}", info.version, info.migrations);
+        let migrations = &info.migrations;
+        if !migrations.current() {
+            // A SQLite file is migrated by the next command that opens it; a shared server
+            // only by its owner.
+            let next = migrations.unknown.is_empty()
+                && migrations.damaged.is_empty()
+                && info.backend == "sqlite";
+            let fix = if next {
+                "applied on the next start"
+            } else {
+                "run `station db migrate` as the database owner"
+            };
+            return Ok::<_, Error>((next, format!("{database}: {schema} ({fix})")));
+        }
+        let reports = store.verify_audit_chains(None).await?;
+        let report = ChainReport::combined(&reports);
+        let chains = match reports.as_slice() {
+            [one] if one.station_id.is_none() => "audit chain".to_owned(),
+            _ => format!("audit chains of {} station(s)", reports.len()),
+        };
+        let open = store.open_batch_of(&config.station.id).await?;
+        Ok((
+            report.first_break.is_none(),
+            format!(
+                "{database}: {schema}; {chains} {} ({} entries); {}",
+                if report.first_break.is_none() {
+                    "intact"
+                } else {
+                    "BROKEN (run `station audit verify`)"
+                },
+                report.entries,
+                open.map_or_else(
+                    || "no open batch".to_owned(),
+                    |b| format!("open batch {}", b.name)
+                )
+            ),
+        ))
+    }
+    .await;
+    store.close().await;
+    match checked {
+        Ok((ok, detail)) => Check::new("database", ok, detail),
+        Err(e) => Check::failed("database", e),
+    }
 }
 
 /// The station's signing key (its public key is what auditors keep) and its checkpoint file.

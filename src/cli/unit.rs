@@ -30,6 +30,8 @@ pub(super) async fn provision(config: Config, args: ProvisionArgs, json: bool) -
         batch,
         reprovision: args.reprovision,
         skip_provisioned: false,
+        claim_at_start: false,
+        hold_records: false,
     };
     let mut device = EspflashDevice::new(&args.port, SerialSettings::from(&station.config.serial));
     let (events, receiver) = unbounded_channel();
@@ -78,6 +80,17 @@ pub(super) async fn render_events(mut receiver: UnboundedReceiver<Event>) {
                 registration_id,
             } => {
                 let _ = writeln!(stderr, "{port}  {mac}  {registration_id}");
+            }
+            Event::RecordHeld {
+                port,
+                error_code,
+                message,
+                ..
+            } => {
+                let _ = writeln!(
+                    stderr,
+                    "{port}  record held: {message} [{error_code}]; retrying"
+                );
             }
             Event::Flash { .. } => {}
         }

@@ -43,6 +43,7 @@ pub(super) struct RawAudit {
 pub(super) struct RawStation {
     pub(super) id: Spanned<String>,
     pub(super) database: Option<Spanned<String>>,
+    pub(super) database_password_file: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

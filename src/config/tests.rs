@@ -59,7 +59,7 @@ fn checked_in_example_parses_with_the_documented_defaults() {
     assert_eq!(config.station.id, "line1-st1");
     assert_eq!(
         config.station.database,
-        path.parent().unwrap().join("station.db")
+        Database::Sqlite(path.parent().unwrap().join("station.db"))
     );
     assert_eq!(
         config.dps.verify_url,
@@ -85,7 +85,7 @@ fn minimal_config_takes_defaults_and_resolves_paths_next_to_the_file() {
     let config = parse(MINIMAL).unwrap();
     assert_eq!(
         config.station.database,
-        Path::new("/etc/station/station.db")
+        Database::Sqlite("/etc/station/station.db".into())
     );
     assert_eq!(
         config
@@ -446,6 +446,92 @@ fn dps_payload_table_becomes_json() {
     assert_error(&text, "station::config::bad_value", 9, "[dps.payload]");
 }
 
+// Issue 15: `[station] database` is a SQLite file or a PostgreSQL URL, whose password never
+// sits in station.toml.
+#[test]
+fn database_is_a_sqlite_file_or_a_postgres_url_without_a_password() {
+    let url = "postgres://line1_st1@db.factory.local:5432/station?sslmode=verify-full";
+    let config = parse(&variant(
+        "id = \"line1-st1\"",
+        &format!(
+            "id = \"line1-st1\"\ndatabase = \"{url}\"\ndatabase_password_file = \"secrets/db.password\""
+        ),
+    ))
+    .unwrap();
+    assert_eq!(
+        config.station.database,
+        Database::Postgres {
+            url: url.to_owned(),
+            password_file: Some("/etc/station/secrets/db.password".into()),
+        }
+    );
+    assert_eq!(config.station.database.to_string(), url);
+    let config = parse(&variant(
+        "id = \"line1-st1\"",
+        "id = \"line1-st1\"\ndatabase = \"postgresql://st@db/station\"",
+    ))
+    .unwrap();
+    assert!(matches!(
+        config.station.database,
+        Database::Postgres {
+            password_file: None,
+            ..
+        }
+    ));
+    let config = parse(&variant(
+        "id = \"line1-st1\"",
+        "id = \"line1-st1\"\ndatabase = \"/var/lib/station/line1.db\"",
+    ))
+    .unwrap();
+    assert_eq!(
+        config.station.database,
+        Database::Sqlite("/var/lib/station/line1.db".into())
+    );
+
+    for (database, shown) in [
+        (
+            "postgres://st:s3cr3t-Pw@db/station",
+            "postgres://st:***@db/station",
+        ),
+        (
+            "postgres://st@db/station?sslmode=require&password=s3cr3t-Pw",
+            "postgres://st@db/station?sslmode=require&password=***",
+        ),
+    ] {
+        let text = variant(
+            "id = \"line1-st1\"",
+            &format!("id = \"line1-st1\"\ndatabase = \"{database}\""),
+        );
+        assert_error(
+            &text,
+            "station::config::bad_value",
+            3,
+            &format!("the URL {shown} holds a password"),
+        );
+        let error = crate::Error::from(parse(&text).unwrap_err());
+        let all = format!("{error} {error:?} {}", error.hint().unwrap());
+        assert!(!all.contains("s3cr3t"), "{all}");
+    }
+    assert_error(
+        &variant(
+            "id = \"line1-st1\"",
+            "id = \"line1-st1\"\ndatabase = \"mysql://st@db/station\"",
+        ),
+        "station::config::bad_value",
+        3,
+        "neither a file nor a postgres:// URL",
+    );
+    assert_error(
+        &variant(
+            "id = \"line1-st1\"",
+            "id = \"line1-st1\"\ndatabase_password_file = \"secrets/db.password\"",
+        ),
+        "station::config::bad_value",
+        3,
+        "database_password_file",
+    );
+}
+
 /// `MINIMAL` switched to X.509 attestation with the credentials in NVS.
 fn x509_nvs() -> String {
     MINIMAL
@@ -522,6 +608,22 @@ fn x509_attestation_takes_its_defaults_and_resolves_the_ca_files() {
         parse(MINIMAL).unwrap().dps.attestation.as_str(),
         "symmetric-key"
     );
+}
+
+#[test]
+fn urls_are_shown_without_their_password() {
+    for (url, shown) in [
+        ("postgres://u:p@h:5432/d", "postgres://u:***@h:5432/d"),
+        ("postgres://u@h/d", "postgres://u@h/d"),
+        ("postgres://u:p%40x@h/d?a=1", "postgres://u:***@h/d?a=1"),
+        (
+            "postgres://h/d?password=p&user=u",
+            "postgres://h/d?password=***&user=u",
+        ),
+        ("postgres://u:p@h/d#frag@x", "postgres://u:***@h/d#frag@x"),
+    ] {
+        assert_eq!(redact_url(url), shown, "{url}");
+    }
 }
 
 #[test]

@@ -60,8 +60,63 @@ pub const DEFAULT_CHECKPOINT_EVERY: i64 = 100;
 pub struct StationConfig {
     /// Stamped on every record and audit entry.
     pub id: String,
-    /// The SQLite file (resolved).
-    pub database: PathBuf,
+    /// Where the records are kept.
+    pub database: Database,
+}
+
+/// Where a station keeps its records: `[station] database`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// A SQLite file (resolved), created on first use: one station.
+    Sqlite(PathBuf),
+    /// A PostgreSQL server that several stations share.
+    Postgres {
+        /// `postgres://USER@HOST:PORT/DBNAME?sslmode=...`, never with a password in it.
+        url: String,
+        /// `[station] database_password_file` (resolved): the password alone in a file of
+        /// mode 0600. Without it the password comes from `PGPASSWORD` or `~/.pgpass`.
+        password_file: Option<PathBuf>,
+    },
+}
+
+impl std::fmt::Display for Database {
+    /// The file, or the URL (which holds no password).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Database::Sqlite(path) => write!(f, "{}", path.display()),
+            Database::Postgres { url, .. } => f.write_str(url),
+        }
+    }
+}
+
+/// A database URL with any password in it replaced by `***`, for messages about a URL the
+/// station refuses.
+pub fn redact_url(url: &str) -> String {
+    let mut out = url.to_owned();
+    if let Some(scheme_end) = out.find("://") {
+        let rest = scheme_end + 3;
+        let authority_end = out[rest..]
+            .find(['/', '?', '#'])
+            .map_or(out.len(), |i| rest + i);
+        if let Some(at) = out[rest..authority_end].rfind('@').map(|i| rest + i)
+            && let Some(colon) = out[rest..at].find(':').map(|i| rest + i)
+        {
+            out.replace_range(colon + 1..at, "***");
+        }
+    }
+    // A `password=` query parameter.
+    if let Some(query) = out.find('?') {
+        let (head, tail) = out.split_at(query + 1);
+        let tail: Vec<String> = tail
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        out = format!("{head}{}", tail.join("&"));
+    }
+    out
 }
 
 /// `[dps]`.

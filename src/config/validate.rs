@@ -185,7 +185,10 @@ impl Ctx<'_> {
         let firmware = self.firmware(raw.firmware, &nvs, &dps)?;
         let audit = self.audit(raw.audit, &dps)?;
         let mut warnings = self.certificate_warnings(&nvs);
-        if audit.checkpoint_file.parent() == station.database.parent() {
+        // A shared server's files are not on the station: only a SQLite file's directory counts.
+        if let crate::config::Database::Sqlite(database) = &station.database
+            && audit.checkpoint_file.parent() == database.parent()
+        {
             warnings.push(format!(
                 "[audit] checkpoint_file {} is in the database's directory: whoever can rewrite the database there can also remove its checkpoints; keep them elsewhere (the default is beside the group key)",
                 audit.checkpoint_file.display()
@@ -222,13 +225,62 @@ impl Ctx<'_> {
                 "Use 1 to 64 characters without spaces, e.g. \"line1-st1\"; it is stamped on every record.",
             ));
         }
-        let database = raw
-            .database
-            .map_or_else(|| "station.db".to_owned(), Spanned::into_inner);
         Ok(StationConfig {
             id: id.clone(),
-            database: self.resolve(&database),
+            database: self.database(raw.database, raw.database_password_file)?,
         })
+    }
+
+    /// `[station] database`: a SQLite path, or a `postgres://` URL that holds no password.
+    fn database(
+        &self,
+        database: Option<Spanned<String>>,
+        password_file: Option<Spanned<String>>,
+    ) -> Result<Database, ConfigError> {
+        let Some(database) = database else {
+            return match password_file {
+                Some(file) => Err(self.password_file_without_server(file.span())),
+                None => Ok(Database::Sqlite(self.resolve("station.db"))),
+            };
+        };
+        let text = database.get_ref();
+        let lower = text.to_ascii_lowercase();
+        if !(lower.starts_with("postgres://") || lower.starts_with("postgresql://")) {
+            if lower.contains("://") {
+                return Err(self.bad_value(
+                    database.span(),
+                    "[station] database",
+                    format!("{:?} is neither a file nor a postgres:// URL", redact_url(text)),
+                    "Write a SQLite file (\"station.db\") or a PostgreSQL URL (\"postgres://line1_st1@db.factory.local/station\").",
+                ));
+            }
+            if let Some(file) = password_file {
+                return Err(self.password_file_without_server(file.span()));
+            }
+            return Ok(Database::Sqlite(self.resolve(text)));
+        }
+        let redacted = redact_url(text);
+        if redacted != *text {
+            return Err(self.bad_value(
+                database.span(),
+                "[station] database",
+                format!("the URL {redacted} holds a password, and station.toml is no place for one"),
+                "Remove the password from the URL and put it alone in a file of mode 0600 named by [station] database_password_file, or in PGPASSWORD or ~/.pgpass.",
+            ));
+        }
+        Ok(Database::Postgres {
+            url: text.clone(),
+            password_file: password_file.map(|file| self.resolve(file.get_ref())),
+        })
+    }
+
+    fn password_file_without_server(&self, span: Range<usize>) -> ConfigError {
+        self.bad_value(
+            span,
+            "[station] database_password_file",
+            "a password file is set but [station] database is a SQLite file",
+            "Remove database_password_file, or set [station] database to the postgres:// URL it belongs to.",
+        )
     }
 
     fn dps(

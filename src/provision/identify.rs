@@ -1,6 +1,8 @@
 //! Stages `connect` and `identify`: reach the ROM loader, read the chip's identity, and refuse
-//! before anything is written a chip of the wrong model, a flash too small for the regions, or a
-//! unit provisioned in another batch (unless re-provisioning was asked for).
+//! before anything is written a chip of the wrong model, a flash too small for the regions, a
+//! unit provisioned in another batch (unless re-provisioning was asked for), or a unit new to a
+//! batch that has no slot left for it (units provisioned and in flight on every station cover
+//! its target).
 
 use std::time::Instant;
 
@@ -76,14 +78,16 @@ impl<D: Device> Run<'_, D> {
                 },
             ));
         }
-        let existing = self
+        let sighting = self
             .station
             .store
-            .unit_by_mac(&mac)
+            .unit_sighting(&mac)
             .await
             .map_err(fail(Stage::Identify, false))?;
+        self.facts.seen_provisioning = sighting.last_provisioning;
         let batch_id = self.request.batch.id;
-        let provisioned = existing.filter(|u| u.state == UnitState::Provisioned);
+        let provisioned = sighting.unit.filter(|u| u.state == UnitState::Provisioned);
+        let in_batch = provisioned.as_ref().is_some_and(|u| u.batch_id == batch_id);
         match provisioned {
             Some(unit) if unit.batch_id == batch_id && self.request.skip_provisioned => {
                 self.facts.skipped = Some(unit.provisioned_at.unwrap_or_default());
@@ -107,6 +111,15 @@ impl<D: Device> Run<'_, D> {
             // Only moving a provisioned unit out of another batch counts as a re-provision.
             Some(unit) if unit.batch_id != batch_id => self.facts.reprovision = true,
             _ => {}
+        }
+        // A unit the batch already counts needs no slot; any other takes one (unless its attempt
+        // began with one) before anything is written, or waits for the next batch.
+        if !in_batch && !self.request.claim_at_start {
+            self.station
+                .store
+                .claim_slot(self.attempt_id, batch_id)
+                .await
+                .map_err(fail(Stage::Identify, false))?;
         }
         Ok(Some(mac))
     }

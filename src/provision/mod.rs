@@ -55,7 +55,19 @@ pub struct Request {
     /// Leave alone a unit already provisioned in this batch (the line daemon: a unit plugged in
     /// again is not flashed twice). Off for `station provision`, which re-flashes on request.
     pub skip_provisioned: bool,
+    /// Claim one of the batch's slots when the attempt begins (the line daemon: a full batch
+    /// then refuses the unit before anything touches it, with `station::store::batch_full`);
+    /// otherwise a unit new to the batch claims one once identified.
+    pub claim_at_start: bool,
+    /// When the database is unreachable as the unit finishes, hold its record and retry
+    /// (every second, announcing [`Event::RecordHeld`]) until the database answers: the unit
+    /// is shown PASS only once recorded (the line daemon). Off for `station provision`, which
+    /// then fails with `station::store::unreachable`.
+    pub hold_records: bool,
 }
+
+/// How long a held record waits between tries.
+const RECORD_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Runs one unit through the pipeline and records the attempt, pass or fail.
 ///
@@ -80,16 +92,18 @@ pub async fn provision<D: Device>(
     let port = device.port().display().to_string();
     let started_at = crate::clock::now();
     let start = Instant::now();
-    let attempt_id = station
-        .store
-        .begin_attempt(&AttemptStart {
-            batch_id: request.batch.id,
-            station_id: station.config.station.id.clone(),
-            operator: request.operator.clone(),
-            port: port.clone(),
-            started_at: started_at.clone(),
-        })
-        .await?;
+    let start_row = AttemptStart {
+        batch_id: request.batch.id,
+        station_id: station.config.station.id.clone(),
+        operator: request.operator.clone(),
+        port: port.clone(),
+        started_at: started_at.clone(),
+    };
+    let attempt_id = if request.claim_at_start {
+        station.store.begin_attempt_with_slot(&start_row).await?
+    } else {
+        station.store.begin_attempt(&start_row).await?
+    };
     let mut run = Run {
         device,
         station,
@@ -137,6 +151,8 @@ struct Facts {
     /// When the unit, found already provisioned in this batch, was provisioned.
     skipped: Option<String>,
     dps: Option<UnitDps>,
+    /// The attempt that last recorded the unit provisioned, when identify read it.
+    seen_provisioning: Option<i64>,
 }
 
 /// One unit's attempt while it runs.
@@ -188,7 +204,8 @@ impl<D: Device> Run<'_, D> {
             .store
             .attempt_reached(self.attempt_id, stage, mac)
             .await
-            .map_err(fail(stage, false))
+            // From flash on, the stages before it may have written the device.
+            .map_err(fail(stage, stage.may_have_written()))
     }
 
     /// The seconds since `started`, traced as the time of `stage` (a [`Stage`] name, or

@@ -4,12 +4,10 @@
 
 use std::time::Instant;
 
-use miette::Diagnostic as _;
-
-use super::{Failed, Outcome, Run, UnitReport};
+use super::{Event, Failed, Outcome, Run, UnitReport};
 use crate::device::Device;
 use crate::record::{DpsStatus, ErrorCode, Stage};
-use crate::store::{AttemptRecord, Failure, StoreError, UnitFacts};
+use crate::store::{AttemptRecord, Failure, Recorded, StoreError, UnitFacts};
 
 impl<D: Device> Run<'_, D> {
     /// Records the attempt, pass or fail; resets a provisioned unit; reports.
@@ -42,6 +40,7 @@ impl<D: Device> Run<'_, D> {
                 image_sha256: self.facts.image_sha256.clone(),
                 certificate: self.facts.certificate.clone(),
                 dps: self.facts.dps.clone(),
+                seen_provisioning: self.facts.seen_provisioning,
             });
         let record = AttemptRecord {
             attempt_id: Some(self.attempt_id),
@@ -56,12 +55,12 @@ impl<D: Device> Run<'_, D> {
             reprovision: self.facts.reprovision,
             timings: serde_json::to_value(&self.timings).unwrap_or_default(),
         };
-        let recorded = station.store.record_attempt(&record).await?;
+        let recorded = self.record_holding(&record).await?;
         self.timings.record = self.finished(Stage::Record.as_str(), t);
 
         // The unit is recorded: a failed reset no longer changes its outcome.
         let mut warning = None;
-        if result.is_ok() {
+        if result.is_ok() && recorded.conflict.is_none() {
             let t = Instant::now();
             if let Err(e) = self.device.reset().await {
                 warning = Some(format!("provisioned, but the final reset failed: {e}"));
@@ -77,11 +76,9 @@ impl<D: Device> Run<'_, D> {
         let mut report = self.report(recorded.attempt_id);
         report.warning = warning;
         if let Err(failed) = &result {
-            report.outcome = Outcome::Failed;
-            report.stage = Some(failed.stage);
-            report.error_code = Some(ErrorCode::of(&failed.error).to_string());
-            report.message = Some(failed.error.to_string());
-            report.hint = failed.error.help().map(|h| h.to_string());
+            report.fail(failed.stage, &failed.error);
+        } else if let Some(conflict) = &recorded.conflict {
+            report.fail(Stage::Record, &conflict.error());
         }
         match &report.stage {
             None => tracing::info!(seconds = report.seconds, "unit provisioned"),
@@ -94,6 +91,29 @@ impl<D: Device> Run<'_, D> {
             }
         }
         Ok(report)
+    }
+
+    /// Records the attempt; while the database is unreachable and the request says to hold
+    /// records, announces it and tries again every second.
+    async fn record_holding(&self, record: &AttemptRecord) -> Result<Recorded, StoreError> {
+        let mut held = false;
+        loop {
+            match self.station.store.record_attempt(record).await {
+                Err(error) if error.is_unreachable() && self.request.hold_records => {
+                    if !std::mem::replace(&mut held, true) {
+                        tracing::warn!(error = %error, "database unreachable: holding the unit's record");
+                        self.send(Event::RecordHeld {
+                            port: self.port.clone(),
+                            mac: record.unit.as_ref().map(|u| u.mac),
+                            error_code: ErrorCode::of(&error).to_string(),
+                            message: error.to_string(),
+                        });
+                    }
+                    tokio::time::sleep(super::RECORD_RETRY).await;
+                }
+                result => return result,
+            }
+        }
     }
 
     /// Leaves alone a unit already provisioned in this batch: its attempt row is dropped (it was

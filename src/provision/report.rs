@@ -91,6 +91,17 @@ fn is_zero(seconds: &f64) -> bool {
     *seconds == 0.0
 }
 
+impl UnitReport {
+    /// Marks the report failed at `stage` with `error`'s code, message and hint.
+    pub(crate) fn fail(&mut self, stage: Stage, error: &dyn miette::Diagnostic) {
+        self.outcome = Outcome::Failed;
+        self.stage = Some(stage);
+        self.error_code = Some(crate::record::ErrorCode::of(error).to_string());
+        self.message = Some(error.to_string());
+        self.hint = error.help().map(|h| h.to_string());
+    }
+}
+
 /// Pass or fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -120,6 +131,18 @@ pub enum Event {
         port: String,
         /// The progress.
         progress: FlashProgress,
+    },
+    /// The database could not be reached to record a finished unit: its record is held and
+    /// retried, and the unit is shown neither PASS nor FAIL until it is recorded.
+    RecordHeld {
+        /// The port.
+        port: String,
+        /// The unit.
+        mac: Option<Mac>,
+        /// The store's error code (`station::store::unreachable`).
+        error_code: String,
+        /// The error.
+        message: String,
     },
     /// The device on a port was identified.
     Identified {

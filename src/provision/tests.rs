@@ -135,6 +135,8 @@ async fn request(station: &Station) -> Request {
         operator: "ana".into(),
         reprovision: false,
         skip_provisioned: false,
+        claim_at_start: false,
+        hold_records: false,
     }
 }
 

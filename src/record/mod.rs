@@ -24,7 +24,7 @@ use crate::keys::KeyId;
 
 pub use row::{
     Attempt, AuditEntry, Batch, BatchStatus, CertificateRow, FailureCount, IssuedCertificate,
-    ManifestRow, Unit, UnitDps,
+    ManifestRow, StationCount, Unit, UnitDps,
 };
 pub use view::{MinuteCount, PortActivity};
 

@@ -28,7 +28,7 @@ pub struct Batch {
 }
 
 /// A batch with its counts.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct BatchStatus {
     /// The batch.
     #[serde(flatten)]
@@ -47,6 +47,32 @@ pub struct BatchStatus {
     pub interrupted: i64,
     /// Failed and interrupted attempts by error code, most frequent first.
     pub failures: Vec<FailureCount>,
+    /// Units provisioned per minute between the batch's first and last provisioned unit (all
+    /// stations); `None` before its second unit.
+    pub units_per_minute: Option<f64>,
+    /// Each station's share, by station ID.
+    pub stations: Vec<StationCount>,
+}
+
+/// One station's share of a batch: the units it recorded provisioned and its attempts.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct StationCount {
+    /// The station.
+    pub station_id: String,
+    /// Units of the batch this station recorded provisioned (and no station wrote since).
+    pub provisioned: i64,
+    /// Its attempts in the batch, pass or fail.
+    pub attempts: i64,
+    /// Its failed attempts.
+    pub failed_attempts: i64,
+    /// Its attempts running now.
+    pub in_progress: i64,
+    /// When it recorded its first unit of the batch provisioned.
+    pub first_provisioned_at: Option<String>,
+    /// When it recorded its last.
+    pub last_provisioned_at: Option<String>,
+    /// Units per minute between its first and last unit; `None` before its second.
+    pub units_per_minute: Option<f64>,
 }
 
 /// How often one error code ended an attempt of a batch.

@@ -1,6 +1,7 @@
 //! What the pipeline hands the store for one attempt, and the rules that turn it into rows and an
 //! audit entry. The rules are pure and shared by every backend: which state the unit takes, how
-//! the attempt ends, and what the audit entry says.
+//! the attempt ends, which of two stations recording one MAC wins, whether a batch has room
+//! for one more unit, and what the audit entry says.
 
 use serde_json::json;
 
@@ -54,6 +55,68 @@ pub struct UnitFacts {
     pub certificate: Option<IssuedCertificate>,
     /// The DPS pre-verification outcome, when it ran.
     pub dps: Option<UnitDps>,
+    /// The attempt that had last recorded this MAC provisioned when the pipeline identified
+    /// the device ([`super::Store::unit_sighting`]); `None` if none had. If another attempt
+    /// records the MAC provisioned meanwhile (the same MAC on another station, or on another
+    /// port), this attempt loses: it cannot pass, and it leaves the unit's row to the winner.
+    pub seen_provisioning: Option<i64>,
+}
+
+/// What the database holds of a MAC when the pipeline identifies a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitSighting {
+    /// The unit's row, if the MAC was ever recorded.
+    pub unit: Option<Unit>,
+    /// The attempt that last recorded it provisioned (hand it on in
+    /// [`UnitFacts::seen_provisioning`]).
+    pub last_provisioning: Option<i64>,
+}
+
+/// Why an attempt that passed on its device is recorded failed at stage `record`: the database
+/// changed under it while it ran.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Conflict {
+    /// Another attempt recorded the same MAC provisioned after this one identified it.
+    DuplicateUnit {
+        /// The MAC.
+        mac: Mac,
+        /// The station whose record stands.
+        station_id: String,
+        /// The batch it recorded the unit in.
+        batch: String,
+        /// When.
+        provisioned_at: String,
+    },
+    /// The batch reached its target (units provisioned by every station) first.
+    BatchFull {
+        /// The batch.
+        batch: String,
+        /// Its target.
+        target: i64,
+    },
+}
+
+impl Conflict {
+    /// The error the conflict is recorded and reported as.
+    pub fn error(&self) -> super::StoreError {
+        match self.clone() {
+            Conflict::DuplicateUnit {
+                mac,
+                station_id,
+                batch,
+                provisioned_at,
+            } => super::StoreError::DuplicateUnit {
+                mac,
+                station_id,
+                batch,
+                provisioned_at,
+            },
+            Conflict::BatchFull { batch, target } => super::StoreError::BatchFull {
+                name: batch,
+                target,
+            },
+        }
+    }
 }
 
 /// Why an attempt failed.
@@ -105,6 +168,8 @@ pub struct Recorded {
     pub unit: Option<Unit>,
     /// The audit entry written with it.
     pub audit_seq: i64,
+    /// Why an attempt that passed was recorded failed instead, if it was.
+    pub conflict: Option<Conflict>,
 }
 
 /// What an attempt does to its unit's row.
@@ -132,14 +197,50 @@ impl AttemptRecord {
         }
     }
 
-    /// What becomes of the unit's row, given the row as it is.
+    /// Whether another attempt recorded this attempt's MAC provisioned since the pipeline
+    /// identified it, given the attempt that last did so now.
+    pub(crate) fn overtaken(&self, last_provisioning: Option<i64>) -> bool {
+        self.unit
+            .as_ref()
+            .is_some_and(|facts| facts.seen_provisioning != last_provisioning)
+    }
+
+    /// Whether recording this attempt adds a unit to its batch: it passed, and its unit is not
+    /// provisioned in the batch already.
+    pub(crate) fn takes_slot(&self, existing: Option<&Unit>) -> bool {
+        self.failure.is_none()
+            && !existing.is_some_and(|unit| {
+                unit.state == UnitState::Provisioned && unit.batch_id == self.batch.id
+            })
+    }
+
+    /// The attempt as recorded after a conflict: failed at stage `record` with the conflict's
+    /// code. A batch found full leaves a unit whose flash was written (it is marked failed);
+    /// a duplicate leaves the row to the winner ([`AttemptRecord::unit_change`]).
+    pub(crate) fn conflicted(&self, conflict: &Conflict) -> AttemptRecord {
+        let error = conflict.error();
+        AttemptRecord {
+            failure: Some(Failure {
+                stage: Stage::Record,
+                code: ErrorCode::of(&error),
+                message: error.to_string(),
+                wrote: true,
+            }),
+            ..self.clone()
+        }
+    }
+
+    /// What becomes of the unit's row, given the row as it is and whether another attempt
+    /// recorded the MAC provisioned while this one ran (`overtaken`: the row is then left as
+    /// that attempt wrote it).
     ///
     /// The unit becomes provisioned only for an attempt without failure (the pipeline records
     /// success only after verification). A failure that may have touched the flash marks it
     /// failed. A failure before any write (a refused re-provision, a wrong chip) leaves an
     /// existing unit alone; a new one is recorded failed so the attempt has a unit to point at.
-    pub(crate) fn unit_change(&self, existing: Option<Unit>) -> UnitChange {
+    pub(crate) fn unit_change(&self, existing: Option<Unit>, overtaken: bool) -> UnitChange {
         match (&self.failure, existing) {
+            (_, Some(unit)) if overtaken => UnitChange::Keep(Box::new(unit)),
             (None, _) => UnitChange::Write {
                 state: UnitState::Provisioned,
                 failed_stage: None,

@@ -3,10 +3,13 @@
 //! Each entry's `hash` is the SHA-256, in lowercase hex, of its canonical encoding: the JSON
 //! array `[seq, at, station_id, operator, action, subject, details, prev_hash]` as serde_json
 //! writes it (no whitespace; `details` is the stored text, itself JSON with sorted keys).
-//! `prev_hash` is the previous entry's hash, or 64 zeros for the first entry. Changing any field
-//! of any entry, removing an entry or reordering entries breaks the chain at that point; SQL
-//! triggers refuse UPDATE and DELETE, and verification catches changes made by other means
-//! (another SQLite client with the triggers dropped, a hex editor).
+//! `prev_hash` is the previous entry's hash in the same chain, or 64 zeros for the first entry.
+//! A chain is the whole log of a SQLite database (one writer at a time), or one station's
+//! entries in a PostgreSQL database (`seq` counts within the station, so stations append in
+//! parallel). Changing any field of any entry, removing an entry or reordering entries breaks
+//! the chain at that point; SQL triggers refuse UPDATE and DELETE (and PostgreSQL's `station`
+//! role has no right to either), and verification catches changes made by other means
+//! (another client with the triggers dropped, a hex editor).
 
 use sha2::{Digest as _, Sha256};
 
@@ -158,6 +161,9 @@ pub struct Break {
 /// The result of walking the chain.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ChainReport {
+    /// The station whose chain this is; `None` for a database that keeps one chain for every
+    /// station (SQLite).
+    pub station_id: Option<String>,
     /// Entries walked.
     pub entries: i64,
     /// The last entry's hash: write it down to prove later that nothing was appended or removed
@@ -165,6 +171,35 @@ pub struct ChainReport {
     pub head_hash: String,
     /// The first break, if any.
     pub first_break: Option<Break>,
+}
+
+impl ChainReport {
+    /// Several chains' reports as one: their entries summed, the first break found (in the
+    /// order given, naming its station), and the head of a lone chain (empty for several:
+    /// each chain has its own head).
+    pub fn combined(reports: &[ChainReport]) -> ChainReport {
+        match reports {
+            [one] => one.clone(),
+            _ => ChainReport {
+                station_id: None,
+                entries: reports.iter().map(|r| r.entries).sum(),
+                head_hash: if reports.is_empty() {
+                    GENESIS.to_owned()
+                } else {
+                    String::new()
+                },
+                first_break: reports.iter().find_map(|r| {
+                    r.first_break.as_ref().map(|b| Break {
+                        seq: b.seq,
+                        problem: match &r.station_id {
+                            Some(station) => format!("station {station}'s chain: {}", b.problem),
+                            None => b.problem.clone(),
+                        },
+                    })
+                }),
+            },
+        }
+    }
 }
 
 /// Walks entries in `seq` order and reports the first that does not match.
@@ -280,6 +315,7 @@ impl ChainWalker {
     /// The result so far.
     pub fn report(self) -> ChainReport {
         ChainReport {
+            station_id: None,
             entries: self.entries,
             head_hash: self.prev_hash,
             first_break: self.first_break,

@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use super::backend::Backend as _;
+use super::ops;
 use super::{ChainReport, Store, StoreError};
 use crate::checkpoint::{Anchor, BadLine, Checkpoint, PublicKey};
 
@@ -88,7 +88,7 @@ impl Store {
         let Some(anchor) = &self.anchor else {
             return Ok(None);
         };
-        let head = on_backend!(self, db => db.audit_head(&anchor.station_id).await)?;
+        let head = on_backend!(self, db => ops::audit_head(db, &anchor.station_id).await)?;
         let Some((seq, hash)) = head else {
             return Ok(None);
         };
@@ -102,7 +102,7 @@ impl Store {
         let Some(anchor) = &self.anchor else {
             return;
         };
-        let head = on_backend!(self, db => db.audit_head(&anchor.station_id).await);
+        let head = on_backend!(self, db => ops::audit_head(db, &anchor.station_id).await);
         match head {
             Ok(Some((seq, hash))) if anchor.due(seq) => {
                 if let Err(error) = anchor.write(seq, &hash, "interval") {
@@ -114,12 +114,26 @@ impl Store {
         }
     }
 
-    /// Where a `--head` prefix ([`head_prefix`]) is in the chain now.
-    pub async fn find_head(&self, prefix: &str) -> Result<HeadCheck, StoreError> {
-        let seqs = on_backend!(self, db => db.audit_hash_prefix(prefix).await)?;
-        Ok(match seqs.as_slice() {
+    /// Where a `--head` prefix ([`head_prefix`]) is in the chains now, as far as `verified`
+    /// walked them: an entry past a chain's verified end (appended since) does not count.
+    pub async fn find_head(
+        &self,
+        prefix: &str,
+        verified: &[ChainReport],
+    ) -> Result<HeadCheck, StoreError> {
+        let found = on_backend!(self, db => ops::audit_hash_prefix(db, prefix).await)?;
+        Ok(match found.as_slice() {
             [] => HeadCheck::Missing,
-            [seq] => HeadCheck::Found(*seq),
+            [(chain, seq)] => {
+                if verified
+                    .iter()
+                    .any(|r| &r.station_id == chain && *seq <= r.entries)
+                {
+                    HeadCheck::Found(*seq)
+                } else {
+                    HeadCheck::Missing
+                }
+            }
             _ => HeadCheck::Ambiguous,
         })
     }
@@ -164,7 +178,8 @@ impl Store {
                 )));
                 continue;
             }
-            let hash = on_backend!(self, db => db.audit_hash_at(station_id, checkpoint.seq).await)?;
+            let hash =
+                on_backend!(self, db => ops::audit_hash_at(db, station_id, checkpoint.seq).await)?;
             let problem = match hash {
                 Some(hash) if hash == checkpoint.head_hash => None,
                 Some(hash) => Some(format!(

@@ -7,7 +7,6 @@ use std::io::Write;
 use serde_json::json;
 
 use super::audit::NewEntry;
-use super::backend::Backend as _;
 use super::{Store, StoreError};
 use crate::clock::{format_time, now};
 use crate::file::FileError;
@@ -85,7 +84,7 @@ impl Store {
             since: filter.since.map(format_time),
             until: filter.until.map(format_time),
         };
-        on_backend!(self, db => db.manifest(&query).await)
+        on_backend!(self, db => super::ops::manifest(db, &query).await)
     }
 
     /// Writes the manifest the filter selects to `out` and records the export in the audit log
@@ -123,7 +122,7 @@ impl Store {
             subject,
             details,
         );
-        let audit_seq = on_backend!(self, db => db.append_audit(&entry).await)?;
+        let audit_seq = on_backend!(self, db => super::ops::append_audit(db, &entry).await)?;
         self.checkpoint_if_due().await;
         Ok(ManifestExport {
             rows: rows.len(),

@@ -328,6 +328,33 @@ impl StationBoard {
                 vec![Change::Counters]
             }
             LineEvent::DpsRetried { .. } => Vec::new(),
+            LineEvent::DatabaseOffline {
+                error_code,
+                message,
+            } => {
+                self.note = Some(format!(
+                    "database unreachable: {message} [{error_code}]: starting no new unit; \
+                     finished units are recorded when it answers"
+                ));
+                vec![Change::Counters]
+            }
+            LineEvent::DatabaseBack { .. } => {
+                self.note = None;
+                vec![Change::Counters]
+            }
+            LineEvent::RecordHeld { port, mac } => {
+                let view = self.port(port, now);
+                let unit = view.unit.get_or_insert_with(UnitOnPort::new);
+                if let Some(mac) = mac {
+                    unit.mac = Some(*mac);
+                }
+                unit.stage = Some(Stage::Record);
+                unit.progress = None;
+                unit.message = Some(
+                    "not recorded yet: waiting for the database (not PASS until recorded)".into(),
+                );
+                port_changed(port)
+            }
             LineEvent::Stopped { tally, .. } => {
                 self.counters = Counters::from(tally);
                 self.note = Some("stopped".to_owned());

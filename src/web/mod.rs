@@ -560,9 +560,12 @@ async fn find_unit(store: &Store, q: &str) -> Result<Result<UnitFound, String>, 
     if let Some(unit) = &unit {
         subjects.push(unit.registration_id.as_str());
     }
-    let seqs: Vec<i64> = attempts.iter().filter_map(|a| a.audit_seq).collect();
+    let written: Vec<(&str, i64)> = attempts
+        .iter()
+        .filter_map(|a| Some((a.station_id.as_str(), a.audit_seq?)))
+        .collect();
     let audit = store
-        .audit_entries_about(&subjects, &seqs, AUDIT_SHOWN)
+        .audit_entries_about(&subjects, &written, AUDIT_SHOWN)
         .await?;
     Ok(Ok(UnitFound {
         unit,

@@ -1,4 +1,8 @@
-//! Shared helpers: a temporary station workspace and a runner for the `station` binary.
+//! Shared helpers: a temporary station workspace and a runner for the `station` binary, and a
+//! real PostgreSQL server ([`postgres`]).
+
+pub mod daemon;
+pub mod postgres;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -54,14 +58,21 @@ impl Workspace {
     /// The same with `STATION_LOG` set to `filter` (`off`: stderr holds only what the operator
     /// sees).
     pub fn station_logging(&self, filter: &str, args: &[&str]) -> Run {
+        self.station_env(filter, args, &[])
+    }
+
+    /// The same with more environment variables (`PGPASSWORD`, `HOME`).
+    pub fn station_env(&self, filter: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
         let output = Command::new(env!("CARGO_BIN_EXE_station"))
             .arg("--config")
             .arg(self.path("station.toml"))
             .args(args)
             .current_dir(std::env::temp_dir())
             .env_remove("STATION_CONFIG")
+            .env_remove("PGPASSWORD")
             .env("STATION_OPERATOR", "tester")
             .env("STATION_LOG", filter)
+            .envs(env.iter().copied())
             .output()
             .unwrap();
         Run::from(output)
@@ -191,6 +202,7 @@ pub fn attempt_record(
             image_sha256: Some("ab".repeat(32)),
             certificate: None,
             dps: None,
+            seen_provisioning: None,
         }),
         failure: failure.map(|(stage, code)| station::store::Failure {
             stage: stage.parse().unwrap(),

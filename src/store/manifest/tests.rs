@@ -1,11 +1,11 @@
-//! The manifest's selection and the records of station sessions, against a real SQLite file.
+//! The manifest's selection and its audited export, against both backends.
 
 use serde_json::json;
 
 use super::*;
 use crate::clock::now;
 use crate::record::Batch;
-use crate::store::tests::{facts, temp_store};
+use crate::store::tests::{TestDb, facts, on_both_backends, record};
 use crate::store::{AttemptRecord, Failure};
 
 fn attempt(
@@ -35,10 +35,18 @@ fn attempt(
     }
 }
 
+on_both_backends!(
+    manifest_lists_provisioned_units_with_their_last_successful_attempt,
+    manifest_time_window_includes_since_and_excludes_until,
+    export_records_filter_format_count_and_digest_of_the_bytes,
+    manifest_lists_every_stations_units_of_a_shared_batch,
+);
+
 #[tokio::test]
-async fn database_file_is_created_owner_only() {
+async fn sqlite_database_file_is_created_owner_only() {
     use std::os::unix::fs::PermissionsExt as _;
-    let (dir, store) = temp_store().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("station.db")).await.unwrap();
     store.open_batch("WO-1", 1, "ana", "st1").await.unwrap();
     for file in ["station.db", "station.db-wal", "station.db-shm"] {
         let mode = std::fs::metadata(dir.path().join(file))
@@ -49,40 +57,21 @@ async fn database_file_is_created_owner_only() {
     }
 }
 
-#[tokio::test]
-async fn manifest_lists_provisioned_units_with_their_last_successful_attempt() {
-    let (_dir, store) = temp_store().await;
+async fn manifest_lists_provisioned_units_with_their_last_successful_attempt(db: TestDb) {
+    let store = &db.store;
     let wo1 = store.open_batch("WO-1", 5, "ana", "st1").await.unwrap();
     let a = "24:0a:c4:00:00:01";
     let b = "24:0a:c4:00:00:02";
     let c = "24:0a:c4:00:00:03";
     // a: fails once, then passes on port 1 by bo, then a refused attempt (nothing written).
-    store
-        .record_attempt(&attempt(&wo1, a, "/dev/ttyUSB0", "ana", Some(true)))
-        .await
-        .unwrap();
-    store
-        .record_attempt(&attempt(&wo1, a, "/dev/ttyUSB1", "bo", None))
-        .await
-        .unwrap();
-    store
-        .record_attempt(&attempt(&wo1, a, "/dev/ttyUSB2", "cy", Some(false)))
-        .await
-        .unwrap();
+    record(store, attempt(&wo1, a, "/dev/ttyUSB0", "ana", Some(true))).await;
+    record(store, attempt(&wo1, a, "/dev/ttyUSB1", "bo", None)).await;
+    record(store, attempt(&wo1, a, "/dev/ttyUSB2", "cy", Some(false))).await;
     // b: passes, then a failed re-flash leaves it failed: not in the manifest.
-    store
-        .record_attempt(&attempt(&wo1, b, "/dev/ttyUSB0", "ana", None))
-        .await
-        .unwrap();
-    store
-        .record_attempt(&attempt(&wo1, b, "/dev/ttyUSB0", "ana", Some(true)))
-        .await
-        .unwrap();
+    record(store, attempt(&wo1, b, "/dev/ttyUSB0", "ana", None)).await;
+    record(store, attempt(&wo1, b, "/dev/ttyUSB0", "ana", Some(true))).await;
     // c: passes.
-    store
-        .record_attempt(&attempt(&wo1, c, "/dev/ttyUSB3", "ana", None))
-        .await
-        .unwrap();
+    record(store, attempt(&wo1, c, "/dev/ttyUSB3", "ana", None)).await;
 
     let rows = store
         .manifest(&ManifestFilter::batch("WO-1"))
@@ -110,7 +99,7 @@ async fn manifest_lists_provisioned_units_with_their_last_successful_attempt() {
     let wo2 = store.open_batch("WO-2", 5, "ana", "st1").await.unwrap();
     let mut again = attempt(&wo2, a, "/dev/ttyUSB4", "dee", None);
     again.reprovision = true;
-    store.record_attempt(&again).await.unwrap();
+    record(store, again).await;
     let wo1_rows = store
         .manifest(&ManifestFilter::batch("WO-1"))
         .await
@@ -141,9 +130,8 @@ async fn manifest_lists_provisioned_units_with_their_last_successful_attempt() {
     );
 }
 
-#[tokio::test]
-async fn manifest_time_window_includes_since_and_excludes_until() {
-    let (_dir, store) = temp_store().await;
+async fn manifest_time_window_includes_since_and_excludes_until(db: TestDb) {
+    let store = &db.store;
     let wo1 = store.open_batch("WO-1", 5, "ana", "st1").await.unwrap();
     for (i, at) in [
         "2026-11-25T08:00:00.000Z",
@@ -153,15 +141,15 @@ async fn manifest_time_window_includes_since_and_excludes_until() {
     .iter()
     .enumerate()
     {
-        let mut record = attempt(
+        let mut one = attempt(
             &wo1,
             &format!("24:0a:c4:00:00:0{i}"),
             "/dev/ttyUSB0",
             "ana",
             None,
         );
-        record.finished_at = (*at).to_owned();
-        store.record_attempt(&record).await.unwrap();
+        one.finished_at = (*at).to_owned();
+        record(store, one).await;
     }
     let parse = |t: &str| crate::clock::parse_time(t).unwrap();
     let window = ManifestFilter {
@@ -182,20 +170,14 @@ async fn manifest_time_window_includes_since_and_excludes_until() {
     assert!(store.manifest(&later).await.unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn export_records_filter_format_count_and_digest_of_the_bytes() {
-    let (_dir, store) = temp_store().await;
+async fn export_records_filter_format_count_and_digest_of_the_bytes(db: TestDb) {
+    let store = &db.store;
     let wo1 = store.open_batch("WO-1", 5, "ana", "st1").await.unwrap();
-    store
-        .record_attempt(&attempt(
-            &wo1,
-            "24:0a:c4:00:00:01",
-            "/dev/ttyUSB0",
-            "ana",
-            None,
-        ))
-        .await
-        .unwrap();
+    record(
+        store,
+        attempt(&wo1, "24:0a:c4:00:00:01", "/dev/ttyUSB0", "ana", None),
+    )
+    .await;
     let mut out = Vec::new();
     let export = store
         .export_manifest(
@@ -252,4 +234,43 @@ async fn export_records_filter_format_count_and_digest_of_the_bytes() {
             .unwrap_err(),
         StoreError::NoSuchBatch { .. }
     ));
+}
+
+// Issue 15: QA lists every unit of a work order, from every station, with its station.
+async fn manifest_lists_every_stations_units_of_a_shared_batch(db: TestDb) {
+    let store = &db.store;
+    let wo = store
+        .open_batch("WO-1234", 5, "ana", "line1-st1")
+        .await
+        .unwrap();
+    for (i, station) in ["line1-st1", "line2-st1", "line3-st1"].iter().enumerate() {
+        let mut one = attempt(
+            &wo,
+            &format!("24:0a:c4:00:05:0{i}"),
+            "/dev/ttyUSB0",
+            "ana",
+            None,
+        );
+        one.station_id = (*station).to_owned();
+        record(store, one).await;
+    }
+    let mut out = Vec::new();
+    store
+        .export_manifest(
+            &ManifestFilter::batch("WO-1234"),
+            ManifestFormat::Csv,
+            "qa-st",
+            "qa-eve",
+            &mut out,
+        )
+        .await
+        .unwrap();
+    let text = String::from_utf8(out).unwrap();
+    let stations: Vec<&str> = text
+        .lines()
+        .skip(1)
+        .map(|line| line.split(',').nth(10).unwrap())
+        .collect();
+    assert_eq!(stations, ["line1-st1", "line2-st1", "line3-st1"]);
+    assert!(text.starts_with("batch,mac,registration_id,chip,chip_revision,flash_size,nvs_sha256,group_key_id,provisioned_at,operator,station_id,"));
 }

@@ -1,4 +1,4 @@
-//! `audit verify` over the database: the chain walked in seq ranges inside one read transaction.
+//! `audit verify` over a SQLite file: each range of the chain fetched in one query.
 //!
 //! Fetching a million rows one by one through the driver costs several times more than hashing
 //! them, so each range comes back as one row that SQLite aggregates itself: the seqs, and per
@@ -9,15 +9,13 @@
 //! words the verdict.
 
 use sqlx::Row as _;
-use sqlx::SqlitePool;
 
 use super::super::StoreError;
-use super::super::audit::{self, ChainReport, ChainWalker};
-use super::Tx;
+use super::super::audit::{self, ChainWalker};
 use crate::record::AuditEntry;
 
-/// Entries per range: a few MB per query.
-const RANGE: i64 = 16_384;
+/// A transaction on the file.
+type Tx = sqlx::Transaction<'static, sqlx::Sqlite>;
 
 /// The hashed fields after `seq`, in canonical order, then `hash`.
 // The audit export's columns are the same fields: one list, so they cannot drift apart.
@@ -49,58 +47,27 @@ struct Packed {
     fields: Vec<(Vec<u8>, String)>,
 }
 
-/// Re-walks the audit chain, and checks that every attempt's audit entry is still there (a
-/// chain cut short at its end is otherwise consistent).
-///
-/// Everything is read in one read transaction, a snapshot: the line keeps recording meanwhile
-/// (WAL), and entries it appends are left for the next verify. Memory stays bounded by the
-/// range size, not by the length of the log.
-pub(super) async fn verify_audit(pool: &SqlitePool) -> Result<ChainReport, StoreError> {
-    let mut tx = pool.begin().await?;
-    let (first, last): (Option<i64>, Option<i64>) =
-        sqlx::query_as("SELECT MIN(seq), MAX(seq) FROM audit_log")
-            .fetch_one(&mut *tx)
-            .await?;
-    let mut walker = ChainWalker::new();
-    if let (Some(first), Some(last)) = (first, last) {
-        let mut low = first;
-        while low <= last && !walker.is_broken() {
-            let high = low.saturating_add(RANGE - 1).min(last);
-            let before = walker.clone();
-            let packed = fetch_packed(&mut tx, low, high).await?;
-            if !walk_fast(&mut walker, &packed) {
-                walker = before;
-                let entries: Vec<AuditEntry> = sqlx::query_as(
-                    "SELECT * FROM audit_log WHERE seq BETWEEN ? AND ? ORDER BY seq",
-                )
+/// Walks the entries `low..=high` of the chain. Memory stays bounded by the range, not by the
+/// length of the log.
+pub(super) async fn walk_range(
+    tx: &mut Tx,
+    walker: &mut ChainWalker,
+    low: i64,
+    high: i64,
+) -> Result<(), StoreError> {
+    let before = walker.clone();
+    let packed = fetch_packed(tx, low, high).await?;
+    if !walk_fast(walker, &packed) {
+        *walker = before;
+        let entries: Vec<AuditEntry> =
+            sqlx::query_as("SELECT * FROM audit_log WHERE seq BETWEEN ? AND ? ORDER BY seq")
                 .bind(low)
                 .bind(high)
-                .fetch_all(&mut *tx)
+                .fetch_all(&mut **tx)
                 .await?;
-                walker.walk(&entries);
-            }
-            low = high.saturating_add(1);
-        }
+        walker.walk(&entries);
     }
-    let mut report = walker.report();
-    if report.first_break.is_none() {
-        let orphan: Option<(i64, i64)> = sqlx::query_as(
-            "SELECT a.id, a.audit_seq FROM attempts a LEFT JOIN audit_log l ON l.seq = a.audit_seq \
-             WHERE a.audit_seq IS NOT NULL AND l.seq IS NULL ORDER BY a.audit_seq LIMIT 1",
-        )
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some((attempt, seq)) = orphan {
-            report.first_break = Some(audit::Break {
-                seq,
-                problem: format!(
-                    "attempt {attempt} refers to audit entry {seq}, which is missing (the log was cut short)"
-                ),
-            });
-        }
-    }
-    tx.commit().await?;
-    Ok(report)
+    Ok(())
 }
 
 /// One range, packed by SQLite.
@@ -213,7 +180,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let mut tx = store.pool().begin().await.unwrap();
+        let mut tx = store.sqlite_pool().unwrap().begin().await.unwrap();
         let mut packed = fetch_packed(&mut tx, 1, 100).await.unwrap();
         tx.commit().await.unwrap();
         let entries = store.audit_entries().await.unwrap();

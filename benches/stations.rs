@@ -1,0 +1,370 @@
+//! Many stations on one PostgreSQL database (issue 15): S `station run` processes (S station
+//! IDs), each with P simulated ports of its own, provisioning one shared batch of N on a local
+//! PostgreSQL server (a throwaway cluster, `tools/pg-cluster`, fsync on); the same line on one
+//! station for comparison, on PostgreSQL and on a SQLite file.
+//!
+//! Every station is two processes, as on a line: `station sim devices` (its own MACs, taking
+//! turns on its ports; a simulated operator takes each unit off 0.2 s after the station leaves it
+//! idle and plugs the next in 0.1 s later) and `station --json run --batch NAME`, at 921600 baud
+//! with the flasher stub, wire time charged. It prints wall time (first daemon start to last
+//! exit), units per minute, the record step's p50 and p99 (the unit's transaction: unit, attempt
+//! and audit entry, from each unit's `timings.record`), and checks the batch: units provisioned
+//! against its target (overshoot), MACs provisioned twice (duplicates), every station's audit
+//! chain verified.
+//!
+//! Run: `cargo bench --bench stations` (`-- --units 400 --stations 8 --ports 4`; `--single 100`
+//! is the batch of the one-station runs).
+
+use std::collections::HashMap;
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+mod common;
+
+fn station() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_station"))
+}
+
+/// A PostgreSQL cluster of the bench's own, removed at the end.
+struct Cluster {
+    dir: PathBuf,
+    url: String,
+    password_file: PathBuf,
+}
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/pg-cluster");
+
+impl Cluster {
+    fn start() -> Option<Cluster> {
+        let dir = tempfile::Builder::new()
+            .prefix("station-bench-pg-")
+            .tempdir()
+            .ok()?
+            .keep();
+        let output = Command::new(SCRIPT)
+            .arg("start")
+            .arg(&dir)
+            .args(["--watch", &std::process::id().to_string()])
+            .output()
+            .ok()?;
+        if !output.status.success() {
+            eprintln!(
+                "stations: no PostgreSQL cluster ({}): PostgreSQL runs are skipped",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+            return None;
+        }
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let value = |key: &str| {
+            stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{key}=")))
+                .map(str::to_owned)
+        };
+        Some(Cluster {
+            url: value("URL")?,
+            password_file: value("PASSWORD_FILE")?.into(),
+            dir,
+        })
+    }
+
+    /// A fresh database's URL.
+    fn database(&self, name: &str) -> String {
+        let password = std::fs::read_to_string(&self.password_file).expect("password");
+        let created = Command::new("psql")
+            .arg(&self.url)
+            .args(["-qc", &format!("CREATE DATABASE {name}")])
+            .env("PGPASSWORD", password.trim())
+            .output()
+            .expect("psql");
+        assert!(created.status.success(), "{created:?}");
+        let base = self.url.rsplit_once('/').map_or(&*self.url, |(b, _)| b);
+        format!("{base}/{name}")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new(SCRIPT).arg("stop").arg(&self.dir).status();
+    }
+}
+
+/// One station's workspace: the benches' configuration with this station ID and database.
+fn workspace(root: &Path, station_id: &str, database: &str) -> PathBuf {
+    let dir = root.join(station_id);
+    std::fs::create_dir_all(&dir).expect("workspace");
+    let config = common::config(r#"["ports/ttySIM*"]"#, 921_600, true)
+        .replace("id = \"bench-st1\"", &format!("id = \"{station_id}\""))
+        .replace("database = \"station.db\"", database);
+    common::workspace(&dir, &config)
+}
+
+fn run_station(config: &Path, args: &[&str]) -> std::process::Output {
+    let output = station()
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("STATION_LOG", "error")
+        .output()
+        .expect("station");
+    assert!(output.status.success(), "{args:?}: {output:?}");
+    output
+}
+
+/// The simulated devices of one station: `count` from MAC `24:0a:c4:<n>:00:00` on `ports`.
+fn sim(config: &Path, n: usize, count: usize, ports: usize) -> Child {
+    let dir = config.parent().expect("workspace");
+    let mut sim = station()
+        .args(["sim", "devices", "--count", &count.to_string()])
+        .args(["--ports", &ports.to_string()])
+        .arg("--link-dir")
+        .arg(dir.join("ports"))
+        .args(["--base-mac", &format!("24:0a:c4:{:02x}:00:00", 0x40 + n)])
+        .args(["--leave-after-idle", "0.2", "--swap-gap", "0.1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sim devices");
+    let mut lines = BufReader::new(sim.stdout.take().expect("sim stdout")).lines();
+    for _ in 0..ports {
+        lines.next();
+    }
+    sim
+}
+
+/// What a run measured.
+struct Sample {
+    label: String,
+    stations: usize,
+    ports: usize,
+    target: usize,
+    wall: f64,
+    passed: usize,
+    failed: usize,
+    record_ms: Vec<f64>,
+    provisioned: i64,
+    duplicates: usize,
+    chains: usize,
+    intact: bool,
+}
+
+impl Sample {
+    fn per_minute(&self) -> f64 {
+        self.passed as f64 / self.wall * 60.0
+    }
+
+    fn percentile(&self, p: f64) -> f64 {
+        let mut sorted = self.record_ms.clone();
+        sorted.sort_by(f64::total_cmp);
+        if sorted.is_empty() {
+            return f64::NAN;
+        }
+        let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+        sorted[rank.clamp(1, sorted.len()) - 1]
+    }
+}
+
+/// S stations, P ports each, one batch of `target` on `database` (a TOML `database = ...`
+/// line, with a password file when needed).
+fn run(label: &str, database: &str, stations: usize, ports: usize, target: usize) -> Sample {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let configs: Vec<PathBuf> = (0..stations)
+        .map(|n| workspace(dir.path(), &format!("bench-st{}", n + 1), database))
+        .collect();
+    run_station(
+        &configs[0],
+        &["batch", "open", "bench", "--target", &target.to_string()],
+    );
+    // Each station's devices cover its share of the batch and a few more, so no station runs
+    // dry while others still work.
+    let per_station = target.div_ceil(stations) + ports * 3;
+    let mut sims: Vec<Child> = configs
+        .iter()
+        .enumerate()
+        .map(|(n, config)| sim(config, n, per_station, ports))
+        .collect();
+
+    let start = Instant::now();
+    let daemons: Vec<Child> = configs
+        .iter()
+        .map(|config| {
+            station()
+                .arg("--config")
+                .arg(config)
+                .args(["--json", "run", "--batch", "bench"])
+                .env("STATION_LOG", "error")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("station run")
+        })
+        .collect();
+    let readers: Vec<std::thread::JoinHandle<Vec<serde_json::Value>>> = daemons
+        .into_iter()
+        .map(|mut daemon| {
+            let stdout = daemon.stdout.take().expect("daemon stdout");
+            std::thread::spawn(move || {
+                let units: Vec<serde_json::Value> = BufReader::new(stdout)
+                    .lines()
+                    .map_while(Result::ok)
+                    .filter(|l| l.contains(r#""event":"unit""#))
+                    .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
+                    .map(|e| e["report"].clone())
+                    .collect();
+                let _ = daemon.wait();
+                units
+            })
+        })
+        .collect();
+    let units: Vec<serde_json::Value> = readers
+        .into_iter()
+        .flat_map(|r| r.join().unwrap_or_default())
+        .collect();
+    let wall = start.elapsed().as_secs_f64();
+    for sim in &mut sims {
+        let _ = sim.kill();
+        let _ = sim.wait();
+    }
+
+    let passed: Vec<&serde_json::Value> = units
+        .iter()
+        .filter(|u| u["outcome"] == "provisioned")
+        .collect();
+    let mut per_mac: HashMap<&str, usize> = HashMap::new();
+    for unit in &passed {
+        *per_mac
+            .entry(unit["mac"].as_str().unwrap_or(""))
+            .or_default() += 1;
+    }
+    let record_ms = passed
+        .iter()
+        .filter_map(|u| u["timings"]["record"].as_f64())
+        .map(|s| s * 1000.0)
+        .collect();
+    let status: serde_json::Value = serde_json::from_slice(
+        &run_station(&configs[0], &["--json", "batch", "status", "bench"]).stdout,
+    )
+    .expect("status");
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &run_station(
+            &configs[0],
+            &[
+                "--json", "export", "manifest", "--batch", "bench", "--format", "json",
+            ],
+        )
+        .stdout,
+    )
+    .expect("manifest");
+    let rows = manifest.as_array().map_or(0, Vec::len);
+    let mut manifest_macs: Vec<&str> = manifest
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["mac"].as_str())
+        .collect();
+    manifest_macs.sort_unstable();
+    manifest_macs.dedup();
+    let verify = station()
+        .arg("--config")
+        .arg(&configs[0])
+        .args(["--json", "audit", "verify"])
+        .output()
+        .expect("audit verify");
+    let verified: serde_json::Value = serde_json::from_slice(&verify.stdout).expect("verify");
+    Sample {
+        label: label.to_owned(),
+        stations,
+        ports,
+        target,
+        wall,
+        passed: passed.len(),
+        failed: units.len() - passed.len(),
+        record_ms,
+        provisioned: status["provisioned"].as_i64().unwrap_or(-1),
+        duplicates: per_mac.values().filter(|&&n| n > 1).count() + (rows - manifest_macs.len()),
+        chains: verified["chains"].as_array().map_or(0, Vec::len),
+        intact: verify.status.success() && verified["intact"] == true,
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let value = |flag: &str, default: usize| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let units = value("--units", 400);
+    let stations = value("--stations", 8);
+    let ports = value("--ports", 4);
+    let single = value("--single", 100);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "stations: {cores} cores; every station at 921600 baud, stub, wire time on, simulated operator swapping units"
+    );
+    println!(
+        "{:<11} {:>8} {:>5} {:>7} {:>7} {:>9} {:>9} {:>9} {:>6} {:>9} {:>10} {:>6}",
+        "backend",
+        "stations",
+        "ports",
+        "batch",
+        "wall s",
+        "units/min",
+        "rec p50",
+        "rec p99",
+        "FAIL",
+        "overshoot",
+        "duplicates",
+        "chains"
+    );
+    let print = |s: &Sample| {
+        println!(
+            "{:<11} {:>8} {:>5} {:>7} {:>7.1} {:>9.1} {:>6.1} ms {:>6.1} ms {:>6} {:>9} {:>10} {:>6}",
+            s.label,
+            s.stations,
+            s.ports,
+            format!("{}/{}", s.passed, s.target),
+            s.wall,
+            s.per_minute(),
+            s.percentile(50.0),
+            s.percentile(99.0),
+            s.failed,
+            s.provisioned - s.target as i64,
+            s.duplicates,
+            format!("{}{}", s.chains, if s.intact { " ok" } else { " BROKEN" })
+        );
+    };
+    let sqlite = run("sqlite", "database = \"station.db\"", 1, ports, single);
+    print(&sqlite);
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let pg_database = |name: &str| {
+        format!(
+            "database = \"{}\"\ndatabase_password_file = \"{}\"",
+            cluster.database(name),
+            cluster.password_file.display()
+        )
+    };
+    let one = run("postgresql", &pg_database("bench_one"), 1, ports, single);
+    print(&one);
+    let many = run(
+        "postgresql",
+        &pg_database("bench_many"),
+        stations,
+        ports,
+        units,
+    );
+    print(&many);
+    println!(
+        "{stations} stations: {:.1} units/min = {:.2} x {stations} x one station's {:.1} (goal: within 10% of {stations} x)",
+        many.per_minute(),
+        many.per_minute() / (stations as f64 * one.per_minute()),
+        one.per_minute()
+    );
+}
