@@ -66,6 +66,10 @@ pub enum Error {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Boot(#[from] crate::boot::BootError),
+    /// The dashboard's access token or listening socket.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Http(#[from] crate::http::HttpError),
     /// A file the station needs could not be read or written.
     #[error(transparent)]
     #[diagnostic(transparent)]
@@ -177,6 +181,7 @@ impl Error {
             Error::Provision(e) if e.is_usage_error() => exit::USAGE,
             Error::Sim(e) if e.is_usage_error() => exit::USAGE,
             Error::Dps(e) if e.is_usage_error() => exit::USAGE,
+            Error::Http(e) if e.is_usage_error() => exit::USAGE,
             _ => exit::FAILED,
         }
     }

@@ -24,6 +24,7 @@ pub mod dps;
 pub mod error;
 pub mod file;
 pub mod flash;
+pub mod http;
 pub mod hub;
 pub mod identity;
 pub mod keys;
@@ -42,6 +43,7 @@ pub mod station;
 pub mod store;
 pub mod support;
 pub mod tls;
+pub mod web;
 pub mod x509;
 
 pub use error::{Error, Result};

@@ -7,7 +7,9 @@
 mod anchor;
 mod architecture;
 mod boot;
+mod browser;
 mod cli;
+mod dashboard;
 mod dps;
 mod harden;
 mod line;

@@ -25,6 +25,7 @@ use tokio::sync::mpsc::unbounded_channel;
 
 use super::image::{commit_private, create_private};
 use super::line::View;
+use super::serve::{Server, announce};
 use super::unit::wait_for_shutdown;
 use super::{AttestationKind, DemoArgs, OK, operator, print_json};
 use crate::config::Config;
@@ -37,6 +38,7 @@ use crate::sim::tls::ServerIdentity;
 use crate::sim::{SimApp, SimLine, SimOptions};
 use crate::station::Station;
 use crate::store::ManifestFilter;
+use crate::web::live::LiveLine;
 
 /// The ID scope of the demo's enrollment group.
 const DEMO_ID_SCOPE: &str = "0ne00DEMO00";
@@ -228,7 +230,17 @@ pub(super) async fn run(args: DemoArgs, json: bool) -> Result<u8> {
         );
     }
 
+    let live = LiveLine::new(&station_id, &batch);
+    let server = Server::start(
+        &station.config,
+        args.http,
+        station.store.clone(),
+        Some(Arc::clone(&live)),
+    )
+    .await?;
+    announce(&server, json);
     let (events, receiver) = unbounded_channel();
+    let receiver = crate::web::live::tee(live, receiver);
     let renderer = tokio::spawn(View::choose(json, false).render(receiver));
     let options = LineOptions::new(batch.clone(), super::unit::attempt_operator(&batch));
     let tally = line::run(Arc::clone(&station), options, events, wait_for_shutdown()).await;
@@ -244,6 +256,23 @@ pub(super) async fn run(args: DemoArgs, json: bool) -> Result<u8> {
     let manifest = dir.join("manifest.csv");
     write_manifest(&station, &batch.name, &manifest).await?;
     let chain = station.store.verify_audit().await?;
+    if !args.linger.is_zero() {
+        let line = format!(
+            "demo: the dashboard stays at {} for {:.0} s (Ctrl-C stops it)",
+            server.url(),
+            args.linger.as_secs_f64()
+        );
+        if json {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(args.linger) => {}
+            () = wait_for_shutdown() => {}
+        }
+    }
+    server.stop().await;
     if let Ok(station) = Arc::try_unwrap(station) {
         station.store.close().await;
     }

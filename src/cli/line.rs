@@ -11,6 +11,7 @@ use std::sync::Arc;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
+use super::serve::{Server, announce};
 use super::unit::{attempt_operator, wait_for_shutdown};
 use super::{OK, RunArgs};
 use crate::config::Config;
@@ -21,6 +22,7 @@ use crate::record::DpsStatus;
 use crate::record::Stage;
 use crate::station::Station;
 use crate::store::StoreError;
+use crate::web::live::LiveLine;
 
 pub(super) async fn run(config: Config, args: RunArgs, json: bool) -> Result<u8> {
     // Said before the live view takes the terminal; stderr, so --json output stays one stream.
@@ -43,10 +45,29 @@ pub(super) async fn run(config: Config, args: RunArgs, json: bool) -> Result<u8>
     let mut options = LineOptions::new(batch.clone(), attempt_operator(&batch));
     options.drain = args.drain;
     options.dps_retry = args.dps_retry;
-    let (events, receiver) = unbounded_channel();
+    let (events, mut receiver) = unbounded_channel();
+    let server = match args.http {
+        Some(addr) => {
+            let live = LiveLine::new(&station.config.station.id, &batch);
+            let server = Server::start(
+                &station.config,
+                addr,
+                station.store.clone(),
+                Some(Arc::clone(&live)),
+            )
+            .await?;
+            announce(&server, json);
+            receiver = crate::web::live::tee(live, receiver);
+            Some(server)
+        }
+        None => None,
+    };
     let renderer = tokio::spawn(View::choose(json, args.plain).render(receiver));
     let result = line::run(Arc::clone(&station), options, events, wait_for_shutdown()).await;
     let record_failed = renderer.await.unwrap_or(false);
+    if let Some(server) = server {
+        server.stop().await;
+    }
     let tally = result?;
     if let Ok(station) = Arc::try_unwrap(station) {
         station.store.close().await;

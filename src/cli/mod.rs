@@ -8,6 +8,7 @@ mod dps;
 mod image;
 mod line;
 mod records;
+mod serve;
 mod unit;
 
 use std::path::{Path, PathBuf};
@@ -88,6 +89,17 @@ pub enum Command {
     Demo(DemoArgs),
     /// Check the configuration, key files, database, ports and DPS, and say what is wrong.
     Check,
+    /// The supervisor dashboard from the database: the line, batches, units, QA manifests and
+    /// the audit chain, read-only, until SIGINT/SIGTERM.
+    Serve(ServeArgs),
+}
+
+/// `station serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The address to listen on; anything but loopback requires `[http] token_file`.
+    #[arg(long, value_name = "ADDR", default_value = crate::web::DEFAULT_LISTEN)]
+    pub listen: std::net::SocketAddr,
 }
 
 /// `station run`.
@@ -106,6 +118,10 @@ pub struct RunArgs {
     /// Seconds between retries of units DPS could not be reached for (`pre_verify` on).
     #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = positive_seconds)]
     pub dps_retry: Duration,
+    /// Serve the supervisor dashboard on this address, live from the daemon (e.g.
+    /// 127.0.0.1:8080; anything but loopback requires `[http] token_file`).
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<std::net::SocketAddr>,
 }
 
 /// `station provision`.
@@ -518,6 +534,13 @@ pub struct DemoArgs {
     /// partition and pre-verified over TLS client authentication).
     #[arg(long, value_enum, default_value = "symmetric-key")]
     pub attestation: AttestationKind,
+    /// Where the supervisor dashboard listens while the demo line runs (default: a free port
+    /// on 127.0.0.1).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    pub http: std::net::SocketAddr,
+    /// Keep serving the dashboard this many seconds after the batch completes.
+    #[arg(long, value_name = "SECONDS", default_value = "0", value_parser = seconds)]
+    pub linger: Duration,
 }
 
 /// The longest name or label taken from the command line (a batch, an operator).
@@ -624,6 +647,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Unit(command) => {
             unit::unit_command(load_config(&cli.config)?, command, json).await
         }
+        Command::Serve(args) => serve::serve(load_config(&cli.config)?, args, json).await,
     }
 }
 

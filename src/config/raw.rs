@@ -22,6 +22,13 @@ pub(super) struct RawConfig {
     pub(super) hub: Option<Spanned<RawHub>>,
     pub(super) boot: Option<Spanned<RawBoot>>,
     pub(super) audit: Option<Spanned<RawAudit>>,
+    pub(super) http: Option<Spanned<RawHttp>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHttp {
+    pub(super) token_file: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

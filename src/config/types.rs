@@ -28,6 +28,8 @@ pub struct Config {
     pub boot: BootConfig,
     /// `[audit]`: where the chain's signed checkpoints go.
     pub audit: AuditConfig,
+    /// `[http]`: the supervisor dashboard (`station serve`, `station run --http`).
+    pub http: HttpConfig,
     /// What is allowed but deserves attention (a root CA that expires within 90 days):
     /// `station check` and `station run` show these.
     pub warnings: Vec<String>,
@@ -44,6 +46,14 @@ pub struct AuditConfig {
     pub checkpoint_every: i64,
     /// The system log socket checkpoints also go to, when it exists; `None`: not sent.
     pub syslog: Option<PathBuf>,
+}
+
+/// `[http]`: who may open the supervisor dashboard.
+#[derive(Debug, Clone, Default)]
+pub struct HttpConfig {
+    /// The file holding the dashboard's access token (resolved; mode 0600 like a key file).
+    /// Required to listen on an address other than loopback.
+    pub token_file: Option<PathBuf>,
 }
 
 /// The default of `[audit] checkpoint_every`.

@@ -215,6 +215,12 @@ impl Ctx<'_> {
             firmware,
             hub,
             audit,
+            http: HttpConfig {
+                token_file: raw
+                    .http
+                    .and_then(|http| http.into_inner().token_file)
+                    .map(|f| self.resolve(f.get_ref())),
+            },
             warnings,
             boot,
         };

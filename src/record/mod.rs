@@ -14,6 +14,7 @@
 //! only on the pure cores.
 
 pub mod row;
+pub mod view;
 
 use std::fmt;
 use std::str::FromStr;
@@ -25,6 +26,7 @@ pub use row::{
     Attempt, AuditEntry, Batch, BatchStatus, CertificateRow, FailureCount, IssuedCertificate,
     ManifestRow, StationCount, Unit, UnitDps, UnitHub, UnitRevocation,
 };
+pub use view::{MinuteCount, PortActivity};
 
 /// A stored value that is not one the station writes (a hand-edited row, a newer station's).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

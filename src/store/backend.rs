@@ -26,7 +26,8 @@ use crate::keys::KeyId;
 use crate::process::ProcessStamp;
 use crate::record::{
     Attempt, AttemptOutcome, Attestation, AuditEntry, Batch, CertificateRow, ErrorCode,
-    FailureCount, IssuedCertificate, ManifestRow, Stage, StationCount, Unit, UnitDps, UnitState,
+    FailureCount, IssuedCertificate, ManifestRow, MinuteCount, PortActivity, Stage, StationCount,
+    Unit, UnitDps, UnitState,
 };
 
 /// A database: a pool that opens transactions.
@@ -399,4 +400,19 @@ pub(super) trait Tx: Send {
 
     /// The manifest rows a query selects, in one statement.
     async fn manifest(&mut self, query: &ManifestQuery) -> Result<Vec<ManifestRow>, StoreError>;
+
+    /// The dashboard: every attempt in progress and the latest `recent`, newest first.
+    async fn port_activity(&mut self, recent: u32) -> Result<Vec<PortActivity>, StoreError>;
+    /// The dashboard: the batches open on any station, oldest first.
+    async fn open_batches(&mut self) -> Result<Vec<Batch>, StoreError>;
+    /// The dashboard: a batch's ended attempts counted per minute, oldest first.
+    async fn batch_minutes(&mut self, batch_id: i64) -> Result<Vec<MinuteCount>, StoreError>;
+    /// The dashboard: the last `limit` audit entries whose subject is one of `subjects` or
+    /// that are one of `written` (station, position in its chain), in chain order.
+    async fn audit_about(
+        &mut self,
+        subjects: &[&str],
+        written: &[(&str, i64)],
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StoreError>;
 }

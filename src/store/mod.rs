@@ -17,6 +17,7 @@
 //! | `manifest.rs` | the manifest's filter and its audited export |
 //! | `checkpoint.rs` | signed checkpoints of the chain: when they are written, how the chain is checked against them |
 //! | `session.rs` | what a station records when it starts |
+//! | `dashboard.rs` | what the supervisor dashboard reads |
 //! | `migration.rs` | whether a schema is current |
 //! | `backend.rs` | the traits a database backend implements |
 //! | `sql.rs` | the queries both backends run as they are |
@@ -37,6 +38,7 @@ pub mod attempt;
 pub mod audit;
 mod backend;
 mod checkpoint;
+mod dashboard;
 mod manifest;
 mod migration;
 mod ops;

@@ -15,7 +15,10 @@ use super::{ManifestQuery, StoreError};
 use crate::clock::{format_time, now, parse_time};
 use crate::identity::Mac;
 use crate::process::ProcessStamp;
-use crate::record::{Attempt, AuditEntry, Batch, BatchStatus, ManifestRow, Stage, Unit, UnitDps};
+use crate::record::{
+    Attempt, AuditEntry, Batch, BatchStatus, ManifestRow, MinuteCount, PortActivity, Stage, Unit,
+    UnitDps,
+};
 
 /// How long an attempt's claim on a batch slot lasts without news of it: every stage it
 /// reaches renews it. A station that dies mid-unit on another machine frees its slots after
@@ -723,4 +726,35 @@ pub(super) async fn attempts_of_mac<B: Backend>(
     mac: &Mac,
 ) -> Result<Vec<Attempt>, StoreError> {
     read!(db, |tx| tx.attempts_of_mac(*mac).await?)
+}
+
+pub(super) async fn port_activity<B: Backend>(
+    db: &B,
+    recent: u32,
+) -> Result<Vec<PortActivity>, StoreError> {
+    read!(db, |tx| tx.port_activity(recent).await?)
+}
+
+pub(super) async fn open_batches<B: Backend>(db: &B) -> Result<Vec<Batch>, StoreError> {
+    read!(db, |tx| tx.open_batches().await?)
+}
+
+pub(super) async fn batch_list<B: Backend>(db: &B) -> Result<Vec<Batch>, StoreError> {
+    read!(db, |tx| tx.batches().await?)
+}
+
+pub(super) async fn audit_about<B: Backend>(
+    db: &B,
+    subjects: &[&str],
+    written: &[(&str, i64)],
+    limit: u32,
+) -> Result<Vec<AuditEntry>, StoreError> {
+    read!(db, |tx| tx.audit_about(subjects, written, limit).await?)
+}
+
+pub(super) async fn batch_minutes<B: Backend>(
+    db: &B,
+    batch_id: i64,
+) -> Result<Vec<MinuteCount>, StoreError> {
+    read!(db, |tx| tx.batch_minutes(batch_id).await?)
 }

@@ -530,6 +530,44 @@ macro_rules! common_queries {
             .await?)
         }
 
+        // The dashboard's reads (`super::dashboard`).
+
+        async fn port_activity(&mut self, recent: u32) -> Result<Vec<$crate::record::PortActivity>, $crate::store::StoreError> {
+            // The open attempts come from their partial index, the recent ones from the
+            // primary key: neither reads the whole table.
+            Ok(sqlx::query_as(
+                "SELECT a.id, a.station_id, a.batch_id, a.port, a.mac, u.registration_id, a.started_at, \
+                 a.finished_at, a.outcome, a.stage, a.error_code, a.message \
+                 FROM attempts a LEFT JOIN units u ON u.id = a.unit_id \
+                 WHERE a.id IN (SELECT id FROM attempts WHERE outcome = 'in-progress' \
+                                UNION SELECT id FROM (SELECT id FROM attempts ORDER BY id DESC LIMIT $1) recent) \
+                 ORDER BY a.id DESC",
+            )
+            .bind(i64::from(recent))
+            .fetch_all(&mut *self.0)
+            .await?)
+        }
+
+        async fn open_batches(&mut self) -> Result<Vec<$crate::record::Batch>, $crate::store::StoreError> {
+            Ok(sqlx::query_as("SELECT * FROM batches WHERE closed_at IS NULL ORDER BY id")
+                .fetch_all(&mut *self.0)
+                .await?)
+        }
+
+        async fn batch_minutes(&mut self, batch_id: i64) -> Result<Vec<$crate::record::MinuteCount>, $crate::store::StoreError> {
+            // Stored times are RFC 3339 text: the first 16 characters are the minute.
+            Ok(sqlx::query_as(
+                "SELECT substr(finished_at, 1, 16) AS minute, \
+                 COUNT(*) FILTER (WHERE outcome = 'provisioned') AS provisioned, \
+                 COUNT(*) FILTER (WHERE outcome IN ('failed', 'interrupted')) AS failed \
+                 FROM attempts WHERE batch_id = $1 AND finished_at IS NOT NULL \
+                 GROUP BY substr(finished_at, 1, 16) ORDER BY minute",
+            )
+            .bind(batch_id)
+            .fetch_all(&mut *self.0)
+            .await?)
+        }
+
         async fn manifest(&mut self, query: &$crate::store::ManifestQuery) -> Result<Vec<$crate::record::ManifestRow>, $crate::store::StoreError> {
             Ok(sqlx::query_as($crate::store::sql::MANIFEST_SQL)
                 .bind(query.batch_id)

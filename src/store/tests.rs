@@ -140,6 +140,7 @@ on_both_backends!(
     a_unit_keeps_the_history_of_its_certificates,
     each_station_checkpoints_its_own_chain,
     an_attempt_keeps_its_boot_log_and_its_hash_is_audited,
+    the_dashboard_reads_ports_batches_units_and_minutes,
 );
 
 /// Sets up the unit facts of `record` as the pipeline's identify would: the attempt that last
@@ -291,9 +292,18 @@ async fn sqlite_file_made_before_the_migrations_moved_still_opens() {
                     20261201000000,
                     20261202000000,
                     20261203000000,
+                    20261204000000,
                 ],
             ),
-            Some(_) => (6, &[20261201000000, 20261202000000, 20261203000000]),
+            Some(_) => (
+                6,
+                &[
+                    20261201000000,
+                    20261202000000,
+                    20261203000000,
+                    20261204000000,
+                ],
+            ),
         };
         assert_eq!((info.backend, info.migrations.applied), ("sqlite", applied));
         assert_eq!(info.migrations.pending, pending);
@@ -1331,5 +1341,142 @@ async fn an_attempt_keeps_its_boot_log_and_its_hash_is_audited(db: TestDb) {
     assert_eq!(
         details["boot_log_sha256"],
         hex::encode(Sha256::digest(log.as_bytes()))
+    );
+}
+
+// Issue 16: what the supervisor dashboard reads, from any station's rows.
+async fn the_dashboard_reads_ports_batches_units_and_minutes(db: TestDb) {
+    let at = |minute: u32| format!("2026-11-25T08:{minute:02}:30.000Z");
+    let wo1 = db.open_batch("WO-1", 10, "ana", "st1").await.unwrap();
+    let wo2 = db.open_batch("WO-2", 10, "bo", "st2").await.unwrap();
+    db.open_batch("WO-3", 10, "cy", "st3").await.unwrap();
+    db.close_batch(None, "cy", "st3").await.unwrap();
+    let open = db.begin_attempt(&start_of(&wo1)).await.unwrap();
+
+    let a = "24:0a:c4:00:05:01";
+    let mut passed = attempt(&wo1, Some(a), None);
+    passed.finished_at = at(0);
+    record(&db, passed).await;
+    let a_id = facts(a).registration_id;
+    db.append_audit("st2", "bo", "test.about", a_id.as_str(), json!({}))
+        .await
+        .unwrap();
+    let mut b = attempt(&wo2, Some("24:0a:c4:00:05:02"), None);
+    b.station_id = "st2".into();
+    b.finished_at = at(0);
+    let b = record(&db, b).await;
+    let mut reflash = attempt(&wo1, Some(a), Some(failure("flash", true)));
+    reflash.finished_at = at(1);
+    record(&db, reflash).await;
+
+    let names = |batches: Vec<Batch>| batches.into_iter().map(|b| b.name).collect::<Vec<_>>();
+    assert_eq!(names(db.open_batches().await.unwrap()), ["WO-1", "WO-2"]);
+    assert_eq!(
+        names(db.batch_list().await.unwrap()),
+        ["WO-3", "WO-2", "WO-1"]
+    );
+
+    // The latest two and, older than those, the attempt still open.
+    let ports: Vec<(AttemptOutcome, Option<String>, Option<String>)> = db
+        .port_activity(2)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| {
+            (
+                p.outcome,
+                p.mac.map(|m| m.to_string()),
+                p.registration_id.map(|r| r.as_str().to_owned()),
+            )
+        })
+        .collect();
+    let a_seen = (Some(a.to_owned()), Some(a_id.as_str().to_owned()));
+    assert_eq!(
+        ports,
+        [
+            (AttemptOutcome::Failed, a_seen.0.clone(), a_seen.1.clone()),
+            (
+                AttemptOutcome::Provisioned,
+                Some("24:0a:c4:00:05:02".to_owned()),
+                Some("sensor-240ac4000502".to_owned())
+            ),
+            (AttemptOutcome::InProgress, None, None),
+        ]
+    );
+    assert_eq!(db.port_activity(10).await.unwrap().len(), 4);
+    assert!(
+        db.port_activity(0)
+            .await
+            .unwrap()
+            .iter()
+            .all(|p| p.id == open)
+    );
+
+    let attempts = db.attempts_of_mac(&a.parse().unwrap()).await.unwrap();
+    let outcomes: Vec<AttemptOutcome> = attempts.iter().map(|a| a.outcome).collect();
+    assert_eq!(
+        outcomes,
+        [AttemptOutcome::Provisioned, AttemptOutcome::Failed]
+    );
+    assert!(attempts[0].id < attempts[1].id);
+
+    let minutes: Vec<(String, i64, i64)> = db
+        .batch_minutes(wo1.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.minute, m.provisioned, m.failed))
+        .collect();
+    assert_eq!(
+        minutes,
+        [
+            ("2026-11-25T08:00".to_owned(), 1, 0),
+            ("2026-11-25T08:01".to_owned(), 0, 1)
+        ]
+    );
+    assert!(db.batch_minutes(wo2.id + 100).await.unwrap().is_empty());
+
+    // By subject (its MAC, its registration ID) from any station, in chain order.
+    let about: Vec<(String, String)> = db
+        .audit_entries_about(&[a, a_id.as_str()], &[], 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.station_id, e.subject))
+        .collect();
+    assert_eq!(
+        about,
+        [
+            ("st1".to_owned(), a.to_owned()),
+            ("st2".to_owned(), a_id.as_str().to_owned()),
+            ("st1".to_owned(), a.to_owned())
+        ]
+    );
+    let last = db
+        .audit_entries_about(&[a, a_id.as_str()], &[], 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        (last.len(), last[0].station_id.as_str()),
+        (1, "st1"),
+        "the last one only"
+    );
+    // By the entry an attempt wrote: that station's, never another chain's entry at the same
+    // position (PostgreSQL numbers each station's chain from 1).
+    let written = db
+        .audit_entries_about(&[], &[("st2", b.audit_seq)], 10)
+        .await
+        .unwrap();
+    assert_eq!(written.len(), 1, "{written:?}");
+    assert_eq!(
+        (written[0].station_id.as_str(), written[0].seq),
+        ("st2", b.audit_seq)
+    );
+    assert_eq!(written[0].subject, "24:0a:c4:00:05:02");
+    assert!(
+        db.audit_entries_about(&[], &[], 10)
+            .await
+            .unwrap()
+            .is_empty()
     );
 }

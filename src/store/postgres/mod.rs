@@ -243,6 +243,29 @@ impl Tx for PgTx {
         .await?)
     }
 
+    async fn audit_about(
+        &mut self,
+        subjects: &[&str],
+        written: &[(&str, i64)],
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        // A chain per station: an entry is named by its station and its position in it.
+        let stations: Vec<&str> = written.iter().map(|w| w.0).collect();
+        let seqs: Vec<i64> = written.iter().map(|w| w.1).collect();
+        Ok(sqlx::query_as(
+            "SELECT * FROM (SELECT * FROM audit_log \
+             WHERE subject = ANY($1) \
+                OR (station_id, seq) IN (SELECT * FROM UNNEST($2::text[], $3::bigint[])) \
+             ORDER BY id DESC LIMIT $4) newest ORDER BY id",
+        )
+        .bind(subjects)
+        .bind(stations)
+        .bind(seqs)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *self.0)
+        .await?)
+    }
+
     async fn audit_hash_prefix(
         &mut self,
         prefix: &str,

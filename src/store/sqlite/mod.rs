@@ -183,6 +183,30 @@ impl Tx for SqliteTx {
         .await?)
     }
 
+    async fn audit_about(
+        &mut self,
+        subjects: &[&str],
+        written: &[(&str, i64)],
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        // One chain for the file: a position names one entry whichever station wrote it.
+        // Lists of strings and integers always serialize.
+        let subjects = serde_json::to_string(subjects).unwrap_or_else(|_| "[]".to_owned());
+        let seqs = serde_json::to_string(&written.iter().map(|w| w.1).collect::<Vec<_>>())
+            .unwrap_or_else(|_| "[]".to_owned());
+        Ok(sqlx::query_as(
+            "SELECT * FROM (SELECT * FROM audit_log \
+             WHERE subject IN (SELECT value FROM json_each(?1)) \
+                OR seq IN (SELECT value FROM json_each(?2)) \
+             ORDER BY seq DESC LIMIT ?3) ORDER BY seq",
+        )
+        .bind(subjects)
+        .bind(seqs)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *self.0)
+        .await?)
+    }
+
     async fn audit_hash_prefix(
         &mut self,
         prefix: &str,

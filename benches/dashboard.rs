@@ -1,0 +1,307 @@
+//! The supervisor dashboard (issue 16): how fast the line page and the unit search answer with
+//! 100,000 units in the database, and whether browsers subscribed to live events slow the line.
+//!
+//! Part 1 (in process): a SQLite file is filled with 100,000 provisioned units of one open
+//! batch (one attempt and one audit entry each, 2% failed attempts besides), the dashboard serves
+//! it on loopback (`station serve`'s code path), and a client times `GET /` (the line page,
+//! from the database), `GET /unit?q=MAC` and `GET /unit?q=REGISTRATION-ID` for random units,
+//! each request on a new connection. Part 2 (processes): `station run --json --http` provisions
+//! a batch on the 4-port simulated line (921600 baud, stub, the ROM-faithful simulator with
+//! wire time, 1 ms USB latency and flash erase/program time; a simulated operator swaps units
+//! 0.2 s after the station leaves them idle) with 0 and with 20 clients reading `/events`,
+//! alternating, and prints units per minute of each run.
+//!
+//! Run: `cargo bench --bench dashboard` (`-- --units N` for the database size, `-- --line N`
+//! for the line's batch, `-- --rounds R`).
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use station::store::Store;
+use station::web::{self, Dashboard};
+
+mod common;
+
+fn get(addr: SocketAddr, path: &str) -> (u16, usize) {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).expect("response");
+    let status = String::from_utf8_lossy(&raw[9..12]).parse().unwrap_or(0);
+    (status, raw.len())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn time(addr: SocketAddr, name: &str, paths: &[String]) {
+    let mut ms: Vec<f64> = paths
+        .iter()
+        .map(|path| {
+            let start = Instant::now();
+            let (status, _) = get(addr, path);
+            assert_eq!(status, 200, "{path}");
+            start.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    println!(
+        "{name:<28} {:>6} {:>9.2} {:>9.2} {:>9.2}",
+        ms.len(),
+        percentile(&ms, 0.5),
+        percentile(&ms, 0.95),
+        ms[ms.len() - 1]
+    );
+}
+
+/// The MAC of unit `i` (24:0a:c4 and three bytes of `i`).
+fn mac(i: u32) -> String {
+    let b = i.to_be_bytes();
+    format!("24:0a:c4:{:02x}:{:02x}:{:02x}", b[1], b[2], b[3])
+}
+
+async fn fill(store: &Store, units: u32) {
+    let batch = store
+        .open_batch("WO-BENCH", i64::from(units), "bench", "bench-st1")
+        .await
+        .expect("batch");
+    let pool = store.sqlite_pool().expect("a SQLite store");
+    let mut tx = pool.begin().await.expect("transaction");
+    let (mut seq, mut prev) = (0i64, "0".repeat(64));
+    for i in 0..units {
+        let mac = mac(i);
+        let id = format!("sensor-{}", mac.replace(':', ""));
+        // Stored times spread over the last hours, 2 s apart per port of 4.
+        let at = station::clock::format_time(
+            time::OffsetDateTime::now_utc() - time::Duration::seconds(i64::from(units - i) / 2),
+        );
+        let fails = i % 50 == 0;
+        for failed in [true, false] {
+            if failed && !fails {
+                continue;
+            }
+            seq += 1;
+            let hash = format!("{seq:064x}");
+            sqlx::query(
+                "INSERT INTO audit_log (seq, at, station_id, operator, action, subject, details, prev_hash, hash) \
+                 VALUES (?, ?, 'bench-st1', 'bench', ?, ?, '{}', ?, ?)",
+            )
+            .bind(seq)
+            .bind(&at)
+            .bind(if failed { "unit.failed" } else { "unit.provisioned" })
+            .bind(&mac)
+            .bind(&prev)
+            .bind(&hash)
+            .execute(&mut *tx)
+            .await
+            .expect("audit");
+            prev = hash;
+            if !failed {
+                sqlx::query(
+                    "INSERT INTO units (id, mac, registration_id, batch_id, station_id, chip, revision, flash_size, key_id, state, provisioned_at, updated_at) \
+                     VALUES (?, ?, ?, ?, 'bench-st1', 'esp32', 'v3.0', 4194304, 'sha256:0011223344556677', 'provisioned', ?, ?)",
+                )
+                .bind(i64::from(i) + 1)
+                .bind(&mac)
+                .bind(&id)
+                .bind(batch.id)
+                .bind(&at)
+                .bind(&at)
+                .execute(&mut *tx)
+                .await
+                .expect("unit");
+            }
+            sqlx::query(
+                "INSERT INTO attempts (unit_id, mac, batch_id, station_id, operator, port, started_at, finished_at, outcome, stage, error_code, message, timings, audit_seq) \
+                 VALUES (?, ?, ?, 'bench-st1', 'bench', ?, ?, ?, ?, ?, ?, ?, '{\"connect\":0.1,\"flash\":0.2}', ?)",
+            )
+            .bind((!failed).then_some(i64::from(i) + 1))
+            .bind(&mac)
+            .bind(batch.id)
+            .bind(format!("/dev/ttyUSB{}", i % 4))
+            .bind(&at)
+            .bind(&at)
+            .bind(if failed { "failed" } else { "provisioned" })
+            .bind(failed.then_some("flash"))
+            .bind(failed.then_some("station::device::unplugged"))
+            .bind(failed.then_some("the device went away"))
+            .bind(seq)
+            .execute(&mut *tx)
+            .await
+            .expect("attempt");
+        }
+    }
+    tx.commit().await.expect("commit");
+}
+
+fn pages(units: u32, samples: usize) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let addr = runtime.block_on(async {
+        let store = Store::open(&dir.path().join("station.db"))
+            .await
+            .expect("store");
+        let start = Instant::now();
+        fill(&store, units).await;
+        println!(
+            "dashboard pages: {units} units in one open batch ({:.1} s to fill), SQLite, served on loopback, one connection per request",
+            start.elapsed().as_secs_f64()
+        );
+        let listener = web::bind("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let dashboard = Dashboard::new(store, "bench-st1", "bench", None);
+        tokio::spawn(web::serve(listener, dashboard, std::future::pending()));
+        addr
+    });
+    // Warm up: the first request pays for the pool's first connection.
+    get(addr, "/");
+    let pick = |k: usize| (k as u32).wrapping_mul(2_654_435_761) % units;
+    println!(
+        "{:<28} {:>6} {:>9} {:>9} {:>9}",
+        "request", "n", "p50 ms", "p95 ms", "max ms"
+    );
+    time(addr, "GET / (line page)", &vec!["/".to_owned(); samples]);
+    let by_mac: Vec<String> = (0..samples)
+        .map(|k| format!("/unit?q={}", mac(pick(k))))
+        .collect();
+    time(addr, "GET /unit?q=MAC", &by_mac);
+    let by_id: Vec<String> = (0..samples)
+        .map(|k| format!("/unit?q=sensor-{}", mac(pick(k + 7)).replace(':', "")))
+        .collect();
+    time(addr, "GET /unit?q=registration ID", &by_id);
+    time(
+        addr,
+        "GET /batch (charts)",
+        &vec!["/batch".to_owned(); samples / 10],
+    );
+    drop(runtime);
+}
+
+/// One line run of `units` on 4 ports with `subscribers` clients on `/events`: units/min.
+fn line(units: usize, subscribers: usize) -> (f64, usize) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let root = dir.path();
+    let config = common::workspace(root, &common::config(r#"["ports/ttySIM*"]"#, 921_600, true));
+    let station = || Command::new(env!("CARGO_BIN_EXE_station"));
+    let opened = station()
+        .arg("--config")
+        .arg(&config)
+        .args(["batch", "open", "bench", "--target", &units.to_string()])
+        .output()
+        .expect("batch open");
+    assert!(opened.status.success(), "{opened:?}");
+    let mut daemon = station()
+        .arg("--config")
+        .arg(&config)
+        .args(["--json", "run", "--http", "127.0.0.1:0"])
+        .env("STATION_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("station run");
+    let mut url = String::new();
+    BufReader::new(daemon.stderr.take().expect("stderr"))
+        .read_line(&mut url)
+        .expect("the dashboard's URL");
+    let addr: SocketAddr = url
+        .trim()
+        .trim_start_matches("dashboard: http://")
+        .trim_end_matches('/')
+        .parse()
+        .expect("an address");
+    let readers: Vec<_> = (0..subscribers)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut stream = TcpStream::connect(addr).expect("connect");
+                write!(stream, "GET /events HTTP/1.1\r\nHost: {addr}\r\n\r\n").expect("request");
+                let mut swaps = 0;
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if line == "event: swap" {
+                        swaps += 1;
+                    }
+                }
+                swaps
+            })
+        })
+        .collect();
+    // Every subscriber connected before the first device appears.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut sim = station()
+        .args([
+            "sim",
+            "devices",
+            "--count",
+            &units.to_string(),
+            "--ports",
+            "4",
+        ])
+        .arg("--link-dir")
+        .arg(root.join("ports"))
+        .args(["--leave-after-idle", "0.2", "--swap-gap", "0.1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sim devices");
+    let start = Instant::now();
+    let status = daemon.wait().expect("daemon");
+    let wall = start.elapsed().as_secs_f64();
+    assert!(status.success(), "the line failed: {status:?}");
+    let swaps: usize = readers.into_iter().map(|r| r.join().unwrap_or(0)).sum();
+    let _ = sim.kill();
+    let _ = sim.wait();
+    (units as f64 / wall * 60.0, swaps)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse::<usize>().ok())
+    };
+    let units = value("--units").unwrap_or(100_000);
+    pages(u32::try_from(units).expect("units"), 200);
+
+    let batch = value("--line").unwrap_or(60);
+    let rounds = value("--rounds").unwrap_or(2);
+    println!(
+        "live events: batch of {batch} on the 4-port simulated line (921600 baud, stub, wire time, 1 ms USB latency, flash erase/program time), `station run --http`"
+    );
+    println!(
+        "{:>5} {:>11} {:>11} {:>16}",
+        "round", "subscribers", "units/min", "swaps received"
+    );
+    let (mut without, mut with) = (Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        for subscribers in [0, 20] {
+            let (rate, swaps) = line(batch, subscribers);
+            println!("{round:>5} {subscribers:>11} {rate:>11.1} {swaps:>16}");
+            if subscribers == 0 {
+                without.push(rate);
+            } else {
+                with.push(rate);
+            }
+        }
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    println!(
+        "mean units/min: {:.1} without, {:.1} with 20 subscribers ({:+.1}%)",
+        mean(&without),
+        mean(&with),
+        (mean(&with) / mean(&without) - 1.0) * 100.0
+    );
+}
