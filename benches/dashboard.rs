@@ -74,7 +74,13 @@ async fn fill(store: &Store, units: u32) {
         .expect("batch");
     let pool = store.sqlite_pool().expect("a SQLite store");
     let mut tx = pool.begin().await.expect("transaction");
-    let (mut seq, mut prev) = (0i64, "0".repeat(64));
+    // After the batch's own entry: the chain goes on from its head.
+    let (mut seq, mut prev): (i64, String) =
+        sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut *tx)
+            .await
+            .expect("the chain's head")
+            .unwrap_or((0, "0".repeat(64)));
     for i in 0..units {
         let mac = mac(i);
         let id = format!("sensor-{}", mac.replace(':', ""));
@@ -211,14 +217,16 @@ fn line(units: usize, subscribers: usize) -> (f64, usize) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("station run");
-    let mut url = String::new();
-    BufReader::new(daemon.stderr.take().expect("stderr"))
-        .read_line(&mut url)
-        .expect("the dashboard's URL");
-    let addr: SocketAddr = url
-        .trim()
-        .trim_start_matches("dashboard: http://")
-        .trim_end_matches('/')
+    // The daemon says where the dashboard is on stderr (its JSON events go to stdout).
+    let stderr = BufReader::new(daemon.stderr.take().expect("stderr"));
+    let addr: SocketAddr = stderr
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.strip_prefix("dashboard: http://")
+                .map(|a| a.trim_end_matches('/').to_owned())
+        })
+        .expect("the dashboard's URL")
         .parse()
         .expect("an address");
     let readers: Vec<_> = (0..subscribers)

@@ -12,8 +12,13 @@
 //! against its target (overshoot), MACs provisioned twice (duplicates), every station's audit
 //! chain verified.
 //!
-//! Run: `cargo bench --bench stations` (`-- --units 400 --stations 8 --ports 4`; `--single 100`
-//! is the batch of the one-station runs).
+//! It also prints the median unit's duration (the sum of its stages) and the CPU the run's
+//! `station` processes used, as a share of the machine's (every core over the wall time; the
+//! PostgreSQL server's own CPU is not counted): with many stations on few cores, units take
+//! longer because the simulated devices and daemons share the CPU, not because of the database.
+//!
+//! Run: `cargo bench --bench stations` (`-- --units 400 --stations 8 --ports 4`; `--single N`
+//! is the batch of the one-station runs, by default one station's share of `--units`).
 
 use std::collections::HashMap;
 use std::io::{BufRead as _, BufReader};
@@ -145,6 +150,12 @@ struct Sample {
     passed: usize,
     failed: usize,
     record_ms: Vec<f64>,
+    /// Each unit provisioned: the sum of its stages, seconds.
+    unit_s: Vec<f64>,
+    /// Each stage's median over the units provisioned, seconds, in the reports' order.
+    stages: Vec<(String, f64)>,
+    /// CPU seconds the run's processes used (user and system, every `station` process).
+    cpu_s: f64,
     provisioned: i64,
     duplicates: usize,
     chains: usize,
@@ -156,15 +167,39 @@ impl Sample {
         self.passed as f64 / self.wall * 60.0
     }
 
-    fn percentile(&self, p: f64) -> f64 {
-        let mut sorted = self.record_ms.clone();
-        sorted.sort_by(f64::total_cmp);
-        if sorted.is_empty() {
-            return f64::NAN;
-        }
-        let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-        sorted[rank.clamp(1, sorted.len()) - 1]
+    /// The share of the machine's CPU time (every core over the wall time) the run used.
+    fn cpu_share(&self, cores: usize) -> f64 {
+        self.cpu_s / (self.wall * cores as f64) * 100.0
     }
+}
+
+fn percentile(values: &[f64], p: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// CPU seconds (user and system) of this process's children that have been waited for, from
+/// `/proc/self/stat` (Linux; zero elsewhere).
+fn children_cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // The fields after the command name (which may hold spaces) start at the state, field 3;
+    // cutime and cstime are fields 16 and 17, in clock ticks (100 a second on Linux).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<f64>().ok());
+    ticks(16)
+        .zip(ticks(17))
+        .map_or(0.0, |(u, s)| (u + s) / 100.0)
 }
 
 /// S stations, P ports each, one batch of `target` on `database` (a TOML `database = ...`
@@ -187,6 +222,7 @@ fn run(label: &str, database: &str, stations: usize, ports: usize, target: usize
         .map(|(n, config)| sim(config, n, per_station, ports))
         .collect();
 
+    let cpu_before = children_cpu_seconds();
     let start = Instant::now();
     let daemons: Vec<Child> = configs
         .iter()
@@ -239,10 +275,34 @@ fn run(label: &str, database: &str, stations: usize, ports: usize, target: usize
             .entry(unit["mac"].as_str().unwrap_or(""))
             .or_default() += 1;
     }
+    let cpu_s = children_cpu_seconds() - cpu_before;
     let record_ms = passed
         .iter()
         .filter_map(|u| u["timings"]["record"].as_f64())
         .map(|s| s * 1000.0)
+        .collect();
+    let mut stages: Vec<(String, f64)> = Vec::new();
+    if let Some(first) = passed.first().and_then(|u| u["timings"].as_object()) {
+        for (stage, value) in first {
+            if value.is_f64() {
+                let times: Vec<f64> = passed
+                    .iter()
+                    .filter_map(|u| u["timings"][stage.as_str()].as_f64())
+                    .collect();
+                stages.push((stage.clone(), percentile(&times, 50.0)));
+            }
+        }
+    }
+    let unit_s = passed
+        .iter()
+        .filter_map(|u| u["timings"].as_object())
+        .map(|t| {
+            // `boot_reset` is part of `boot`.
+            t.iter()
+                .filter(|(stage, _)| *stage != "boot_reset")
+                .filter_map(|(_, seconds)| seconds.as_f64())
+                .sum()
+        })
         .collect();
     let status: serde_json::Value = serde_json::from_slice(
         &run_station(&configs[0], &["--json", "batch", "status", "bench"]).stdout,
@@ -283,6 +343,9 @@ fn run(label: &str, database: &str, stations: usize, ports: usize, target: usize
         passed: passed.len(),
         failed: units.len() - passed.len(),
         record_ms,
+        unit_s,
+        stages,
+        cpu_s,
         provisioned: status["provisioned"].as_i64().unwrap_or(-1),
         duplicates: per_mac.values().filter(|&&n| n > 1).count() + (rows - manifest_macs.len()),
         chains: verified["chains"].as_array().map_or(0, Vec::len),
@@ -302,13 +365,15 @@ fn main() {
     let units = value("--units", 400);
     let stations = value("--stations", 8);
     let ports = value("--ports", 4);
-    let single = value("--single", 100);
+    // The one-station runs take one station's share of the factory's batch, so that both
+    // compare the same work per station (start-up and the last unit's tail included).
+    let single = value("--single", units.div_ceil(stations.max(1)));
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
         "stations: {cores} cores; every station at 921600 baud, stub, wire time on, simulated operator swapping units"
     );
     println!(
-        "{:<11} {:>8} {:>5} {:>7} {:>7} {:>9} {:>9} {:>9} {:>6} {:>9} {:>10} {:>6}",
+        "{:<11} {:>8} {:>5} {:>7} {:>7} {:>9} {:>9} {:>9} {:>8} {:>5} {:>6} {:>9} {:>10} {:>6}",
         "backend",
         "stations",
         "ports",
@@ -317,6 +382,8 @@ fn main() {
         "units/min",
         "rec p50",
         "rec p99",
+        "unit p50",
+        "CPU",
         "FAIL",
         "overshoot",
         "duplicates",
@@ -324,20 +391,28 @@ fn main() {
     );
     let print = |s: &Sample| {
         println!(
-            "{:<11} {:>8} {:>5} {:>7} {:>7.1} {:>9.1} {:>6.1} ms {:>6.1} ms {:>6} {:>9} {:>10} {:>6}",
+            "{:<11} {:>8} {:>5} {:>7} {:>7.1} {:>9.1} {:>6.1} ms {:>6.1} ms {:>6.3} s {:>4.0}% {:>6} {:>9} {:>10} {:>6}",
             s.label,
             s.stations,
             s.ports,
             format!("{}/{}", s.passed, s.target),
             s.wall,
             s.per_minute(),
-            s.percentile(50.0),
-            s.percentile(99.0),
+            percentile(&s.record_ms, 50.0),
+            percentile(&s.record_ms, 99.0),
+            percentile(&s.unit_s, 50.0),
+            s.cpu_share(cores),
             s.failed,
             s.provisioned - s.target as i64,
             s.duplicates,
             format!("{}{}", s.chains, if s.intact { " ok" } else { " BROKEN" })
         );
+        let stages: Vec<String> = s
+            .stages
+            .iter()
+            .map(|(stage, seconds)| format!("{stage} {:.1}", seconds * 1000.0))
+            .collect();
+        println!("{:<11} stage medians, ms: {}", "", stages.join(", "));
     };
     let sqlite = run("sqlite", "database = \"station.db\"", 1, ports, single);
     print(&sqlite);
