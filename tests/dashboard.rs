@@ -11,10 +11,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use station::sim::{Fault, SimLine, SimOptions};
 
+use crate::util::daemon::DEADLINE;
 use crate::util::{GROUP_KEY, Workspace, assert_absent, secret_forms, sim_config};
-
-/// Far longer than any of these runs takes.
-const DEADLINE: Duration = Duration::from_secs(120);
 
 /// The fault injected into device 1: pulled out at its first flash block.
 pub const FAULT: &str = "1:unplug@block=1";
@@ -545,8 +543,12 @@ fn run_with_http_sends_each_pass_live_within_a_second() {
         .map(|d| d.mac().to_string())
         .find(|m| swap["html"].as_str().unwrap().contains(m.as_str()))
         .expect("the row names its unit");
+    let deadline = Instant::now() + DEADLINE;
     let said = loop {
-        let (at, text) = served.stdout.recv_timeout(DEADLINE).unwrap();
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (at, text) = served.stdout.recv_timeout(left).unwrap_or_else(|_| {
+            panic!("the daemon printed no unit event for {mac} in {DEADLINE:?}")
+        });
         let event: Value = serde_json::from_str(&text).unwrap();
         if event["event"] == "unit" && event["report"]["mac"] == mac.as_str() {
             break at;

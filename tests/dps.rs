@@ -7,6 +7,7 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 
 use station::sim::{SimChip, SimLine, SimOptions};
 
+use crate::util::daemon::DEADLINE;
 use crate::util::{GROUP_KEY, Run, Workspace, assert_absent, secret_forms, sim_config};
 
 const OTHER_KEY: &str =
@@ -505,12 +506,16 @@ fn the_daemon_assigns_pending_units_once_dps_is_back() {
             let _ = sender.send(serde_json::from_str(&line).unwrap());
         }
     });
-    let next = |what: &str| loop {
-        let event = events
-            .recv_timeout(std::time::Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("no {what} event"));
-        if event["event"] == what {
-            return event;
+    let next = |what: &str| {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let event = events
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no {what} event within {DEADLINE:?}"));
+            if event["event"] == what {
+                return event;
+            }
         }
     };
     for _ in 0..2 {
@@ -535,7 +540,18 @@ fn the_daemon_assigns_pending_units_once_dps_is_back() {
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    assert_eq!(daemon.wait().unwrap().code(), Some(0));
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = daemon.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = daemon.kill();
+            panic!("the daemon did not exit within {DEADLINE:?} of SIGTERM");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0));
     assert_eq!(
         audit_actions(&ws)
             .iter()

@@ -442,8 +442,16 @@ fn exports_and_audit_verify_run_while_the_daemon_provisions() {
     let ws = workspace(12, 2.0);
     let _line = sim(&ws, 12, 4, true, true);
     let mut daemon = Daemon::start(&ws, true);
+    let deadline = Instant::now() + DEADLINE;
     let mut reads = 0;
     while daemon.child.try_wait().unwrap().is_none() {
+        if Instant::now() >= deadline {
+            let _ = daemon.child.kill();
+            panic!(
+                "the daemon did not finish its 12 units within {DEADLINE:?} ({reads} exports ran); output: {:#?}",
+                daemon.lines()
+            );
+        }
         let manifest = ws
             .station(&[
                 "--json", "export", "manifest", "--batch", "WO-1", "--format", "json",
