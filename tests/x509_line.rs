@@ -793,3 +793,89 @@ fn a_ca_chain_too_long_for_an_nvs_string_is_refused_at_load_and_fits_esp_secure_
     let (_, _, flashed_chain) = flashed_credentials(&flash, Layout::SecureCert);
     assert_eq!(flashed_chain.matches("BEGIN CERTIFICATE").count(), 6);
 }
+
+/// An X.509 workspace pre-verifying over MQTT against an emulator that trusts `trusted`, with
+/// the hub test message over MQTT too (the emulator is returned to keep it running).
+fn x509_mqtt_workspace(pki: &Pki, trusted: &Path) -> (Workspace, DpsSim) {
+    let ws = Workspace::with_config("");
+    let (mut dps, dps_ca) = x509_dps(&ws, trusted);
+    let urls = dps.named_urls();
+    assert!(urls["mqtt"].starts_with("mqtts://127.0.0.1:"), "{urls:?}");
+    let config = x509_config(pki, Layout::Nvs, Some((&urls["mqtt"], &dps_ca)));
+    assert_eq!(config.matches("pre_verify = true").count(), 1, "{config}");
+    let config = config.replace(
+        "pre_verify = true",
+        "pre_verify = true\ntransport = \"mqtt\"",
+    ) + &format!(
+        "\n[hub]\ntest_message = true\nhub_url = \"{}\"\n",
+        urls["hub-mqtt"]
+    );
+    std::fs::write(ws.path("station.toml"), config).unwrap();
+    ws.station(&["batch", "open", "WO-X509", "--target", "5"])
+        .expect(0);
+    (ws, dps)
+}
+
+// Issue 18 item 1 for X.509 units (issue 17): over MQTT the certificate the station issued and
+// flashed authenticates the unit in its session's TLS handshake, to DPS and then to the hub for
+// the test message; a certificate of another CA is refused at CONNECT and fails the unit at
+// stage `dps` with the code it has over HTTPS.
+#[test]
+fn an_x509_line_registers_over_mqtt_with_each_units_certificate() {
+    let pki = Pki::new();
+    let (ws, dps) = x509_mqtt_workspace(&pki, &pki.root);
+    let sim = line(&ws, 2);
+    let mut ids = Vec::new();
+    for device in 0..2 {
+        let report = provision(&ws, &sim, device).expect(0).json();
+        assert_eq!(report["outcome"], "provisioned", "{report}");
+        assert_eq!(report["dps_status"], "assigned", "{report}");
+        assert_eq!(report["assigned_hub"], "x509-hub.azure-devices.net");
+        assert_eq!(report["hub_status"], "accepted", "{report}");
+        assert!(report["certificate"]["serial"].is_string(), "{report}");
+        ids.push(report["registration_id"].as_str().unwrap().to_owned());
+    }
+    let manifest = ws
+        .station(&[
+            "export", "manifest", "--batch", "WO-X509", "--format", "json",
+        ])
+        .expect(0)
+        .json();
+    for row in manifest.as_array().unwrap() {
+        assert_eq!(
+            (&row["attestation"], &row["dps_status"], &row["hub_test"]),
+            (
+                &serde_json::json!("x509"),
+                &serde_json::json!("assigned"),
+                &serde_json::json!("accepted")
+            ),
+            "{row}"
+        );
+    }
+    // Every request the emulator answered came over MQTT; none over REST.
+    let log = String::from_utf8_lossy(&dps.stop()).into_owned();
+    let answered: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("DPS emulator answered"))
+        .collect();
+    assert!(answered.len() >= 2, "{log}");
+    assert!(answered.iter().all(|l| l.contains("MQTT")), "{answered:#?}");
+    for id in &ids {
+        assert!(log.contains(id.as_str()), "the emulator saw {id}");
+    }
+
+    let other = Pki::new();
+    let (ws, _dps) = x509_mqtt_workspace(&pki, &other.root);
+    let sim = line(&ws, 1);
+    let report = provision(&ws, &sim, 0).expect(1).json();
+    assert_eq!(report["outcome"], "failed", "{report}");
+    assert_eq!(report["stage"], "dps", "{report}");
+    assert_eq!(report["error_code"], "station::dps::certificate_refused");
+    assert_eq!(report["dps_status"], "failed", "{report}");
+    assert!(
+        report["message"].as_str().unwrap().contains("CONNACK"),
+        "{report}"
+    );
+    assert!(report["hint"].as_str().unwrap().contains("ca_cert_file"));
+    assert_eq!(report["hub_status"], "not-requested", "{report}");
+}
