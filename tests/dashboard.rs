@@ -240,6 +240,25 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
     }
 }
 
+/// Asserts the headers every dashboard page carries: a content security policy that allows
+/// only the dashboard's own script and no framing, no MIME sniffing, no referrer, no caching.
+#[track_caller]
+pub fn assert_security_headers(page: &Response) {
+    let csp = page.header("content-security-policy").unwrap();
+    for part in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "frame-ancestors 'none'",
+    ] {
+        assert!(csp.contains(part), "{csp}");
+    }
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    assert_eq!(page.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(page.header("x-frame-options"), Some("DENY"));
+    assert_eq!(page.header("referrer-policy"), Some("no-referrer"));
+    assert_eq!(page.header("cache-control"), Some("no-store"));
+}
+
 /// `GET path`.
 pub fn get(addr: SocketAddr, path: &str) -> Response {
     request(addr, "GET", path, &[], b"")
@@ -276,16 +295,7 @@ fn serve_shows_the_database_with_strict_headers_and_changes_nothing() {
     let mut seen = Vec::new();
     let page = get(addr, "/");
     assert_eq!(page.status, 200, "{}", page.text());
-    let csp = page.header("content-security-policy").unwrap();
-    for part in [
-        "default-src 'none'",
-        "script-src 'self'",
-        "frame-ancestors 'none'",
-    ] {
-        assert!(csp.contains(part), "{csp}");
-    }
-    assert!(!csp.contains("unsafe-inline"), "{csp}");
-    assert_eq!(page.header("x-content-type-options"), Some("nosniff"));
+    assert_security_headers(&page);
     let html = page.text();
     assert!(html.contains("Station line1-st1"), "{html}");
     assert!(html.contains(r#"data-state="PASS""#), "{html}");

@@ -616,7 +616,7 @@ fn a_line_holds_its_records_while_the_server_is_down_and_resumes() {
 // made with `station unit revoke` included.
 #[test]
 fn serve_shows_a_postgres_database_and_downloads_its_manifest() {
-    use crate::dashboard::{FAULT, FAULT_CODE, Served, get};
+    use crate::dashboard::{FAULT, FAULT_CODE, Served, assert_security_headers, get};
     let Some(cluster) = Cluster::shared() else {
         return skip("serve_shows_a_postgres_database_and_downloads_its_manifest");
     };
@@ -649,19 +649,7 @@ fn serve_shows_a_postgres_database_and_downloads_its_manifest() {
     let addr = served.addr;
     let page = get(addr, "/");
     assert_eq!(page.status, 200, "{}", page.text());
-    let csp = page.header("content-security-policy").unwrap();
-    for part in [
-        "default-src 'none'",
-        "script-src 'self'",
-        "frame-ancestors 'none'",
-    ] {
-        assert!(csp.contains(part), "{csp}");
-    }
-    assert!(!csp.contains("unsafe-inline"), "{csp}");
-    assert_eq!(page.header("x-content-type-options"), Some("nosniff"));
-    assert_eq!(page.header("x-frame-options"), Some("DENY"));
-    assert_eq!(page.header("referrer-policy"), Some("no-referrer"));
-    assert_eq!(page.header("cache-control"), Some("no-store"));
+    assert_security_headers(&page);
     let html = page.text();
     assert!(html.contains("Station serve-st"), "{html}");
     assert!(html.contains(r#"data-state="PASS""#), "{html}");
