@@ -9,7 +9,7 @@ use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 use station::sim::{FaultSpec, SimLine, SimOptions};
 
-use crate::util::{Run, Workspace, assert_absent, secret_forms, sim_config};
+use crate::util::{Workspace, assert_absent, secret_forms, sim_config};
 
 /// The example configuration for pseudo-terminals with the boot check on: the reset into the
 /// application by the chip's watchdog, `timeout` seconds for the firmware to confirm.
@@ -49,11 +49,6 @@ fn line(ws: &Workspace, count: usize, faults: &[&str]) -> SimLine {
     .unwrap()
 }
 
-fn provision(ws: &Workspace, sim: &SimLine, device: usize) -> Run {
-    let port = sim.devices()[device].port().to_str().unwrap().to_owned();
-    ws.station(&["--json", "provision", "--port", &port])
-}
-
 fn unit_show(ws: &Workspace, mac: &str) -> Value {
     ws.station(&["--json", "unit", "show", mac])
         .expect(0)
@@ -64,7 +59,7 @@ fn unit_show(ws: &Workspace, mac: &str) -> Value {
 fn a_good_unit_passes_with_its_boot_log_stored_and_its_hash_audited() {
     let ws = workspace(10.0, "");
     let sim = line(&ws, 1, &[]);
-    let report = provision(&ws, &sim, 0).expect(0).json();
+    let report = ws.provision(&sim, 0).expect(0).json();
     let mac = sim.devices()[0].mac();
     let id = format!("sensor-{}", mac.hex());
     assert_eq!(report["outcome"], "provisioned");
@@ -141,7 +136,7 @@ fn each_firmware_fault_fails_the_unit_at_boot_with_its_code_and_keeps_the_log() 
     let specs: Vec<&str> = specs.iter().map(String::as_str).collect();
     let sim = line(&ws, faults.len(), &specs);
     for (i, (fault, code, seen)) in faults.iter().enumerate() {
-        let report = provision(&ws, &sim, i).expect(1).json();
+        let report = ws.provision(&sim, i).expect(1).json();
         assert_eq!(
             (report["stage"].as_str(), report["error_code"].as_str()),
             (Some("boot"), Some(*code)),
@@ -196,7 +191,7 @@ fn each_firmware_fault_fails_the_unit_at_boot_with_its_code_and_keeps_the_log() 
 fn a_fail_pattern_beats_a_later_expected_line() {
     let ws = workspace(10.0, "fail = [\"dps: ID scope\"]\n");
     let sim = line(&ws, 1, &[]);
-    let report = provision(&ws, &sim, 0).expect(1).json();
+    let report = ws.provision(&sim, 0).expect(1).json();
     assert_eq!(report["error_code"], "station::boot::fail_pattern");
     assert!(
         report["message"]
@@ -211,7 +206,7 @@ fn a_fail_pattern_beats_a_later_expected_line() {
 fn the_device_key_never_reaches_the_stored_excerpt_even_when_the_firmware_prints_it() {
     let ws = workspace(10.0, "");
     let sim = line(&ws, 1, &["0:print-key"]);
-    let run = provision(&ws, &sim, 0).expect(0);
+    let run = ws.provision(&sim, 0).expect(0);
     let report = run.json();
     let mac = sim.devices()[0].mac();
     let device_key = ws
@@ -307,7 +302,7 @@ fn the_simulated_boot_takes_its_realistic_time() {
     let ws = workspace(10.0, "");
     let sim = line(&ws, 1, &[]);
     let started = std::time::Instant::now();
-    provision(&ws, &sim, 0).expect(0);
+    ws.provision(&sim, 0).expect(0);
     assert!(started.elapsed() > Duration::from_millis(400));
     assert_eq!(sim.devices()[0].stats().boots, 1);
 }
@@ -318,7 +313,7 @@ fn the_simulated_boot_takes_its_realistic_time() {
 fn the_stored_excerpt_keeps_the_last_lines_within_keep_log() {
     let ws = workspace(10.0, "keep_log = 512\n");
     let sim = line(&ws, 1, &["0:boot-panic"]);
-    let report = provision(&ws, &sim, 0).expect(1).json();
+    let report = ws.provision(&sim, 0).expect(1).json();
     let log = report["boot_log"].as_str().unwrap();
     assert!(log.len() <= 512, "{} bytes: {log}", log.len());
     let note = log.lines().next().unwrap();

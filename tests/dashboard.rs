@@ -11,10 +11,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use station::sim::{Fault, SimLine, SimOptions};
 
+use crate::util::daemon::DEADLINE;
 use crate::util::{GROUP_KEY, Workspace, assert_absent, secret_forms, sim_config};
-
-/// Far longer than any of these runs takes.
-const DEADLINE: Duration = Duration::from_secs(120);
 
 /// The fault injected into device 1: pulled out at its first flash block.
 pub const FAULT: &str = "1:unplug@block=1";
@@ -242,6 +240,25 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
     }
 }
 
+/// Asserts the headers every dashboard page carries: a content security policy that allows
+/// only the dashboard's own script and no framing, no MIME sniffing, no referrer, no caching.
+#[track_caller]
+pub fn assert_security_headers(page: &Response) {
+    let csp = page.header("content-security-policy").unwrap();
+    for part in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "frame-ancestors 'none'",
+    ] {
+        assert!(csp.contains(part), "{csp}");
+    }
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    assert_eq!(page.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(page.header("x-frame-options"), Some("DENY"));
+    assert_eq!(page.header("referrer-policy"), Some("no-referrer"));
+    assert_eq!(page.header("cache-control"), Some("no-store"));
+}
+
 /// `GET path`.
 pub fn get(addr: SocketAddr, path: &str) -> Response {
     request(addr, "GET", path, &[], b"")
@@ -278,16 +295,7 @@ fn serve_shows_the_database_with_strict_headers_and_changes_nothing() {
     let mut seen = Vec::new();
     let page = get(addr, "/");
     assert_eq!(page.status, 200, "{}", page.text());
-    let csp = page.header("content-security-policy").unwrap();
-    for part in [
-        "default-src 'none'",
-        "script-src 'self'",
-        "frame-ancestors 'none'",
-    ] {
-        assert!(csp.contains(part), "{csp}");
-    }
-    assert!(!csp.contains("unsafe-inline"), "{csp}");
-    assert_eq!(page.header("x-content-type-options"), Some("nosniff"));
+    assert_security_headers(&page);
     let html = page.text();
     assert!(html.contains("Station line1-st1"), "{html}");
     assert!(html.contains(r#"data-state="PASS""#), "{html}");
@@ -545,8 +553,12 @@ fn run_with_http_sends_each_pass_live_within_a_second() {
         .map(|d| d.mac().to_string())
         .find(|m| swap["html"].as_str().unwrap().contains(m.as_str()))
         .expect("the row names its unit");
+    let deadline = Instant::now() + DEADLINE;
     let said = loop {
-        let (at, text) = served.stdout.recv_timeout(DEADLINE).unwrap();
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (at, text) = served.stdout.recv_timeout(left).unwrap_or_else(|_| {
+            panic!("the daemon printed no unit event for {mac} in {DEADLINE:?}")
+        });
         let event: Value = serde_json::from_str(&text).unwrap();
         if event["event"] == "unit" && event["report"]["mac"] == mac.as_str() {
             break at;

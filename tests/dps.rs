@@ -2,101 +2,17 @@
 //! `station dps verify` and `station check` against `station sim dps` spawned as a process on
 //! 127.0.0.1. Nothing here reaches beyond loopback.
 
-use std::io::{BufRead as _, BufReader, Read as _};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::io::{BufRead as _, BufReader};
+use std::process::{Command, Stdio};
 
-use station::sim::{SimChip, SimLine, SimOptions};
+use station::sim::{SimLine, SimOptions};
 
-use crate::util::{GROUP_KEY, Run, Workspace, assert_absent, secret_forms, sim_config};
+use crate::util::daemon::DEADLINE;
+use crate::util::dps::DpsSim;
+use crate::util::{GROUP_KEY, Workspace, assert_absent, esp32_line, secret_forms, sim_config};
 
 const OTHER_KEY: &str =
     "8isrFI1sGsIlvvFSSFRiMfCNzv21fjbE/+ah/lSh3lF8e2YG1Te7w1KpZhJFFXJrqYKi9yegxkqIChbqOS9Egw==";
-
-/// `station sim dps` running as a process; killed when dropped.
-pub struct DpsSim {
-    pub child: Child,
-    stdout: BufReader<ChildStdout>,
-    /// The base URL it printed.
-    pub url: String,
-    log: std::path::PathBuf,
-}
-
-impl DpsSim {
-    /// Starts the emulator with the workspace's key file `key` and waits for its URL.
-    fn start(ws: &Workspace, key: &str, extra: &[&str]) -> DpsSim {
-        let key = ws.path(key);
-        let mut args = vec!["--group-key-file", key.to_str().unwrap()];
-        args.extend(extra);
-        let sim = DpsSim::spawn(ws, &args);
-        assert!(sim.url.starts_with("http://127.0.0.1:"), "{:?}", sim.url);
-        sim
-    }
-
-    /// Starts `station sim dps --id-scope 0ne00ABCDEF ARGS` and waits for its URL.
-    pub fn spawn(ws: &Workspace, args: &[&str]) -> DpsSim {
-        let log = ws.path(&format!(
-            "sim-dps-{}.log",
-            args.iter()
-                .filter(|a| a.starts_with("--"))
-                .copied()
-                .collect::<Vec<_>>()
-                .join("_")
-                .replace('-', "")
-        ));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_station"))
-            .args(["sim", "dps", "--id-scope", "0ne00ABCDEF"])
-            .args(args)
-            .env("STATION_LOG", "trace")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut url = String::new();
-        stdout.read_line(&mut url).unwrap();
-        let url = url.trim().to_owned();
-        assert!(
-            url.starts_with("http://127.0.0.1:") || url.starts_with("https://127.0.0.1:"),
-            "{url:?}: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        DpsSim {
-            child,
-            stdout,
-            url,
-            log,
-        }
-    }
-
-    /// The named URLs it prints after the REST one (`mqtt`, `hub`, `hub-mqtt`), read once.
-    pub fn named_urls(&mut self) -> std::collections::HashMap<String, String> {
-        let mut urls = std::collections::HashMap::new();
-        for _ in 0..3 {
-            let mut line = String::new();
-            self.stdout.read_line(&mut line).unwrap();
-            let (name, url) = line.trim().split_once(' ').unwrap();
-            urls.insert(name.to_owned(), url.to_owned());
-        }
-        urls
-    }
-
-    /// Stops it and returns everything it printed (stdout after the URL, then stderr).
-    pub fn stop(mut self) -> Vec<u8> {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let mut out = Vec::new();
-        self.stdout.read_to_end(&mut out).unwrap();
-        out.extend(std::fs::read(&self.log).unwrap());
-        out
-    }
-}
-
-impl Drop for DpsSim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A loopback port nothing listens on (bound, then released).
 fn closed_port() -> u16 {
@@ -137,37 +53,6 @@ fn workspace() -> Workspace {
     ws
 }
 
-fn line(count: usize) -> SimLine {
-    SimLine::start(SimOptions {
-        count,
-        chip: SimChip::Esp32,
-        wire_time: false,
-        ..SimOptions::default()
-    })
-    .unwrap()
-}
-
-fn provision(ws: &Workspace, sim: &SimLine, device: usize) -> Run {
-    let port = sim.devices()[device].port().to_str().unwrap().to_owned();
-    ws.station(&["--json", "provision", "--port", &port])
-}
-
-fn unit(ws: &Workspace, mac: &str) -> station::record::Unit {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let store = station::store::Store::open(&ws.path("station.db"))
-            .await
-            .unwrap();
-        let unit = store
-            .unit_by_mac(&mac.parse().unwrap())
-            .await
-            .unwrap()
-            .unwrap();
-        store.close().await;
-        unit
-    })
-}
-
 fn audit_actions(ws: &Workspace) -> Vec<String> {
     let audit = ws.station(&["--json", "audit", "show"]).expect(0).json();
     audit
@@ -187,8 +72,8 @@ fn provision_with_pre_verify_records_the_assigned_hub_and_never_shows_the_group_
         &["--hub", "line-hub.azure-devices.net"],
     );
     write_config(&ws, &dps.url);
-    let sim = line(1);
-    let run = provision(&ws, &sim, 0).expect(0);
+    let sim = esp32_line(1, None);
+    let run = ws.provision(&sim, 0).expect(0);
     let report = run.json();
     assert_eq!(report["outcome"], "provisioned");
     assert_eq!(report["dps_status"], "assigned");
@@ -199,7 +84,7 @@ fn provision_with_pre_verify_records_the_assigned_hub_and_never_shows_the_group_
     assert!(report["timings"]["dps"].as_f64().unwrap() > 0.0);
 
     let mac = report["mac"].as_str().unwrap();
-    let unit = unit(&ws, mac);
+    let unit = ws.unit(mac);
     assert_eq!(
         (
             unit.state.as_str(),
@@ -271,8 +156,8 @@ fn wrong_group_key_fails_the_unit_at_stage_dps() {
     let ws = workspace();
     let dps = DpsSim::start(&ws, "secrets/other.key", &[]);
     write_config(&ws, &dps.url);
-    let sim = line(1);
-    let run = provision(&ws, &sim, 0).expect(1);
+    let sim = esp32_line(1, None);
+    let run = ws.provision(&sim, 0).expect(1);
     let report = run.json();
     assert_eq!(report["outcome"], "failed");
     assert_eq!(report["stage"], "dps");
@@ -283,7 +168,7 @@ fn wrong_group_key_fails_the_unit_at_stage_dps() {
         "{report}"
     );
     assert!(report["hint"].as_str().unwrap().contains("group key"));
-    let unit = unit(&ws, report["mac"].as_str().unwrap());
+    let unit = ws.unit(report["mac"].as_str().unwrap());
     assert_eq!(
         (
             unit.state.as_str(),
@@ -310,8 +195,8 @@ fn disabled_enrollment_fails_with_its_own_code() {
     let ws = workspace();
     let dps = DpsSim::start(&ws, "secrets/group.key", &["--disabled"]);
     write_config(&ws, &dps.url);
-    let sim = line(1);
-    let report = provision(&ws, &sim, 0).expect(1).json();
+    let sim = esp32_line(1, None);
+    let report = ws.provision(&sim, 0).expect(1).json();
     assert_eq!(report["stage"], "dps");
     assert_eq!(report["error_code"], "station::dps::disabled");
 }
@@ -321,8 +206,8 @@ fn emulator_down_leaves_the_unit_pending_until_dps_verify_pending_assigns_it() {
     let ws = workspace();
     let port = closed_port();
     write_config(&ws, &format!("http://127.0.0.1:{port}"));
-    let sim = line(1);
-    let report = provision(&ws, &sim, 0).expect(0).json();
+    let sim = esp32_line(1, None);
+    let report = ws.provision(&sim, 0).expect(0).json();
     assert_eq!(report["outcome"], "provisioned");
     assert_eq!(report["dps_status"], "pending");
     assert!(
@@ -333,7 +218,7 @@ fn emulator_down_leaves_the_unit_pending_until_dps_verify_pending_assigns_it() {
         "{report}"
     );
     let mac = report["mac"].as_str().unwrap().to_owned();
-    assert_eq!(unit(&ws, &mac).dps_status.as_str(), "pending");
+    assert_eq!(ws.unit(&mac).dps_status.as_str(), "pending");
 
     // Still down: the unit stays pending and nothing is recorded.
     let still = ws
@@ -358,7 +243,7 @@ fn emulator_down_leaves_the_unit_pending_until_dps_verify_pending_assigns_it() {
         (Some(1), Some(1))
     );
     assert_eq!(summary["units"][0]["mac"], mac.as_str());
-    let unit = unit(&ws, &mac);
+    let unit = ws.unit(&mac);
     assert_eq!(
         (unit.dps_status.as_str(), unit.dps_error.as_deref()),
         ("assigned", None)
@@ -505,12 +390,16 @@ fn the_daemon_assigns_pending_units_once_dps_is_back() {
             let _ = sender.send(serde_json::from_str(&line).unwrap());
         }
     });
-    let next = |what: &str| loop {
-        let event = events
-            .recv_timeout(std::time::Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("no {what} event"));
-        if event["event"] == what {
-            return event;
+    let next = |what: &str| {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let event = events
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no {what} event within {DEADLINE:?}"));
+            if event["event"] == what {
+                return event;
+            }
         }
     };
     for _ in 0..2 {
@@ -535,7 +424,18 @@ fn the_daemon_assigns_pending_units_once_dps_is_back() {
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    assert_eq!(daemon.wait().unwrap().code(), Some(0));
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = daemon.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = daemon.kill();
+            panic!("the daemon did not exit within {DEADLINE:?} of SIGTERM");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0));
     assert_eq!(
         audit_actions(&ws)
             .iter()
@@ -631,10 +531,10 @@ fn an_untrusted_dps_certificate_fails_the_unit_with_its_own_code() {
     let dps = DpsSim::start(&ws, "secrets/group.key", &[]);
     let front = TlsFront::start(&dps.url, "127.0.0.1");
     write_config(&ws, &front.url);
-    let sim = line(3);
+    let sim = esp32_line(3, None);
 
     // The station does not know the front's CA.
-    let failed = provision(&ws, &sim, 0).expect(1).json();
+    let failed = ws.provision(&sim, 0).expect(1).json();
     assert_eq!(failed["stage"], "dps", "{failed}");
     assert_eq!(failed["error_code"], "station::dps::tls");
     assert_eq!(failed["dps_status"], "failed");
@@ -654,14 +554,14 @@ fn an_untrusted_dps_certificate_fails_the_unit_with_its_own_code() {
 
     // Trusting it through [dps] ca_file, the same server assigns the next unit.
     trust(&ws, &front.ca_pem);
-    let assigned = provision(&ws, &sim, 1).expect(0).json();
+    let assigned = ws.provision(&sim, 1).expect(0).json();
     assert_eq!(assigned["dps_status"], "assigned", "{assigned}");
 
     // A trusted CA but a certificate for another host name is refused as well.
     let other = TlsFront::start(&dps.url, "dps.example.invalid");
     write_config(&ws, &other.url);
     trust(&ws, &other.ca_pem);
-    let failed = provision(&ws, &sim, 2).expect(1).json();
+    let failed = ws.provision(&sim, 2).expect(1).json();
     assert_eq!(failed["error_code"], "station::dps::tls", "{failed}");
     assert!(
         failed["message"]

@@ -442,8 +442,16 @@ fn exports_and_audit_verify_run_while_the_daemon_provisions() {
     let ws = workspace(12, 2.0);
     let _line = sim(&ws, 12, 4, true, true);
     let mut daemon = Daemon::start(&ws, true);
+    let deadline = Instant::now() + DEADLINE;
     let mut reads = 0;
     while daemon.child.try_wait().unwrap().is_none() {
+        if Instant::now() >= deadline {
+            let _ = daemon.child.kill();
+            panic!(
+                "the daemon did not finish its 12 units within {DEADLINE:?} ({reads} exports ran); output: {:#?}",
+                daemon.lines()
+            );
+        }
         let manifest = ws
             .station(&[
                 "--json", "export", "manifest", "--batch", "WO-1", "--format", "json",
@@ -679,11 +687,17 @@ fn an_eight_port_line_with_the_boot_check_passes_six_units_and_fails_two_at_boot
         .map(|e| e["port"].as_str().unwrap())
         .collect();
     assert_eq!(booted.len(), 8);
-    // The failed units stay on the line, failed: waiting to be taken off, not retried.
+    // The failed units stay on the line, failed: waiting to be taken off, not retried. The
+    // daemon says so just after the unit's report, so wait for it rather than read a snapshot.
     for i in [2, 5] {
-        assert!(events.iter().any(|e| e["event"] == "waiting"
-            && e["reason"] == "unit_failed"
-            && e["mac"] == mac(i).as_str()));
+        let failed_mac = mac(i);
+        daemon.wait_for(&format!("{failed_mac} waiting as failed"), |events| {
+            events.iter().any(|e| {
+                e["event"] == "waiting"
+                    && e["reason"] == "unit_failed"
+                    && e["mac"] == failed_mac.as_str()
+            })
+        });
     }
     // Units running their application do not answer the loader's probe: none is taken for a
     // new device and flashed again (a probe gives up on a silent port after 3 s).

@@ -4,10 +4,9 @@
 //! service API, and individual enrollments. Nothing here reaches beyond loopback.
 
 use station::identity::Mac;
-use station::sim::{SimChip, SimLine, SimOptions};
 
-use crate::dps::DpsSim;
-use crate::util::{Run, Workspace, assert_absent, secret_forms, sim_config};
+use crate::util::dps::DpsSim;
+use crate::util::{Workspace, assert_absent, esp32_line, secret_forms, sim_config};
 
 /// A shared access policy key for the emulator's service API (random, no real DPS).
 const POLICY_KEY: &str = "u7yQd9BZ3s0Pq1cKxJm0m9p2n8WfG4l6r5t3v1w0yXk=";
@@ -96,38 +95,6 @@ fn configure(
     std::fs::write(ws.path("station.toml"), config).unwrap();
 }
 
-fn line(count: usize, base_mac: Option<Mac>) -> SimLine {
-    SimLine::start(SimOptions {
-        count,
-        chip: SimChip::Esp32,
-        wire_time: false,
-        base_mac,
-        ..SimOptions::default()
-    })
-    .unwrap()
-}
-
-fn provision(ws: &Workspace, sim: &SimLine, device: usize) -> Run {
-    let port = sim.devices()[device].port().to_str().unwrap().to_owned();
-    ws.station(&["--json", "provision", "--port", &port])
-}
-
-fn unit(ws: &Workspace, mac: &str) -> station::record::Unit {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let store = station::store::Store::open(&ws.path("station.db"))
-            .await
-            .unwrap();
-        let unit = store
-            .unit_by_mac(&mac.parse().unwrap())
-            .await
-            .unwrap()
-            .unwrap();
-        store.close().await;
-        unit
-    })
-}
-
 /// What a unit's record says, without what differs between two runs (times, ids).
 fn outcome(unit: &station::record::Unit) -> serde_json::Value {
     serde_json::json!({
@@ -199,11 +166,11 @@ fn both_transports_give_the_same_record_for_the_same_unit_and_the_hub_takes_its_
             &dps.hub
         };
         configure(&ws, &dps, transport, "tls/ca.pem", hub, "");
-        let sim = line(1, Some(mac));
-        let report = provision(&ws, &sim, 0).expect(0).json();
+        let sim = esp32_line(1, Some(mac));
+        let report = ws.provision(&sim, 0).expect(0).json();
         assert_eq!(report["outcome"], "provisioned", "{transport}: {report}");
         assert_eq!(report["dps_status"], "assigned", "{transport}");
-        let unit = unit(&ws, &mac.to_string());
+        let unit = ws.unit(&mac.to_string());
         assert_eq!(unit.hub_status.as_str(), "accepted", "{transport}");
         let row = manifest_row(&ws, &mac.to_string());
         assert_eq!(row["hub_test"], "accepted", "{transport}: {row}");
@@ -240,8 +207,8 @@ fn a_hub_that_refuses_the_message_fails_the_unit_at_stage_hub() {
             &stranger.hub
         };
         configure(&ws, &dps, transport, "both-ca.pem", hub, "");
-        let sim = line(1, None);
-        let run = provision(&ws, &sim, 0).expect(1);
+        let sim = esp32_line(1, None);
+        let run = ws.provision(&sim, 0).expect(1);
         let report = run.json();
         assert_eq!(report["outcome"], "failed", "{transport}: {report}");
         assert_eq!(report["stage"], "hub", "{transport}: {report}");
@@ -250,7 +217,7 @@ fn a_hub_that_refuses_the_message_fails_the_unit_at_stage_hub() {
             "{transport}: {report}"
         );
         assert_eq!(report["dps_status"], "assigned", "DPS did assign it");
-        let unit = unit(&ws, report["mac"].as_str().unwrap());
+        let unit = ws.unit(report["mac"].as_str().unwrap());
         assert_eq!(unit.hub_status.as_str(), "failed");
         assert!(unit.hub_error.is_some());
     }
@@ -261,8 +228,8 @@ fn a_revoked_unit_is_refused_by_dps_until_restored_and_the_policy_key_never_show
     let ws = workspace();
     let dps = Emulator::start(&ws, "secrets/group.key", "tls");
     configure(&ws, &dps, "mqtt", "tls/ca.pem", &dps.hub_mqtt, "");
-    let sim = line(1, None);
-    let provisioned = provision(&ws, &sim, 0).expect(0).json();
+    let sim = esp32_line(1, None);
+    let provisioned = ws.provision(&sim, 0).expect(0).json();
     let mac = provisioned["mac"].as_str().unwrap().to_owned();
     let id = provisioned["registration_id"].as_str().unwrap().to_owned();
 
@@ -279,7 +246,7 @@ fn a_revoked_unit_is_refused_by_dps_until_restored_and_the_policy_key_never_show
     let report = revoked.json();
     assert_eq!(report["revoked"], true);
     assert_eq!(report["dps"]["action"], "denial-created", "{report}");
-    let unit_now = unit(&ws, &mac);
+    let unit_now = ws.unit(&mac);
     assert!(unit_now.revoked_at.is_some());
     assert_eq!(
         unit_now.revoked_reason.as_deref(),
@@ -304,7 +271,7 @@ fn a_revoked_unit_is_refused_by_dps_until_restored_and_the_policy_key_never_show
     let restored = ws.station(&["--json", "unit", "restore", &mac]).expect(0);
     assert_eq!(restored.json()["revoked"], false);
     assert_eq!(restored.json()["dps"]["action"], "denial-deleted");
-    assert!(unit(&ws, &mac).revoked_at.is_none());
+    assert!(ws.unit(&mac).revoked_at.is_none());
     ws.station(&["--json", "dps", "verify", "--registration-id", &id])
         .expect(0);
 
@@ -350,14 +317,14 @@ fn a_line_of_four_individual_enrollments_keeps_every_key_out_of_the_database() {
         .unwrap()
         .replace("group_key_file = \"secrets/group.key\"\n", "");
     std::fs::write(ws.path("station.toml"), config).unwrap();
-    let sim = line(4, None);
+    let sim = esp32_line(4, None);
     let mut keys = Vec::new();
     for device in 0..4 {
-        let report = provision(&ws, &sim, device).expect(0).json();
+        let report = ws.provision(&sim, device).expect(0).json();
         assert_eq!(report["outcome"], "provisioned", "{report}");
         assert_eq!(report["dps_status"], "assigned", "{report}");
         let mac = report["mac"].as_str().unwrap();
-        let unit = unit(&ws, mac);
+        let unit = ws.unit(mac);
         assert_eq!(unit.enrollment.as_str(), "individual");
         assert_eq!(unit.hub_status.as_str(), "accepted");
         // The flashed key: read back from the device's NVS partition.

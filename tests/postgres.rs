@@ -609,3 +609,106 @@ fn a_line_holds_its_records_while_the_server_is_down_and_resumes() {
     }
     ws.station(&["audit", "verify"]).expect(0);
 }
+
+// Issues 15 and 16: `station serve` on a PostgreSQL database that a line filled through the
+// binary: the line page, a unit found by MAC, the security headers, and a manifest download
+// byte for byte what `station export manifest` writes from the same database, a revocation
+// made with `station unit revoke` included.
+#[test]
+fn serve_shows_a_postgres_database_and_downloads_its_manifest() {
+    use crate::dashboard::{FAULT, FAULT_CODE, Served, assert_security_headers, get};
+    let Some(cluster) = Cluster::shared() else {
+        return skip("serve_shows_a_postgres_database_and_downloads_its_manifest");
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let db = runtime.block_on(factory(cluster, &["serve-st"]));
+    let ws = station_ws(cluster, &db, "serve-st");
+    ws.station(&["batch", "open", "WO-PG", "--target", "3"])
+        .expect(0);
+    // Four devices, the second pulled out mid-flash: three pass, one failed attempt.
+    let line = crate::dashboard::sim(&ws, 4, 2, &[FAULT]);
+    ws.station_logging("warn", &["--json", "run"]).expect(0);
+    let passed = line.devices()[0].mac().to_string();
+    let failed = line.devices()[1].mac().to_string();
+    let revoked = line.devices()[2].mac().to_string();
+    let revocation = ws
+        .station(&[
+            "--json",
+            "unit",
+            "revoke",
+            &revoked,
+            "--reason",
+            "returned: cracked case",
+        ])
+        .expect(0)
+        .json();
+    assert_eq!(revocation["revoked"], true, "{revocation}");
+    let revoked_at = revocation["revoked_at"].as_str().unwrap().to_owned();
+
+    let served = Served::start(&ws, &["serve", "--listen", "127.0.0.1:0"]);
+    let addr = served.addr;
+    let page = get(addr, "/");
+    assert_eq!(page.status, 200, "{}", page.text());
+    assert_security_headers(&page);
+    let html = page.text();
+    assert!(html.contains("Station serve-st"), "{html}");
+    assert!(html.contains(r#"data-state="PASS""#), "{html}");
+    assert!(html.contains("WO-PG"), "the open batch: {html}");
+
+    let unit = get(addr, &format!("/unit?q={passed}"));
+    assert_eq!(unit.status, 200, "{}", unit.text());
+    let html = unit.text();
+    assert!(html.contains(&passed), "{html}");
+    assert!(
+        html.contains(&format!("sensor-{}", passed.replace(':', ""))),
+        "its registration ID: {html}"
+    );
+    assert!(html.contains("provisioned"), "{html}");
+    assert!(html.contains("unit.provisioned"), "its audit entry: {html}");
+    let unit = get(addr, &format!("/unit?q={failed}"));
+    assert_eq!(unit.status, 200);
+    assert!(unit.text().contains(FAULT_CODE), "{}", unit.text());
+    let unit = get(addr, &format!("/unit?q={revoked}"));
+    assert!(unit.text().contains("unit.revoked"), "{}", unit.text());
+    assert_eq!(get(addr, "/unit?q=24:0a:c4:99:99:99").status, 404);
+    let batch = get(addr, "/batch?name=WO-PG");
+    assert_eq!(batch.status, 200);
+    assert!(
+        batch
+            .text()
+            .contains(&format!(r#"data-code="{FAULT_CODE}""#)),
+        "{}",
+        batch.text()
+    );
+    let audit = get(addr, "/audit");
+    assert!(audit.text().contains("intact"), "{}", audit.text());
+
+    for format in ["csv", "json"] {
+        let download = get(addr, &format!("/qa/manifest?batch=WO-PG&format={format}"));
+        assert_eq!(download.status, 200, "{}", download.text());
+        let exported = ws
+            .station(&["export", "manifest", "--batch", "WO-PG", "--format", format])
+            .expect(0);
+        assert_eq!(download.body, exported.stdout.as_bytes(), "{format}");
+    }
+    let csv = get(addr, "/qa/manifest?batch=WO-PG&format=csv").text();
+    assert_eq!(csv.lines().count(), 4, "a header and 3 units: {csv}");
+    let mut reader = csv::Reader::from_reader(csv.as_bytes());
+    let header = reader.headers().unwrap().clone();
+    let column = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let revocations: BTreeMap<String, String> = reader
+        .records()
+        .map(|row| {
+            let row = row.unwrap();
+            (
+                row[column("mac")].to_owned(),
+                row[column("revoked_at")].to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(revocations[&revoked], revoked_at);
+    assert_eq!(revocations[&passed], "");
+    assert!(!revocations.contains_key(&failed) || revocations[&failed].is_empty());
+    drop(served);
+    ws.station(&["audit", "verify"]).expect(0);
+}

@@ -9,6 +9,7 @@ use station::record::Batch;
 use station::store::audit::{GENESIS, entry_hash};
 use station::store::{AttemptRecord, Store};
 
+use crate::util::daemon::DEADLINE;
 use crate::util::{
     GROUP_KEY, Run, Workspace, assert_absent, attempt_record, secret_forms, sim_config,
 };
@@ -607,10 +608,15 @@ fn exports_and_verify_run_while_the_line_records() {
         })
     });
 
+    let deadline = Instant::now() + DEADLINE;
     let mut exports = 0;
     let mut last_rows = 0;
     loop {
         let done = writer.is_finished();
+        assert!(
+            Instant::now() < deadline,
+            "the writer did not record its {UNITS} units within {DEADLINE:?} ({last_rows} exported so far)"
+        );
         let manifest = ws
             .station(&["export", "manifest", "--batch", "WO-1", "--format", "json"])
             .expect(0);

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use station::identity::Mac;
 use station::sim::{SimLine, SimOptions};
 
-use crate::dps::DpsSim;
+use crate::util::dps::DpsSim;
 use crate::util::{Run, Workspace, assert_absent, sim_config};
 use crate::x509::{Pki, assert_openssl_accepts, openssl, run};
 
@@ -120,11 +120,6 @@ fn line(ws: &Workspace, count: usize) -> SimLine {
         ..SimOptions::default()
     })
     .unwrap()
-}
-
-fn provision(ws: &Workspace, sim: &SimLine, device: usize) -> Run {
-    let port = sim.devices()[device].port().to_str().unwrap().to_owned();
-    ws.station(&["--json", "provision", "--port", &port])
 }
 
 /// The credentials a simulated device's flash holds: (certificate PEM, private key PEM, CA
@@ -240,7 +235,7 @@ fn x509_line(layout: Layout) {
     let sim = line(&ws, 2);
     let mut reports = Vec::new();
     for device in 0..2 {
-        let run = provision(&ws, &sim, device).expect(0);
+        let run = ws.provision(&sim, device).expect(0);
         reports.push(run.json());
     }
     for report in &reports {
@@ -329,7 +324,7 @@ fn x509_line(layout: Layout) {
         .trim_end_matches('"')
         .to_owned();
     std::fs::write(ws.path("station.toml"), config.replace(&old_url, &dps.url)).unwrap();
-    let again = provision(&ws, &sim, 0).expect(0).json();
+    let again = ws.provision(&sim, 0).expect(0).json();
     assert_eq!(again["mac"], reports[0]["mac"]);
     assert_ne!(
         again["certificate"]["serial"],
@@ -430,7 +425,7 @@ fn a_certificate_from_another_ca_fails_the_unit_at_stage_dps() {
     let other = Pki::new();
     let (ws, _dps) = x509_workspace(&pki, &other.root, Layout::Nvs);
     let sim = line(&ws, 1);
-    let report = provision(&ws, &sim, 0).expect(1).json();
+    let report = ws.provision(&sim, 0).expect(1).json();
     assert_eq!(report["outcome"], "failed");
     assert_eq!(report["stage"], "dps");
     assert_eq!(report["error_code"], "station::dps::certificate_refused");
@@ -492,7 +487,7 @@ fn bad_signing_cas_are_refused_at_load_with_their_codes() {
             .replace(&format!("ca_chain_file = \"{}\"\n", pki.root.display()), "");
         let ws = workspace(&config);
         let sim = line(&ws, 1);
-        let run = provision(&ws, &sim, 0).expect(2);
+        let run = ws.provision(&sim, 0).expect(2);
         assert_eq!(run.json()["error"]["code"], code, "{}", run.stdout);
         // Nothing was written to the device, and no attempt was recorded.
         let flash = std::fs::read(ws.path(&format!("flash/{}.bin", sim.devices()[0].mac().hex())));
@@ -597,7 +592,7 @@ fn device_and_ca_private_keys_appear_only_in_the_devices_flash() {
     let sim = line(&ws, 2);
     let mut macs = Vec::new();
     for device in 0..2 {
-        let report = keep(provision(&ws, &sim, device).expect(0)).json();
+        let report = keep(ws.provision(&sim, device).expect(0)).json();
         macs.push(mac_of(&report));
     }
     keep(ws.station(&["check"]).expect(0));
@@ -777,7 +772,7 @@ fn a_ca_chain_too_long_for_an_nvs_string_is_refused_at_load_and_fits_esp_secure_
     };
     let ws = workspace(&config(Layout::Nvs));
     let sim = line(&ws, 1);
-    let run = provision(&ws, &sim, 0).expect(2);
+    let run = ws.provision(&sim, 0).expect(2);
     let error = &run.json()["error"];
     assert_eq!(error["code"], "station::config::credentials_do_not_fit");
     let message = error["message"].as_str().unwrap();
@@ -788,8 +783,94 @@ fn a_ca_chain_too_long_for_an_nvs_string_is_refused_at_load_and_fits_esp_secure_
 
     // The same chain in an esp_secure_cert partition fits, and the unit is provisioned.
     std::fs::write(ws.path("station.toml"), config(Layout::SecureCert)).unwrap();
-    let report = provision(&ws, &sim, 0).expect(0).json();
+    let report = ws.provision(&sim, 0).expect(0).json();
     let flash = flash_of(&ws, mac_of(&report));
     let (_, _, flashed_chain) = flashed_credentials(&flash, Layout::SecureCert);
     assert_eq!(flashed_chain.matches("BEGIN CERTIFICATE").count(), 6);
+}
+
+/// An X.509 workspace pre-verifying over MQTT against an emulator that trusts `trusted`, with
+/// the hub test message over MQTT too (the emulator is returned to keep it running).
+fn x509_mqtt_workspace(pki: &Pki, trusted: &Path) -> (Workspace, DpsSim) {
+    let ws = Workspace::with_config("");
+    let (mut dps, dps_ca) = x509_dps(&ws, trusted);
+    let urls = dps.named_urls();
+    assert!(urls["mqtt"].starts_with("mqtts://127.0.0.1:"), "{urls:?}");
+    let config = x509_config(pki, Layout::Nvs, Some((&urls["mqtt"], &dps_ca)));
+    assert_eq!(config.matches("pre_verify = true").count(), 1, "{config}");
+    let config = config.replace(
+        "pre_verify = true",
+        "pre_verify = true\ntransport = \"mqtt\"",
+    ) + &format!(
+        "\n[hub]\ntest_message = true\nhub_url = \"{}\"\n",
+        urls["hub-mqtt"]
+    );
+    std::fs::write(ws.path("station.toml"), config).unwrap();
+    ws.station(&["batch", "open", "WO-X509", "--target", "5"])
+        .expect(0);
+    (ws, dps)
+}
+
+// Issue 18 item 1 for X.509 units (issue 17): over MQTT the certificate the station issued and
+// flashed authenticates the unit in its session's TLS handshake, to DPS and then to the hub for
+// the test message; a certificate of another CA is refused at CONNECT and fails the unit at
+// stage `dps` with the code it has over HTTPS.
+#[test]
+fn an_x509_line_registers_over_mqtt_with_each_units_certificate() {
+    let pki = Pki::new();
+    let (ws, dps) = x509_mqtt_workspace(&pki, &pki.root);
+    let sim = line(&ws, 2);
+    let mut ids = Vec::new();
+    for device in 0..2 {
+        let report = ws.provision(&sim, device).expect(0).json();
+        assert_eq!(report["outcome"], "provisioned", "{report}");
+        assert_eq!(report["dps_status"], "assigned", "{report}");
+        assert_eq!(report["assigned_hub"], "x509-hub.azure-devices.net");
+        assert_eq!(report["hub_status"], "accepted", "{report}");
+        assert!(report["certificate"]["serial"].is_string(), "{report}");
+        ids.push(report["registration_id"].as_str().unwrap().to_owned());
+    }
+    let manifest = ws
+        .station(&[
+            "export", "manifest", "--batch", "WO-X509", "--format", "json",
+        ])
+        .expect(0)
+        .json();
+    for row in manifest.as_array().unwrap() {
+        assert_eq!(
+            (&row["attestation"], &row["dps_status"], &row["hub_test"]),
+            (
+                &serde_json::json!("x509"),
+                &serde_json::json!("assigned"),
+                &serde_json::json!("accepted")
+            ),
+            "{row}"
+        );
+    }
+    // Every request the emulator answered came over MQTT; none over REST.
+    let log = String::from_utf8_lossy(&dps.stop()).into_owned();
+    let answered: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("DPS emulator answered"))
+        .collect();
+    assert!(answered.len() >= 2, "{log}");
+    assert!(answered.iter().all(|l| l.contains("MQTT")), "{answered:#?}");
+    for id in &ids {
+        assert!(log.contains(id.as_str()), "the emulator saw {id}");
+    }
+
+    let other = Pki::new();
+    let (ws, _dps) = x509_mqtt_workspace(&pki, &other.root);
+    let sim = line(&ws, 1);
+    let report = ws.provision(&sim, 0).expect(1).json();
+    assert_eq!(report["outcome"], "failed", "{report}");
+    assert_eq!(report["stage"], "dps", "{report}");
+    assert_eq!(report["error_code"], "station::dps::certificate_refused");
+    assert_eq!(report["dps_status"], "failed", "{report}");
+    assert!(
+        report["message"].as_str().unwrap().contains("CONNACK"),
+        "{report}"
+    );
+    assert!(report["hint"].as_str().unwrap().contains("ca_cert_file"));
+    assert_eq!(report["hub_status"], "not-requested", "{report}");
 }

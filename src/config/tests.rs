@@ -824,6 +824,14 @@ fn x509_values_are_checked() {
         "attestation = \"x509\"\npre_verify = true\nverify_url = \"http://127.0.0.1:8443\"",
     );
     assert_error(&text, "station::config::bad_value", 8, "TLS handshake");
+    // Over MQTT (issue 18) the session is TLS: the certificate goes in its handshake.
+    let text = x509_nvs().replace(
+        "attestation = \"x509\"",
+        "attestation = \"x509\"\npre_verify = true\ntransport = \"mqtt\"\nverify_url = \"mqtts://127.0.0.1:8883\"",
+    );
+    let config = parse(&text).unwrap();
+    assert_eq!(config.dps.transport, DpsTransport::Mqtt);
+    assert_eq!(config.dps.verify_url, "mqtts://127.0.0.1:8883");
 
     let text = x509_secure_cert().replace("offset = 0xF000", "offset = 0xF100");
     assert_error(

@@ -474,7 +474,11 @@ impl Ctx<'_> {
                     "Shorten the template's fixed text so that it stays within 64 characters with the 12 digits of {mac}.",
                 ));
             }
-            if raw.pre_verify && !verify_url.starts_with("https://") {
+            // Over MQTT the URL is mqtts:// (checked above): TLS, so the certificate goes.
+            if raw.pre_verify
+                && transport == DpsTransport::Https
+                && !verify_url.starts_with("https://")
+            {
                 return Err(self.bad_value(
                     raw.verify_url.as_ref().map_or(raw.registration_id.span(), Spanned::span),
                     "[dps] verify_url",

@@ -565,6 +565,67 @@ async fn an_x509_device_registers_with_its_certificate_over_tls() {
     );
 }
 
+/// Issue 18: over MQTT an X.509 device authenticates in the TLS handshake too (no password),
+/// and a certificate of another CA is refused at CONNECT, as DPS does.
+#[tokio::test]
+async fn an_x509_device_registers_over_mqtt_with_its_certificate() {
+    let group = X509Group::new("Group CA");
+    let other = X509Group::new("Another CA");
+    let (sim, _, dir) = x509_emulator(&group).await;
+    let client = DpsClient::new(
+        &config(
+            sim.mqtt_url().unwrap(),
+            &format!(
+                "verify_timeout = 10\ntransport = \"mqtt\"\nca_file = \"{}\"",
+                dir.path().join("dps-ca.pem").display()
+            ),
+            "",
+        )
+        .dps,
+    )
+    .unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let state = client
+        .register_x509(&id(), group.issue(id().as_str(), now, 30).tls_identity())
+        .await
+        .unwrap();
+    assert_eq!(state.status, "assigned");
+    assert_eq!(state.device_id.as_deref(), Some(id().as_str()));
+    let requests = sim.requests();
+    let paths: Vec<&str> = requests.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(
+        paths.first(),
+        Some(&"iotdps-register"),
+        "registered over MQTT, then polled: {requests:?}"
+    );
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.method == "MQTT" && r.client_certificate.as_deref() == Some(id().as_str())),
+        "every request came over the session the certificate opened: {requests:?}"
+    );
+    let error = client
+        .register_x509(&id(), other.issue(id().as_str(), now, 30).tls_identity())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, DpsError::CertificateRefused { .. }),
+        "{error:?}"
+    );
+    assert!(!error.is_transient());
+    assert_eq!(
+        miette::Diagnostic::code(&error)
+            .map(|c| c.to_string())
+            .as_deref(),
+        Some("station::dps::certificate_refused")
+    );
+    assert_eq!(
+        sim.requests().len(),
+        requests.len(),
+        "refused at CONNECT: the emulator answered no request of the other CA's device"
+    );
+}
+
 #[tokio::test]
 async fn the_x509_emulator_refuses_what_dps_refuses_with_401002() {
     let group = X509Group::new("Group CA");

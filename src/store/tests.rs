@@ -141,6 +141,7 @@ on_both_backends!(
     each_station_checkpoints_its_own_chain,
     an_attempt_keeps_its_boot_log_and_its_hash_is_audited,
     the_dashboard_reads_ports_batches_units_and_minutes,
+    a_revocation_is_audited_shown_in_the_manifest_and_lifted_by_a_restore,
 );
 
 /// Sets up the unit facts of `record` as the pipeline's identify would: the attempt that last
@@ -1479,4 +1480,175 @@ async fn the_dashboard_reads_ports_batches_units_and_minutes(db: TestDb) {
             .unwrap()
             .is_empty()
     );
+}
+
+/// The manifest's `revoked_at` cell (CSV, by the header's name) for each row, in order.
+async fn manifest_revocations(store: &Store) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    store
+        .export_manifest(
+            &ManifestFilter::batch("WO-1"),
+            crate::report::ManifestFormat::Csv,
+            "st1",
+            "qa-eve",
+            &mut out,
+        )
+        .await
+        .unwrap();
+    let mut reader = csv::Reader::from_reader(out.as_slice());
+    let header = reader.headers().unwrap().clone();
+    let column = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let (mac, revoked_at) = (column("mac"), column("revoked_at"));
+    reader
+        .records()
+        .map(|row| {
+            let row = row.unwrap();
+            (row[mac].to_owned(), row[revoked_at].to_owned())
+        })
+        .collect()
+}
+
+// Issue 18 on both backends: `station unit revoke`/`restore` as the store records them: the
+// unit's revoked_at and reason, the manifest's column, an audit entry in an intact chain; an
+// unknown MAC is a coded error that writes nothing.
+async fn a_revocation_is_audited_shown_in_the_manifest_and_lifted_by_a_restore(db: TestDb) {
+    use crate::record::UnitRevocation;
+    let store = &db.store;
+    let batch = store.open_batch("WO-1", 5, "ana", "st1").await.unwrap();
+    let (a, b) = ("24:0a:c4:00:07:01", "24:0a:c4:00:07:02");
+    record(store, attempt(&batch, Some(a), None)).await;
+    record(store, attempt(&batch, Some(b), None)).await;
+    let mac: Mac = a.parse().unwrap();
+
+    let revoked_at = now();
+    let unit = store
+        .record_revocation(
+            &mac,
+            &UnitRevocation {
+                revoked_at: Some(revoked_at.clone()),
+                reason: Some("returned: water damage".into()),
+            },
+            json!({ "dps": { "action": "not-configured" }, "reason": "returned: water damage" }),
+            "st1",
+            "qa-eve",
+        )
+        .await
+        .unwrap();
+    assert_eq!(unit.mac, mac);
+    assert_eq!(unit.revoked_at.as_deref(), Some(revoked_at.as_str()));
+    assert_eq!(
+        unit.revoked_reason.as_deref(),
+        Some("returned: water damage")
+    );
+    let stored = store.unit_by_mac(&mac).await.unwrap().unwrap();
+    assert_eq!(
+        (stored.revoked_at, stored.revoked_reason),
+        (unit.revoked_at.clone(), unit.revoked_reason.clone())
+    );
+    let other = store
+        .unit_by_mac(&b.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(other.revoked_at, None, "only the unit named is revoked");
+    let rows = store
+        .manifest(&ManifestFilter::batch("WO-1"))
+        .await
+        .unwrap();
+    let by_row: Vec<(String, Option<String>)> = rows
+        .iter()
+        .map(|r| (r.mac.to_string(), r.revoked_at.clone()))
+        .collect();
+    assert_eq!(
+        by_row,
+        [
+            (a.to_owned(), Some(revoked_at.clone())),
+            (b.to_owned(), None)
+        ]
+    );
+    assert_eq!(
+        manifest_revocations(store).await,
+        [
+            (a.to_owned(), revoked_at.clone()),
+            (b.to_owned(), String::new())
+        ]
+    );
+
+    let entries = store.audit_entries().await.unwrap();
+    let entry = entries.iter().rev().find(|e| e.subject == a).unwrap();
+    assert_eq!(
+        (
+            entry.action.as_str(),
+            entry.subject.as_str(),
+            entry.operator.as_str(),
+            entry.station_id.as_str()
+        ),
+        ("unit.revoked", a, "qa-eve", "st1")
+    );
+    let details: serde_json::Value = serde_json::from_str(&entry.details).unwrap();
+    assert_eq!(details["reason"], "returned: water damage");
+    assert_eq!(details["registration_id"], "sensor-240ac4000701");
+    assert_eq!(details["batch_id"], batch.id);
+    assert_eq!(details["dps"]["action"], "not-configured");
+    assert_eq!(store.verify_audit().await.unwrap().first_break, None);
+
+    let restored = store
+        .record_revocation(
+            &mac,
+            &UnitRevocation {
+                revoked_at: None,
+                reason: None,
+            },
+            json!({ "dps": { "action": "not-configured" } }),
+            "st1",
+            "qa-eve",
+        )
+        .await
+        .unwrap();
+    assert_eq!((restored.revoked_at, restored.revoked_reason), (None, None));
+    assert_eq!(
+        manifest_revocations(store).await,
+        [(a.to_owned(), String::new()), (b.to_owned(), String::new())]
+    );
+    let entries = store.audit_entries().await.unwrap();
+    let actions: Vec<&str> = entries
+        .iter()
+        .filter(|e| e.subject == a && e.action.starts_with("unit.re"))
+        .map(|e| e.action.as_str())
+        .collect();
+    assert_eq!(actions, ["unit.revoked", "unit.restored"]);
+    assert_eq!(store.verify_audit().await.unwrap().first_break, None);
+
+    let before = entries.len();
+    let unknown: Mac = "24:0a:c4:00:07:ff".parse().unwrap();
+    let error = store
+        .record_revocation(
+            &unknown,
+            &UnitRevocation {
+                revoked_at: Some(now()),
+                reason: Some("scrapped".into()),
+            },
+            json!({}),
+            "st1",
+            "qa-eve",
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, StoreError::NoSuchUnit { mac } if mac == unknown),
+        "{error:?}"
+    );
+    assert_eq!(
+        miette::Diagnostic::code(&error)
+            .map(|c| c.to_string())
+            .as_deref(),
+        Some("station::store::no_such_unit")
+    );
+    assert!(error.is_usage_error(), "exit code 2: {error:?}");
+    assert_eq!(
+        store.audit_entries().await.unwrap().len(),
+        before,
+        "nothing audited for a unit that does not exist"
+    );
+    assert!(store.unit_by_mac(&unknown).await.unwrap().is_none());
 }

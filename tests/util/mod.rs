@@ -1,7 +1,8 @@
-//! Shared helpers: a temporary station workspace and a runner for the `station` binary, and a
-//! real PostgreSQL server ([`postgres`]).
+//! Shared helpers: a temporary station workspace and a runner for the `station` binary, simulated
+//! ESP32s, the DPS emulator as a process ([`dps`]), and a real PostgreSQL server ([`postgres`]).
 
 pub mod daemon;
+pub mod dps;
 pub mod postgres;
 
 use std::path::{Path, PathBuf};
@@ -77,6 +78,44 @@ impl Workspace {
             .unwrap();
         Run::from(output)
     }
+}
+
+impl Workspace {
+    /// `station --json provision` of the device `device` of `sim`, on its port.
+    pub fn provision(&self, sim: &station::sim::SimLine, device: usize) -> Run {
+        let port = sim.devices()[device].port().to_str().unwrap().to_owned();
+        self.station(&["--json", "provision", "--port", &port])
+    }
+
+    /// The unit with this MAC as the workspace's SQLite database records it.
+    pub fn unit(&self, mac: &str) -> station::record::Unit {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let store = station::store::Store::open(&self.path("station.db"))
+                .await
+                .unwrap();
+            let unit = store
+                .unit_by_mac(&mac.parse().unwrap())
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("no unit {mac} recorded"));
+            store.close().await;
+            unit
+        })
+    }
+}
+
+/// `count` simulated ESP32s on their own pseudo-terminals, without wire time; MACs from
+/// `base_mac` when given.
+pub fn esp32_line(count: usize, base_mac: Option<station::identity::Mac>) -> station::sim::SimLine {
+    station::sim::SimLine::start(station::sim::SimOptions {
+        count,
+        chip: station::sim::SimChip::Esp32,
+        wire_time: false,
+        base_mac,
+        ..station::sim::SimOptions::default()
+    })
+    .unwrap()
 }
 
 /// A finished `station` process.
