@@ -12,7 +12,7 @@
 //! alternating, and prints units per minute of each run.
 //!
 //! Run: `cargo bench --bench dashboard` (`-- --units N` for the database size, `-- --line N`
-//! for the line's batch, `-- --rounds R`).
+//! for the line's batch, `-- --rounds R`; `--rounds 0` times the pages only).
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
@@ -304,6 +304,9 @@ fn main() {
                 with.push(rate);
             }
         }
+    }
+    if rounds == 0 {
+        return;
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     println!(

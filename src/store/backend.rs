@@ -18,6 +18,8 @@
 //! To add a backend: implement both traits, add a variant to `Db` in `store/mod.rs` and a
 //! branch to its `on_backend!` dispatch, and open it in [`super::Store::connect`].
 
+use std::collections::BTreeMap;
+
 use super::attempt::AttemptStart;
 use super::audit::{ChainWalker, NewEntry};
 use super::{ManifestQuery, StoreError};
@@ -174,23 +176,69 @@ pub(super) struct BatchCounts {
     pub(super) stations: Vec<StationCount>,
 }
 
-/// One station's share of a batch as both backends' queries return it: station, units
-/// provisioned, attempts, failed attempts, attempts in progress, first and last provisioning.
-pub(super) type StationRow = (String, i64, i64, i64, i64, Option<String>, Option<String>);
+/// A batch's units of one station in one state, as both backends' queries return them:
+/// station, state, count, first and last provisioning.
+pub(super) type UnitShare = (String, String, i64, Option<String>, Option<String>);
 
-/// A station's share; its rate is worked out by the store.
-pub(super) fn station_count(row: StationRow) -> StationCount {
-    let (station_id, provisioned, attempts, failed_attempts, in_progress, first, last) = row;
-    StationCount {
-        station_id,
-        provisioned,
-        attempts,
-        failed_attempts,
-        in_progress,
-        first_provisioned_at: first,
-        last_provisioned_at: last,
-        units_per_minute: None,
+/// A batch's attempts of one station with one outcome: station, outcome, count.
+pub(super) type AttemptShare = (String, String, i64);
+
+/// A batch's counts from its stations' shares; the stations in order of their IDs, each
+/// station's rate left to the store.
+pub(super) fn batch_counts(
+    units: Vec<UnitShare>,
+    attempts: Vec<AttemptShare>,
+    failures: Vec<FailureCount>,
+) -> BatchCounts {
+    let mut counts = BatchCounts {
+        failures,
+        ..BatchCounts::default()
+    };
+    let mut stations: BTreeMap<String, StationCount> = BTreeMap::new();
+    fn share(stations: &mut BTreeMap<String, StationCount>, id: String) -> &mut StationCount {
+        stations.entry(id).or_insert_with_key(|id| StationCount {
+            station_id: id.clone(),
+            provisioned: 0,
+            attempts: 0,
+            failed_attempts: 0,
+            in_progress: 0,
+            first_provisioned_at: None,
+            last_provisioned_at: None,
+            units_per_minute: None,
+        })
     }
+    for (station_id, state, count, first, last) in units {
+        match state.as_str() {
+            "provisioned" => {
+                counts.provisioned += count;
+                let station = share(&mut stations, station_id);
+                station.provisioned += count;
+                station.first_provisioned_at = first;
+                station.last_provisioned_at = last;
+            }
+            "failed" => counts.failed += count,
+            _ => {}
+        }
+    }
+    for (station_id, outcome, count) in attempts {
+        counts.attempts += count;
+        let station = share(&mut stations, station_id);
+        station.attempts += count;
+        match outcome.as_str() {
+            "failed" => {
+                counts.failed_attempts += count;
+                station.failed_attempts += count;
+            }
+            "in-progress" => {
+                counts.in_progress += count;
+                station.in_progress += count;
+            }
+            "interrupted" => counts.interrupted += count,
+            _ => {}
+        }
+    }
+    counts.stations = stations.into_values().collect();
+    counts
 }
 
 /// One audit chain's extent: its station (`None`: the database keeps one chain for every

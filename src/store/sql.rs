@@ -76,24 +76,27 @@ macro_rules! common_queries {
         }
 
         async fn batch_counts(&mut self, batch_id: i64) -> Result<$crate::store::backend::BatchCounts, $crate::store::StoreError> {
-            let (provisioned, failed): (i64, i64) = sqlx::query_as(
-                "SELECT COUNT(*) FILTER (WHERE state = 'provisioned'), \
-                        COUNT(*) FILTER (WHERE state = 'failed') \
-                 FROM units WHERE batch_id = $1",
+            // One pass over the batch's units and one over its attempts, each grouped by
+            // station on an index that covers it; the batch's totals are its stations' sums.
+            // A station's first and last provisioning are two index seeks, not a scan.
+            let units: Vec<$crate::store::backend::UnitShare> = sqlx::query_as(
+                "SELECT station_id, state, COUNT(*), \
+                        (SELECT MIN(provisioned_at) FROM units f \
+                          WHERE f.batch_id = $1 AND f.station_id = u.station_id AND f.state = u.state), \
+                        (SELECT MAX(provisioned_at) FROM units l \
+                          WHERE l.batch_id = $1 AND l.station_id = u.station_id AND l.state = u.state) \
+                 FROM units u WHERE batch_id = $1 GROUP BY station_id, state",
             )
             .bind(batch_id)
-            .fetch_one(&mut *self.0)
+            .fetch_all(&mut *self.0)
             .await?;
-            let (attempts, failed_attempts, in_progress, interrupted): (i64, i64, i64, i64) =
-                sqlx::query_as(
-                    "SELECT COUNT(*), COUNT(*) FILTER (WHERE outcome = 'failed'), \
-                            COUNT(*) FILTER (WHERE outcome = 'in-progress'), \
-                            COUNT(*) FILTER (WHERE outcome = 'interrupted') \
-                     FROM attempts WHERE batch_id = $1",
-                )
-                .bind(batch_id)
-                .fetch_one(&mut *self.0)
-                .await?;
+            let attempts: Vec<$crate::store::backend::AttemptShare> = sqlx::query_as(
+                "SELECT station_id, outcome, COUNT(*) FROM attempts WHERE batch_id = $1 \
+                 GROUP BY station_id, outcome",
+            )
+            .bind(batch_id)
+            .fetch_all(&mut *self.0)
+            .await?;
             let failures = sqlx::query_as(
                 "SELECT error_code, MAX(stage) AS stage, COUNT(*) AS count FROM attempts \
                  WHERE batch_id = $1 AND outcome IN ('failed', 'interrupted') AND error_code IS NOT NULL \
@@ -102,33 +105,7 @@ macro_rules! common_queries {
             .bind(batch_id)
             .fetch_all(&mut *self.0)
             .await?;
-            let stations: Vec<$crate::store::backend::StationRow> = sqlx::query_as(
-                "SELECT station_id, CAST(SUM(provisioned) AS BIGINT), CAST(SUM(attempts) AS BIGINT), \
-                        CAST(SUM(failed_attempts) AS BIGINT), CAST(SUM(in_progress) AS BIGINT), MIN(first_at), MAX(last_at) \
-                 FROM ( \
-                   SELECT station_id, COUNT(*) AS provisioned, CAST(0 AS BIGINT) AS attempts, \
-                          CAST(0 AS BIGINT) AS failed_attempts, CAST(0 AS BIGINT) AS in_progress, \
-                          MIN(provisioned_at) AS first_at, MAX(provisioned_at) AS last_at \
-                   FROM units WHERE batch_id = $1 AND state = 'provisioned' GROUP BY station_id \
-                   UNION ALL \
-                   SELECT station_id, 0, COUNT(*), COUNT(*) FILTER (WHERE outcome = 'failed'), \
-                          COUNT(*) FILTER (WHERE outcome = 'in-progress'), NULL, NULL \
-                   FROM attempts WHERE batch_id = $1 GROUP BY station_id \
-                 ) shares GROUP BY station_id ORDER BY station_id",
-            )
-            .bind(batch_id)
-            .fetch_all(&mut *self.0)
-            .await?;
-            Ok($crate::store::backend::BatchCounts {
-                provisioned,
-                failed,
-                attempts,
-                failed_attempts,
-                in_progress,
-                interrupted,
-                failures,
-                stations: stations.into_iter().map($crate::store::backend::station_count).collect(),
-            })
+            Ok($crate::store::backend::batch_counts(units, attempts, failures))
         }
 
         async fn provisioned_in(&mut self, batch_id: i64) -> Result<i64, $crate::store::StoreError> {

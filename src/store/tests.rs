@@ -294,6 +294,7 @@ async fn sqlite_file_made_before_the_migrations_moved_still_opens() {
                     20261202000000,
                     20261203000000,
                     20261204000000,
+                    20261205000000,
                 ],
             ),
             Some(_) => (
@@ -303,6 +304,7 @@ async fn sqlite_file_made_before_the_migrations_moved_still_opens() {
                     20261202000000,
                     20261203000000,
                     20261204000000,
+                    20261205000000,
                 ],
             ),
         };

@@ -343,8 +343,7 @@ async fn boards_from_records(store: &Store) -> Result<Vec<StationBoard>, StoreEr
             .iter()
             .find(|s| s.batch.station_id == board.station_id)
         {
-            let minutes = store.batch_minutes(status.batch.id).await?;
-            let (rate, eta) = pages::rate_and_eta(status, &minutes);
+            let (rate, eta) = pages::rate_and_eta(status);
             board.counters.units_per_minute = rate;
             board.counters.eta_seconds = eta;
         }

@@ -234,7 +234,7 @@ pub fn batch(
         None => html! { h1 { "Batch" } p.empty { "No batch has been opened yet." } },
         Some(status) => {
             let batch = &status.batch;
-            let (rate, eta) = rate_and_eta(status, minutes_);
+            let (rate, eta) = rate_and_eta(status);
             html! {
                 h1 { "Batch " (batch.name) }
                 p.meta {
@@ -286,36 +286,15 @@ pub fn batch(
     )
 }
 
-/// Units per minute over the batch's working time (first attempt's end to last's), and the
-/// time left to the target at that rate.
-pub fn rate_and_eta(status: &BatchStatus, minutes: &[MinuteCount]) -> (Option<f64>, Option<f64>) {
-    let provisioned: i64 = minutes.iter().map(|m| m.provisioned).sum();
-    let span = minutes.len().max(1) as f64;
-    if provisioned == 0 {
+/// The batch's rate (units per minute between its first and last unit provisioned, on any
+/// station: what `batch status` prints) and, while it is open, the seconds left to its target.
+pub fn rate_and_eta(status: &BatchStatus) -> (Option<f64>, Option<f64>) {
+    let Some(rate) = status.units_per_minute.filter(|r| *r > 0.0) else {
         return (None, None);
-    }
-    // Whole minutes from the first to the last with an ending: a fair rate for a running line
-    // without knowing when the first unit started.
-    let first = minutes
-        .first()
-        .map(|m| m.minute.as_str())
-        .unwrap_or_default();
-    let last = minutes
-        .last()
-        .map(|m| m.minute.as_str())
-        .unwrap_or_default();
-    let span = minute_span(first, last).unwrap_or(span);
-    let rate = provisioned as f64 / span;
+    };
     let left = (status.batch.target - status.provisioned).max(0) as f64;
     let eta = (status.batch.closed_at.is_none() && left > 0.0).then(|| left / rate * 60.0);
     (Some(rate), eta)
-}
-
-fn minute_span(first: &str, last: &str) -> Option<f64> {
-    let format = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]");
-    let first = time::PrimitiveDateTime::parse(first, &format).ok()?;
-    let last = time::PrimitiveDateTime::parse(last, &format).ok()?;
-    Some((last - first).whole_minutes() as f64 + 1.0)
 }
 
 /// What the unit page found.
