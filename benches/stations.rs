@@ -13,9 +13,13 @@
 //! chain verified.
 //!
 //! It also prints the median unit's duration (the sum of its stages) and the CPU the run's
-//! `station` processes used, as a share of the machine's (every core over the wall time; the
-//! PostgreSQL server's own CPU is not counted): with many stations on few cores, units take
+//! `station` processes used and the CPU the PostgreSQL server used, each as a share of the
+//! machine's (every core over the wall time): with many stations on few cores, units take
 //! longer because the simulated devices and daemons share the CPU, not because of the database.
+//!
+//! The control run puts S one-station lines on the machine at once, each on a SQLite file of
+//! its own: they share the CPU and nothing else, so what they lose against S x one station is
+//! the machine's share, not the database's.
 //!
 //! Run: `cargo bench --bench stations` (`-- --units 400 --stations 8 --ports 4`; `--single N`
 //! is the batch of the one-station runs, by default one station's share of `--units`).
@@ -73,6 +77,15 @@ impl Cluster {
             password_file: value("PASSWORD_FILE")?.into(),
             dir,
         })
+    }
+
+    /// CPU seconds the server has used: its postmaster's and every backend's that has ended
+    /// (the postmaster reaps them); a run's figure is taken after its stations disconnected.
+    fn cpu_seconds(&self) -> f64 {
+        std::fs::read_to_string(self.dir.join("data/postmaster.pid"))
+            .ok()
+            .and_then(|pid| pid.lines().next().map(str::to_owned))
+            .map_or(0.0, |pid| proc_cpu_seconds(&pid, &[14, 15, 16, 17]))
     }
 
     /// A fresh database's URL.
@@ -156,6 +169,10 @@ struct Sample {
     stages: Vec<(String, f64)>,
     /// CPU seconds the run's processes used (user and system, every `station` process).
     cpu_s: f64,
+    /// CPU seconds the PostgreSQL server used meanwhile (zero on SQLite).
+    server_cpu_s: f64,
+    /// Seconds the checks after the line took (status, manifest, audit verify).
+    checks: f64,
     provisioned: i64,
     duplicates: usize,
     chains: usize,
@@ -168,8 +185,8 @@ impl Sample {
     }
 
     /// The share of the machine's CPU time (every core over the wall time) the run used.
-    fn cpu_share(&self, cores: usize) -> f64 {
-        self.cpu_s / (self.wall * cores as f64) * 100.0
+    fn cpu_share(&self, cores: usize, seconds: f64) -> f64 {
+        seconds / (self.wall * cores as f64) * 100.0
     }
 }
 
@@ -186,25 +203,40 @@ fn percentile(values: &[f64], p: f64) -> f64 {
 /// CPU seconds (user and system) of this process's children that have been waited for, from
 /// `/proc/self/stat` (Linux; zero elsewhere).
 fn children_cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+    proc_cpu_seconds("self", &[16, 17])
+}
+
+/// CPU seconds from `/proc/PID/stat`'s clock-tick fields `fields` (14, 15: the process's own
+/// user and system time; 16, 17: its children's that it waited for), summed.
+fn proc_cpu_seconds(pid: &str, fields: &[usize]) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0.0;
     };
-    // The fields after the command name (which may hold spaces) start at the state, field 3;
-    // cutime and cstime are fields 16 and 17, in clock ticks (100 a second on Linux).
-    let fields: Vec<&str> = stat
+    // The fields after the command name (which may hold spaces) start at the state, field 3.
+    let after: Vec<&str> = stat
         .rsplit_once(')')
         .map_or("", |(_, rest)| rest)
         .split_whitespace()
         .collect();
-    let ticks = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<f64>().ok());
-    ticks(16)
-        .zip(ticks(17))
-        .map_or(0.0, |(u, s)| (u + s) / 100.0)
+    // Clock ticks: 100 a second on Linux.
+    fields
+        .iter()
+        .filter_map(|n| after.get(n - 3).and_then(|v| v.parse::<f64>().ok()))
+        .sum::<f64>()
+        / 100.0
 }
 
 /// S stations, P ports each, one batch of `target` on `database` (a TOML `database = ...`
 /// line, with a password file when needed).
-fn run(label: &str, database: &str, stations: usize, ports: usize, target: usize) -> Sample {
+fn run(
+    label: &str,
+    database: &str,
+    stations: usize,
+    ports: usize,
+    target: usize,
+    server: Option<&Cluster>,
+) -> Sample {
+    let server_cpu = || server.map_or(0.0, Cluster::cpu_seconds);
     let dir = tempfile::tempdir().expect("a temporary directory");
     let configs: Vec<PathBuf> = (0..stations)
         .map(|n| workspace(dir.path(), &format!("bench-st{}", n + 1), database))
@@ -223,6 +255,7 @@ fn run(label: &str, database: &str, stations: usize, ports: usize, target: usize
         .collect();
 
     let cpu_before = children_cpu_seconds();
+    let server_before = server_cpu();
     let start = Instant::now();
     let daemons: Vec<Child> = configs
         .iter()
@@ -276,6 +309,9 @@ fn run(label: &str, database: &str, stations: usize, ports: usize, target: usize
             .or_default() += 1;
     }
     let cpu_s = children_cpu_seconds() - cpu_before;
+    // The stations' backends end as they disconnect; the postmaster reaps them at once.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let server_cpu_s = server_cpu() - server_before;
     let record_ms = passed
         .iter()
         .filter_map(|u| u["timings"]["record"].as_f64())
@@ -304,6 +340,7 @@ fn run(label: &str, database: &str, stations: usize, ports: usize, target: usize
                 .sum()
         })
         .collect();
+    let checks_start = Instant::now();
     let status: serde_json::Value = serde_json::from_slice(
         &run_station(&configs[0], &["--json", "batch", "status", "bench"]).stdout,
     )
@@ -334,6 +371,7 @@ fn run(label: &str, database: &str, stations: usize, ports: usize, target: usize
         .output()
         .expect("audit verify");
     let verified: serde_json::Value = serde_json::from_slice(&verify.stdout).expect("verify");
+    let checks = checks_start.elapsed().as_secs_f64();
     Sample {
         label: label.to_owned(),
         stations,
@@ -346,11 +384,73 @@ fn run(label: &str, database: &str, stations: usize, ports: usize, target: usize
         unit_s,
         stages,
         cpu_s,
+        server_cpu_s,
+        checks,
         provisioned: status["provisioned"].as_i64().unwrap_or(-1),
         duplicates: per_mac.values().filter(|&&n| n > 1).count() + (rows - manifest_macs.len()),
         chains: verified["chains"].as_array().map_or(0, Vec::len),
         intact: verify.status.success() && verified["intact"] == true,
     }
+}
+
+/// The control: `stations` one-station lines at once, each on a SQLite file of its own, so
+/// they share the machine and nothing else. Their units pooled; wall time from the first
+/// start to the last exit.
+fn independent(stations: usize, ports: usize, target: usize) -> Sample {
+    let cpu_before = children_cpu_seconds();
+    let start = Instant::now();
+    let samples: Vec<Sample> = std::thread::scope(|scope| {
+        let runs: Vec<_> = (0..stations)
+            .map(|_| {
+                scope.spawn(|| {
+                    run(
+                        "sqlite",
+                        "database = \"station.db\"",
+                        1,
+                        ports,
+                        target,
+                        None,
+                    )
+                })
+            })
+            .collect();
+        runs.into_iter()
+            .map(|r| r.join().expect("a line"))
+            .collect()
+    });
+    let wall = start.elapsed().as_secs_f64() - samples.iter().map(|s| s.checks).fold(0.0, f64::max);
+    let mut pooled = Sample {
+        label: "sqlite x".to_owned() + &stations.to_string(),
+        stations,
+        ports,
+        target: target * stations,
+        wall,
+        passed: 0,
+        failed: 0,
+        record_ms: Vec::new(),
+        unit_s: Vec::new(),
+        stages: Vec::new(),
+        cpu_s: children_cpu_seconds() - cpu_before,
+        server_cpu_s: 0.0,
+        provisioned: 0,
+        duplicates: 0,
+        chains: 0,
+        intact: true,
+        checks: 0.0,
+    };
+    for sample in samples {
+        pooled.passed += sample.passed;
+        pooled.failed += sample.failed;
+        pooled.record_ms.extend(sample.record_ms);
+        pooled.unit_s.extend(sample.unit_s);
+        pooled.provisioned += sample.provisioned - sample.target as i64;
+        pooled.duplicates += sample.duplicates;
+        pooled.chains += sample.chains;
+        pooled.intact &= sample.intact;
+    }
+    // `provisioned` past each target, summed, so that the overshoot column reads true.
+    pooled.provisioned += pooled.target as i64;
+    pooled
 }
 
 fn main() {
@@ -373,7 +473,7 @@ fn main() {
         "stations: {cores} cores; every station at 921600 baud, stub, wire time on, simulated operator swapping units"
     );
     println!(
-        "{:<11} {:>8} {:>5} {:>7} {:>7} {:>9} {:>9} {:>9} {:>8} {:>5} {:>6} {:>9} {:>10} {:>6}",
+        "{:<11} {:>8} {:>5} {:>7} {:>7} {:>9} {:>9} {:>9} {:>8} {:>5} {:>7} {:>6} {:>9} {:>10} {:>6}",
         "backend",
         "stations",
         "ports",
@@ -384,6 +484,7 @@ fn main() {
         "rec p99",
         "unit p50",
         "CPU",
+        "server",
         "FAIL",
         "overshoot",
         "duplicates",
@@ -391,7 +492,7 @@ fn main() {
     );
     let print = |s: &Sample| {
         println!(
-            "{:<11} {:>8} {:>5} {:>7} {:>7.1} {:>9.1} {:>6.1} ms {:>6.1} ms {:>6.3} s {:>4.0}% {:>6} {:>9} {:>10} {:>6}",
+            "{:<11} {:>8} {:>5} {:>7} {:>7.1} {:>9.1} {:>6.1} ms {:>6.1} ms {:>6.3} s {:>4.0}% {:>6.0}% {:>6} {:>9} {:>10} {:>6}",
             s.label,
             s.stations,
             s.ports,
@@ -401,7 +502,8 @@ fn main() {
             percentile(&s.record_ms, 50.0),
             percentile(&s.record_ms, 99.0),
             percentile(&s.unit_s, 50.0),
-            s.cpu_share(cores),
+            s.cpu_share(cores, s.cpu_s),
+            s.cpu_share(cores, s.server_cpu_s),
             s.failed,
             s.provisioned - s.target as i64,
             s.duplicates,
@@ -410,12 +512,30 @@ fn main() {
         let stages: Vec<String> = s
             .stages
             .iter()
+            .filter(|(_, seconds)| *seconds > 0.0)
             .map(|(stage, seconds)| format!("{stage} {:.1}", seconds * 1000.0))
             .collect();
-        println!("{:<11} stage medians, ms: {}", "", stages.join(", "));
+        if !stages.is_empty() {
+            println!("{:<11} stage medians, ms: {}", "", stages.join(", "));
+        }
     };
-    let sqlite = run("sqlite", "database = \"station.db\"", 1, ports, single);
+    let sqlite = run(
+        "sqlite",
+        "database = \"station.db\"",
+        1,
+        ports,
+        single,
+        None,
+    );
     print(&sqlite);
+    let alone = independent(stations, ports, single);
+    print(&alone);
+    println!(
+        "{stations} stations on {stations} SQLite files (no shared database): {:.1} units/min = {:.2} x {stations} x one station's {:.1}",
+        alone.per_minute(),
+        alone.per_minute() / (stations as f64 * sqlite.per_minute()),
+        sqlite.per_minute()
+    );
     let Some(cluster) = Cluster::start() else {
         return;
     };
@@ -426,7 +546,14 @@ fn main() {
             cluster.password_file.display()
         )
     };
-    let one = run("postgresql", &pg_database("bench_one"), 1, ports, single);
+    let one = run(
+        "postgresql",
+        &pg_database("bench_one"),
+        1,
+        ports,
+        single,
+        Some(&cluster),
+    );
     print(&one);
     let many = run(
         "postgresql",
@@ -434,6 +561,7 @@ fn main() {
         stations,
         ports,
         units,
+        Some(&cluster),
     );
     print(&many);
     println!(
