@@ -12,17 +12,22 @@
 //! alternating, and prints units per minute of each run.
 //!
 //! Run: `cargo bench --bench dashboard` (`-- --units N` for the database size, `-- --line N`
-//! for the line's batch, `-- --rounds R`; `--rounds 0` times the pages only).
+//! for the line's batch, `-- --rounds R`; `--rounds 0` times the pages only; `--postgres` times
+//! them on a PostgreSQL database too, filled with the same rows by the server, on a throwaway
+//! local cluster).
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use station::config::Database;
 use station::store::Store;
 use station::web::{self, Dashboard};
 
 mod common;
+#[path = "common/pg.rs"]
+mod pg;
 
 fn get(addr: SocketAddr, path: &str) -> (u16, usize) {
     let mut stream = TcpStream::connect(addr).expect("connect");
@@ -147,20 +152,107 @@ async fn fill(store: &Store, units: u32) {
     tx.commit().await.expect("commit");
 }
 
-fn pages(units: u32, samples: usize) {
+/// The same rows as [`fill`] on PostgreSQL, made by the server (`generate_series`): unit `g`
+/// has MAC `24:0a:c4` and three bytes of `g`, every 50th a failed attempt before its pass; each
+/// attempt has an audit entry in the station's chain. Then `VACUUM ANALYZE`, as autovacuum
+/// does to a live database (without it the visibility map is empty and no scan is index-only).
+async fn fill_postgres(store: &Store, units: u32) {
+    let batch = store
+        .open_batch("WO-BENCH", i64::from(units), "bench", "bench-st1")
+        .await
+        .expect("batch");
+    let pool = store.postgres_pool().expect("a PostgreSQL store");
+    let mac = "'24:0a:c4:' || lpad(to_hex((g >> 16) & 255), 2, '0') || ':' \
+               || lpad(to_hex((g >> 8) & 255), 2, '0') || ':' || lpad(to_hex(g & 255), 2, '0')";
+    // Stored times spread over the last hours, 2 s apart per port of 4, as RFC 3339 text.
+    let at = "to_char((now() AT TIME ZONE 'utc') - make_interval(secs => ($2 - g) / 2), \
+              'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')";
+    let statements = [
+        format!(
+            "INSERT INTO units (mac, registration_id, batch_id, station_id, chip, revision, flash_size, \
+             key_id, state, provisioned_at, updated_at) \
+             SELECT {mac}, 'sensor-' || replace({mac}, ':', ''), $1, 'bench-st1', 'esp32', 'v3.0', \
+             4194304, 'sha256:0011223344556677', 'provisioned', {at}, {at} \
+             FROM generate_series(0, $2 - 1) g"
+        ),
+        // The failed attempts (every 50th unit), then one pass per unit.
+        format!(
+            "INSERT INTO attempts (unit_id, mac, batch_id, station_id, operator, port, started_at, \
+             finished_at, outcome, stage, error_code, message, timings) \
+             SELECT NULL, {mac}, $1, 'bench-st1', 'bench', '/dev/ttyUSB' || (g % 4), {at}, {at}, \
+             'failed', 'flash', 'station::device::unplugged', 'the device went away', \
+             '{{\"connect\":0.1,\"flash\":0.2}}' \
+             FROM generate_series(0, $2 - 1) g WHERE g % 50 = 0"
+        ),
+        "INSERT INTO attempts (unit_id, mac, batch_id, station_id, operator, port, started_at, \
+         finished_at, outcome, timings) \
+         SELECT id, mac, batch_id, station_id, 'bench', '/dev/ttyUSB0', provisioned_at, \
+         provisioned_at, 'provisioned', '{\"connect\":0.1,\"flash\":0.2}' \
+         FROM units WHERE batch_id = $1 ORDER BY id"
+            .to_owned(),
+        // Each attempt's entry, the chain going on from the batch's own.
+        "WITH head AS (SELECT MAX(seq) AS seq FROM audit_log WHERE station_id = 'bench-st1'), \
+         numbered AS (SELECT a.id, a.mac, a.outcome, a.finished_at, \
+                      head.seq + ROW_NUMBER() OVER (ORDER BY a.id) AS seq \
+                      FROM attempts a, head WHERE a.batch_id = $1 AND $2 > 0) \
+         INSERT INTO audit_log (station_id, seq, at, operator, action, subject, details, prev_hash, hash) \
+         SELECT 'bench-st1', seq, finished_at, 'bench', 'unit.' || outcome, mac, '{}', \
+         lpad(to_hex(seq - 1), 64, '0'), lpad(to_hex(seq), 64, '0') FROM numbered"
+            .to_owned(),
+        "UPDATE attempts SET audit_seq = l.seq FROM audit_log l \
+         WHERE attempts.batch_id = $1 AND $2 > 0 AND l.station_id = 'bench-st1' \
+         AND l.subject = attempts.mac AND l.action = 'unit.' || attempts.outcome"
+            .to_owned(),
+    ];
+    let mut tx = pool.begin().await.expect("transaction");
+    for statement in &statements {
+        // Made of this function's constants alone.
+        sqlx::query(sqlx::AssertSqlSafe(statement.as_str()))
+            .bind(batch.id)
+            .bind(i64::from(units))
+            .execute(&mut *tx)
+            .await
+            .unwrap_or_else(|e| panic!("{statement}: {e}"));
+    }
+    tx.commit().await.expect("commit");
+    sqlx::query("ANALYZE").execute(pool).await.expect("analyze");
+}
+
+/// Where the pages' database lives.
+enum Backend {
+    Sqlite,
+    Postgres(pg::Cluster),
+}
+
+fn pages(units: u32, samples: usize, backend: &Backend) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
     let dir = tempfile::tempdir().expect("a temporary directory");
     let addr = runtime.block_on(async {
-        let store = Store::open(&dir.path().join("station.db"))
-            .await
-            .expect("store");
         let start = Instant::now();
-        fill(&store, units).await;
+        let (store, name) = match backend {
+            Backend::Sqlite => {
+                let store = Store::open(&dir.path().join("station.db"))
+                    .await
+                    .expect("store");
+                fill(&store, units).await;
+                (store, "SQLite")
+            }
+            Backend::Postgres(cluster) => {
+                let store = Store::connect(&Database::Postgres {
+                    url: cluster.database("bench_dashboard"),
+                    password_file: Some(cluster.password_file.clone()),
+                })
+                .await
+                .expect("store");
+                fill_postgres(&store, units).await;
+                (store, "PostgreSQL")
+            }
+        };
         println!(
-            "dashboard pages: {units} units in one open batch ({:.1} s to fill), SQLite, served on loopback, one connection per request",
+            "dashboard pages: {units} units in one open batch ({:.1} s to fill), {name}, served on loopback, one connection per request",
             start.elapsed().as_secs_f64()
         );
         let listener = web::bind("127.0.0.1:0".parse().expect("addr"))
@@ -282,7 +374,15 @@ fn main() {
             .and_then(|v| v.parse::<usize>().ok())
     };
     let units = value("--units").unwrap_or(100_000);
-    pages(u32::try_from(units).expect("units"), 200);
+    // `--postgres`: the pages on a PostgreSQL database too (a throwaway local cluster).
+    let units = u32::try_from(units).expect("units");
+    pages(units, 200, &Backend::Sqlite);
+    if args.iter().any(|a| a == "--postgres") {
+        match pg::Cluster::start() {
+            Some(cluster) => pages(units, 200, &Backend::Postgres(cluster)),
+            None => println!("dashboard pages: no PostgreSQL server, its run skipped"),
+        }
+    }
 
     let batch = value("--line").unwrap_or(60);
     let rounds = value("--rounds").unwrap_or(2);

@@ -249,13 +249,18 @@ impl Tx for PgTx {
         written: &[(&str, i64)],
         limit: u32,
     ) -> Result<Vec<AuditEntry>, StoreError> {
-        // A chain per station: an entry is named by its station and its position in it.
+        // A chain per station: an entry is named by its station and its position in it. The
+        // two lookups are joined by UNION, each on its index: with OR between them the planner
+        // walks the whole log newest first (23 ms with 100,000 entries, against 0.3 ms).
         let stations: Vec<&str> = written.iter().map(|w| w.0).collect();
         let seqs: Vec<i64> = written.iter().map(|w| w.1).collect();
         Ok(sqlx::query_as(
-            "SELECT * FROM (SELECT * FROM audit_log \
-             WHERE subject = ANY($1) \
-                OR (station_id, seq) IN (SELECT * FROM UNNEST($2::text[], $3::bigint[])) \
+            "SELECT * FROM (SELECT * FROM audit_log WHERE id IN ( \
+                 SELECT id FROM audit_log WHERE subject = ANY($1) \
+                 UNION \
+                 SELECT a.id FROM audit_log a \
+                 JOIN UNNEST($2::text[], $3::bigint[]) AS w (station_id, seq) \
+                   ON a.station_id = w.station_id AND a.seq = w.seq) \
              ORDER BY id DESC LIMIT $4) newest ORDER BY id",
         )
         .bind(subjects)
