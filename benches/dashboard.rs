@@ -14,7 +14,8 @@
 //! Run: `cargo bench --bench dashboard` (`-- --units N` for the database size, `-- --line N`
 //! for the line's batch, `-- --rounds R`; `--rounds 0` times the pages only; `--postgres` times
 //! them on a PostgreSQL database too, filled with the same rows by the server, on a throwaway
-//! local cluster).
+//! local cluster; `--batch-size N` spreads the units over closed batches of N and one open,
+//! instead of one open batch of them all).
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
@@ -72,11 +73,36 @@ fn mac(i: u32) -> String {
     format!("24:0a:c4:{:02x}:{:02x}:{:02x}", b[1], b[2], b[3])
 }
 
-async fn fill(store: &Store, units: u32) {
-    let batch = store
-        .open_batch("WO-BENCH", i64::from(units), "bench", "bench-st1")
+/// The batches the units go to: `units / size` (rounded up) of `size` units each, all but the
+/// last closed, as a factory's database holds its work orders. Returns the open batch's ID;
+/// unit `i` belongs to batch `1 + i / size`.
+async fn batches(store: &Store, units: u32, size: u32) -> i64 {
+    let count = units.div_ceil(size.max(1));
+    for k in 1..count {
+        store
+            .open_batch(&format!("WO-{k:05}"), i64::from(size), "bench", "bench-st1")
+            .await
+            .expect("batch");
+        store
+            .close_batch(None, "bench", "bench-st1")
+            .await
+            .expect("close");
+    }
+    let last = units - size * (count - 1);
+    let open = store
+        .open_batch("WO-BENCH", i64::from(last), "bench", "bench-st1")
         .await
         .expect("batch");
+    assert_eq!(
+        open.id,
+        i64::from(count),
+        "batch IDs from 1 in a fresh database"
+    );
+    open.id
+}
+
+async fn fill(store: &Store, units: u32, size: u32) {
+    batches(store, units, size).await;
     let pool = store.sqlite_pool().expect("a SQLite store");
     let mut tx = pool.begin().await.expect("transaction");
     // After the batch's own entry: the chain goes on from its head.
@@ -93,6 +119,7 @@ async fn fill(store: &Store, units: u32) {
         let at = station::clock::format_time(
             time::OffsetDateTime::now_utc() - time::Duration::seconds(i64::from(units - i) / 2),
         );
+        let batch_id = 1 + i64::from(i / size.max(1));
         let fails = i % 50 == 0;
         for failed in [true, false] {
             if failed && !fails {
@@ -122,7 +149,7 @@ async fn fill(store: &Store, units: u32) {
                 .bind(i64::from(i) + 1)
                 .bind(&mac)
                 .bind(&id)
-                .bind(batch.id)
+                .bind(batch_id)
                 .bind(&at)
                 .bind(&at)
                 .execute(&mut *tx)
@@ -135,7 +162,7 @@ async fn fill(store: &Store, units: u32) {
             )
             .bind((!failed).then_some(i64::from(i) + 1))
             .bind(&mac)
-            .bind(batch.id)
+            .bind(batch_id)
             .bind(format!("/dev/ttyUSB{}", i % 4))
             .bind(&at)
             .bind(&at)
@@ -156,66 +183,71 @@ async fn fill(store: &Store, units: u32) {
 /// has MAC `24:0a:c4` and three bytes of `g`, every 50th a failed attempt before its pass; each
 /// attempt has an audit entry in the station's chain. Then `VACUUM ANALYZE`, as autovacuum
 /// does to a live database (without it the visibility map is empty and no scan is index-only).
-async fn fill_postgres(store: &Store, units: u32) {
-    let batch = store
-        .open_batch("WO-BENCH", i64::from(units), "bench", "bench-st1")
-        .await
-        .expect("batch");
+async fn fill_postgres(store: &Store, units: u32, size: u32) {
+    let open = batches(store, units, size).await;
     let pool = store.postgres_pool().expect("a PostgreSQL store");
     let mac = "'24:0a:c4:' || lpad(to_hex((g >> 16) & 255), 2, '0') || ':' \
                || lpad(to_hex((g >> 8) & 255), 2, '0') || ':' || lpad(to_hex(g & 255), 2, '0')";
     // Stored times spread over the last hours, 2 s apart per port of 4, as RFC 3339 text.
     let at = "to_char((now() AT TIME ZONE 'utc') - make_interval(secs => ($2 - g) / 2), \
               'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')";
+    let all = vec![open, i64::from(units), i64::from(size)];
     let statements = [
-        format!(
+        (format!(
             "INSERT INTO units (mac, registration_id, batch_id, station_id, chip, revision, flash_size, \
              key_id, state, provisioned_at, updated_at) \
-             SELECT {mac}, 'sensor-' || replace({mac}, ':', ''), $1, 'bench-st1', 'esp32', 'v3.0', \
+             SELECT {mac}, 'sensor-' || replace({mac}, ':', ''), LEAST(1 + g / $3, $1), 'bench-st1', \
+             'esp32', 'v3.0', \
              4194304, 'sha256:0011223344556677', 'provisioned', {at}, {at} \
              FROM generate_series(0, $2 - 1) g"
-        ),
+        ), all.clone()),
         // The failed attempts (every 50th unit), then one pass per unit.
-        format!(
+        (format!(
             "INSERT INTO attempts (unit_id, mac, batch_id, station_id, operator, port, started_at, \
              finished_at, outcome, stage, error_code, message, timings) \
-             SELECT NULL, {mac}, $1, 'bench-st1', 'bench', '/dev/ttyUSB' || (g % 4), {at}, {at}, \
+             SELECT NULL, {mac}, LEAST(1 + g / $3, $1), 'bench-st1', 'bench', '/dev/ttyUSB' || (g % 4), \
+             {at}, {at}, \
              'failed', 'flash', 'station::device::unplugged', 'the device went away', \
              '{{\"connect\":0.1,\"flash\":0.2}}' \
              FROM generate_series(0, $2 - 1) g WHERE g % 50 = 0"
-        ),
-        "INSERT INTO attempts (unit_id, mac, batch_id, station_id, operator, port, started_at, \
+        ), all),
+        ("INSERT INTO attempts (unit_id, mac, batch_id, station_id, operator, port, started_at, \
          finished_at, outcome, timings) \
          SELECT id, mac, batch_id, station_id, 'bench', '/dev/ttyUSB0', provisioned_at, \
          provisioned_at, 'provisioned', '{\"connect\":0.1,\"flash\":0.2}' \
-         FROM units WHERE batch_id = $1 ORDER BY id"
-            .to_owned(),
+         FROM units ORDER BY id"
+            .to_owned(), Vec::new()),
         // Each attempt's entry, the chain going on from the batch's own.
-        "WITH head AS (SELECT MAX(seq) AS seq FROM audit_log WHERE station_id = 'bench-st1'), \
+        ("WITH head AS (SELECT MAX(seq) AS seq FROM audit_log WHERE station_id = 'bench-st1'), \
          numbered AS (SELECT a.id, a.mac, a.outcome, a.finished_at, \
                       head.seq + ROW_NUMBER() OVER (ORDER BY a.id) AS seq \
-                      FROM attempts a, head WHERE a.batch_id = $1 AND $2 > 0) \
+                      FROM attempts a, head) \
          INSERT INTO audit_log (station_id, seq, at, operator, action, subject, details, prev_hash, hash) \
          SELECT 'bench-st1', seq, finished_at, 'bench', 'unit.' || outcome, mac, '{}', \
          lpad(to_hex(seq - 1), 64, '0'), lpad(to_hex(seq), 64, '0') FROM numbered"
-            .to_owned(),
-        "UPDATE attempts SET audit_seq = l.seq FROM audit_log l \
-         WHERE attempts.batch_id = $1 AND $2 > 0 AND l.station_id = 'bench-st1' \
+            .to_owned(), Vec::new()),
+        ("UPDATE attempts SET audit_seq = l.seq FROM audit_log l \
+         WHERE l.station_id = 'bench-st1' \
          AND l.subject = attempts.mac AND l.action = 'unit.' || attempts.outcome"
-            .to_owned(),
+            .to_owned(), Vec::new()),
     ];
     let mut tx = pool.begin().await.expect("transaction");
-    for statement in &statements {
+    for (statement, params) in &statements {
         // Made of this function's constants alone.
-        sqlx::query(sqlx::AssertSqlSafe(statement.as_str()))
-            .bind(batch.id)
-            .bind(i64::from(units))
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(statement.as_str()));
+        for param in params {
+            query = query.bind(*param);
+        }
+        query
             .execute(&mut *tx)
             .await
             .unwrap_or_else(|e| panic!("{statement}: {e}"));
     }
     tx.commit().await.expect("commit");
-    sqlx::query("ANALYZE").execute(pool).await.expect("analyze");
+    sqlx::query("VACUUM ANALYZE")
+        .execute(pool)
+        .await
+        .expect("vacuum");
 }
 
 /// Where the pages' database lives.
@@ -224,7 +256,7 @@ enum Backend {
     Postgres(pg::Cluster),
 }
 
-fn pages(units: u32, samples: usize, backend: &Backend) {
+fn pages(units: u32, size: u32, samples: usize, backend: &Backend) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -237,7 +269,7 @@ fn pages(units: u32, samples: usize, backend: &Backend) {
                 let store = Store::open(&dir.path().join("station.db"))
                     .await
                     .expect("store");
-                fill(&store, units).await;
+                fill(&store, units, size).await;
                 (store, "SQLite")
             }
             Backend::Postgres(cluster) => {
@@ -247,12 +279,20 @@ fn pages(units: u32, samples: usize, backend: &Backend) {
                 })
                 .await
                 .expect("store");
-                fill_postgres(&store, units).await;
+                fill_postgres(&store, units, size).await;
                 (store, "PostgreSQL")
             }
         };
+        let layout = if size >= units {
+            "in one open batch".to_owned()
+        } else {
+            format!(
+                "in batches of {size}, the last open ({} units)",
+                units - size * (units.div_ceil(size) - 1)
+            )
+        };
         println!(
-            "dashboard pages: {units} units in one open batch ({:.1} s to fill), {name}, served on loopback, one connection per request",
+            "dashboard pages: {units} units {layout} ({:.1} s to fill), {name}, served on loopback, one connection per request",
             start.elapsed().as_secs_f64()
         );
         let listener = web::bind("127.0.0.1:0".parse().expect("addr"))
@@ -375,11 +415,17 @@ fn main() {
     };
     let units = value("--units").unwrap_or(100_000);
     // `--postgres`: the pages on a PostgreSQL database too (a throwaway local cluster).
+    // `--batch-size N`: the units in batches of N, as a factory's work orders, the last open;
+    // by default all in one open batch, the line page's worst case.
     let units = u32::try_from(units).expect("units");
-    pages(units, 200, &Backend::Sqlite);
+    let size = value("--batch-size")
+        .and_then(|v| u32::try_from(v).ok())
+        .filter(|v| *v > 0)
+        .unwrap_or(units);
+    pages(units, size, 200, &Backend::Sqlite);
     if args.iter().any(|a| a == "--postgres") {
         match pg::Cluster::start() {
-            Some(cluster) => pages(units, 200, &Backend::Postgres(cluster)),
+            Some(cluster) => pages(units, size, 200, &Backend::Postgres(cluster)),
             None => println!("dashboard pages: no PostgreSQL server, its run skipped"),
         }
     }
