@@ -85,22 +85,49 @@ impl EspflashDevice {
         T: Send + 'static,
         F: FnOnce(&mut Session) -> Result<T, DeviceError> + Send + 'static,
     {
-        let mut session = self
-            .session
+        let mut session = self.take_session()?;
+        let (session, result) = self
+            .blocking(during, move || {
+                let result = f(&mut session);
+                (session, result)
+            })
+            .await?;
+        self.session = Some(session);
+        result
+    }
+
+    /// Runs `f` on the session in a blocking task that consumes it: the session ends there.
+    async fn end_session<T, F>(&mut self, during: Operation, f: F) -> Result<T, DeviceError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Session) -> T + Send + 'static,
+    {
+        let session = self.take_session()?;
+        self.flash_size = None;
+        self.blocking(during, move || f(session)).await
+    }
+
+    fn take_session(&mut self) -> Result<Session, DeviceError> {
+        self.session
             .take()
             .ok_or_else(|| DeviceError::NotConnected {
                 port: self.port.clone(),
-            })?;
-        // The blocking thread logs inside the caller's span (the unit's port, MAC, ...).
+            })
+    }
+
+    /// Runs `f` in a blocking task and awaits it (see [`Self::join`]). The blocking thread logs
+    /// inside the caller's span (the unit's port, MAC, ...).
+    async fn blocking<T, F>(&self, during: Operation, f: F) -> Result<T, DeviceError>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
         let span = tracing::Span::current();
         let task = tokio::task::spawn_blocking(move || {
             let _unit = span.enter();
-            let result = f(&mut session);
-            (session, result)
+            f()
         });
-        let (session, result) = self.join(during, task).await?;
-        self.session = Some(session);
-        result
+        self.join(during, task).await
     }
 
     /// Awaits a blocking task, bounded by the stage timeout if one is set. A task the timeout
@@ -147,12 +174,11 @@ impl Device for EspflashDevice {
         self.flash_size = None;
         let port = self.port.clone();
         let settings = self.settings.clone();
-        let span = tracing::Span::current();
-        let task = tokio::task::spawn_blocking(move || {
-            let _unit = span.enter();
-            Session::connect(&port, &settings)
-        });
-        let session = self.join(Operation::Connecting, task).await??;
+        let session = self
+            .blocking(Operation::Connecting, move || {
+                Session::connect(&port, &settings)
+            })
+            .await??;
         self.flash_size = Some(session.flash_size());
         self.session = Some(session);
         Ok(())
@@ -191,36 +217,15 @@ impl Device for EspflashDevice {
     }
 
     async fn reset(&mut self) -> Result<(), DeviceError> {
-        let session = self
-            .session
-            .take()
-            .ok_or_else(|| DeviceError::NotConnected {
-                port: self.port.clone(),
-            })?;
-        self.flash_size = None;
         // The session is over either way: the port closes when the task ends.
-        let span = tracing::Span::current();
-        let task = tokio::task::spawn_blocking(move || {
-            let _unit = span.enter();
-            session.reset()
-        });
-        self.join(Operation::Resetting, task).await?
+        self.end_session(Operation::Resetting, Session::reset)
+            .await?
     }
 
     async fn boot(&mut self, baud: u32) -> Result<Self::Console, DeviceError> {
-        let session = self
-            .session
-            .take()
-            .ok_or_else(|| DeviceError::NotConnected {
-                port: self.port.clone(),
-            })?;
-        self.flash_size = None;
-        let span = tracing::Span::current();
-        let task = tokio::task::spawn_blocking(move || {
-            let _unit = span.enter();
-            session.boot(baud)
-        });
-        let serial = self.join(Operation::Resetting, task).await??;
+        let serial = self
+            .end_session(Operation::Resetting, move |session| session.boot(baud))
+            .await??;
         // The same open port, now read asynchronously; its exclusive lock stays held.
         tokio_serial::SerialStream::try_from(serial).map_err(|e| DeviceError::ResetFailed {
             port: self.port.clone(),
@@ -229,14 +234,10 @@ impl Device for EspflashDevice {
     }
 
     async fn release(&mut self) {
-        if let Some(session) = self.session.take() {
-            self.flash_size = None;
-            let span = tracing::Span::current();
-            let task = tokio::task::spawn_blocking(move || {
-                let _unit = span.enter();
-                session.release()
-            });
-            let _ = self.join(Operation::Resetting, task).await;
+        if self.session.is_some() {
+            let _ = self
+                .end_session(Operation::Resetting, Session::release)
+                .await;
         }
     }
 }
