@@ -57,7 +57,7 @@ pub struct BatchStatus {
 }
 
 /// One station's share of a batch: the units it recorded provisioned and its attempts.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct StationCount {
     /// The station.
     pub station_id: String,

@@ -198,13 +198,7 @@ pub(super) fn batch_counts(
     fn share(stations: &mut BTreeMap<String, StationCount>, id: String) -> &mut StationCount {
         stations.entry(id).or_insert_with_key(|id| StationCount {
             station_id: id.clone(),
-            provisioned: 0,
-            attempts: 0,
-            failed_attempts: 0,
-            in_progress: 0,
-            first_provisioned_at: None,
-            last_provisioned_at: None,
-            units_per_minute: None,
+            ..StationCount::default()
         })
     }
     for (station_id, state, count, first, last) in units {
