@@ -378,24 +378,8 @@ fn line(units: usize, subscribers: usize) -> (f64, usize) {
         .collect();
     // Every subscriber connected before the first device appears.
     std::thread::sleep(Duration::from_millis(300));
-    let mut sim = station()
-        .args([
-            "sim",
-            "devices",
-            "--count",
-            &units.to_string(),
-            "--ports",
-            "4",
-        ])
-        .arg("--link-dir")
-        .arg(root.join("ports"))
-        .args(["--leave-after-idle", "0.2", "--swap-gap", "0.1"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("sim devices");
     let start = Instant::now();
+    let mut sim = common::simulated_line(root, units, 4, None);
     let status = daemon.wait().expect("daemon");
     let wall = start.elapsed().as_secs_f64();
     assert!(status.success(), "the line failed: {status:?}");

@@ -140,22 +140,7 @@ fn run(ports: usize, units: usize, dps: Option<Dps>, boot: bool) -> Sample {
         .expect("batch open");
     assert!(opened.status.success(), "{opened:?}");
 
-    let mut sim = station()
-        .args(["sim", "devices", "--count", &units.to_string()])
-        .args(["--ports", &ports.to_string()])
-        .arg("--link-dir")
-        .arg(root.join("ports"))
-        .args(["--leave-after-idle", "0.2", "--swap-gap", "0.1"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("sim devices");
-    // The sim prints one port per line once they exist.
-    let mut lines = BufReader::new(sim.stdout.take().expect("sim stdout")).lines();
-    for _ in 0..ports {
-        lines.next();
-    }
+    let mut sim = common::simulated_line(root, units, ports, None);
 
     let start = Instant::now();
     let mut daemon = station()

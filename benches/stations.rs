@@ -65,23 +65,8 @@ fn run_station(config: &Path, args: &[&str]) -> std::process::Output {
 /// The simulated devices of one station: `count` from MAC `24:0a:c4:<n>:00:00` on `ports`.
 fn sim(config: &Path, n: usize, count: usize, ports: usize) -> Child {
     let dir = config.parent().expect("workspace");
-    let mut sim = station()
-        .args(["sim", "devices", "--count", &count.to_string()])
-        .args(["--ports", &ports.to_string()])
-        .arg("--link-dir")
-        .arg(dir.join("ports"))
-        .args(["--base-mac", &format!("24:0a:c4:{:02x}:00:00", 0x40 + n)])
-        .args(["--leave-after-idle", "0.2", "--swap-gap", "0.1"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("sim devices");
-    let mut lines = BufReader::new(sim.stdout.take().expect("sim stdout")).lines();
-    for _ in 0..ports {
-        lines.next();
-    }
-    sim
+    let base_mac = format!("24:0a:c4:{:02x}:00:00", 0x40 + n);
+    common::simulated_line(dir, count, ports, Some(&base_mac))
 }
 
 /// What a run measured.
