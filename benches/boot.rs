@@ -65,14 +65,7 @@ async fn run(units: usize, boot: bool) -> Result<Vec<Row>, Error> {
         .store
         .open_batch("bench", units as i64, "bench", "line1-st1")
         .await?;
-    let request = Request {
-        batch,
-        operator: "bench".into(),
-        reprovision: false,
-        skip_provisioned: false,
-        claim_at_start: false,
-        hold_records: false,
-    };
+    let request = Request::one_unit(batch, "bench".into(), false);
     let line = SimLine::start(SimOptions {
         count: units,
         timing: SimTiming::default(),

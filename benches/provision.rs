@@ -112,14 +112,7 @@ async fn run(
         .store
         .open_batch("bench", units as i64, "bench", "line1-st1")
         .await?;
-    let request = Request {
-        batch,
-        operator: "bench".into(),
-        reprovision: false,
-        skip_provisioned: false,
-        claim_at_start: false,
-        hold_records: false,
-    };
+    let request = Request::one_unit(batch, "bench".into(), false);
     // Old data: an NVS partition a firmware filled with entries, no sector erased.
     let preload = if old_data {
         let old: Vec<u8> = (0..size)

@@ -25,14 +25,8 @@ pub(super) async fn provision(config: Config, args: ProvisionArgs, json: bool) -
         }
         .into());
     }
-    let request = Request {
-        operator: attempt_operator(&batch),
-        batch,
-        reprovision: args.reprovision,
-        skip_provisioned: false,
-        claim_at_start: false,
-        hold_records: false,
-    };
+    let operator = attempt_operator(&batch);
+    let request = Request::one_unit(batch, operator, args.reprovision);
     let mut device = EspflashDevice::new(&args.port, SerialSettings::from(&station.config.serial));
     let (events, receiver) = unbounded_channel();
     let view = (!json).then(|| tokio::spawn(render_events(receiver)));

@@ -76,6 +76,22 @@ pub struct Request {
     pub hold_records: bool,
 }
 
+impl Request {
+    /// One unit as `station provision` asks for it: re-flashed if already in the batch, a slot
+    /// claimed once it is identified, a record failing at once when the database is away; no
+    /// re-provisioning from another batch unless `reprovision`.
+    pub fn one_unit(batch: Batch, operator: String, reprovision: bool) -> Self {
+        Request {
+            batch,
+            operator,
+            reprovision,
+            skip_provisioned: false,
+            claim_at_start: false,
+            hold_records: false,
+        }
+    }
+}
+
 /// How long a held record waits between tries.
 const RECORD_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 

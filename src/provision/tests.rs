@@ -141,14 +141,7 @@ async fn request(station: &Station) -> Request {
             .await
             .unwrap(),
     };
-    Request {
-        batch,
-        operator: "ana".into(),
-        reprovision: false,
-        skip_provisioned: false,
-        claim_at_start: false,
-        hold_records: false,
-    }
+    Request::one_unit(batch, "ana".into(), false)
 }
 
 #[tokio::test]
